@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, LargeBinary, String, Text, func, text
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from aigw.db.base import Base, TimestampedMixin
+from aigw.providers.models import Provider, ProviderModel
+
+MAX_LIMIT = 10_000_000
+STATUSES = ("enabled", "disabled")
+USAGE_LIMITS = ("reject", "use_anyway")
+
+
+class ApiKey(TimestampedMixin, Base):
+    """An AI API key. ``key_code_ciphertext`` is sealed by :mod:`aigw.crypto`."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("length(alias) BETWEEN 1 AND 64 AND alias = btrim(alias)", name="alias"),
+        CheckConstraint(f"status IN {STATUSES!r}", name="status"),
+        CheckConstraint(f"usage_limit IN {USAGE_LIMITS!r}", name="usage_limit"),
+        CheckConstraint(f"input_limit BETWEEN 0 AND {MAX_LIMIT}", name="input_limit"),
+        CheckConstraint(f"output_limit BETWEEN 0 AND {MAX_LIMIT}", name="output_limit"),
+        # Case-insensitive uniqueness, and the order of `sort=alias`.
+        Index("uq_api_keys_lower_alias", text("lower(alias)"), unique=True),
+        # Serves `q` (substring search) through pg_trgm.
+        Index(
+            "ix_api_keys_lower_alias_trgm",
+            text("lower(alias) gin_trgm_ops"),
+            postgresql_using="gin",
+        ),
+        Index("ix_api_keys_created_at_id", "created_at", "id"),
+        Index("ix_api_keys_updated_at_id", "updated_at", "id"),
+        Index("ix_api_keys_model_id", "model_id"),
+    )
+
+    alias: Mapped[str] = mapped_column(String(64), nullable=False)
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("providers.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    # RESTRICT makes "a model a key still refers to cannot be deleted" a database rule.
+    model_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("provider_models.id", ondelete="RESTRICT"), nullable=False
+    )
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="disabled")
+    key_code_ciphertext: Mapped[str] = mapped_column(Text, nullable=False)
+    key_code_masked: Mapped[str] = mapped_column(String(16), nullable=False)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False, unique=True)
+    token_prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    input_limit: Mapped[int] = mapped_column(nullable=False)
+    output_limit: Mapped[int] = mapped_column(nullable=False, server_default="0")
+    usage_limit: Mapped[str] = mapped_column(String(16), nullable=False, server_default="reject")
+
+    provider: Mapped[Provider] = relationship(lazy="joined", innerjoin=True)
+    model: Mapped[ProviderModel] = relationship(lazy="joined", innerjoin=True)
+
+    def __repr__(self) -> str:  # never the ciphertext or the token hash
+        return f"ApiKey(id={self.id!s}, alias={self.alias!r}, status={self.status!r})"
+
+
+class IdempotencyRecord(Base):
+    """The stored outcome of a ``POST /apikeys`` sent with an ``Idempotency-Key``.
+
+    The response carries the client token, so it is kept sealed by the key ring
+    and bound to its idempotency key; rows expire after a day.
+    """
+
+    __tablename__ = "idempotency_records"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
+    status_code: Mapped[int] = mapped_column(nullable=False)
+    response_sealed: Mapped[str] = mapped_column(Text, nullable=False)
+    resource_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False, index=True
+    )

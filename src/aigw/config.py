@@ -1,0 +1,142 @@
+"""Settings, read from ``AIGW_*`` environment variables.
+
+Nothing is built at import time: :func:`get_settings` constructs the settings
+on first use, and :func:`resolve_generated_secrets` fills the secrets an
+operator did not configure from files in the data folder (creating them with
+mode 0600 on first start), so the one-command start works while a configured
+value always wins.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+import platformdirs
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger("aigw.config")
+
+ADMIN_TOKEN_FILE = "admin_token"
+ENCRYPTION_KEYS_FILE = "encryption_keys"
+TOKEN_PEPPER_FILE = "token_pepper"
+
+# Values an operator might paste from an example; refusing them beats running
+# a gateway whose secrets are public.
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "admin", "password", "example"}
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("aigw", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. See README for the documented variables."""
+
+    model_config = SettingsConfigDict(env_prefix="AIGW_", extra="ignore", env_file=None)
+
+    database_url: str | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    admin_token: SecretStr | None = None
+    # "kid:base64(32 bytes)" entries, comma-separated; the first encrypts, all decrypt.
+    encryption_keys: SecretStr | None = None
+    token_pepper: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    allow_private_upstreams: bool = True
+
+    # Upstream bounds, in seconds.
+    upstream_connect_timeout: float = Field(default=10.0, gt=0)
+    upstream_first_byte_timeout: float = Field(default=60.0, gt=0)
+    upstream_idle_timeout: float = Field(default=60.0, gt=0)
+    upstream_total_timeout: float = Field(default=600.0, gt=0)
+    upstream_max_connections: int = Field(default=1000, ge=1)
+
+    # Counting: bodies beyond this many characters of text are not tokenized
+    # exactly (the count is bounded from below and the request is rejected or
+    # forwarded by policy); see aigw.proxy.tokens.
+    max_tokenize_chars: int = Field(default=2_000_000, ge=1000)
+
+    db_pool_size: int = Field(default=10, ge=1)
+    db_timeout: float = Field(default=5.0, gt=0)
+    usage_flush_interval: float = Field(default=0.5, gt=0)
+    usage_batch_size: int = Field(default=500, ge=1)
+    usage_buffer_limit: int = Field(default=100_000, ge=1)
+    shutdown_grace: float = Field(default=30.0, ge=0)
+
+    metrics_token: SecretStr | None = None
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("admin_token", "token_pepper")
+    @classmethod
+    def _refuse_placeholders(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        if raw.lower() in _PLACEHOLDERS or len(raw) < 16:
+            raise ValueError("must be at least 16 characters and not a placeholder")
+        return value
+
+    def require_admin_token(self) -> str:
+        if self.admin_token is None:
+            raise RuntimeError("admin token not resolved; call resolve_generated_secrets()")
+        return self.admin_token.get_secret_value()
+
+
+def _read_or_create(path: Path, make: callable) -> tuple[str, bool]:  # type: ignore[valid-type]
+    """Return the secret stored at *path*, creating it (0600) when absent."""
+    if path.exists():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value: str = make()
+    # O_EXCL: two workers starting at once must not overwrite each other's secret.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip(), False
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value, True
+
+
+def new_encryption_key_entry() -> str:
+    kid = secrets.token_hex(4)
+    return f"{kid}:{base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()}"
+
+
+def resolve_generated_secrets(settings: Settings) -> Settings:
+    """Fill unset secrets from (or into) the data folder; configured values win."""
+    updates: dict[str, SecretStr] = {}
+    generators = {
+        "admin_token": (ADMIN_TOKEN_FILE, lambda: "aigw-admin-" + secrets.token_urlsafe(32)),
+        "encryption_keys": (ENCRYPTION_KEYS_FILE, new_encryption_key_entry),
+        "token_pepper": (TOKEN_PEPPER_FILE, lambda: secrets.token_urlsafe(32)),
+    }
+    for field, (filename, make) in generators.items():
+        if getattr(settings, field) is not None:
+            continue
+        path = settings.data_dir / filename
+        value, created = _read_or_create(path, make)
+        if created:
+            log.warning("generated %s into %s (mode 0600)", field, path)
+        updates[field] = SecretStr(value)
+    return settings.model_copy(update=updates) if updates else settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return resolve_generated_secrets(Settings())

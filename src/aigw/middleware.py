@@ -1,0 +1,116 @@
+"""Pure ASGI middleware (BaseHTTPMiddleware would buffer streams).
+
+* :class:`RequestContextMiddleware` gives every request an id (kept from a
+  sane inbound ``x-request-id``, else new), echoes it as ``x-aigw-request-id``
+  and exposes it to logs through a context variable.
+* :class:`BodyLimitMiddleware` refuses bodies over the limit with 413: at once
+  from ``Content-Length``, or as soon as a chunked body crosses it, without
+  reading the rest.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import secrets
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aigw.errors import PayloadTooLarge, error_response
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("aigw_request_id", default="-")
+_SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{8,64}$")
+REQUEST_ID_HEADER = b"x-aigw-request-id"
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and _SANE_ID.match(value):
+                request_id = value.decode("ascii")
+                break
+        request_id = request_id or new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        encoded = request_id.encode("ascii")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name == REQUEST_ID_HEADER for name, _ in headers):
+                    headers.append((REQUEST_ID_HEADER, encoded))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = None
+                break
+        if declared is not None and declared > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+
+        seen = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not response_started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exc = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
+        response = error_response(scope.get("path", ""), exc)
+        # Ask the server to close the connection rather than drain a huge body.
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
