@@ -20,7 +20,8 @@ depends_on: str | Sequence[str] | None = None
 # Every change to a key or a provider (through any gateway process, the CLI or
 # plain SQL) notifies `aigw_changes` on commit; gateway processes LISTEN and
 # refresh their key caches. Payload: "<table>:<id>" (models report their provider).
-_NOTIFY_SQL = """
+_NOTIFY_SQL = (
+    """
 CREATE FUNCTION aigw_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     payload text;
@@ -32,14 +33,14 @@ BEGIN
     END IF;
     PERFORM pg_notify('aigw_changes', payload);
     RETURN NULL;
-END $$;
-CREATE TRIGGER api_keys_notify AFTER INSERT OR UPDATE OR DELETE ON api_keys
-    FOR EACH ROW EXECUTE FUNCTION aigw_notify_change();
-CREATE TRIGGER providers_notify AFTER INSERT OR UPDATE OR DELETE ON providers
-    FOR EACH ROW EXECUTE FUNCTION aigw_notify_change();
-CREATE TRIGGER provider_models_notify AFTER INSERT OR UPDATE OR DELETE ON provider_models
-    FOR EACH ROW EXECUTE FUNCTION aigw_notify_change();
-"""
+END $$
+""",
+    *(
+        f"CREATE TRIGGER {table}_notify AFTER INSERT OR UPDATE OR DELETE ON {table} "
+        "FOR EACH ROW EXECUTE FUNCTION aigw_notify_change()"
+        for table in ("api_keys", "providers", "provider_models")
+    ),
+)
 
 
 def upgrade() -> None:
@@ -153,7 +154,8 @@ def upgrade() -> None:
     op.create_index(op.f('ix_api_keys_provider_id'), 'api_keys', ['provider_id'], unique=False)
     op.create_index('ix_api_keys_updated_at_id', 'api_keys', ['updated_at', 'id'], unique=False)
     op.execute("CREATE UNIQUE INDEX uq_api_keys_lower_alias ON api_keys (lower(alias))")
-    op.execute(_NOTIFY_SQL)
+    for statement in _NOTIFY_SQL:
+        op.execute(statement)
 
 
 def downgrade() -> None:

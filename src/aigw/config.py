@@ -13,6 +13,7 @@ import base64
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -23,9 +24,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger("aigw.config")
 
-ADMIN_TOKEN_FILE = "admin_token"
+ADMIN_TOKEN_FILE = "admin_token"  # noqa: S105 - a file name
 ENCRYPTION_KEYS_FILE = "encryption_keys"
-TOKEN_PEPPER_FILE = "token_pepper"
+TOKEN_PEPPER_FILE = "token_pepper"  # noqa: S105 - a file name
 
 # Values an operator might paste from an example; refusing them beats running
 # a gateway whose secrets are public.
@@ -97,12 +98,12 @@ class Settings(BaseSettings):
         return self.admin_token.get_secret_value()
 
 
-def _read_or_create(path: Path, make: callable) -> tuple[str, bool]:  # type: ignore[valid-type]
+def _read_or_create(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
     """Return the secret stored at *path*, creating it (0600) when absent."""
     if path.exists():
         return path.read_text().strip(), False
     path.parent.mkdir(parents=True, exist_ok=True)
-    value: str = make()
+    value = make()
     # O_EXCL: two workers starting at once must not overwrite each other's secret.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

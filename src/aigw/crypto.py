@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 FORMAT_VERSION = "v1"
-TOKEN_PREFIX = "aigw-"
+TOKEN_PREFIX = "aigw-"  # noqa: S105 - the public prefix of client tokens
 _TOKEN_PREFIX_SHOWN = len(TOKEN_PREFIX) + 8
 _KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -88,9 +88,7 @@ class KeyRing:
             try:
                 key = _b64decode(encoded.strip())
             except (binascii.Error, ValueError):
-                raise KeyRingConfigError(
-                    f"encryption key {kid!r} is not valid base64"
-                ) from None
+                raise KeyRingConfigError(f"encryption key {kid!r} is not valid base64") from None
             entries.append((kid.strip(), key))
         return cls(tuple(entries))
 
@@ -107,7 +105,7 @@ class KeyRing:
 
     def decrypt(self, token: str, aad: bytes) -> str:
         """Open a sealed value or raise: a failure is never a silent ``None``."""
-        version, kid, body = self.parse_header(token)
+        _version, kid, body = self.parse_header(token)
         cipher = self._ciphers.get(kid)
         if cipher is None:
             raise UnknownKeyId(f"ciphertext sealed with key id {kid!r}, which is not configured")
@@ -161,12 +159,18 @@ class TokenHasher:
         return "TokenHasher(pepper=***)"
 
     def hash(self, token: str) -> bytes:
-        return hmac.new(self._pepper, token.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+        return hmac.new(
+            self._pepper, token.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).digest()
 
     def issue(self) -> IssuedToken:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        return IssuedToken(token=token, token_hash=self.hash(token), prefix=token[:_TOKEN_PREFIX_SHOWN])
+        return IssuedToken(
+            token=token, token_hash=self.hash(token), prefix=token[:_TOKEN_PREFIX_SHOWN]
+        )
 
 
 def constant_time_equals(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+    )

@@ -74,7 +74,8 @@ async def require_admin(
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": commit before the response is sent, so a 201 means durable.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 AdminDep = Annotated[str, Depends(require_admin)]
 KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
 HasherDep = Annotated[TokenHasher, Depends(get_hasher)]

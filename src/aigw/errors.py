@@ -150,7 +150,9 @@ class ServiceUnavailable(AigwError):
 
 
 def _json(content: Any, status: int, media_type: str, headers: dict[str, str]) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type=media_type, headers=headers)
+    return Response(
+        orjson.dumps(content), status_code=status, media_type=media_type, headers=headers
+    )
 
 
 def is_openai_path(path: str) -> bool:
@@ -271,7 +273,12 @@ def install_error_handlers(app: FastAPI) -> None:
                 exc.status_code, detail or code, code=code, headers=headers
             )
         return problem_response(
-            exc.status_code, code, detail or code, detail, headers=headers, instance=request.url.path
+            exc.status_code,
+            code,
+            detail or code,
+            detail,
+            headers=headers,
+            instance=request.url.path,
         )
 
     async def handle_unexpected(request: Request, exc: Exception) -> Response:

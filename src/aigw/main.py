@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     if settings.encryption_keys is None or settings.token_pepper is None:
-        raise RuntimeError("secrets not resolved; use get_settings() or resolve_generated_secrets()")
+        raise RuntimeError(
+            "secrets not resolved; use get_settings() or resolve_generated_secrets()"
+        )
     app.state.keyring = KeyRing.parse(settings.encryption_keys.get_secret_value())
     app.state.hasher = TokenHasher(settings.token_pepper.get_secret_value())
 

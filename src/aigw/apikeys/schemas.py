@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from aigw.apikeys.models import MAX_LIMIT
-from aigw.schemas import StrictInput
+from aigw.schemas import PartialUpdate, StrictInput
 
 Status = Literal["enabled", "disabled"]
 UsageLimit = Literal["reject", "use_anyway"]
@@ -48,7 +48,7 @@ class ApiKeyCreate(StrictInput):
     usage_limit: UsageLimit = "reject"
 
 
-class ApiKeyUpdate(StrictInput):
+class ApiKeyUpdate(PartialUpdate):
     """Partial update: only the fields sent change; a new ``key_code`` replaces the old."""
 
     alias: Alias | None = None

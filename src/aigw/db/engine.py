@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from aigw.config import Settings
 
@@ -18,8 +23,8 @@ def async_url(url: str) -> str:
 
 def libpq_url(url: str) -> str:
     """The same server as a plain ``postgresql://`` URL (for asyncpg.connect)."""
-    return make_url(async_url(url)).set(drivername="postgresql").render_as_string(
-        hide_password=False
+    return (
+        make_url(async_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
     )
 
 

@@ -8,4 +8,12 @@ from aigw.usage.models import UsageRecord
 
 metadata = Base.metadata
 
-__all__ = ["ApiKey", "IdempotencyRecord", "AuditEntry", "Provider", "ProviderModel", "UsageRecord", "metadata"]
+__all__ = [
+    "ApiKey",
+    "AuditEntry",
+    "IdempotencyRecord",
+    "Provider",
+    "ProviderModel",
+    "UsageRecord",
+    "metadata",
+]

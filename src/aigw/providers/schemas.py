@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from aigw.schemas import StrictInput
+from aigw.schemas import PartialUpdate, StrictInput
 
 ProviderName = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
@@ -77,7 +77,7 @@ class ProviderCreate(StrictInput):
     models: ModelList
 
 
-class ProviderUpdate(StrictInput):
+class ProviderUpdate(PartialUpdate):
     """Partial update; ``models`` replaces the whole list when given."""
 
     name: ProviderName | None = None

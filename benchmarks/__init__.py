@@ -1,0 +1,1 @@
+"""The aigw benchmark harness: ``python -m benchmarks.run [--quick]`` (see README.md)."""

@@ -1,0 +1,56 @@
+"""Re-seal every stored key code under the key ring's primary key.
+
+Runs in small batches, each its own transaction, choosing rows whose
+ciphertext names another key id: interrupted at any point, it resumes where it
+stopped, and gateways keep serving throughout (every key id stays readable).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from aigw.apikeys.models import ApiKey
+from aigw.crypto import KeyRing, key_code_aad
+
+log = logging.getLogger("aigw.rotation")
+
+
+def _kid_column() -> ColumnElement[str]:
+    return func.split_part(ApiKey.key_code_ciphertext, text("'.'"), 2)
+
+
+async def count_stale(sessionmaker: async_sessionmaker[AsyncSession], keyring: KeyRing) -> int:
+    async with sessionmaker() as session:
+        stmt = select(func.count()).select_from(ApiKey).where(_kid_column() != keyring.primary_kid)
+        return int(await session.scalar(stmt) or 0)
+
+
+async def reencrypt_key_codes(
+    sessionmaker: async_sessionmaker[AsyncSession], keyring: KeyRing, *, batch_size: int = 100
+) -> int:
+    """Returns how many rows were re-sealed."""
+    done = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            rows = (
+                await session.execute(
+                    select(ApiKey.id, ApiKey.key_code_ciphertext)
+                    .where(_kid_column() != keyring.primary_kid)
+                    .order_by(ApiKey.id)
+                    .limit(batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return done
+            for row_id, ciphertext in rows:
+                aad = key_code_aad(row_id)
+                resealed = keyring.encrypt(keyring.decrypt(ciphertext, aad), aad)
+                await session.execute(
+                    update(ApiKey).where(ApiKey.id == row_id).values(key_code_ciphertext=resealed)
+                )
+            done += len(rows)
+            log.info("re-encrypted %d key codes so far", done)

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Response, status
+
+from aigw.apikeys import service
+from aigw.apikeys.repository import KeyFilters
+from aigw.apikeys.schemas import (
+    ApiKeyCreate,
+    ApiKeyPage,
+    ApiKeyRead,
+    ApiKeyUpdate,
+    ApiKeyWithToken,
+    SortField,
+    Status,
+    UsageLimit,
+)
+from aigw.deps import AdminDep, HasherDep, KeyRingDep, SessionDep
+from aigw.etag import etag_for, parse_if_match
+from aigw.routing import AdminRoute
+
+router = APIRouter(prefix="/apikeys", tags=["apikeys"], route_class=AdminRoute)
+
+IfMatchDep = Annotated[int | None, Depends(parse_if_match)]
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ApiKeyWithToken,
+    summary="Create an AI API key; the response carries its client token, once",
+    responses={409: PROBLEM, 422: PROBLEM},
+)
+async def create_api_key(
+    body: ApiKeyCreate,
+    session: SessionDep,
+    actor: AdminDep,
+    keyring: KeyRingDep,
+    hasher: HasherDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Retry-safe creation: the same key and body give the same result "
+            "(for 24 h); the same key with another body is 409.",
+        ),
+    ] = None,
+) -> ApiKeyWithToken:
+    created, replayed = await service.create_api_key(
+        session, body, keyring=keyring, hasher=hasher, actor=actor, idempotency_key=idempotency_key
+    )
+    response.headers["Location"] = f"/apikeys/{created.id}"
+    response.headers["ETag"] = etag_for(created.version)
+    response.headers["Cache-Control"] = "no-store"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return created
+
+
+@router.get("", response_model=ApiKeyPage, summary="Search AI API keys")
+async def search_api_keys(
+    session: SessionDep,
+    _admin: AdminDep,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=64, description="Case-insensitive substring of the alias, matched literally"
+        ),
+    ] = None,
+    status_: Annotated[Status | None, Query(alias="status")] = None,
+    provider: Annotated[str | None, Query(max_length=64)] = None,
+    model: Annotated[str | None, Query(max_length=128)] = None,
+    usage_limit: Annotated[UsageLimit | None, Query()] = None,
+    sort: Annotated[SortField, Query()] = "-created_at",
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=500, description="next_cursor of the previous page")
+    ] = None,
+) -> ApiKeyPage:
+    filters = KeyFilters(
+        q=q, status=status_, provider=provider, model=model, usage_limit=usage_limit
+    )
+    return await service.search_api_keys(session, filters, sort=sort, limit=limit, cursor=cursor)
+
+
+@router.get("/{key_id}", response_model=ApiKeyRead, responses={404: PROBLEM})
+async def get_api_key(
+    key_id: uuid.UUID, session: SessionDep, _admin: AdminDep, response: Response
+) -> ApiKeyRead:
+    key = await service.get_api_key(session, key_id)
+    response.headers["ETag"] = etag_for(key.version)
+    return service.to_read(key)
+
+
+@router.patch(
+    "/{key_id}",
+    response_model=ApiKeyRead,
+    summary="Change any writable field; a new key_code replaces the old",
+    responses={404: PROBLEM, 409: PROBLEM, 412: PROBLEM, 422: PROBLEM},
+)
+async def update_api_key(
+    key_id: uuid.UUID,
+    body: ApiKeyUpdate,
+    session: SessionDep,
+    actor: AdminDep,
+    keyring: KeyRingDep,
+    if_match: IfMatchDep,
+    response: Response,
+) -> ApiKeyRead:
+    key = await service.update_api_key(
+        session, key_id, body, if_match=if_match, keyring=keyring, actor=actor
+    )
+    response.headers["ETag"] = etag_for(key.version)
+    return service.to_read(key)
+
+
+@router.delete(
+    "/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a key; its usage history stays readable",
+    responses={404: PROBLEM, 412: PROBLEM},
+)
+async def delete_api_key(
+    key_id: uuid.UUID, session: SessionDep, actor: AdminDep, if_match: IfMatchDep
+) -> Response:
+    await service.delete_api_key(session, key_id, if_match=if_match, actor=actor)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{key_id}/token",
+    response_model=ApiKeyWithToken,
+    summary="Rotate the client token; the old one stops working at once",
+    responses={404: PROBLEM, 412: PROBLEM},
+)
+async def rotate_api_key_token(
+    key_id: uuid.UUID,
+    session: SessionDep,
+    actor: AdminDep,
+    hasher: HasherDep,
+    if_match: IfMatchDep,
+    response: Response,
+) -> ApiKeyWithToken:
+    rotated = await service.rotate_token(
+        session, key_id, if_match=if_match, hasher=hasher, actor=actor
+    )
+    response.headers["ETag"] = etag_for(rotated.version)
+    response.headers["Cache-Control"] = "no-store"
+    return rotated

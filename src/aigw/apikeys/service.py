@@ -1,0 +1,347 @@
+"""AI API key use cases. Secrets are sealed or hashed here and never leave in clear,
+except the client token in the one response that issues it."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigw.apikeys.models import ApiKey, IdempotencyRecord
+from aigw.apikeys.repository import ApiKeyRepository, KeyFilters
+from aigw.apikeys.schemas import ApiKeyCreate, ApiKeyPage, ApiKeyRead, ApiKeyUpdate, ApiKeyWithToken
+from aigw.audit import service as audit
+from aigw.crypto import KeyRing, TokenHasher, key_code_aad, mask_secret
+from aigw.errors import AliasTaken, IdempotencyKeyReused, NotFound, UnknownModel, UnknownProvider
+from aigw.pagination import InvalidCursor, decode_cursor, encode_cursor
+from aigw.providers.models import Provider, ProviderModel
+from aigw.providers.repository import ProviderRepository
+from aigw.providers.service import check_version
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+def to_read(key: ApiKey) -> ApiKeyRead:
+    return ApiKeyRead(
+        id=key.id,
+        alias=key.alias,
+        provider=key.provider.name,
+        model=key.model.name,
+        status=key.status,  # type: ignore[arg-type]
+        key_code_masked=key.key_code_masked,
+        token_prefix=key.token_prefix,
+        input_limit=key.input_limit,
+        output_limit=key.output_limit,
+        usage_limit=key.usage_limit,  # type: ignore[arg-type]
+        created_at=key.created_at,
+        updated_at=key.updated_at,
+        version=key.version,
+    )
+
+
+def _snapshot(key: ApiKey) -> dict[str, Any]:
+    return to_read(key).model_dump(mode="json")
+
+
+async def _resolve_model(
+    session: AsyncSession, provider_name: str, model_name: str
+) -> tuple[Provider, ProviderModel]:
+    provider = await ProviderRepository(session).get_by_name(provider_name)
+    if provider is None:
+        raise UnknownProvider(
+            f"no provider named {provider_name!r}",
+            errors=[
+                {"field": "provider", "message": "unknown provider", "type": "unknown_provider"}
+            ],
+        )
+    for model in provider.models:
+        if model.name == model_name:
+            return provider, model
+    raise UnknownModel(
+        f"provider {provider.name!r} has no model {model_name!r}",
+        errors=[
+            {
+                "field": "model",
+                "message": "unknown model for this provider",
+                "type": "unknown_model",
+            }
+        ],
+    )
+
+
+def _is_alias_conflict(exc: IntegrityError) -> bool:
+    return "uq_api_keys_lower_alias" in str(exc.orig)
+
+
+def _seal_key_code(key: ApiKey, key_code: str, keyring: KeyRing) -> None:
+    key.key_code_ciphertext = keyring.encrypt(key_code, key_code_aad(key.id))
+    key.key_code_masked = mask_secret(key_code)
+
+
+def _fingerprint(data: ApiKeyCreate) -> bytes:
+    return hashlib.sha256(
+        orjson.dumps(data.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    ).digest()
+
+
+def _idempotency_aad(idempotency_key: str) -> bytes:
+    return f"aigw/idempotency_records/{idempotency_key}/response".encode()
+
+
+def _replay(record: IdempotencyRecord, fingerprint: bytes, keyring: KeyRing) -> ApiKeyWithToken:
+    if record.fingerprint != fingerprint:
+        raise IdempotencyKeyReused()
+    body = keyring.decrypt(record.response_sealed, _idempotency_aad(record.key))
+    return ApiKeyWithToken.model_validate_json(body)
+
+
+async def create_api_key(
+    session: AsyncSession,
+    data: ApiKeyCreate,
+    *,
+    keyring: KeyRing,
+    hasher: TokenHasher,
+    actor: str,
+    idempotency_key: str | None = None,
+) -> tuple[ApiKeyWithToken, bool]:
+    """Create a key; returns ``(key with its token, replayed)``.
+
+    With an ``Idempotency-Key`` the claim on the key is inserted first, so a
+    concurrent retry waits for the first attempt and then replays its result.
+    """
+    repo = ApiKeyRepository(session)
+    fingerprint = _fingerprint(data)
+    record: IdempotencyRecord | None = None
+    key_id = uuid.uuid4()
+    if idempotency_key is not None:
+        await repo.purge_idempotency(IDEMPOTENCY_TTL)
+        existing = await repo.get_idempotency(idempotency_key)
+        if existing is not None:
+            return _replay(existing, fingerprint, keyring), True
+        record = IdempotencyRecord(
+            key=idempotency_key,
+            fingerprint=fingerprint,
+            status_code=201,
+            response_sealed="",
+            resource_id=key_id,
+        )
+        try:
+            async with session.begin_nested():
+                session.add(record)
+                await session.flush()
+        except IntegrityError:
+            existing = await repo.get_idempotency(idempotency_key)
+            if existing is None:  # the other attempt rolled back; let the client retry
+                raise IdempotencyKeyReused(
+                    "a concurrent request with this key failed; retry"
+                ) from None
+            return _replay(existing, fingerprint, keyring), True
+
+    provider, model = await _resolve_model(session, data.provider, data.model)
+    issued = hasher.issue()
+    key = ApiKey(
+        id=key_id,
+        alias=data.alias,
+        provider_id=provider.id,
+        model_id=model.id,
+        status=data.status,
+        token_hash=issued.token_hash,
+        token_prefix=issued.prefix,
+        input_limit=data.input_limit,
+        output_limit=data.output_limit,
+        usage_limit=data.usage_limit,
+    )
+    _seal_key_code(key, data.key_code, keyring)
+    session.add(key)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        if _is_alias_conflict(exc):
+            raise AliasTaken(f"alias {data.alias!r} is taken") from None
+        raise
+    key = await get_api_key(session, key_id)
+    result = ApiKeyWithToken(**to_read(key).model_dump(), token=issued.token)
+    if record is not None:
+        record.response_sealed = keyring.encrypt(
+            result.model_dump_json(), _idempotency_aad(record.key)
+        )
+    audit.record(
+        session,
+        actor=actor,
+        action="create",
+        entity_type="api_key",
+        entity_id=key.id,
+        before=None,
+        after=_snapshot(key),
+    )
+    return result, False
+
+
+async def get_api_key(
+    session: AsyncSession, key_id: uuid.UUID, *, for_update: bool = False
+) -> ApiKey:
+    key = await ApiKeyRepository(session).get(key_id, for_update=for_update)
+    if key is None:
+        raise NotFound(f"no AI API key with id {key_id}")
+    # A refresh after flush must see server defaults (timestamps); populate_existing does.
+    return key
+
+
+async def search_api_keys(
+    session: AsyncSession, filters: KeyFilters, *, sort: str, limit: int, cursor: str | None
+) -> ApiKeyPage:
+    repo = ApiKeyRepository(session)
+    stmt = repo.search(filters)
+    after: tuple[object, uuid.UUID] | None = None
+    if cursor:
+        payload = decode_cursor(cursor, {"s", "v", "id"})
+        if payload["s"] != sort:
+            raise InvalidCursor("the cursor was made for another sort order")
+        try:
+            after = (_cursor_value(sort, payload["v"]), uuid.UUID(str(payload["id"])))
+        except (TypeError, ValueError):
+            raise InvalidCursor("malformed cursor") from None
+    rows = await repo.page(stmt, sort=sort, after=after, limit=limit + 1)
+    total = await repo.count(stmt)
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor({"s": sort, "v": _sort_value(sort, last), "id": str(last.id)})
+    return ApiKeyPage(
+        items=[to_read(k) for k in rows[:limit]], next_cursor=next_cursor, total=total
+    )
+
+
+def _sort_value(sort: str, key: ApiKey) -> str:
+    field = sort.lstrip("-")
+    if field == "alias":
+        return key.alias.lower()
+    value = key.created_at if field == "created_at" else key.updated_at
+    return value.isoformat()
+
+
+def _cursor_value(sort: str, value: object) -> object:
+    if not isinstance(value, str):
+        raise TypeError
+    if sort.lstrip("-") == "alias":
+        return value
+    from datetime import datetime
+
+    return datetime.fromisoformat(value)
+
+
+async def update_api_key(
+    session: AsyncSession,
+    key_id: uuid.UUID,
+    data: ApiKeyUpdate,
+    *,
+    if_match: int | None,
+    keyring: KeyRing,
+    actor: str,
+) -> ApiKey:
+    key = await get_api_key(session, key_id, for_update=True)
+    check_version(key.version, if_match)
+    changes = data.model_dump(exclude_unset=True)
+    if not changes:
+        return key
+    before = _snapshot(key)
+    if "provider" in changes or "model" in changes:
+        provider, model = await _resolve_model(
+            session, data.provider or key.provider.name, data.model or key.model.name
+        )
+        key.provider_id, key.model_id = provider.id, model.id
+    for field in ("alias", "status", "input_limit", "output_limit", "usage_limit"):
+        if field in changes:
+            setattr(key, field, changes[field])
+    secret_replaced = data.key_code is not None
+    if data.key_code is not None:
+        _seal_key_code(key, data.key_code, keyring)
+    key.version += 1
+    key.updated_at = func.now()
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        if _is_alias_conflict(exc):
+            raise AliasTaken(f"alias {data.alias!r} is taken") from None
+        raise
+    session.expire(key)
+    key = await get_api_key(session, key_id)
+    after = _snapshot(key)
+    field_changes = set(changes) - {"key_code"}
+    if field_changes:
+        audit.record(
+            session,
+            actor=actor,
+            action="update",
+            entity_type="api_key",
+            entity_id=key.id,
+            before=before,
+            after=after,
+        )
+    if secret_replaced:
+        audit.record(
+            session,
+            actor=actor,
+            action="secret_replaced",
+            entity_type="api_key",
+            entity_id=key.id,
+            before={"key_code_masked": before["key_code_masked"]},
+            after={"key_code_masked": after["key_code_masked"]},
+        )
+    return key
+
+
+async def rotate_token(
+    session: AsyncSession,
+    key_id: uuid.UUID,
+    *,
+    if_match: int | None,
+    hasher: TokenHasher,
+    actor: str,
+) -> ApiKeyWithToken:
+    key = await get_api_key(session, key_id, for_update=True)
+    check_version(key.version, if_match)
+    before = {"token_prefix": key.token_prefix}
+    issued = hasher.issue()
+    key.token_hash = issued.token_hash
+    key.token_prefix = issued.prefix
+    key.version += 1
+    key.updated_at = func.now()
+    await session.flush()
+    session.expire(key)
+    key = await get_api_key(session, key_id)
+    audit.record(
+        session,
+        actor=actor,
+        action="token_rotated",
+        entity_type="api_key",
+        entity_id=key.id,
+        before=before,
+        after={"token_prefix": key.token_prefix},
+    )
+    return ApiKeyWithToken(**to_read(key).model_dump(), token=issued.token)
+
+
+async def delete_api_key(
+    session: AsyncSession, key_id: uuid.UUID, *, if_match: int | None, actor: str
+) -> None:
+    key = await get_api_key(session, key_id, for_update=True)
+    check_version(key.version, if_match)
+    before = _snapshot(key)
+    await session.delete(key)
+    await session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="delete",
+        entity_type="api_key",
+        entity_id=key_id,
+        before=before,
+        after=None,
+    )

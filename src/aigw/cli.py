@@ -1,0 +1,185 @@
+"""The ``aigw`` command line: run the gateway and administer its database.
+
+``serve`` and ``migrate`` start an embedded PostgreSQL in the data folder when
+``AIGW_DATABASE_URL`` is not set. Admin commands that talk to a running
+gateway over HTTP (``keys``, ``providers``, ``apply``) live in
+:mod:`aigw.cli_admin`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from aigw.config import (
+    ADMIN_TOKEN_FILE,
+    ENCRYPTION_KEYS_FILE,
+    Settings,
+    new_encryption_key_entry,
+    resolve_generated_secrets,
+)
+
+app = typer.Typer(
+    name="aigw",
+    help="aigw: an AI gateway with per-key token limits.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold secrets
+)
+err = Console(stderr=True)
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The configured database URL, or an embedded server in the data folder."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from aigw.db.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.data_dir)
+    err.print(f"[dim]starting embedded PostgreSQL in {server.pgdata}[/]")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def _load_settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return resolve_generated_secrets(Settings())
+    except ValidationError as exc:
+        err.print(f"[red]invalid configuration:[/]\n{exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+) -> None:
+    """Migrate the database and serve the gateway (admin API, console, proxy)."""
+    import uvicorn
+
+    from aigw.db.migrate import upgrade
+    from aigw.logging import configure_logging
+
+    settings = _load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    with database(settings) as url:
+        upgrade(url)
+        # Workers re-read settings from the environment; the data folder gives
+        # them the same generated secrets.
+        os.environ["AIGW_DATABASE_URL"] = url
+        os.environ["AIGW_DATA_DIR"] = str(settings.data_dir)
+        if not os.environ.get("AIGW_ADMIN_TOKEN"):
+            err.print(
+                f"admin token: in [bold]{settings.data_dir / ADMIN_TOKEN_FILE}[/] "
+                "(set AIGW_ADMIN_TOKEN to choose your own)"
+            )
+        err.print(f"console: http://{host}:{port}/ui   proxy: http://{host}:{port}/v1")
+        uvicorn.run(
+            "aigw.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=int(settings.shutdown_grace),
+        )
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (alembic upgrade head)."""
+    from aigw.db.migrate import upgrade
+
+    settings = _load_settings()
+    with database(settings) as url:
+        upgrade(url)
+    err.print("[green]database is up to date[/]")
+
+
+@app.command("new-encryption-key")
+def new_encryption_key() -> None:
+    """Print a fresh ``kid:base64key`` entry for AIGW_ENCRYPTION_KEYS."""
+    typer.echo(new_encryption_key_entry())
+
+
+@app.command("rotate-keys")
+def rotate_keys(
+    generate: Annotated[
+        bool,
+        typer.Option(
+            help="Put a newly generated key first in the data folder's key file "
+            "(only when AIGW_ENCRYPTION_KEYS is not set)."
+        ),
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+) -> None:
+    """Re-encrypt every stored key code under the first (newest) encryption key.
+
+    Resumable: run it again after an interruption and it continues.
+    """
+    from aigw.apikeys.rotation import count_stale, reencrypt_key_codes
+    from aigw.crypto import KeyRing
+    from aigw.db.engine import create_engine, create_sessionmaker
+
+    settings = _load_settings()
+    if generate:
+        if os.environ.get("AIGW_ENCRYPTION_KEYS"):
+            err.print("[red]--generate edits the key file; AIGW_ENCRYPTION_KEYS is set instead[/]")
+            raise typer.Exit(2)
+        path = settings.data_dir / ENCRYPTION_KEYS_FILE
+        entries = [new_encryption_key_entry(), path.read_text().strip()]
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(",".join(entries) + "\n")
+        os.replace(tmp, path)
+        settings = _load_settings()
+        err.print(f"new primary key added to {path}; restart gateways to pick it up")
+    assert settings.encryption_keys is not None
+    keyring = KeyRing.parse(settings.encryption_keys.get_secret_value())
+
+    async def run(url: str) -> tuple[int, int]:
+        engine = create_engine(settings.model_copy(update={"database_url": url}))
+        try:
+            sessionmaker = create_sessionmaker(engine)
+            done = await reencrypt_key_codes(sessionmaker, keyring, batch_size=batch_size)
+            return done, await count_stale(sessionmaker, keyring)
+        finally:
+            await engine.dispose()
+
+    with database(settings) as url:
+        done, left = asyncio.run(run(url))
+    err.print(f"re-encrypted {done} key code(s) under key id {keyring.primary_kid!r}; {left} left")
+    if left:
+        sys.exit(1)
+
+
+def _register_admin_commands() -> None:
+    try:
+        from aigw.cli_admin import register
+    except ImportError:  # pragma: no cover - only while the admin CLI is absent
+        return
+    register(app)
+
+
+_register_admin_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

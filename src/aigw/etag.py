@@ -1,0 +1,35 @@
+"""Strong ETags carry the row version: ``"<version>"``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Header
+
+from aigw.errors import PreconditionFailed
+
+
+def etag_for(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_if_match(
+    if_match: Annotated[
+        str | None,
+        Header(
+            description='Optimistic concurrency: the ETag from a previous GET (e.g. `"3"`); '
+            "412 when the resource changed since.",
+            max_length=200,
+        ),
+    ] = None,
+) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    value = if_match.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    if not value.isdigit() or len(value) > 12:
+        # Matches no version we could have: a stale or foreign ETag.
+        raise PreconditionFailed("If-Match does not name a version of this resource")
+    return int(value)

@@ -1,0 +1,31 @@
+"""Opaque keyset cursors: ``base64url(json)`` naming the sort and the last row seen."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+
+from aigw.errors import ValidationFailed
+
+
+class InvalidCursor(ValidationFailed):
+    code = "invalid_cursor"
+    title = "The cursor is not valid for this query"
+
+
+def encode_cursor(payload: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(payload)).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str, expected_keys: set[str]) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = orjson.loads(raw)
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise InvalidCursor(errors=[{"field": "cursor", "message": "malformed cursor"}]) from None
+    if not isinstance(payload, dict) or set(payload) != expected_keys:
+        raise InvalidCursor(errors=[{"field": "cursor", "message": "malformed cursor"}])
+    return payload

