@@ -32,7 +32,14 @@ ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(24)
 ENCRYPTION_KEYS = "k1:" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 TOKEN_PEPPER = secrets.token_urlsafe(32)
 
-_TABLES = ("usage_records", "audit_log", "idempotency_records", "api_keys", "provider_models", "providers")
+_TABLES = (
+    "usage_records",
+    "audit_log",
+    "idempotency_records",
+    "api_keys",
+    "provider_models",
+    "providers",
+)
 
 
 def _with_database(url: str, name: str) -> str:
@@ -134,7 +141,9 @@ async def client(app: Any, admin_headers: dict[str, str]) -> AsyncIterator[httpx
 @pytest.fixture
 async def anon(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The app in process, without credentials."""
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://aigw.test") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://aigw.test"
+    ) as http:
         yield http
 
 
@@ -151,13 +160,17 @@ def gateway_env(db: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_gateway_process(gateway_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+def start_gateway_process(
+    gateway_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., Gateway]]:
     """Factory for real ``aigw serve`` processes; every one is stopped after the test."""
     started: list[Gateway] = []
 
     def start(workers: int = 1, **env: str) -> Gateway:
         index = len(started)
-        gateway = start_gateway({**gateway_env, **env}, tmp_path / f"gateway-{index}.log", workers=workers)
+        gateway = start_gateway(
+            {**gateway_env, **env}, tmp_path / f"gateway-{index}.log", workers=workers
+        )
         started.append(gateway)
         return gateway
 

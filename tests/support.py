@@ -79,7 +79,16 @@ def start_gateway(env: dict[str, str], log_path: Path, *, workers: int = 1) -> G
     full_env = {**os.environ, **env}
     handle = log_path.open("ab")
     proc = subprocess.Popen(
-        [str(AIGW_BIN), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+        [
+            str(AIGW_BIN),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         env=full_env,
         stdout=handle,
         stderr=subprocess.STDOUT,
@@ -91,5 +100,13 @@ def start_gateway(env: dict[str, str], log_path: Path, *, workers: int = 1) -> G
         wait_http(f"{url}/healthz", timeout=60.0, proc=proc)
     except Exception:
         stop_process(proc)
-        raise RuntimeError(f"gateway failed to start:\n{log_path.read_text(errors='replace')[-4000:]}") from None
-    return Gateway(url=url, admin_token=full_env["AIGW_ADMIN_TOKEN"], proc=proc, log_path=log_path, env=full_env)
+        raise RuntimeError(
+            f"gateway failed to start:\n{log_path.read_text(errors='replace')[-4000:]}"
+        ) from None
+    return Gateway(
+        url=url,
+        admin_token=full_env["AIGW_ADMIN_TOKEN"],
+        proc=proc,
+        log_path=log_path,
+        env=full_env,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,6 +88,11 @@ def serve(
                 "(set AIGW_ADMIN_TOKEN to choose your own)"
             )
         err.print(f"console: http://{host}:{port}/ui   proxy: http://{host}:{port}/v1")
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the
+        # signal to the handler installed before it; make that handler a clean
+        # exit so the embedded PostgreSQL above is stopped on the way out.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _exit_after_shutdown)
         uvicorn.run(
             "aigw.main:create_app",
             factory=True,
@@ -100,6 +106,10 @@ def serve(
             server_header=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace),
         )
+
+
+def _exit_after_shutdown(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command()

@@ -111,6 +111,10 @@ class KeyRing:
             raise UnknownKeyId(f"ciphertext sealed with key id {kid!r}, which is not configured")
         try:
             raw = _b64decode(body)
+            # Only the canonical spelling opens: base64 leaves spare bits in the
+            # last character, and a ciphertext must not have two spellings.
+            if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != body:
+                raise ValueError("non-canonical encoding")
             plaintext = cipher.decrypt(raw[:12], raw[12:], aad)
         except (InvalidTag, binascii.Error, ValueError):
             raise DecryptionFailed(
