@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(default=30.0, ge=0)
 
     metrics_token: SecretStr | None = None
+    # Distinct key aliases given their own metrics label; later ones share "other".
+    metrics_max_aliases: int = Field(default=100, ge=1)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
 

@@ -1,0 +1,92 @@
+"""Adapter for ``kind: openai`` providers: any OpenAI-compatible Chat Completions API.
+
+The gateway speaks Chat Completions on both sides, so this adapter translates
+nothing: requests go out as the client wrote them (plus the gateway's few
+edits), stream events come back parsed but are relayed as received unless the
+service changes them. The URL is always the provider's ``base_url`` plus
+``/chat/completions``; nothing from the client picks it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from yarl import URL
+
+from aigw.proxy.keycache import ResolvedKey
+from aigw.proxy.sse import DONE_DATA, SSEEvent
+from aigw.proxy.upstream import UpstreamProtocolError
+
+
+@lru_cache(maxsize=1024)
+def _endpoint(base_url: str, path: str) -> URL:
+    # Parsing a URL costs microseconds; providers are few, so parse each once.
+    return URL(base_url.rstrip("/") + path)
+
+
+class StreamItem:
+    """One upstream stream event as the service sees it: ``raw`` bytes to relay when
+    nothing changes (``None``: must be encoded from ``chunk``), the parsed
+    ``chunk``, or ``done`` for the end marker; a comment has neither."""
+
+    __slots__ = ("chunk", "done", "raw")
+
+    def __init__(self, raw: bytes | None, chunk: dict[str, Any] | None, done: bool = False) -> None:
+        self.raw = raw
+        self.chunk = chunk
+        self.done = done
+
+
+DONE_ITEM = StreamItem(None, None, done=True)
+
+
+class OpenAIAdapter:
+    kind = "openai"
+
+    def url(self, key: ResolvedKey) -> URL:
+        return _endpoint(key.base_url, "/chat/completions")
+
+    def headers(self, key: ResolvedKey, request_id: str, stream: bool) -> dict[str, str]:
+        assert key.key_code is not None
+        return {
+            "Authorization": "Bearer " + key.key_code,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+            "Accept-Encoding": "identity",
+            "X-Request-Id": request_id,
+        }
+
+    def encode_request(self, body: dict[str, Any], raw: bytes, modified: bool) -> bytes:
+        """The upstream body: the client's bytes when the gateway changed nothing."""
+        return orjson.dumps(body) if modified else raw
+
+    def stream_items(self, event: SSEEvent) -> tuple[StreamItem, ...]:
+        data = event.data
+        if data is None:
+            return (StreamItem(event.raw, None),)
+        if data == DONE_DATA:
+            return (DONE_ITEM,)
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError("The upstream provider sent a malformed event") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamProtocolError("The upstream provider sent a malformed event")
+        return (StreamItem(event.raw, chunk),)
+
+    def parse_response(self, body: bytes) -> dict[str, Any]:
+        """A non-streamed completion, in Chat Completions form."""
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError("The upstream provider sent malformed JSON") from None
+        if not isinstance(parsed, dict):
+            raise UpstreamProtocolError("The upstream provider sent an unexpected body")
+        return parsed
+
+    @property
+    def relays_raw(self) -> bool:
+        """Whether upstream bodies are already Chat Completions (relayable unchanged)."""
+        return True

@@ -1,0 +1,186 @@
+"""``/v1``: the OpenAI-compatible endpoints.
+
+Each endpoint is registered twice on one path: first as a pure ASGI route that
+serves it (no request object, no dependency solving, no response model: the
+hot path handles bytes), then as a FastAPI route that only documents it in
+``openapi.json``. Routing takes the first full match, so the documenting route
+never runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from aigw.proxy.service import ProxyService
+
+router = APIRouter(tags=["proxy"])
+
+# Documents the client-token scheme; the ASGI routes check the token themselves.
+_client_token = HTTPBearer(
+    scheme_name="ClientToken",
+    description="The AI API key's client token (aigw-…), as an OpenAI SDK api_key.",
+    auto_error=False,
+)
+
+
+def _service(scope: Scope) -> ProxyService:
+    service: ProxyService = scope["app"].state.proxy
+    return service
+
+
+class _ChatCompletionsEndpoint:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _service(scope).chat_completions(scope, receive, send)
+
+
+class _ModelsEndpoint:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _service(scope).list_models(scope, receive, send)
+
+
+router.routes.append(
+    Route(
+        "/v1/chat/completions",
+        endpoint=_ChatCompletionsEndpoint(),
+        methods=["POST"],
+        include_in_schema=False,
+    )
+)
+router.routes.append(
+    Route("/v1/models", endpoint=_ModelsEndpoint(), methods=["GET"], include_in_schema=False)
+)
+
+
+# -- documentation only ---------------------------------------------------------
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str = Field(description="system, developer, user, assistant, tool or function")
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's Chat Completions request. Every field is forwarded unchanged
+    (unknown ones too), except: ``model`` defaults to the key's model and must be
+    it; with a ``reject`` key and an output limit, a missing ``max_tokens`` /
+    ``max_completion_tokens`` is set to the limit; streams always ask the
+    upstream for usage (``stream_options.include_usage``)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = Field(default=None, description="The key's model; omit to use it")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's chat completion object (``stream: false``), as the upstream sent it;
+    ``finish_reason`` is ``"length"`` where the gateway cut the output."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorBody
+
+
+class Model(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[Model]
+
+
+_HEADERS = {
+    "x-aigw-input-tokens": {
+        "description": "Input tokens counted by the gateway",
+        "schema": {"type": "integer"},
+    },
+    "x-aigw-input-limit": {
+        "description": "The key's input limit (0 = unlimited)",
+        "schema": {"type": "integer"},
+    },
+    "x-aigw-output-limit": {
+        "description": "The key's output limit (0 = unlimited)",
+        "schema": {"type": "integer"},
+    },
+    "x-aigw-usage-limit": {"description": "reject or use_anyway", "schema": {"type": "string"}},
+    "x-aigw-limit-exceeded": {
+        "description": "use_anyway only: input, output or input,output when a limit was passed",
+        "schema": {"type": "string"},
+    },
+    "x-aigw-request-id": {"description": "The gateway's request id", "schema": {"type": "string"}},
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": OpenAIError, "description": description, "headers": _HEADERS}
+
+
+@router.post(
+    "/v1/chat/completions",
+    summary="Create a chat completion through the key's provider (OpenAI-compatible)",
+    response_model=ChatCompletion,
+    responses={
+        200: {
+            "description": "A chat completion, or with `stream: true` an SSE stream of "
+            "`chat.completion.chunk` events ending with `data: [DONE]`. A failure after the "
+            'stream started is a final `data: {"error": …}` event.',
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "headers": _HEADERS,
+        },
+        400: _error(
+            "Bad input (invalid_json, invalid_request), model_not_allowed, "
+            "input_token_limit_exceeded, output_token_limit_exceeded"
+        ),
+        401: _error("invalid_api_key"),
+        403: _error("key_disabled"),
+        413: _error("payload_too_large"),
+        415: _error("unsupported_media_type"),
+        502: _error("upstream_error: the upstream failed or could not be reached"),
+        504: _error("upstream_timeout: first byte, idle or total deadline passed"),
+    },
+    dependencies=[Depends(_client_token)],
+)
+async def create_chat_completion(body: ChatCompletionRequest) -> ChatCompletion:
+    raise RuntimeError("served by the ASGI route registered before this one")
+
+
+@router.get(
+    "/v1/models",
+    summary="The model this client token may use",
+    response_model=ModelList,
+    responses={401: _error("invalid_api_key")},
+    dependencies=[Depends(_client_token)],
+)
+async def list_models() -> ModelList:
+    raise RuntimeError("served by the ASGI route registered before this one")

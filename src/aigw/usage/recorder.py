@@ -1,0 +1,206 @@
+"""Usage records, written off the request path in batches.
+
+A request hands its :class:`UsageEntry` to :meth:`UsageRecorder.record`, which
+only appends to an in-memory buffer: it cannot block, fail or be cancelled, so
+a client that disconnects mid-stream still leaves its record (the handler
+records from a ``finally`` block). One background task writes the buffer in
+batches with ``INSERT … ON CONFLICT (id) DO NOTHING``; ids are made here, so a
+batch retried after a database outage is never written twice.
+
+While the database is down the buffer keeps filling up to
+``usage_buffer_limit`` entries (beyond that the oldest are dropped and counted)
+and the writer retries with capped exponential backoff. :meth:`aclose` flushes
+what is pending, bounded by the shutdown grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aigw.usage.models import UsageRecord
+
+log = logging.getLogger("aigw.usage.recorder")
+
+
+@dataclass(slots=True)
+class UsageEntry:
+    """One proxied request's usage; columns of :class:`UsageRecord`."""
+
+    request_id: str
+    api_key_id: uuid.UUID
+    alias: str
+    provider: str
+    model: str
+    outcome: str
+    status_code: int
+    input_limit: int
+    output_limit: int
+    usage_limit: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    upstream_input_tokens: int | None = None
+    upstream_output_tokens: int | None = None
+    error_code: str | None = None
+    input_limit_exceeded: bool = False
+    output_limit_exceeded: bool = False
+    stream: bool = False
+    latency_ms: float = 0.0
+    ttfb_ms: float | None = None
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "request_id": self.request_id,
+            "api_key_id": self.api_key_id,
+            "alias": self.alias,
+            "provider": self.provider,
+            "model": self.model[:128],
+            "outcome": self.outcome,
+            "error_code": self.error_code[:64] if self.error_code else None,
+            "status_code": self.status_code,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "upstream_input_tokens": self.upstream_input_tokens,
+            "upstream_output_tokens": self.upstream_output_tokens,
+            "input_limit": self.input_limit,
+            "output_limit": self.output_limit,
+            "usage_limit": self.usage_limit,
+            "input_limit_exceeded": self.input_limit_exceeded,
+            "output_limit_exceeded": self.output_limit_exceeded,
+            "stream": self.stream,
+            "latency_ms": self.latency_ms,
+            "ttfb_ms": self.ttfb_ms,
+        }
+
+
+class UsageRecorder:
+    """Buffer + one writer task; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        flush_interval: float,
+        batch_size: int,
+        buffer_limit: int,
+        on_record: Callable[[UsageEntry], None] | None = None,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self._engine = engine
+        self._flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._buffer: deque[UsageEntry] = deque(maxlen=buffer_limit)
+        self._on_record = on_record
+        self._max_backoff = max_backoff
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._evicted = 0
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0
+
+    def __repr__(self) -> str:
+        return f"UsageRecorder(pending={len(self._buffer)}, written={self.written})"
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def record(self, entry: UsageEntry) -> None:
+        """Queue *entry* for writing. Never blocks, never raises."""
+        buffer = self._buffer
+        if len(buffer) == buffer.maxlen:
+            self.dropped += 1
+            self._evicted += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("usage buffer full; %d records dropped so far", self.dropped)
+        buffer.append(entry)
+        if len(buffer) >= self._batch_size:
+            self._wake.set()
+        if self._on_record is not None:
+            try:
+                self._on_record(entry)
+            except Exception:  # metrics must never break a request
+                log.exception("usage observer failed")
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="aigw-usage-recorder")
+
+    async def aclose(self, grace: float) -> None:
+        """Stop the writer and flush what is pending within *grace* seconds."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        if self._buffer:
+            log.error("shutdown: %d usage records could not be written", len(self._buffer))
+
+    async def flush(self) -> None:
+        """Write everything buffered now (used by tests and shutdown)."""
+        while self._buffer:
+            await self._write_batch()
+
+    async def _write_batch(self) -> None:
+        count = min(len(self._buffer), self._batch_size)
+        batch = [self._buffer[index] for index in range(count)]
+        self._evicted = 0
+        statement = insert(UsageRecord).on_conflict_do_nothing(index_elements=["id"])
+        async with self._engine.begin() as connection:
+            await connection.execute(statement, [entry.as_row() for entry in batch])
+        # Drop exactly what was written (less what overflow already evicted from
+        # the left meanwhile); entries appended meanwhile stay.
+        for _ in range(max(0, count - self._evicted)):
+            self._buffer.popleft()
+        self.written += count
+
+    async def _run(self) -> None:
+        backoff = self._flush_interval
+        while True:
+            if not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._flush_interval)
+            self._wake.clear()
+            try:
+                while self._buffer:
+                    await self._write_batch()
+                backoff = self._flush_interval
+            except Exception as exc:
+                self.failures += 1
+                log.warning(
+                    "usage write failed (%s); %d pending, retrying in %.1fs",
+                    type(exc).__name__,
+                    len(self._buffer),
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            if self._closing:
+                return
+
+
+def now_ms(started: float) -> float:
+    """Milliseconds since the ``time.perf_counter()`` value *started*."""
+    return (time.perf_counter() - started) * 1000.0

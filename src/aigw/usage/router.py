@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from aigw.deps import AdminDep, SessionDep
+from aigw.routing import AdminRoute
+from aigw.usage import service
+from aigw.usage.schemas import KeyUsage
+
+router = APIRouter(prefix="/apikeys", tags=["usage"], route_class=AdminRoute)
+
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+@router.get(
+    "/{key_id}/usage",
+    response_model=KeyUsage,
+    response_model_by_alias=True,
+    summary="Token usage and outcomes of one AI API key: totals and per-day buckets",
+    description="Over `[from, to)` (ISO 8601; naive times are UTC; default: the last 30 "
+    "days; at most 366 days). Keeps working after the key is deleted.",
+    responses={404: PROBLEM, 422: PROBLEM},
+)
+async def get_key_usage(
+    key_id: uuid.UUID,
+    session: SessionDep,
+    _actor: AdminDep,
+    start: Annotated[datetime | None, Query(alias="from")] = None,
+    end: Annotated[datetime | None, Query(alias="to")] = None,
+) -> KeyUsage:
+    return await service.key_usage(session, key_id, start, end)

@@ -1,0 +1,99 @@
+"""Usage reports: totals by outcome and per-day buckets for one key."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigw.apikeys.models import ApiKey
+from aigw.errors import NotFound, ValidationFailed
+from aigw.usage import repository
+from aigw.usage.schemas import DayUsage, KeyUsage, OutcomeUsage, UsageFigures
+
+DEFAULT_PERIOD = timedelta(days=30)
+MAX_PERIOD = timedelta(days=366)
+_SUMMED = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "upstream_input_tokens",
+    "upstream_output_tokens",
+    "input_limit_exceeded",
+    "output_limit_exceeded",
+)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def resolve_period(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    """``[from, to)``: *to* defaults to now, *from* to 30 days before *to*; naive
+    times are UTC; at most 366 days."""
+    end = _aware(end) if end is not None else datetime.now(UTC)
+    start = _aware(start) if start is not None else end - DEFAULT_PERIOD
+    errors = []
+    if start >= end:
+        errors.append({"field": "from", "message": "must be before 'to'", "type": "value_error"})
+    elif end - start > MAX_PERIOD:
+        errors.append(
+            {"field": "from", "message": "the period is at most 366 days", "type": "value_error"}
+        )
+    if errors:
+        raise ValidationFailed("; ".join(e["message"] for e in errors), errors=errors)
+    return start, end
+
+
+def _add(figures: UsageFigures, row: object) -> None:
+    for name in _SUMMED:
+        setattr(figures, name, getattr(figures, name) + int(getattr(row, name)))
+    outcome = figures.by_outcome.setdefault(row.outcome, OutcomeUsage())  # type: ignore[attr-defined]
+    outcome.requests += int(row.requests)  # type: ignore[attr-defined]
+    outcome.input_tokens += int(row.input_tokens)  # type: ignore[attr-defined]
+    outcome.output_tokens += int(row.output_tokens)  # type: ignore[attr-defined]
+
+
+async def key_usage(
+    session: AsyncSession,
+    api_key_id: uuid.UUID,
+    start: datetime | None,
+    end: datetime | None,
+) -> KeyUsage:
+    """Usage of one key over a period; works for deleted keys (by id), since
+    usage records keep no foreign key to the key."""
+    period_start, period_end = resolve_period(start, end)
+    alias = (await session.execute(select(ApiKey.alias).where(ApiKey.id == api_key_id))).scalar()
+    deleted = alias is None
+    if deleted:
+        alias = (await session.execute(repository.last_recorded_alias(api_key_id))).scalar()
+        if alias is None:
+            raise NotFound(f"no AI API key with id {api_key_id}, and no usage recorded for it")
+    rows = (
+        await session.execute(repository.daily_totals(api_key_id, period_start, period_end))
+    ).all()
+
+    totals = UsageFigures()
+    days: dict[object, DayUsage] = {}
+    day = period_start.astimezone(UTC).date()
+    last_day = (period_end - timedelta(microseconds=1)).astimezone(UTC).date()
+    while day <= last_day:
+        days[day] = DayUsage(date=day)
+        day += timedelta(days=1)
+    for row in rows:
+        _add(totals, row)
+        bucket = days.get(row.day)
+        if bucket is not None:
+            _add(bucket, row)
+    assert alias is not None
+    return KeyUsage(
+        api_key_id=api_key_id,
+        alias=alias,
+        deleted=deleted,
+        **{"from": period_start},
+        to=period_end,
+        totals=totals,
+        days=list(days.values()),
+    )
