@@ -268,6 +268,12 @@ def install_error_handlers(app: FastAPI) -> None:
         }.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else None
         headers = dict(exc.headers or {})
+        if exc.status_code == 413:  # a streamed body crossed the limit (aigw.middleware)
+            return error_response(
+                request.url.path,
+                PayloadTooLarge(detail, headers=headers),
+                instance=request.url.path,
+            )
         if is_openai_path(request.url.path):
             return openai_error_response(
                 exc.status_code, detail or code, code=code, headers=headers

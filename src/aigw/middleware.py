@@ -14,6 +14,7 @@ import contextvars
 import re
 import secrets
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigw.errors import PayloadTooLarge, error_response
@@ -59,8 +60,18 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised from ``receive()`` once a streamed body crosses the limit.
+
+    An ``HTTPException`` because FastAPI turns any other exception raised while it
+    reads the body into a 400 ("There was an error parsing the body"); this one it
+    re-raises, and the error handlers render it as the same 413 as below.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(
+            413, f"request body exceeds {max_bytes} bytes", headers={"connection": "close"}
+        )
 
 
 class BodyLimitMiddleware:
@@ -93,7 +104,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
