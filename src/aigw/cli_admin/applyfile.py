@@ -166,8 +166,7 @@ def load_apply_file(text: str) -> ApplyFile:
             }
             for error in exc.errors(include_url=False, include_input=False, include_context=False)
         ]
-        summary = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
-        raise FileError(f"invalid file: {summary}", errors) from None
+        raise FileError("invalid file", errors) from None
 
 
 def read_key_codes(spec: ApplyFile) -> dict[str, str]:
@@ -198,5 +197,5 @@ def read_key_codes(spec: ApplyFile) -> dict[str, str]:
         else:
             codes[key.alias.lower()] = value
     if errors:
-        raise FileError("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
+        raise FileError("missing or invalid key code variables", errors)
     return codes

@@ -308,7 +308,7 @@ class AdminClient:
                     time.sleep(0.5 * attempt)
                     continue
                 raise ConnectionFailed(
-                    f"cannot reach the gateway at {self._http.base_url}: {type(exc).__name__}",
+                    f"cannot reach the gateway at {self._http.base_url}: {exc or type(exc).__name__}",
                     code="connection_error",
                 ) from None
             if response.status_code == 503 and attempt < attempts:

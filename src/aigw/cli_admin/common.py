@@ -93,11 +93,16 @@ def secret_from_env(variable: str, option: str) -> str:
     return value
 
 
+def interactive() -> bool:
+    """Whether someone can answer a prompt (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
 def confirm_or_exit(output: Output, question: str, *, yes: bool) -> None:
     """Ask before a destructive change; without a TTY only ``--yes`` proceeds."""
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not interactive():
         output.fail(
             UsageError("refusing to delete without confirmation: no TTY; pass --yes", code="usage")
         )

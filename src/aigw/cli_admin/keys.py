@@ -148,8 +148,10 @@ def create_key(
 ) -> None:
     """Create an AI API key; prints its client token once.
 
-    Example: OPENAI_KEY=sk-… aigw keys create --alias team-a --provider openai-main
-    --model gpt-4o-mini --input-limit 4000 --enabled --key-code-env OPENAI_KEY
+    The key code is read from the environment variable named by --key-code-env,
+    so it never shows in argv, shell history or CI logs:
+
+    OPENAI_KEY=sk-... aigw keys create --alias team-a --provider openai-main --model gpt-4o-mini --input-limit 4000 --enabled --key-code-env OPENAI_KEY
     """
     key_code = secret_from_env(key_code_env, "--key-code-env")
     output = Output(json_output)

@@ -10,6 +10,7 @@ User-supplied strings are rendered as plain text, never as rich markup.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,12 +35,20 @@ def _when(value: str) -> str:
     return value.replace("T", " ")[:19]
 
 
+def _width() -> int | None:
+    """Rich's own choice on a terminal; when piped, wide enough that tables do
+    not fold ids (rich would assume 80 columns)."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return None
+    return 200
+
+
 class Output:
     """One per command invocation: knows whether to speak JSON or rich."""
 
     def __init__(self, json_mode: bool) -> None:
         self.json_mode = json_mode
-        self.out = Console(highlight=False)
+        self.out = Console(highlight=False, width=_width())
         self.err = Console(stderr=True, highlight=False)
 
     # --- primitives
@@ -86,19 +95,19 @@ class Output:
         if self.json_mode:
             self.emit_json({"items": list(items), "next_cursor": next_cursor, "total": total})
             return
-        table = Table(title=None, header_style="bold", expand=False)
-        table.add_column("ID", overflow="fold", style="dim")
+        table = Table(header_style="bold", expand=False)
         table.add_column("NAME", overflow="fold")
         table.add_column("KIND")
         table.add_column("BASE URL", overflow="fold")
         table.add_column("MODELS", overflow="fold")
+        table.add_column("ID", overflow="fold", style="dim")
         for provider in items:
             table.add_row(
-                Text(provider["id"]),
                 Text(provider["name"]),
                 Text(provider["kind"]),
                 Text(provider["base_url"]),
                 Text(", ".join(model["name"] for model in provider["models"])),
+                Text(provider["id"]),
             )
         self.out.print(table)
         self._page_footer(len(items), total, next_cursor, "provider")
@@ -134,17 +143,16 @@ class Output:
             self.emit_json({"items": list(items), "next_cursor": next_cursor, "total": total})
             return
         table = Table(header_style="bold", expand=False)
-        table.add_column("ID", overflow="fold", style="dim")
         table.add_column("ALIAS", overflow="fold")
         table.add_column("STATUS")
         table.add_column("PROVIDER/MODEL", overflow="fold")
-        table.add_column("INPUT", justify="right")
-        table.add_column("OUTPUT", justify="right")
-        table.add_column("USAGE LIMIT")
+        table.add_column("INPUT", justify="right", overflow="fold")
+        table.add_column("OUTPUT", justify="right", overflow="fold")
+        table.add_column("USAGE LIMIT", overflow="fold")
         table.add_column("KEY CODE", overflow="fold")
+        table.add_column("ID", overflow="fold", style="dim")
         for key in items:
             table.add_row(
-                Text(key["id"]),
                 Text(key["alias"]),
                 _status_text(key["status"]),
                 Text(f"{key['provider']}/{key['model']}"),
@@ -152,6 +160,7 @@ class Output:
                 limit_text(key["output_limit"]),
                 Text(key["usage_limit"]),
                 Text(key["key_code_masked"]),
+                Text(key["id"]),
             )
         self.out.print(table)
         self._page_footer(len(items), total, next_cursor, "key")

@@ -151,8 +151,7 @@ def create_provider(
 ) -> None:
     """Register a provider.
 
-    Example: aigw providers create --name openai-main --kind openai
-    --base-url https://api.openai.com/v1 --model gpt-4o-mini --model gpt-4.1
+    aigw providers create --name openai-main --kind openai --base-url https://api.openai.com/v1 --model gpt-4o-mini --model gpt-4.1
     """
     names = _unique(models)
     encodings = parse_encodings(model_encoding, names)
