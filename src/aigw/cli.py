@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from aigw.cli_admin import register as register_admin_commands
 from aigw.config import (
     ADMIN_TOKEN_FILE,
     ENCRYPTION_KEYS_FILE,
@@ -181,15 +182,7 @@ def rotate_keys(
         sys.exit(1)
 
 
-def _register_admin_commands() -> None:
-    try:
-        from aigw.cli_admin import register
-    except ImportError:  # pragma: no cover - only while the admin CLI is absent
-        return
-    register(app)
-
-
-_register_admin_commands()
+register_admin_commands(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()
