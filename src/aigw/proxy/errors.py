@@ -45,6 +45,12 @@ class InvalidRequest(ProxyError):
     code = "invalid_request"
 
 
+class BodyTooLarge(ProxyError):
+    status_code = 413
+    code = "payload_too_large"
+    title = "Request body too large"
+
+
 class UnsupportedContentType(ProxyError):
     status_code = 415
     code = "unsupported_media_type"

@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from aigw.config import Settings
@@ -44,6 +45,7 @@ from aigw.metrics import Metrics
 from aigw.proxy import tokens
 from aigw.proxy.adapters.openai import OpenAIAdapter, StreamItem
 from aigw.proxy.errors import (
+    BodyTooLarge,
     InputTokenLimitExceeded,
     InvalidApiKey,
     InvalidJson,
@@ -962,6 +964,16 @@ async def _finish_upstream(response: aiohttp.ClientResponse, complete: bool) -> 
 
 
 async def _read_body(receive: Receive) -> bytes:
+    try:
+        return await _receive_body(receive)
+    except HTTPException as exc:
+        # The size-limit middleware stops a streamed body mid-way from receive().
+        if exc.status_code == 413:
+            raise BodyTooLarge(str(exc.detail)) from None
+        raise
+
+
+async def _receive_body(receive: Receive) -> bytes:
     message: Message = await receive()
     if message["type"] == "http.disconnect":
         raise ClientGone()
@@ -990,5 +1002,7 @@ async def _send_error(
     )
     if isinstance(exc, InvalidApiKey):
         response.headers["www-authenticate"] = "Bearer"
+    elif isinstance(exc, BodyTooLarge):
+        response.headers["connection"] = "close"  # rather than drain a huge body
     response.raw_headers.extend(headers)
     await response(scope, receive, send)

@@ -1,0 +1,248 @@
+"""SPEC §3's policy table through the real app (in process) and the official
+``openai`` SDK, every cell at limit-1, limit and limit+1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from aigw.proxy.tokens import count_chat_input
+from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk, usage_rows
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name three colours of the rainbow, please."},
+]
+
+
+def prompt_tokens(app: Any) -> int:
+    return count_chat_input(
+        {"model": MODEL, "messages": MESSAGES}, app.state.encoders.get("o200k_base")
+    )
+
+
+@pytest.fixture
+async def app(gateway: Any, upstream: Any) -> Any:
+    app = await gateway()
+    await create_provider(app.admin, upstream.url)
+    return app
+
+
+def relayed_tokens(app: Any, text: str) -> int:
+    return len(app.state.encoders.get("o200k_base").encode_ordinary(text))
+
+
+# -- input over the input limit ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("offset", "over"), [(-1, False), (0, False), (1, True)])
+async def test_reject_input(app: Any, upstream: Any, db: str, offset: int, over: bool) -> None:
+    n = prompt_tokens(app)
+    key = await ready_key(app, input_limit=n - offset)  # n = L-1, L, L+1
+    client = sdk(app, key["token"])
+    if over:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        assert caught.value.code == "input_token_limit_exceeded"
+        assert caught.value.response.headers["x-aigw-input-tokens"] == str(n)
+        assert upstream.requests == []  # nothing went upstream
+        (row,) = await usage_rows(db)
+        assert row["outcome"] == "rejected" and row["error_code"] == "input_token_limit_exceeded"
+        assert row["input_tokens"] == n and row["input_limit_exceeded"] is True
+        return
+    raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+    assert raw.headers["x-aigw-input-tokens"] == str(n)
+    assert raw.headers["x-aigw-input-limit"] == str(n - offset)
+    assert raw.headers["x-aigw-usage-limit"] == "reject"
+    assert "x-aigw-limit-exceeded" not in raw.headers
+    assert raw.parse().choices[0].finish_reason == "stop"
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(("offset", "over"), [(-1, False), (0, False), (1, True)])
+async def test_use_anyway_input(app: Any, upstream: Any, db: str, offset: int, over: bool) -> None:
+    n = prompt_tokens(app)
+    key = await ready_key(app, input_limit=n - offset, usage_limit="use_anyway")
+    client = sdk(app, key["token"])
+    raw = await client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES, extra_body={"unknown_field": {"kept": True}}
+    )
+    assert raw.headers.get("x-aigw-limit-exceeded") == ("input" if over else None)
+    assert raw.headers["x-aigw-usage-limit"] == "use_anyway"
+    # Forwarded unchanged (unknown fields too).
+    assert upstream.last == {"model": MODEL, "messages": MESSAGES, "unknown_field": {"kept": True}}
+    (row,) = await usage_rows(db)
+    assert row["outcome"] == "completed" and row["input_limit_exceeded"] is over
+
+
+# -- requested max over the output limit ------------------------------------------------
+
+L = 10
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize(("requested", "over"), [(L - 1, False), (L, False), (L + 1, True)])
+async def test_reject_requested_max(
+    app: Any, upstream: Any, db: str, field: str, requested: int, over: bool
+) -> None:
+    key = await ready_key(app, output_limit=L)
+    client = sdk(app, key["token"])
+    if over:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, **{field: requested}
+            )
+        assert caught.value.code == "output_token_limit_exceeded"
+        assert caught.value.param == field
+        assert upstream.requests == []
+        (row,) = await usage_rows(db)
+        assert row["outcome"] == "rejected" and row["output_limit_exceeded"] is True
+        return
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES, **{field: requested})
+    assert upstream.last[field] == requested  # the client's own bound, untouched
+    assert "max_tokens" not in upstream.last or field == "max_tokens"
+
+
+@pytest.mark.parametrize(("requested", "over"), [(L - 1, False), (L, False), (L + 1, True)])
+async def test_use_anyway_requested_max(
+    app: Any, upstream: Any, db: str, requested: int, over: bool
+) -> None:
+    key = await ready_key(app, output_limit=L, usage_limit="use_anyway")
+    client = sdk(app, key["token"])
+    raw = await client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES, max_tokens=requested
+    )
+    assert raw.headers.get("x-aigw-limit-exceeded") == ("output" if over else None)
+    assert upstream.last["max_tokens"] == requested
+    (row,) = await usage_rows(db)
+    assert row["output_limit_exceeded"] is over
+
+
+# -- no max given, output limit set --------------------------------------------------
+
+
+async def test_reject_without_max_asks_upstream_for_the_limit(app: Any, upstream: Any) -> None:
+    key = await ready_key(app, output_limit=L)
+    await sdk(app, key["token"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert upstream.last["max_tokens"] == L
+    assert "max_completion_tokens" not in upstream.last
+
+
+async def test_use_anyway_without_max_is_forwarded_unchanged(app: Any, upstream: Any) -> None:
+    key = await ready_key(app, output_limit=L, usage_limit="use_anyway")
+    await sdk(app, key["token"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert "max_tokens" not in upstream.last and "max_completion_tokens" not in upstream.last
+
+
+# -- generated output reaching the limit (an upstream that ignores max_tokens) ------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("generated", "cut"), [(L - 1, False), (L, False), (L + 1, True)])
+async def test_reject_cuts_output_at_exactly_the_limit(
+    app: Any, upstream: Any, db: str, stream: bool, generated: int, cut: bool
+) -> None:
+    upstream.script.output_tokens = generated
+    upstream.script.honour_max_tokens = False
+    key = await ready_key(app, output_limit=L)
+    client = sdk(app, key["token"])
+    if stream:
+        chunks = [
+            chunk
+            async for chunk in await client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, stream=True
+            )
+        ]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [
+            c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+        ]
+        assert all(c.usage is None for c in chunks)  # the client did not ask for usage
+    else:
+        completion = await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        text = completion.choices[0].message.content or ""
+        finish = [completion.choices[0].finish_reason]
+        if cut:
+            assert completion.usage is not None and completion.usage.completion_tokens == L
+    assert relayed_tokens(app, text) == min(generated, L)
+    assert finish == (["length"] if cut else ["stop"])
+    (row,) = await usage_rows(db)
+    assert row["outcome"] == ("truncated" if cut else "completed")
+    assert row["output_tokens"] == min(generated, L)
+    if stream and not cut:
+        assert row["upstream_output_tokens"] == generated  # the stripped usage chunk was read
+
+
+async def test_stream_cut_keeps_usage_when_asked(app: Any, upstream: Any) -> None:
+    upstream.script.output_tokens = 50
+    upstream.script.honour_max_tokens = False
+    key = await ready_key(app, output_limit=L)
+    stream = await sdk(app, key["token"]).chat.completions.create(
+        model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == L
+    assert chunks[-1].usage.prompt_tokens == prompt_tokens(app)
+
+
+async def test_cut_inside_tool_call_arguments(app: Any, upstream: Any) -> None:
+    upstream.script.output_tokens = 30
+    upstream.script.honour_max_tokens = False
+    upstream.script.tool_call = True
+    key = await ready_key(app, output_limit=L)
+    client = sdk(app, key["token"])
+    completion = await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    (call,) = completion.choices[0].message.tool_calls or []
+    assert relayed_tokens(app, call.function.arguments) == L  # type: ignore[union-attr]
+    assert completion.choices[0].finish_reason == "length"
+    chunks = [
+        c
+        async for c in await client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, stream=True
+        )
+    ]
+    arguments = "".join(
+        call.function.arguments or ""
+        for c in chunks
+        if c.choices
+        for call in c.choices[0].delta.tool_calls or []
+        if call.function
+    )
+    assert relayed_tokens(app, arguments) == L
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_use_anyway_output_is_delivered_in_full_and_flagged(
+    app: Any, upstream: Any, db: str, stream: bool
+) -> None:
+    upstream.script.output_tokens = L + 5
+    key = await ready_key(app, output_limit=L, usage_limit="use_anyway")
+    client = sdk(app, key["token"])
+    if stream:
+        response = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES, stream=True
+        )
+        text = "".join(
+            [c.choices[0].delta.content or "" async for c in response.parse() if c.choices]
+        )
+    else:
+        response = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES
+        )
+        text = response.parse().choices[0].message.content or ""
+        # Known before the headers go out only when not streaming.
+        assert response.headers["x-aigw-limit-exceeded"] == "output"
+    assert relayed_tokens(app, text) == L + 5
+    (row,) = await usage_rows(db)
+    assert row["outcome"] == "completed" and row["output_limit_exceeded"] is True
+
+
+async def test_reasoning_models_get_max_completion_tokens(gateway: Any, upstream: Any) -> None:
+    app = await gateway()
+    await create_provider(app.admin, upstream.url, name="o", models=("o3-mini",))
+    key = await ready_key(app, provider="o", model="o3-mini", output_limit=L)
+    await sdk(app, key["token"]).chat.completions.create(model="o3-mini", messages=MESSAGES)
+    assert upstream.last["max_completion_tokens"] == L and "max_tokens" not in upstream.last
