@@ -80,6 +80,21 @@ def test_apply_creates_then_changes_nothing_then_updates(cli: Cli, tmp_path: Pat
         "TEAM_A_KEY": "sk-a-" + secrets.token_hex(16),
         "TEAM_B_KEY": "vllm-" + secrets.token_hex(16),
     }
+    # a key naming a provider that exists neither in the file nor on the gateway:
+    # refused before any change
+    path = _write(tmp_path, "refs.yaml", """\
+        keys:
+          - alias: a
+            provider: nope
+            model: m
+            input_limit: 1
+            key_code_env: K
+    """)  # fmt: skip
+    result = cli("apply", "-f", path, "--json", env={"K": "sk-" + secrets.token_hex(8)})
+    assert result.exit_code == 2 and result.stdout == ""
+    assert json.loads(result.stderr)["error"]["code"] == "invalid_reference"
+    assert cli.json("keys", "list")["total"] == 0
+
     path = _write(tmp_path, "keys.yaml", FILE)
 
     dry = cli.json("apply", "-f", path, "--dry-run", env=env)
@@ -116,6 +131,8 @@ def test_apply_creates_then_changes_nothing_then_updates(cli: Cli, tmp_path: Pat
     assert second["changed"] is False
     assert second["summary"] == {"create": 0, "update": 0, "delete": 0, "unchanged": 4}
     assert not any("token" in step for step in second["steps"])
+    from_stdin = cli("apply", "-f", "-", "--json", env=env, input=FILE)
+    assert from_stdin.exit_code == 0 and json.loads(from_stdin.stdout)["changed"] is False
     human = cli.ok("apply", "-f", path, env=env)
     assert "No changes" in human.stdout
     assert cli.json("keys", "get", "team-a")["version"] == team_a["version"]
@@ -168,22 +185,6 @@ def test_apply_creates_then_changes_nothing_then_updates(cli: Cli, tmp_path: Pat
 
     for value in (*env.values(), *env2.values()):
         cli.assert_never_shown(value)
-
-
-def test_apply_refuses_references_the_gateway_cannot_satisfy(cli: Cli, tmp_path: Path) -> None:
-    env = {"K": "sk-" + secrets.token_hex(8)}
-    path = _write(tmp_path, "refs.yaml", """\
-        keys:
-          - alias: a
-            provider: nope
-            model: m
-            input_limit: 1
-            key_code_env: K
-    """)  # fmt: skip
-    result = cli("apply", "-f", path, "--json", env=env)
-    assert result.exit_code == 2 and result.stdout == ""
-    assert json.loads(result.stderr)["error"]["code"] == "invalid_reference"
-    assert cli.json("keys", "list")["total"] == 0
 
 
 def test_apply_rejects_literal_key_codes_and_unset_variables(

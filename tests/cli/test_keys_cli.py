@@ -181,6 +181,20 @@ def test_exit_codes(cli: Cli, tmp_path: Path) -> None:
         "keys", "list", env={"AIGW_ADMIN_TOKEN": "", "AIGW_DATA_DIR": str(tmp_path / "empty")}
     )
     assert no_token.exit_code == 4 and "AIGW_ADMIN_TOKEN" in no_token.stderr
+    # a local gateway's generated token is found in the data folder, never sent elsewhere
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "admin_token").write_text(cli.admin_token)
+    local = cli("keys", "list", env={"AIGW_ADMIN_TOKEN": "", "AIGW_DATA_DIR": str(data_dir)})
+    assert local.exit_code == 0, local.stderr
+    remote = cli(
+        "keys",
+        "list",
+        "--url",
+        "http://gateway.invalid",
+        env={"AIGW_ADMIN_TOKEN": "", "AIGW_DATA_DIR": str(data_dir)},
+    )
+    assert remote.exit_code == 4
 
     # 5: nothing listening
     down = cli("keys", "list", "--url", "http://127.0.0.1:9", "--json")
