@@ -98,7 +98,7 @@ def test_apply_creates_then_changes_nothing_then_updates(cli: Cli, tmp_path: Pat
     path = _write(tmp_path, "keys.yaml", FILE)
 
     dry = cli.json("apply", "-f", path, "--dry-run", env=env)
-    assert dry["dry_run"] is True and dry["changed"] is False
+    assert dry["dry_run"] is True and dry["changed"] is False and dry["in_sync"] is False
     assert dry["summary"] == {"create": 4, "update": 0, "delete": 0, "unchanged": 0}
     assert cli.json("providers", "list")["total"] == 0  # nothing applied
 
@@ -128,7 +128,7 @@ def test_apply_creates_then_changes_nothing_then_updates(cli: Cli, tmp_path: Pat
 
     # idempotent: a second run changes nothing, and says so
     second = cli.json("apply", "-f", path, env=env)
-    assert second["changed"] is False
+    assert second["changed"] is False and second["in_sync"] is True
     assert second["summary"] == {"create": 0, "update": 0, "delete": 0, "unchanged": 4}
     assert not any("token" in step for step in second["steps"])
     from_stdin = cli("apply", "-f", "-", "--json", env=env, input=FILE)

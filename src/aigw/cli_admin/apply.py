@@ -385,6 +385,7 @@ def result_document(plan: Plan, source: str, *, dry_run: bool) -> dict[str, Any]
     return {
         "file": source,
         "dry_run": dry_run,
+        "in_sync": not plan.changed,
         "changed": plan.changed and not dry_run,
         "summary": plan.summary(),
         "steps": [step.to_dict() for step in plan.steps],

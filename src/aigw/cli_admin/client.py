@@ -234,6 +234,19 @@ def resolve_admin_token(url: str, token_file: Path | None) -> str:
 # --- the client ---------------------------------------------------------------
 
 
+def _body(response: httpx.Response) -> Any:
+    """The JSON body of a success response; anything else means --url is not aigw."""
+    try:
+        return response.json()
+    except ValueError:
+        raise ServerError(
+            f"{response.request.url} answered {response.status_code} without JSON; "
+            "is --url an aigw gateway?",
+            code="unexpected_response",
+            status=response.status_code,
+        ) from None
+
+
 def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in params.items() if value is not None}
 
@@ -314,7 +327,7 @@ class AdminClient:
             if response.status_code == 503 and attempt < attempts:
                 time.sleep(min(float(response.headers.get("Retry-After", "1") or 1), 5.0))
                 continue
-            if response.is_error:
+            if not response.is_success:
                 raise error_from_response(response)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
@@ -331,7 +344,7 @@ class AdminClient:
     ) -> ProviderPage:
         params = {"q": q, "kind": kind, "limit": limit, "cursor": cursor}
         response = self._request("GET", "/providers", params=params, retry=True)
-        return cast(ProviderPage, response.json())
+        return cast(ProviderPage, _body(response))
 
     def iter_providers(
         self, *, q: str | None = None, kind: str | None = None
@@ -346,7 +359,7 @@ class AdminClient:
 
     def get_provider(self, provider_id: str) -> ProviderRecord:
         response = self._request("GET", f"/providers/{quote(provider_id, safe='')}", retry=True)
-        return cast(ProviderRecord, response.json())
+        return cast(ProviderRecord, _body(response))
 
     def find_provider(self, name: str) -> ProviderRecord | None:
         """The provider named *name* (case-insensitive), or None."""
@@ -358,7 +371,7 @@ class AdminClient:
 
     def create_provider(self, body: Mapping[str, Any]) -> ProviderRecord:
         response = self._request("POST", "/providers", json=dict(body))
-        return cast(ProviderRecord, response.json())
+        return cast(ProviderRecord, _body(response))
 
     def update_provider(
         self, provider_id: str, body: Mapping[str, Any], *, version: int | None = None
@@ -369,7 +382,7 @@ class AdminClient:
             json=dict(body),
             headers=_if_match(version),
         )
-        return cast(ProviderRecord, response.json())
+        return cast(ProviderRecord, _body(response))
 
     def delete_provider(self, provider_id: str, *, version: int | None = None) -> None:
         self._request(
@@ -401,7 +414,7 @@ class AdminClient:
             "cursor": cursor,
         }
         response = self._request("GET", "/apikeys", params=params, retry=True)
-        return cast(ApiKeyPage, response.json())
+        return cast(ApiKeyPage, _body(response))
 
     def iter_keys(
         self,
@@ -432,7 +445,7 @@ class AdminClient:
 
     def get_key(self, key_id: str) -> ApiKeyRecord:
         response = self._request("GET", f"/apikeys/{quote(key_id, safe='')}", retry=True)
-        return cast(ApiKeyRecord, response.json())
+        return cast(ApiKeyRecord, _body(response))
 
     def find_key(self, alias: str) -> ApiKeyRecord | None:
         """The key with this alias (trimmed, case-insensitive), or None."""
@@ -450,7 +463,7 @@ class AdminClient:
         # A fresh Idempotency-Key per call makes the automatic retry safe.
         headers = {"Idempotency-Key": idempotency_key or f"aigw-cli-{uuid.uuid4()}"}
         response = self._request("POST", "/apikeys", json=dict(body), headers=headers, retry=True)
-        return cast(ApiKeyRecord, response.json())
+        return cast(ApiKeyRecord, _body(response))
 
     def update_key(
         self, key_id: str, body: Mapping[str, Any], *, version: int | None = None
@@ -461,7 +474,7 @@ class AdminClient:
             json=dict(body),
             headers=_if_match(version),
         )
-        return cast(ApiKeyRecord, response.json())
+        return cast(ApiKeyRecord, _body(response))
 
     def delete_key(self, key_id: str, *, version: int | None = None) -> None:
         self._request("DELETE", f"/apikeys/{quote(key_id, safe='')}", headers=_if_match(version))
@@ -470,7 +483,7 @@ class AdminClient:
         response = self._request(
             "POST", f"/apikeys/{quote(key_id, safe='')}/token", headers=_if_match(version)
         )
-        return cast(ApiKeyRecord, response.json())
+        return cast(ApiKeyRecord, _body(response))
 
 
 def _as_uuid(value: str) -> str | None:

@@ -27,6 +27,7 @@ app = typer.Typer(
     help="Create, search, view, update, rotate and delete AI API keys.",
     epilog=EXIT_CODES_EPILOG,
     no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold key codes
 )
 
 

@@ -32,6 +32,7 @@ app = typer.Typer(
     help="Register upstream providers (OpenAI-compatible or Anthropic) and their models.",
     epilog=EXIT_CODES_EPILOG,
     no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold key codes
 )
 
 
