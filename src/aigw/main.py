@@ -23,9 +23,13 @@ from aigw.crypto import KeyRing, TokenHasher
 from aigw.db.engine import create_engine, create_sessionmaker
 from aigw.errors import install_error_handlers
 from aigw.health import router as health_router
+from aigw.metrics import router as metrics_router
 from aigw.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from aigw.providers.router import router as providers_router
+from aigw.proxy.router import router as proxy_router
+from aigw.proxy.runtime import proxy_runtime
 from aigw.secrets_check import verify_keyring_opens_stored_secrets
+from aigw.usage.router import router as usage_router
 
 log = logging.getLogger("aigw")
 
@@ -51,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
             await verify_keyring_opens_stored_secrets(app.state.sessionmaker, app.state.keyring)
+            await stack.enter_async_context(proxy_runtime(app, settings))
             log.info("aigw %s ready", __version__)
             yield
             log.info("aigw shutting down")
@@ -70,10 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hasher = TokenHasher(settings.token_pepper.get_secret_value())
 
     install_error_handlers(app)
+    # First: routing tries routes in order, and /v1 is the hot path.
+    app.include_router(proxy_router)
     app.include_router(health_router)
     app.include_router(providers_router)
     app.include_router(apikeys_router)
     app.include_router(audit_router)
+    app.include_router(usage_router)
+    app.include_router(metrics_router)
 
     # Outermost last: the request id wraps everything, including 413s and CORS.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
