@@ -59,7 +59,10 @@ def count_prompt(encode, messages: list[dict]) -> int:
 def create_app(upstream: str, token: str, upstream_key: str) -> FastAPI:
     url = upstream.rstrip("/") + "/chat/completions"
     expected = f"Bearer {token}".encode()
-    forward_headers = {"Authorization": f"Bearer {upstream_key}", "Content-Type": "application/json"}
+    forward_headers = {
+        "Authorization": f"Bearer {upstream_key}",
+        "Content-Type": "application/json",
+    }
     encode = load_o200k().encode_ordinary
 
     @asynccontextmanager
@@ -72,7 +75,13 @@ def create_app(upstream: str, token: str, upstream_key: str) -> FastAPI:
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
 
     def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status)
+        return JSONResponse(
+            {"error": {"message": message, "type": "invalid_request_error"}}, status
+        )
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -88,9 +88,7 @@ class Rendered:
             b'"usage":{"prompt_tokens":%%d,"completion_tokens":%d,"total_tokens":%%d}}'
         ) % (CREATED, m, content, CHUNKS)
         self.json_template = body
-        self.json_head = (
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-        )
+        self.json_head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
         self.stream_head = (
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -240,12 +238,7 @@ class HttpProtocol(asyncio.Protocol):
                 t.close()
             return
         if not knobs:
-            t.write(
-                r.stream_head
-                + r.fast_stream_body
-                + r.usage(prompt_tokens, CHUNKS)
-                + r.done
-            )
+            t.write(r.stream_head + r.fast_stream_body + r.usage(prompt_tokens, CHUNKS) + r.done)
             if not self.keep_alive:
                 t.close()
             return

@@ -1,0 +1,694 @@
+"""Turn a run's raw results into RESULTS.md, results.json, results.png and a summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.targets import WORK
+
+ORDER = ["direct", "reference", "aigw", "litellm"]
+COLORS = {"direct": "#9e9e9e", "reference": "#4c78a8", "aigw": "#2ca02c", "litellm": "#d62728"}
+
+
+# --- derived figures ----------------------------------------------------------
+
+
+def _median_rows(rows: list[dict], mode: str, prompt: str, c: int, key: str) -> float | None:
+    values = [
+        r[key]
+        for r in rows
+        if r["mode"] == mode and r["prompt"] == prompt and r["c"] == c and r.get(key) is not None
+    ]
+    return statistics.median(values) if values else None
+
+
+def throughput_table(result: dict) -> dict[tuple[str, str, int], dict]:
+    rows = result.get("throughput") or []
+    out = {}
+    for mode, prompt, c in sorted({(r["mode"], r["prompt"], r["c"]) for r in rows}):
+        out[(mode, prompt, c)] = {
+            key: _median_rows(rows, mode, prompt, c, key)
+            for key in (
+                "rps",
+                "cpu_ms",
+                "db_cpu_ms",
+                "p50_ms",
+                "p99_ms",
+                "gateway_core_busy",
+                "load_core_busy",
+            )
+        }
+        out[(mode, prompt, c)]["errors"] = sum(
+            r["errors"] for r in rows if (r["mode"], r["prompt"], r["c"]) == (mode, prompt, c)
+        )
+    return out
+
+
+def _cpu_level(table: dict, mode: str, prompt: str) -> float | None:
+    """CPU per request at c=10 (busy enough to be steady, light enough that the
+    requests still in flight when a run stops hardly count), else the nearest level."""
+    levels = sorted(c for (m, p, c) in table if m == mode and p == prompt)
+    if not levels:
+        return None
+    c = min(levels, key=lambda x: abs(x - 10))
+    return table[(mode, prompt, c)]["cpu_ms"]
+
+
+def _db_level(table: dict) -> float | None:
+    levels = sorted(c for (m, p, c) in table if m == "json" and p == "short")
+    if not levels:
+        return None
+    c = min(levels, key=lambda x: abs(x - 10))
+    return table[("json", "short", c)].get("db_cpu_ms")
+
+
+def headline(result: dict) -> dict:
+    table = throughput_table(result)
+
+    def peak(mode: str, prompt: str) -> float | None:
+        values = [v["rps"] for (m, p, _c), v in table.items() if m == mode and p == prompt]
+        return max(values) if values else None
+
+    latency = (result.get("latency") or {}).get("short") or {}
+    latency_long = (result.get("latency") or {}).get("long") or {}
+    ttfb = (result.get("ttfb") or {}).get("short") or {}
+    slow = result.get("slow") or {}
+    search = result.get("search") or {}
+    return {
+        "json_rps": peak("json", "short"),
+        "stream_rps": peak("stream", "short"),
+        "json_rps_long": peak("json", "long"),
+        "stream_rps_long": peak("stream", "long"),
+        "cpu_ms": _cpu_level(table, "json", "short"),
+        "db_cpu_ms": _db_level(table),
+        "cpu_ms_long": _cpu_level(table, "json", "long"),
+        "stream_cpu_ms": _cpu_level(table, "stream", "short"),
+        "p50_ms": latency.get("p50_ms"),
+        "p99_ms": latency.get("p99_ms"),
+        "added_p50_ms": latency.get("added_p50_ms"),
+        "added_p99_ms": latency.get("added_p99_ms"),
+        "added_p50_long_ms": latency_long.get("added_p50_ms"),
+        "ttfb_p50_ms": ttfb.get("ttfb_p50_ms"),
+        "added_ttfb_ms": ttfb.get("added_ttfb_p50_ms"),
+        "cpu_us_per_chunk": (result.get("chunk") or {}).get("cpu_us_per_chunk_paced"),
+        "cpu_us_per_chunk_burst": (result.get("chunk") or {}).get("cpu_us_per_chunk_burst"),
+        "rss_idle_mb": result.get("rss_idle_mb"),
+        "rss_extra_mb": slow.get("extra_peak_mb"),
+        "rss_growth_mb": slow.get("growth_mb"),
+        "search_p50_ms": search.get("p50_ms"),
+        "search_p95_ms": search.get("p95_ms"),
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def checks(results: dict) -> list[dict]:
+    """Issue #4's targets, each met / missed / n/a, with the figures behind it."""
+    targets = results["targets"]
+    heads = {n: headline(r) for n, r in targets.items() if r.get("available")}
+    a = heads.get("aigw")
+    ll = heads.get("litellm")
+    ref = heads.get("reference")
+    out = []
+
+    def add(
+        name: str, value: float | None, limit: float | None, ok_if_le: bool, shown: str
+    ) -> None:
+        if a is None:
+            out.append({"target": name, "status": "n/a", "detail": "aigw not available"})
+            return
+        if value is None or limit is None:
+            out.append({"target": name, "status": "n/a", "detail": "not measured"})
+            return
+        ok = value <= limit if ok_if_le else value >= limit
+        out.append({"target": name, "status": "met" if ok else "missed", "detail": shown})
+
+    def g(h: dict | None, key: str) -> float | None:
+        return h.get(key) if h else None
+
+    r = _ratio(g(a, "json_rps"), g(ll, "json_rps"))
+    add("non-stream req/s >= 10x LiteLLM", r, 10, False, f"{_fmt(r, 1)}x")
+    r = _ratio(g(a, "stream_rps"), g(ll, "stream_rps"))
+    add("streams/s >= 20x LiteLLM", r, 20, False, f"{_fmt(r, 1)}x")
+    r = _ratio(g(a, "added_p50_ms"), g(ll, "added_p50_ms"))
+    add("added latency <= 1/10 of LiteLLM's (p50, c=1)", r, 0.1, True, f"{_fmt(r, 3)}x")
+    r = _ratio(g(a, "cpu_ms"), g(ref, "cpu_ms"))
+    add("CPU per request <= 2x reference", r, 2, True, f"{_fmt(r, 2)}x")
+    v = g(a, "added_p50_ms")
+    add("added p50 <= 0.5 ms (c=1)", v, 0.5, True, f"{_fmt(v, 3)} ms")
+    v = g(a, "added_p99_ms")
+    add("added p99 <= 1.5 ms (c=1)", v, 1.5, True, f"{_fmt(v, 3)} ms")
+    v = g(a, "added_ttfb_ms")
+    add("streaming TTFB added <= 1 ms", v, 1.0, True, f"{_fmt(v, 3)} ms")
+    v = g(a, "cpu_us_per_chunk_burst")
+    add(
+        "CPU per relayed chunk <= 10 us (burst; paced shown for context)",
+        v,
+        10,
+        True,
+        f"burst {_fmt(v, 1)} us; paced {_fmt(g(a, 'cpu_us_per_chunk'), 1)} us "
+        f"(reference paced {_fmt(g(ref, 'cpu_us_per_chunk'), 1)} us)",
+    )
+    v = g(a, "rss_idle_mb")
+    add("idle RSS <= 150 MB per worker", v, 150, True, f"{_fmt(v, 0)} MB")
+    v = g(a, "rss_extra_mb")
+    add("<= 100 MB more for 1,000 concurrent streams", v, 100, True, f"+{_fmt(v, 0)} MB")
+    v = g(a, "rss_growth_mb")
+    add(
+        "no RSS growth across waves (<= 10 MB, wave 1 to last)",
+        None if v is None else abs(v) if v > 0 else 0.0,
+        10,
+        True,
+        f"{_fmt(v, 1)} MB",
+    )
+    v = g(a, "search_p95_ms")
+    add("search over 100k keys p95 <= 20 ms", v, 20, True, f"{_fmt(v, 2)} ms")
+    return out
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if digits == 0 or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def ratios(results: dict) -> list[tuple[str, str, str]]:
+    heads = {n: headline(r) for n, r in results["targets"].items() if r.get("available")}
+    pairs = [("aigw", "litellm"), ("aigw", "reference"), ("reference", "litellm")]
+    rows = []
+    for num, den in pairs:
+        if num not in heads or den not in heads:
+            continue
+        a, b = heads[num], heads[den]
+        parts = [
+            f"req/s {_fmt(_ratio(a['json_rps'], b['json_rps']), 2)}x",
+            f"streams/s {_fmt(_ratio(a['stream_rps'], b['stream_rps']), 2)}x",
+            f"CPU/req {_fmt(_ratio(a['cpu_ms'], b['cpu_ms']), 3)}x",
+            f"CPU/stream {_fmt(_ratio(a['stream_cpu_ms'], b['stream_cpu_ms']), 3)}x",
+            f"added p50 {_fmt(_ratio(a['added_p50_ms'], b['added_p50_ms']), 3)}x",
+        ]
+        rows.append((num, den, ", ".join(parts)))
+    return rows
+
+
+# --- text ---------------------------------------------------------------------
+
+
+def summary_text(results: dict) -> str:
+    lines = ["== summary (one core per gateway; medians) =="]
+    for name in ORDER:
+        r = results["targets"].get(name)
+        if r is None:
+            continue
+        if not r.get("available"):
+            lines.append(f"{name:9}  not available: {r.get('reason', '').splitlines()[0][:160]}")
+            continue
+        h = headline(r)
+        lines.append(
+            f"{name:9}  {_fmt(h['json_rps'], 0):>7} req/s  {_fmt(h['stream_rps'], 0):>6} streams/s  "
+            f"CPU {_fmt(h['cpu_ms'], 3)} ms/req  added p50 {_fmt(h['added_p50_ms'], 3)} ms  "
+            f"p99 {_fmt(h['added_p99_ms'], 3)} ms  idle RSS {_fmt(h['rss_idle_mb'], 0)} MB"
+        )
+    for num, den, text in ratios(results):
+        lines.append(f"{num}/{den}: {text}")
+    lines.append("targets (issue #4):")
+    for c in checks(results):
+        lines.append(f"  [{c['status']:6}] {c['target']}: {c['detail']}")
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def markdown(results: dict, chart: str | None) -> str:
+    targets = results["targets"]
+    names = [n for n in ORDER if n in targets]
+    live = [n for n in names if targets[n].get("available")]
+    heads = {n: headline(targets[n]) for n in live}
+    m = results["machine"]
+    plan = results["plan"]
+    tokens = results["prompt_tokens"]
+    parts = [
+        "# aigw benchmark results",
+        "",
+        f"Made by `{results['command']}` on {results['when']} "
+        f"({'quick run' if results['quick'] else 'full run'}, {results['seconds']} s). "
+        "Method and how to read this: [README.md](README.md). Raw figures: `results.json`.",
+        "",
+    ]
+    if chart:
+        parts += [f"![results]({chart})", ""]
+    parts += ["## Summary", ""]
+    rows = []
+    for n in names:
+        if n not in heads:
+            reason = (targets[n].get("reason") or "").splitlines()[0][:120]
+            rows.append([targets[n]["label"], f"not available: {reason}"] + [""] * 8)
+            continue
+        h = heads[n]
+        rows.append(
+            [
+                targets[n]["label"]
+                + (
+                    f" {targets[n]['info'].get('version')}"
+                    if targets[n]["info"].get("version")
+                    else ""
+                ),
+                _fmt(h["json_rps"], 0),
+                _fmt(h["stream_rps"], 0),
+                _fmt(h["cpu_ms"], 3)
+                + (
+                    f" (+{_fmt(h['db_cpu_ms'], 3)} PostgreSQL)"
+                    if h.get("db_cpu_ms") is not None
+                    else ""
+                ),
+                _fmt(h["stream_cpu_ms"], 3),
+                "—"
+                if n == "direct"
+                else f"+{_fmt(h['added_p50_ms'], 3)} / +{_fmt(h['added_p99_ms'], 3)}",
+                "—" if n == "direct" else f"+{_fmt(h['added_ttfb_ms'], 3)}",
+                f"{_fmt(h['cpu_us_per_chunk'], 1)} / {_fmt(h['cpu_us_per_chunk_burst'], 1)}",
+                "—" if n == "direct" else _fmt(h["rss_idle_mb"], 0),
+                "—"
+                if n == "direct"
+                else f"+{_fmt(h['rss_extra_mb'], 0)} / {_fmt(h['rss_growth_mb'], 1)}",
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                "target (1 worker, 1 core)",
+                "non-stream req/s",
+                "20-chunk streams/s",
+                "CPU ms / request",
+                "CPU ms / stream",
+                "added p50 / p99 ms (c=1)",
+                "added TTFB ms",
+                "CPU µs / chunk paced / burst",
+                "idle RSS MB",
+                "1,000 streams: extra / growth MB",
+            ],
+            rows,
+        )
+    )
+    parts += [
+        "",
+        f"req/s and streams/s: the best of concurrency {', '.join(map(str, plan['levels']))} with the "
+        f"short prompt ({tokens['short']} tokens); CPU per request and per stream: at c=10 (or the "
+        "nearest level measured). Added latency: median over interleaved rounds of (target - direct) "
+        "in the same round.",
+        "",
+    ]
+    rr = ratios(results)
+    if rr:
+        parts += ["## Ratios", ""]
+        parts += [f"- **{num}/{den}**: {text}" for num, den, text in rr]
+        parts.append("")
+    parts += ["## Targets from issue #4", ""]
+    parts.append(
+        _table(
+            ["target", "status", "measured"],
+            [[c["target"], c["status"], c["detail"]] for c in checks(results)],
+        )
+    )
+    parts.append("")
+
+    # throughput detail
+    parts += [
+        "## Throughput by concurrency",
+        "",
+        f"Prompts: short = {tokens['short']} tokens, long = {tokens['long']} tokens (o200k_base, "
+        "as billed). Cells: req/s · CPU ms per request · p50 ms. Gateway core busy "
+        "and load core busy are in `results.json`.",
+        "",
+    ]
+    levels = plan["levels"]
+    rows = []
+    for n in live:
+        table = throughput_table(targets[n])
+        for mode in ("json", "stream"):
+            for prompt in plan["prompts"]:
+                cells = []
+                for c in levels:
+                    v = table.get((mode, prompt, c))
+                    if not v or v["rps"] is None:
+                        cells.append("—")
+                        continue
+                    err = f" · {v['errors']} err" if v["errors"] else ""
+                    cells.append(
+                        f"{_fmt(v['rps'], 0)} · {_fmt(v['cpu_ms'], 3)} · {_fmt(v['p50_ms'], 2)}{err}"
+                    )
+                rows.append([n, "stream" if mode == "stream" else "non-stream", prompt, *cells])
+    parts.append(_table(["target", "mode", "prompt", *[f"c={c}" for c in levels]], rows))
+    parts.append("")
+
+    # latency
+    parts += ["## Latency at c=1 (interleaved rounds)", ""]
+    rows = []
+    for n in live:
+        for prompt, summary in (targets[n].get("latency") or {}).items():
+            rows.append(
+                [
+                    n,
+                    prompt,
+                    _fmt(summary.get("p50_ms"), 3),
+                    _fmt(summary.get("p99_ms"), 3),
+                    "—" if n == "direct" else _fmt(summary.get("added_p50_ms"), 3),
+                    "—" if n == "direct" else _fmt(summary.get("added_p99_ms"), 3),
+                    str(len(summary.get("rounds", []))),
+                ]
+            )
+        ttfb = (targets[n].get("ttfb") or {}).get("short")
+        if ttfb:
+            rows.append(
+                [
+                    n,
+                    "stream TTFB",
+                    _fmt(ttfb.get("ttfb_p50_ms"), 3),
+                    _fmt(ttfb.get("ttfb_p99_ms"), 3),
+                    "—" if n == "direct" else _fmt(ttfb.get("added_ttfb_p50_ms"), 3),
+                    "—" if n == "direct" else _fmt(ttfb.get("added_ttfb_p99_ms"), 3),
+                    str(len(ttfb.get("rounds", []))),
+                ]
+            )
+    parts.append(
+        _table(["target", "request", "p50 ms", "p99 ms", "added p50", "added p99", "rounds"], rows)
+    )
+    parts.append("")
+
+    # streaming CPU
+    parts += [
+        "## Streaming CPU",
+        "",
+        f"Streams at c={plan['chunk_concurrency']} of {plan['chunks_lo']} and "
+        f"{plan['chunks_hi']} chunks (as many as take about {plan['chunk_cpu_budget']:g} s of the "
+        "target's CPU); CPU per chunk = the difference in CPU per stream / "
+        f"{plan['chunks_hi'] - plan['chunks_lo']}. *Paced*: {plan['chunk_pace_ms']} ms between "
+        "chunks, so each chunk is its own read and write, as with a real model (the figure the "
+        "target is checked on). *Burst*: chunks back to back, so reads coalesce.",
+        "",
+    ]
+    rows = []
+    for n in live:
+        chunk = targets[n].get("chunk") or {}
+        paced = chunk.get("cpu_ms_per_stream_paced") or {}
+        rows.append(
+            [
+                n,
+                _fmt(chunk.get("cpu_us_per_chunk_paced"), 2),
+                _fmt(chunk.get("cpu_us_per_chunk_burst"), 2),
+                _fmt(paced.get(str(plan["chunks_lo"])), 3),
+                _fmt(paced.get(str(plan["chunks_hi"])), 3),
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                "target",
+                "CPU µs / chunk, paced",
+                "CPU µs / chunk, burst",
+                f"CPU ms / paced {plan['chunks_lo']}-chunk stream",
+                f"CPU ms / paced {plan['chunks_hi']}-chunk stream",
+            ],
+            rows,
+        )
+    )
+    parts.append("")
+
+    # memory
+    parts += [
+        "## Memory: 1,000 concurrent slow streams",
+        "",
+        f"{plan['slow_waves']} wave(s) of {plan['slow_streams']} streams ({plan['slow_chunks']} chunks, "
+        f"{plan['slow_delay_ms']} ms apart), RSS of the server process tree sampled every 0.2 s.",
+        "",
+    ]
+    rows = []
+    for n in live:
+        slow = targets[n].get("slow") or {}
+        for w in slow.get("waves", []):
+            rows.append(
+                [
+                    n,
+                    str(w["wave"]),
+                    _fmt(targets[n].get("rss_idle_mb"), 1),
+                    _fmt(slow.get("before_rss_mb"), 1),
+                    f"{w['completed']}/{w['completed'] + w['failed']}",
+                    str(w["peak_concurrent"]),
+                    _fmt(w["peak_rss_mb"], 1),
+                    _fmt(w["after_rss_mb"], 1),
+                    _fmt(w["wall_s"], 1),
+                ]
+            )
+    parts.append(
+        _table(
+            [
+                "target",
+                "wave",
+                "idle MB",
+                "before MB",
+                "completed",
+                "peak concurrent",
+                "peak RSS MB",
+                "after MB",
+                "wall s",
+            ],
+            rows,
+        )
+    )
+    parts.append("")
+
+    # search
+    search = (targets.get("aigw") or {}).get("search") or {}
+    parts += ["## Admin search (`GET /apikeys`, c=1)", ""]
+    if search.get("queries"):
+        seed = search.get("seed", {})
+        parts.append(
+            f"{_fmt(seed.get('keys'), 0)} keys seeded by COPY in {seed.get('seconds')} s; "
+            f"{search['requests']} timed requests; overall p50 {_fmt(search['p50_ms'], 2)} ms, "
+            f"p95 {_fmt(search['p95_ms'], 2)} ms."
+        )
+        parts.append("")
+        parts.append(
+            _table(
+                ["query", "total", "p50 ms", "p95 ms", "max ms"],
+                [
+                    [
+                        q["query"],
+                        _fmt(q["total"], 0) if q["total"] is not None else "—",
+                        _fmt(q["p50_ms"], 2),
+                        _fmt(q["p95_ms"], 2),
+                        _fmt(q["max_ms"], 2),
+                    ]
+                    for q in search["queries"]
+                ],
+            )
+        )
+    else:
+        parts.append(f"Not measured: {search.get('skipped') or 'aigw not available'}.")
+    parts.append("")
+
+    # validity
+    parts += ["## Validity notes", ""]
+    busy = results.get("cpu_busy_during_run", {})
+    steal = results.get("cpu_steal_during_run", {})
+    parts.append(
+        f"- Pinning: gateways on CPU {results['pinning']['gateway_cpu']}, load generator "
+        f"({results['loadgen']}), fake upstream and harness on CPU {results['pinning']['load_cpu']}."
+    )
+    parts.append(
+        "- CPU busy over the whole run: "
+        + ", ".join(f"CPU {k}: {v:.0%}" for k, v in busy.items())
+        + "; stolen by the hypervisor: "
+        + ", ".join(f"CPU {k}: {v:.1%}" for k, v in steal.items())
+        + "."
+    )
+    saturated = []
+    for n in live:
+        for (mode, prompt, c), v in throughput_table(targets[n]).items():
+            if v.get("load_core_busy") and v["load_core_busy"] > 0.9:
+                saturated.append(f"{n} {mode}/{prompt}/c={c} ({v['load_core_busy']:.0%})")
+    if saturated:
+        parts.append(
+            "- The load core was over 90 % busy in: "
+            + ", ".join(saturated)
+            + " — those req/s are lower bounds for the target."
+        )
+    else:
+        parts.append(
+            "- The load core never passed 90 % busy: the load side was not the bottleneck."
+        )
+    errs = [f"{n}: {e}" for n in names for e in targets[n].get("errors", [])]
+    if errs:
+        parts.append("- Errors: " + "; ".join(errs))
+    parts.append("")
+
+    # machine
+    parts += ["## Machine and versions", ""]
+    parts.append(
+        f"- CPU: {m['cpu_model']}, {m['cpus']} CPUs ({m['hypervisor']} guest), {m['memory_gib']} GiB"
+    )
+    parts.append(
+        f"- OS: {m['os']}, kernel {m['kernel']}; load average at the end {m['load_average']}"
+    )
+    parts.append(
+        f"- Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    )
+    parts.append(f"- aigw {m['aigw']}; LiteLLM {m['litellm']}; {m['wrk']}; {m['postgresql']}")
+    for n in live:
+        info = targets[n].get("info") or {}
+        if info:
+            parts.append(f"- {n}: " + "; ".join(f"{k}: {v}" for k, v in info.items()))
+    parts.append(f"- Command: `{results['command']}`")
+    parts.append("")
+    return "\n".join(parts)
+
+
+# --- chart --------------------------------------------------------------------
+
+
+def _matplotlib():
+    """matplotlib for the chart only: from this venv, else installed into benchmarks/.work."""
+    try:
+        import matplotlib
+    except ImportError:
+        target = WORK / "pylib"
+        if str(target) not in sys.path:
+            sys.path.insert(0, str(target))
+        try:
+            import matplotlib
+        except ImportError:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--target",
+                    str(target),
+                    "matplotlib",
+                ],
+                check=True,
+                timeout=600,
+            )
+            import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def chart(results: dict, path: Path) -> bool:
+    try:
+        plt = _matplotlib()
+    except Exception as exc:
+        print(f"no chart: matplotlib unavailable ({exc})")
+        return False
+    targets = results["targets"]
+    live = [n for n in ORDER if n in targets and targets[n].get("available")]
+    heads = {n: headline(targets[n]) for n in live}
+    levels = results["plan"]["levels"]
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig.suptitle(
+        "aigw benchmark — one core per gateway, same fake upstream"
+        + (" (quick run)" if results["quick"] else ""),
+        fontsize=14,
+    )
+
+    def bars_by_level(ax, mode: str, title: str) -> None:
+        width = 0.8 / max(1, len(live))
+        for i, n in enumerate(live):
+            table = throughput_table(targets[n])
+            values = [((table.get((mode, "short", c)) or {}).get("rps") or 0) for c in levels]
+            xs = [j + i * width for j in range(len(levels))]
+            ax.bar(xs, values, width, label=n, color=COLORS.get(n))
+            for x, v in zip(xs, values, strict=True):
+                if v:
+                    ax.text(x, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7, rotation=90)
+        ax.set_xticks([j + width * (len(live) - 1) / 2 for j in range(len(levels))])
+        ax.set_xticklabels([f"c={c}" for c in levels])
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+
+    def bars(ax, key: str, title: str, unit: str, names: list[str], log: bool = True) -> None:
+        values = [heads[n].get(key) for n in names]
+        shown = [v if v is not None and v > 0 else 0 for v in values]
+        ax.bar(names, shown, color=[COLORS.get(n) for n in names])
+        for x, v in enumerate(values):
+            if v is not None:
+                ax.text(x, max(v, 1e-9), f"{v:,.3g} {unit}", ha="center", va="bottom", fontsize=8)
+        if log and any(shown):
+            ax.set_yscale("log")
+        ax.set_title(title)
+
+    bars_by_level(axes[0][0], "json", "non-stream req/s (short prompt)")
+    bars_by_level(axes[0][1], "stream", "20-chunk streams/s (short prompt)")
+    bars(axes[0][2], "cpu_ms", "CPU ms per non-stream request (c=10)", "ms", live)
+    gateways = [n for n in live if n != "direct"]
+    ax = axes[1][0]
+    width = 0.4
+    p50 = [heads[n].get("added_p50_ms") or 0 for n in gateways]
+    p99 = [heads[n].get("added_p99_ms") or 0 for n in gateways]
+    ax.bar([i - width / 2 for i in range(len(gateways))], p50, width, label="added p50")
+    ax.bar([i + width / 2 for i in range(len(gateways))], p99, width, label="added p99")
+    for i, (a, b) in enumerate(zip(p50, p99, strict=True)):
+        ax.text(i - width / 2, max(a, 1e-3), f"{a:.2f}", ha="center", va="bottom", fontsize=8)
+        ax.text(i + width / 2, max(b, 1e-3), f"{b:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(gateways)))
+    ax.set_xticklabels(gateways)
+    if any(p50 + p99):
+        ax.set_yscale("log")
+    ax.set_title("added latency vs direct at c=1 (ms)")
+    ax.legend(fontsize=8)
+    ax = axes[1][1]
+    idle = [heads[n].get("rss_idle_mb") or 0 for n in gateways]
+    extra = [max(0.0, heads[n].get("rss_extra_mb") or 0) for n in gateways]
+    ax.bar(gateways, idle, label="idle", color="#4c78a8")
+    ax.bar(gateways, extra, bottom=idle, label="+ 1,000 slow streams (peak)", color="#f58518")
+    for i, (a, b) in enumerate(zip(idle, extra, strict=True)):
+        ax.text(i, a + b, f"{a:.0f} + {b:.0f} MB", ha="center", va="bottom", fontsize=8)
+    ax.set_title("RSS (MB)")
+    ax.legend(fontsize=8)
+    ax = axes[1][2]
+    search = (targets.get("aigw") or {}).get("search") or {}
+    if search.get("queries"):
+        labels = [q["query"].split(" (")[0] for q in search["queries"]]
+        ax.barh(labels, [q["p95_ms"] for q in search["queries"]], color="#2ca02c", label="p95")
+        ax.barh(labels, [q["p50_ms"] for q in search["queries"]], color="#98df8a", label="p50")
+        ax.axvline(20, color="red", linestyle="--", linewidth=1, label="target p95 20 ms")
+        ax.set_title(f"aigw admin search over {search.get('seed', {}).get('keys', 0):,} keys (ms)")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.legend(fontsize=8)
+    else:
+        bars(ax, "cpu_us_per_chunk", "CPU µs per relayed chunk", "µs", live, log=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "results.json"
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    png = out / "results.png"
+    made = chart(results, png)
+    md = out / "RESULTS.md"
+    md.write_text(markdown(results, png.name if made else None))
+    return [md, json_path, *([png] if made else [])]

@@ -1,0 +1,765 @@
+"""Run the benchmark: ``python -m benchmarks.run [--quick]`` from the repository root.
+
+Starts the fast fake upstream, the targets (direct, reference, aigw, LiteLLM)
+pinned to one core with the load on the other, measures them in interleaved
+order, writes RESULTS.md, results.json and results.png, and prints the ratios
+and which of issue #4's targets are met. Every process it starts is stopped
+by pid before it returns, whatever happens. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks import load, machine, report, search
+from benchmarks.load import Call, Response
+from benchmarks.procs import ProcessError, Procs, core_busy, core_steal, core_times, cpus
+from benchmarks.targets import (
+    ROOT,
+    WORK,
+    Aigw,
+    Env,
+    Target,
+    Unavailable,
+    make_targets,
+    probe,
+)
+from benchmarks.workload import SHORT, body, prompt_tokens, realistic
+
+ALL_TARGETS = ["direct", "reference", "aigw", "litellm"]
+
+
+@dataclass
+class Plan:
+    """How much of everything to do; ``--quick`` and full differ only here."""
+
+    levels: list[int]
+    prompts: list[str]
+    reps: int
+    duration: float
+    latency_rounds: int
+    latency_round_s: float
+    latency_prompts: list[str]
+    ttfb_rounds: int
+    ttfb_per_round: int
+    chunk_streams_max: int
+    chunk_cpu_budget: float
+    chunk_wall_budget: float
+    chunk_concurrency: int
+    chunks_lo: int
+    chunks_hi: int
+    chunk_pace_ms: int
+    slow_streams: int
+    slow_waves: int
+    slow_chunks: int
+    slow_delay_ms: int
+    slow_timeout: float
+    search_keys: int
+    search_per_query: int
+    warmup_s: float
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(
+            levels=[1, 10, 64],
+            prompts=["short", "long"],
+            reps=3,
+            duration=4,
+            latency_rounds=10,
+            latency_round_s=2,
+            latency_prompts=["short", "long"],
+            ttfb_rounds=10,
+            ttfb_per_round=100,
+            chunk_streams_max=3000,
+            chunk_cpu_budget=2.0,
+            chunk_wall_budget=6.0,
+            chunk_concurrency=20,
+            chunks_lo=20,
+            chunks_hi=120,
+            chunk_pace_ms=2,
+            slow_streams=1000,
+            slow_waves=3,
+            slow_chunks=20,
+            slow_delay_ms=250,
+            slow_timeout=120,
+            search_keys=100_000,
+            search_per_query=50,
+            warmup_s=3,
+        )
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            levels=[10],
+            prompts=["short", "long"],
+            reps=1,
+            duration=1,
+            latency_rounds=3,
+            latency_round_s=1,
+            latency_prompts=["short"],
+            ttfb_rounds=3,
+            ttfb_per_round=30,
+            chunk_streams_max=1000,
+            chunk_cpu_budget=0.4,
+            chunk_wall_budget=1.0,
+            chunk_concurrency=20,
+            chunks_lo=20,
+            chunks_hi=80,
+            chunk_pace_ms=2,
+            slow_streams=1000,
+            slow_waves=1,
+            slow_chunks=10,
+            slow_delay_ms=200,
+            slow_timeout=40,
+            search_keys=100_000,
+            search_per_query=15,
+            warmup_s=1,
+        )
+
+
+@dataclass
+class TargetResult:
+    name: str
+    label: str
+    available: bool = False
+    reason: str = ""
+    info: dict = field(default_factory=dict)
+    rss_idle_mb: float | None = None
+    throughput: list[dict] = field(default_factory=list)
+    latency: dict = field(default_factory=dict)
+    ttfb: dict = field(default_factory=dict)
+    chunk: dict = field(default_factory=dict)
+    slow: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _expect_stream(response: Response, chunks: int = 20) -> bool:
+    return (
+        response.status == 200
+        and b"[DONE]" in response.body
+        and response.body.count(b'"content"') >= chunks
+    )
+
+
+class Bench:
+    def __init__(self, plan: Plan, args: argparse.Namespace) -> None:
+        self.plan = plan
+        self.args = args
+        self.quick = args.quick
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.workdir = WORK / f"run-{stamp}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.procs = Procs(self.workdir)
+        self.targets: list[Target] = []
+        self.results: dict[str, TargetResult] = {}
+        self.started = time.time()
+        self.stat0 = core_times()
+        available = cpus()
+        if len(available) >= 2:
+            self.gateway_cpu: int | None = available[0]
+            self.load_cpu: int | None = available[1]
+        else:
+            self.gateway_cpu = self.load_cpu = None
+        self.wrk: str | None = None
+        self.short = SHORT
+        self.long = realistic()
+        self.tokens = {"short": prompt_tokens(self.short), "long": prompt_tokens(self.long)}
+        self.upstream_proc = None
+        self.timings: dict[str, float] = {}
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def messages(self, prompt: str) -> list[dict]:
+        return self.short if prompt == "short" else self.long
+
+    def setup(self) -> None:
+        if self.load_cpu is not None:
+            os.sched_setaffinity(0, {self.load_cpu})
+            log(
+                f"pinning: gateways on CPU {self.gateway_cpu}; load, upstream, harness on CPU {self.load_cpu}"
+            )
+        else:
+            log("only one CPU: nothing pinned; figures are rougher")
+        self.wrk = None if self.args.loadgen == "python" else load.ensure_wrk()
+        if self.wrk is None:
+            log("wrk unavailable: the asyncio client generates the load (less headroom)")
+        from benchmarks.procs import free_port, wait_http
+
+        port = free_port()
+        self.upstream_proc = self.procs.start(
+            "upstream",
+            [sys.executable, "-m", "benchmarks.upstream", "--port", str(port)],
+            cpu=self.load_cpu,
+            cwd=ROOT,
+        )
+        wait_http(self.upstream_proc, f"http://127.0.0.1:{port}/health", 20)
+        env = Env(
+            gateway_cpu=self.gateway_cpu,
+            load_cpu=self.load_cpu,
+            upstream_url=f"http://127.0.0.1:{port}/v1",
+            procs=self.procs,
+            workdir=self.workdir,
+            log=log,
+        )
+        for target in make_targets(self.args.targets, install_litellm_if_missing=not self.quick):
+            result = TargetResult(target.name, target.label)
+            self.results[target.name] = result
+            log(f"starting {target.label}")
+            t0 = time.monotonic()
+            try:
+                target.start(env)
+                self.check(target)
+            except (Unavailable, ProcessError, OSError, RuntimeError) as exc:
+                target.reason = str(exc).strip() or type(exc).__name__
+                log(f"  {target.name}: not available: {target.reason.splitlines()[0][:300]}")
+                if target.server is not None:
+                    target.server.stop()
+                target.cleanup()
+            else:
+                log(f"  ready in {time.monotonic() - t0:.1f}s on port {target.port}")
+            result.available = target.available
+            result.reason = target.reason
+            result.info = target.info
+            self.targets.append(target)
+
+    def check(self, target: Target) -> None:
+        """One non-stream and one stream request must come back well-formed."""
+        deadline = time.monotonic() + 10
+        while True:
+            response = probe(target, body(self.short, stream=False))
+            # A key just created reaches a gateway's cache within a moment.
+            if response.status != 401 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        status, content = response.status, response.body
+        if status == 404 and target.name == "aigw":
+            raise Unavailable(
+                "POST /v1/chat/completions answered 404: aigw's proxy is not there yet"
+            )
+        if status != 200 or b'"choices"' not in content:
+            raise Unavailable(f"non-stream check answered {status}: {content[:300]!r}")
+        if target.name == "aigw":
+            counted = response.header("x-aigw-input-tokens")
+            if counted is None:
+                raise Unavailable("aigw answered without x-aigw-input-tokens: is counting on?")
+            long_counted = probe(target, body(self.long, stream=False)).header(
+                "x-aigw-input-tokens"
+            )
+            for prompt, got in (("short", counted), ("long", long_counted)):
+                want = self.tokens[prompt]
+                target.info[f"input tokens counted, {prompt} prompt"] = f"{got}" + (
+                    "" if str(want) == got else f" (harness counts {want}: MISMATCH)"
+                )
+        response = probe(target, body(self.short, stream=True))
+        status, content = response.status, response.body
+        if status != 200 or b"[DONE]" not in content or content.count(b'"content"') < 20:
+            raise Unavailable(f"stream check answered {status}: {content[:300]!r}")
+
+    def live(self) -> list[Target]:
+        return [t for t in self.targets if t.available]
+
+    def shutdown(self) -> None:
+        self.procs.stop_all()
+        for target in self.targets:
+            with contextlib.suppress(Exception):
+                target.cleanup()
+
+    # --- helpers -----------------------------------------------------------
+
+    def settle(self, target: Target, limit: float = 15.0) -> None:
+        """Until the target is idle (work left over from the last run would skew the next)."""
+        deadline = time.monotonic() + limit
+        previous = target.cpu()
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            current = target.cpu()
+            if current - previous <= 0.01:  # under 10 % of a core
+                return
+            previous = current
+
+    def rotate(self, items: list[Target], k: int) -> list[Target]:
+        if not items:
+            return items
+        k %= len(items)
+        return items[k:] + items[:k]
+
+    def aio(self, coro):
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover
+            return asyncio.run(coro)
+        return uvloop.run(coro)
+
+    def drive(self, call: Call, connections: int, duration: float, sse: bool) -> dict:
+        """Closed-loop load: wrk when present, else the asyncio client."""
+        if self.wrk:
+            return load.run_wrk(
+                self.wrk,
+                call,
+                connections=connections,
+                duration=duration,
+                cpu=self.load_cpu,
+                workdir=self.workdir,
+            )
+        batch = self.aio(load.closed_loop(call, connections, duration=duration, sse=sse))
+        ok = [r for r in batch.responses if r.status == 200]
+        totals = [r.total * 1e6 for r in batch.responses]
+        return {
+            "requests": len(batch.responses),
+            "duration_us": batch.wall * 1e6,
+            "bytes": sum(len(r.body) for r in batch.responses),
+            "errors": len(batch.failures) + len(batch.responses) - len(ok),
+            "p50_us": load.percentile(totals, 50),
+            "p90_us": load.percentile(totals, 90),
+            "p99_us": load.percentile(totals, 99),
+        }
+
+    def guard(self, target: Target, phase: str, fn: Callable[..., None], *args: object) -> None:
+        """Run one target's part of a phase; a failure is recorded, not raised."""
+        if not target.available:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:
+            message = f"{phase}: {type(exc).__name__}: {exc}"
+            self.results[target.name].errors.append(message)
+            log(f"  {target.name}: {message}")
+            (self.workdir / f"error-{target.name}-{phase}.txt").write_text(traceback.format_exc())
+            if target.server is not None and not target.server.alive():
+                target.reason = f"died during {phase}:\n{target.server.log_tail()}"
+                self.results[target.name].available = False
+                self.results[target.name].reason = target.reason
+
+    # --- phases ------------------------------------------------------------
+    # Each phase loops over the targets and hands one target's work to
+    # ``guard``, so one target failing is recorded and the run goes on.
+
+    def warm_up(self) -> None:
+        log("warming up")
+        for target in self.live():
+            self.guard(target, "warm-up", self._warm_one, target)
+
+    def _warm_one(self, target: Target) -> None:
+        for prompt in ("short", "long"):
+            for stream in (False, True):
+                call = target.call(body(self.messages(prompt), stream))
+                self.aio(
+                    load.closed_loop(
+                        call, 4, count=400, duration=self.plan.warmup_s / 4, sse=stream
+                    )
+                )
+        self.settle(target)
+        result = self.results[target.name]
+        result.rss_idle_mb = round(target.rss() / 2**20, 1)
+        assert target.server is not None
+        target.info["processes"] = len(target.server.pids())
+        log(f"  {target.name}: idle RSS {result.rss_idle_mb} MB")
+
+    def throughput(self) -> None:
+        plan = self.plan
+        combos = [
+            (stream, prompt, c)
+            for stream in (False, True)
+            for prompt in plan.prompts
+            for c in plan.levels
+        ]
+        log(f"throughput: {len(combos)} combinations x {plan.reps} rounds x {plan.duration:g}s")
+        for rep in range(plan.reps):
+            for i, (stream, prompt, c) in enumerate(combos):
+                for target in self.rotate(self.live(), rep + i):
+                    self.guard(
+                        target, "throughput", self._throughput_one, target, stream, prompt, c, rep
+                    )
+
+    def _throughput_one(self, target: Target, stream: bool, prompt: str, c: int, rep: int) -> None:
+        call = target.call(body(self.messages(prompt), stream))
+        self.settle(target)
+        up = self.upstream_proc
+        stat0, cpu0, db0 = core_times(), target.cpu(), target.side_cpu()
+        up0 = up.cpu() if up else None
+        out = self.drive(call, c, self.plan.duration, stream)
+        cpu1, db1, stat1 = target.cpu(), target.side_cpu(), core_times()
+        up1 = up.cpu() if up else None
+        seconds = out["duration_us"] / 1e6
+        n = max(1, out["requests"])
+        busy = core_busy(stat0, stat1)
+        row = {
+            "mode": "stream" if stream else "json",
+            "prompt": prompt,
+            "c": c,
+            "rep": rep,
+            "requests": out["requests"],
+            "rps": out["requests"] / seconds if seconds else 0.0,
+            "cpu_ms": (cpu1 - cpu0) * 1000 / n,
+            "db_cpu_ms": (db1 - db0) * 1000 / n if db0 is not None and db1 is not None else None,
+            "p50_ms": out["p50_us"] / 1000,
+            "p99_ms": out["p99_us"] / 1000,
+            "errors": out["errors"],
+            "bytes_per_response": out["bytes"] / n,
+            "gateway_core_busy": busy.get(self.gateway_cpu)
+            if self.gateway_cpu is not None
+            else None,
+            "load_core_busy": busy.get(self.load_cpu) if self.load_cpu is not None else None,
+            "upstream_cpu_share": (up1 - up0) / seconds if seconds and up0 and up1 else None,
+        }
+        self.results[target.name].throughput.append(row)
+        log(
+            f"  {target.name:9} {row['mode']:6} {prompt:5} c={c:<3} "
+            f"{row['rps']:9.0f}/s  cpu {row['cpu_ms']:7.3f} ms/req  "
+            f"p50 {row['p50_ms']:8.2f} ms  err {row['errors']}"
+        )
+
+    def latency(self) -> None:
+        """c=1, interleaved rounds: every round visits every target, in rotating order."""
+        plan = self.plan
+        for prompt in plan.latency_prompts:
+            log(f"latency at c=1 ({prompt} prompt): {plan.latency_rounds} interleaved rounds")
+            rounds: dict[str, list[dict]] = {t.name: [] for t in self.live()}
+            for r in range(plan.latency_rounds):
+                for target in self.rotate(self.live(), r):
+                    self.guard(target, "latency", self._latency_one, target, prompt, r, rounds)
+            self._summarize_rounds(rounds, "latency", prompt, ("p50_ms", "p99_ms"))
+
+    def _latency_one(self, target: Target, prompt: str, r: int, rounds: dict) -> None:
+        self.settle(target)
+        call = target.call(body(self.messages(prompt), stream=False))
+        out = self.drive(call, 1, self.plan.latency_round_s, sse=False)
+        rounds[target.name].append(
+            {
+                "round": r,
+                "p50_ms": out["p50_us"] / 1000,
+                "p99_ms": out["p99_us"] / 1000,
+                "requests": out["requests"],
+                "errors": out["errors"],
+            }
+        )
+
+    def _summarize_rounds(
+        self, rounds: dict[str, list[dict]], attr: str, prompt: str, keys: Iterable[str]
+    ) -> None:
+        direct = {row["round"]: row for row in rounds.get("direct", [])}
+        for name, rows in rounds.items():
+            if not rows:
+                continue
+            summary: dict = {"rounds": rows}
+            for key in keys:
+                summary[key] = statistics.median(row[key] for row in rows)
+                added = [
+                    row[key] - direct[row["round"]][key] for row in rows if row["round"] in direct
+                ]
+                if added and name != "direct":
+                    summary["added_" + key] = statistics.median(added)
+            getattr(self.results[name], attr)[prompt] = summary
+            extra = "  ".join(
+                f"{k} {summary[k]:.3f}"
+                + (f" (+{summary['added_' + k]:.3f})" if "added_" + k in summary else "")
+                for k in keys
+            )
+            log(f"  {name:9} {extra} ms")
+
+    def ttfb(self) -> None:
+        """Streaming time to first content byte at c=1, interleaved rounds (asyncio client)."""
+        plan = self.plan
+        log(f"streaming TTFB at c=1: {plan.ttfb_rounds} rounds x {plan.ttfb_per_round} streams")
+        rounds: dict[str, list[dict]] = {t.name: [] for t in self.live()}
+        for r in range(plan.ttfb_rounds):
+            for target in self.rotate(self.live(), r):
+                self.guard(target, "ttfb", self._ttfb_one, target, r, rounds)
+        self._summarize_rounds(rounds, "ttfb", "short", ("ttfb_p50_ms", "ttfb_p99_ms"))
+
+    def _ttfb_one(self, target: Target, r: int, rounds: dict) -> None:
+        self.settle(target)
+        call = target.call(body(self.short, stream=True))
+        responses = self.aio(load.sequential(call, self.plan.ttfb_per_round, sse=True))
+        bad = [x for x in responses if not _expect_stream(x)]
+        ttfbs = [x.ttfb * 1000 for x in responses]
+        totals = [x.total * 1000 for x in responses]
+        rounds[target.name].append(
+            {
+                "round": r,
+                "ttfb_p50_ms": statistics.median(ttfbs),
+                "ttfb_p99_ms": load.percentile(ttfbs, 99),
+                "total_p50_ms": statistics.median(totals),
+                "bad": len(bad),
+            }
+        )
+
+    def per_chunk(self) -> None:
+        """CPU per relayed chunk: streams of two lengths; the difference is per chunk.
+
+        "paced": chunks a few ms apart, so each one is its own read and write
+        (what a real model's token stream costs). "burst": chunks written back
+        to back, so reads coalesce (the cheapest case). The number of streams
+        adapts to the target's speed so a slow gateway does not take minutes.
+        """
+        plan = self.plan
+        log(
+            f"CPU per chunk: streams of {plan.chunks_lo} and {plan.chunks_hi} chunks, paced "
+            f"{plan.chunk_pace_ms} ms apart and in a burst, c={plan.chunk_concurrency}"
+        )
+        for target in self.live():
+            self.guard(target, "per-chunk", self._per_chunk_one, target)
+
+    def _per_chunk_one(self, target: Target) -> None:
+        plan = self.plan
+        out: dict = {}
+        for style, pace in (("paced", plan.chunk_pace_ms), ("burst", 0)):
+            per_stream: dict[int, float] = {}
+            for chunks in (plan.chunks_hi, plan.chunks_lo):
+                knobs = f" bench:chunks={chunks}" + (f" bench:delay_ms={pace}" if pace else "")
+                call = target.call(body(self.short, stream=True, knobs=knobs))
+                # Enough streams for about chunk_cpu_budget seconds of the target's CPU...
+                cost = per_stream.get(plan.chunks_hi) or self._stream_cost(target, call)
+                n = int(plan.chunk_cpu_budget / max(cost, 1e-6))
+                if pace:  # ...and about chunk_wall_budget seconds of waiting on the pace.
+                    wall = (chunks + 1) * pace / 1000
+                    n = min(n, int(plan.chunk_wall_budget * plan.chunk_concurrency / wall))
+                n = max(plan.chunk_concurrency, min(plan.chunk_streams_max, n))
+                self.settle(target)
+                cpu0 = target.cpu()
+                batch = self.aio(load.closed_loop(call, plan.chunk_concurrency, count=n, sse=True))
+                cpu1 = target.cpu()
+                good = [x for x in batch.responses if _expect_stream(x, chunks)]
+                if len(good) < n * 0.9:
+                    raise RuntimeError(
+                        f"only {len(good)}/{n} {style} streams completed ({batch.failures[:2]})"
+                    )
+                per_stream[chunks] = (cpu1 - cpu0) / n
+                out[f"streams_{style}_{chunks}"] = n
+            lo, hi = plan.chunks_lo, plan.chunks_hi
+            us = (per_stream[hi] - per_stream[lo]) / (hi - lo) * 1e6
+            out[f"cpu_us_per_chunk_{style}"] = us
+            out[f"cpu_ms_per_stream_{style}"] = {str(k): v * 1000 for k, v in per_stream.items()}
+            log(
+                f"  {target.name:9} {style}: {us:7.2f} us/chunk  "
+                f"({per_stream[lo] * 1000:.3f} ms per {lo}-chunk stream, "
+                f"{per_stream[hi] * 1000:.3f} ms per {hi})"
+            )
+        self.results[target.name].chunk = out
+
+    def _stream_cost(self, target: Target, call: Call) -> float:
+        """CPU seconds per stream, roughly, from a few streams."""
+        self.settle(target)
+        cpu0 = target.cpu()
+        self.aio(load.closed_loop(call, 4, count=8, sse=True))
+        return (target.cpu() - cpu0) / 8
+
+    def slow_streams(self) -> None:
+        plan = self.plan
+        log(
+            f"memory: {plan.slow_waves} wave(s) of {plan.slow_streams} concurrent slow streams "
+            f"({plan.slow_chunks} chunks, {plan.slow_delay_ms} ms apart)"
+        )
+        for target in self.live():
+            if target.name == "direct":
+                continue
+            if target.name == "litellm" and self.quick:
+                log("  litellm: skipped in --quick (it takes half a minute per wave)")
+                continue
+            self.guard(target, "slow-streams", self._slow_one, target)
+
+    def _slow_one(self, target: Target) -> None:
+        plan = self.plan
+        knobs = f" bench:chunks={plan.slow_chunks} bench:delay_ms={plan.slow_delay_ms}"
+        call = target.call(body(self.short, stream=True, knobs=knobs))
+        self.settle(target)
+        before = target.rss()
+        waves = []
+        for w in range(plan.slow_waves):
+            peak = [0]
+
+            def sample(_active: int, peak: list[int] = peak) -> None:
+                peak[0] = max(peak[0], target.rss())
+
+            wave = self.aio(
+                load.slow_stream_wave(
+                    call,
+                    plan.slow_streams,
+                    timeout=plan.slow_timeout,
+                    sample=sample,
+                    expect=lambda x: _expect_stream(x, plan.slow_chunks),
+                )
+            )
+            self.settle(target)
+            time.sleep(0.5)
+            after = target.rss()
+            row = {
+                "wave": w + 1,
+                "completed": wave.completed,
+                "failed": len(wave.failures),
+                "failures": wave.failures[:3],
+                "peak_concurrent": wave.peak_concurrent,
+                "peak_rss_mb": round(peak[0] / 2**20, 1),
+                "after_rss_mb": round(after / 2**20, 1),
+                "wall_s": round(wave.wall, 2),
+            }
+            waves.append(row)
+            log(
+                f"  {target.name:9} wave {w + 1}: {wave.completed}/{plan.slow_streams} ok, "
+                f"peak {wave.peak_concurrent} concurrent, RSS peak {row['peak_rss_mb']} MB, "
+                f"after {row['after_rss_mb']} MB, {wave.wall:.1f}s"
+            )
+        self.results[target.name].slow = {
+            "before_rss_mb": round(before / 2**20, 1),
+            "waves": waves,
+            "extra_peak_mb": round(max(w["peak_rss_mb"] for w in waves) - before / 2**20, 1),
+            # Wave 1 to the last: the allocator keeps wave 1's high-water mark, a leak grows on.
+            "growth_mb": round(waves[-1]["after_rss_mb"] - waves[0]["after_rss_mb"], 1),
+        }
+
+    def search(self) -> None:
+        for target in self.live():
+            if not isinstance(target, Aigw):
+                continue
+            if not target.database_url:
+                self.results[target.name].search = {"skipped": "no direct database access"}
+                continue
+            self.guard(target, "search", self._search_one, target)
+
+    def _search_one(self, target: Aigw) -> None:
+        plan = self.plan
+        log(f"admin search: seeding {plan.search_keys:,} keys by COPY")
+        seeded = self.aio(search.seed(target, plan.search_keys))
+        log(f"  seeded in {seeded['seconds']:.1f}s")
+        out = self.aio(search.measure(target, plan.search_per_query, plan.search_keys))
+        out["seed"] = seeded
+        self.results[target.name].search = out
+        for q in out["queries"]:
+            log(
+                f"  {q['query']:40} total={q['total']!s:>7}  p50 {q['p50_ms']:6.2f} ms  "
+                f"p95 {q['p95_ms']:6.2f} ms"
+            )
+        log(f"  all queries: p50 {out['p50_ms']:.2f} ms, p95 {out['p95_ms']:.2f} ms")
+
+    # --- the whole run -----------------------------------------------------
+
+    def run(self) -> dict:
+        self.setup()
+        if not self.live():
+            raise SystemExit("no target could be started; see the messages above")
+        phases = {
+            "throughput": self.throughput,
+            "latency": self.latency,
+            "ttfb": self.ttfb,
+            "chunk": self.per_chunk,
+            "memory": self.slow_streams,
+            "search": self.search,
+        }
+        self.warm_up()
+        self.timings["setup+warm-up"] = round(time.time() - self.started, 1)
+        for name, phase in phases.items():
+            if name in self.args.skip:
+                log(f"{name}: skipped (--skip)")
+                continue
+            t0 = time.monotonic()
+            phase()
+            self.timings[name] = round(time.monotonic() - t0, 1)
+        return self.collect()
+
+    def collect(self) -> dict:
+        stat1 = core_times()
+        return {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": self.args.command_line,
+            "quick": self.quick,
+            "seconds": round(time.time() - self.started),
+            "phase_seconds": self.timings,
+            "plan": asdict(self.plan),
+            "prompt_tokens": self.tokens,
+            "pinning": {"gateway_cpu": self.gateway_cpu, "load_cpu": self.load_cpu},
+            "loadgen": "wrk" if self.wrk else "asyncio client",
+            "cpu_busy_during_run": core_busy(self.stat0, stat1),
+            "cpu_steal_during_run": core_steal(self.stat0, stat1),
+            "machine": machine.describe(),
+            "targets": {name: asdict(result) for name, result in self.results.items()},
+        }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="about a minute: fewer levels, one round"
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(ALL_TARGETS),
+        help=f"comma-separated subset of {','.join(ALL_TARGETS)} (direct is always included)",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated phases to skip: throughput,latency,ttfb,chunk,memory,search",
+    )
+    parser.add_argument(
+        "--loadgen",
+        choices=["wrk", "python"],
+        default="wrk",
+        help="wrk (default) or the asyncio client",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where RESULTS.md, results.json and results.png go "
+        "(default: benchmarks/ for a full run, benchmarks/.work/quick/ for --quick)",
+    )
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    unknown = set(names) - set(ALL_TARGETS)
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    args.targets = ["direct", *[n for n in ALL_TARGETS if n in names and n != "direct"]]
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / (".work/quick" if args.quick else "")
+    shown = " ".join(argv if argv is not None else sys.argv[1:])
+    args.command_line = f".venv/bin/python -m benchmarks.run {shown}".strip()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.quick() if args.quick else Plan.full()
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    bench = Bench(plan, args)
+    log(f"aigw benchmark ({'quick' if args.quick else 'full'}); scratch in {bench.workdir}")
+    try:
+        results = bench.run()
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        return 130
+    finally:
+        bench.shutdown()
+    written = report.write(results, args.out)
+    log("")
+    log(report.summary_text(results))
+    for path in written:
+        log(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""Admin search over many keys: seed them by COPY, time ``GET /apikeys`` at c=1.
+
+Seeding goes straight to the ``api_keys`` table (the API would take minutes
+for 100k keys, and search never decrypts): ciphertexts are placeholders,
+token hashes are unique 32-byte digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+import asyncpg
+
+from benchmarks.load import Call, Client, percentile
+from benchmarks.targets import Aigw
+
+TEAMS = [
+    "payments", "search", "growth", "support", "billing", "ledger", "identity", "risk",
+    "mobile", "web", "data", "ml", "infra", "security", "sales", "marketing", "legal",
+    "finance", "ops", "research",
+]  # fmt: skip
+SERVICES = [
+    "api", "worker", "batch", "chat", "summarizer", "classifier", "extractor", "router",
+    "agent", "copilot", "indexer", "ranker", "tagger", "translator", "moderator", "digest",
+    "assistant", "reviewer", "planner", "scorer", "parser", "notifier", "auditor", "crawler",
+    "reporter",
+]  # fmt: skip
+ENVS = ["prod", "staging", "dev", "test"]
+COLUMNS = [
+    "id", "alias", "provider_id", "model_id", "status", "key_code_ciphertext",
+    "key_code_masked", "token_hash", "token_prefix", "input_limit", "output_limit",
+    "usage_limit", "created_at", "updated_at", "version",
+]  # fmt: skip
+
+
+def alias(i: int) -> str:
+    team = TEAMS[i % len(TEAMS)]
+    service = SERVICES[(i // len(TEAMS)) % len(SERVICES)]
+    env = ENVS[(i // (len(TEAMS) * len(SERVICES))) % len(ENVS)]
+    return f"{team}-{service}-{env}-{i:06d}"
+
+
+async def seed(target: Aigw, n: int) -> dict:
+    assert target.database_url
+    t0 = time.perf_counter()
+    conn = await asyncpg.connect(target.database_url, timeout=10)
+    try:
+        row = await conn.fetchrow(
+            "SELECT p.id AS provider_id, m.id AS model_id FROM providers p "
+            "JOIN provider_models m ON m.provider_id = p.id WHERE p.name = $1",
+            target.provider_name,
+        )
+        if row is None:
+            raise RuntimeError(f"provider {target.provider_name} not found in the database")
+        salt = secrets.token_bytes(8)
+        start = datetime.now(UTC) - timedelta(days=365)
+        records = []
+        for i in range(n):
+            created = start + timedelta(seconds=i * 300)
+            records.append(
+                (
+                    uuid.uuid4(),
+                    alias(i),
+                    row["provider_id"],
+                    row["model_id"],
+                    "disabled" if i % 5 == 0 else "enabled",
+                    "bench:placeholder-not-a-ciphertext",
+                    "sk-b…9aZ",
+                    hashlib.sha256(salt + i.to_bytes(8, "big")).digest(),
+                    f"aigw-{i:06d}"[:16],
+                    (i % 50 + 1) * 1000,
+                    (i % 8) * 512,
+                    "use_anyway" if i % 7 == 0 else "reject",
+                    created,
+                    created,
+                    1,
+                )
+            )
+        # No change notifications for these rows: the gateway's key cache would try to
+        # open 100k placeholder ciphertexts. Search reads the table, not the cache.
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.copy_records_to_table("api_keys", records=records, columns=COLUMNS)
+        await conn.execute("ANALYZE api_keys")
+        total = await conn.fetchval("SELECT count(*) FROM api_keys")
+    finally:
+        await conn.close()
+    return {"keys": int(total), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def queries(n: int) -> list[tuple[str, dict]]:
+    last = n - 1
+    return [
+        ("q=payments (1 in 20 match)", {"q": "payments"}),
+        ("q=payments-chat-prod (1 in 2,000)", {"q": "payments-chat-prod"}),
+        (f"q=-{last:06d} (one match)", {"q": f"-{last:06d}"}),
+        ("q=no-such-key (none)", {"q": "no-such-key"}),
+        ("q=50% (literal %, none)", {"q": "50%"}),
+        ("no q, sort=-created_at", {"sort": "-created_at"}),
+        ("status=disabled, sort=alias", {"status": "disabled", "sort": "alias"}),
+        ("q=ml&usage_limit=use_anyway", {"q": "ml", "usage_limit": "use_anyway"}),
+    ]
+
+
+async def measure(target: Aigw, per_query: int, keys: int) -> dict:
+    headers = (("Authorization", f"Bearer {target.admin_token}"),)
+    client = Client("127.0.0.1", target.port)
+    out: list[dict] = []
+    everything: list[float] = []
+    try:
+        for label, params in queries(keys):
+            call = Call(
+                "127.0.0.1", target.port, "/apikeys?" + urlencode(params), headers, b"", "GET"
+            )
+            raw = call.raw()
+            times = []
+            total = None
+            for i in range(per_query + 2):
+                response = await client.request(raw, timeout=30)
+                if response.status != 200:
+                    raise RuntimeError(f"{label}: HTTP {response.status}: {response.body[:300]!r}")
+                if i < 2:  # first sight of a plan is not what an operator waits for
+                    total = json.loads(response.body).get("total")
+                    continue
+                times.append(response.total * 1000)
+            everything += times
+            out.append(
+                {
+                    "query": label,
+                    "total": total,
+                    "p50_ms": percentile(times, 50),
+                    "p95_ms": percentile(times, 95),
+                    "max_ms": max(times),
+                }
+            )
+    finally:
+        await client.close()
+    return {
+        "queries": out,
+        "p50_ms": percentile(everything, 50),
+        "p95_ms": percentile(everything, 95),
+        "requests": len(everything),
+    }
