@@ -29,6 +29,7 @@ from aigw.providers.router import router as providers_router
 from aigw.proxy.router import router as proxy_router
 from aigw.proxy.runtime import proxy_runtime
 from aigw.secrets_check import verify_keyring_opens_stored_secrets
+from aigw.ui import mount_ui
 from aigw.usage.router import router as usage_router
 
 log = logging.getLogger("aigw")
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(usage_router)
     app.include_router(metrics_router)
+    mount_ui(app)
 
     # Outermost last: the request id wraps everything, including 413s and CORS.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -1,0 +1,240 @@
+"""Browser fixtures: Debian's Chromium driven by Playwright's sync API.
+
+Playwright's own browser download does not work in CI here, so the tests use
+``/usr/bin/chromium`` and install it with apt when it is missing and we are
+root; otherwise the browser tests are skipped with the reason. Each test gets
+a real ``aigw serve`` process on a clean database and a fresh browser context.
+Screenshots go to ``test-artifacts/ui/`` (and a failing test leaves one there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import REPO_ROOT, Gateway
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "ui"
+DOCS_IMG = REPO_ROOT / "docs" / "img"
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 375, "height": 812}
+
+
+def _install_chromium() -> str | None:
+    """apt-get install chromium; returns why it failed, or None."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(
+            ["apt-get", "update", "-q"], env=env, timeout=600, capture_output=True, check=False
+        )
+        result = subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium"],
+            env=env,
+            timeout=1200,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"apt-get failed: {exc}"
+    if result.returncode != 0:
+        return f"apt-get install chromium exited {result.returncode}: {result.stderr[-600:]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium_executable() -> str:
+    if CHROMIUM.exists():
+        return str(CHROMIUM)
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(
+            f"{CHROMIUM} is missing and can only be installed as root with apt-get "
+            "(run: apt-get install -y chromium)"
+        )
+    problem = _install_chromium()
+    if problem or not CHROMIUM.exists():
+        pytest.skip(
+            f"could not install Debian's Chromium: {problem or 'binary not found after install'}"
+        )
+    return str(CHROMIUM)
+
+
+@pytest.fixture
+def browser(chromium_executable: str, start_gateway_process: Any) -> Iterator[Any]:
+    """Chromium for one test.
+
+    Playwright's sync API marks its own event loop as running in this thread
+    between calls, and the suite's async fixtures (the database) need the
+    thread free. So Playwright lives inside each test: it starts after the
+    async fixtures are set up (hence the dependency on the gateway fixture)
+    and stops before they are torn down.
+    """
+    import asyncio
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=chromium_executable, args=LAUNCH_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    if asyncio._get_running_loop() is not None:
+        asyncio._set_running_loop(None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
+
+
+@dataclass
+class Console:
+    """A signed-out browser page on a running gateway, plus the admin API."""
+
+    gateway: Gateway
+    page: Any
+    api: httpx.Client
+    name: str
+    page_errors: list[str] = field(default_factory=list)
+    csp_violations: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"{self.gateway.url}/ui/"
+
+    def open(self, route: str = "#/keys") -> None:
+        self.page.goto(self.url + route)
+
+    def sign_in(self, route: str = "#/keys") -> None:
+        from playwright.sync_api import expect
+
+        self.open(route)
+        self.page.get_by_label("Admin token").fill(self.gateway.admin_token)
+        self.page.get_by_role("button", name="Sign in").click()
+        expect(self.page.locator("h1[data-page-title]")).to_be_visible()
+
+    def shot(self, label: str, *, full_page: bool = True) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{_slug(self.name)}--{_slug(label)}.png"
+        self.page.screenshot(path=str(path), full_page=full_page)
+        return path
+
+    def add_provider(
+        self,
+        name: str = "openai-main",
+        models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o"),
+        **extra: Any,
+    ) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "kind": "openai",
+            "base_url": "https://api.openai.com/v1",
+            "models": [{"name": model} for model in models],
+            **extra,
+        }
+        response = self.api.post("/providers", json=body)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def add_key(
+        self, alias: str, provider: str = "openai-main", model: str = "gpt-4o-mini", **extra: Any
+    ) -> dict[str, Any]:
+        body = {
+            "alias": alias,
+            "provider": provider,
+            "model": model,
+            "key_code": "sk-test-" + "0123456789abcdef" + alias[:4],
+            "input_limit": 4000,
+            **extra,
+        }
+        response = self.api.post("/apikeys", json=body)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+
+@pytest.fixture
+def console_factory(
+    browser: Any, start_gateway_process: Any, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """Make a Console at a viewport; pages and gateways are closed after the test."""
+    made: list[tuple[Console, Any]] = []
+
+    def make(viewport: dict[str, int] = DESKTOP, gateway: Gateway | None = None) -> Console:
+        gw = gateway or start_gateway_process()
+        context = browser.new_context(
+            viewport=viewport,
+            locale="en-US",
+            timezone_id="UTC",
+            color_scheme="light",
+            device_scale_factor=1,
+        )
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=gw.url)
+        context.set_default_timeout(10_000)
+        page = context.new_page()
+        console = Console(
+            gateway=gw,
+            page=page,
+            api=gw.admin(),
+            name=f"{request.node.name}-{viewport['width']}",
+        )
+        page.on("pageerror", lambda error: console.page_errors.append(str(error)))
+        page.on(
+            "console",
+            lambda message: (
+                console.csp_violations.append(message.text)
+                if "Content Security Policy" in message.text
+                else None
+            ),
+        )
+        made.append((console, context))
+        return console
+
+    yield make
+
+    failed = getattr(request.node, "rep_call", None)
+    for console, context in made:
+        if failed is not None and failed.failed:
+            # A screenshot of the failure helps; failing to take one must not hide it.
+            with contextlib.suppress(Exception):
+                console.shot("failure")
+        console.api.close()
+        context.close()
+    for console, _ in made:
+        assert console.page_errors == [], f"uncaught errors in the page: {console.page_errors}"
+        assert console.csp_violations == [], f"CSP violations: {console.csp_violations}"
+
+
+@pytest.fixture
+def console(console_factory: Any) -> Console:
+    made: Console = console_factory()
+    return made
