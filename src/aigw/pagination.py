@@ -28,4 +28,11 @@ def decode_cursor(cursor: str, expected_keys: set[str]) -> dict[str, Any]:
         raise InvalidCursor(errors=[{"field": "cursor", "message": "malformed cursor"}]) from None
     if not isinstance(payload, dict) or set(payload) != expected_keys:
         raise InvalidCursor(errors=[{"field": "cursor", "message": "malformed cursor"}])
+    # Cursors come back from clients: a value the database cannot take (U+0000 in
+    # text, an integer beyond bigint) must fail here, not as a driver error.
+    for value in payload.values():
+        if (isinstance(value, str) and "\x00" in value) or (
+            isinstance(value, int) and not -(2**63) <= value < 2**63
+        ):
+            raise InvalidCursor(errors=[{"field": "cursor", "message": "malformed cursor"}])
     return payload

@@ -15,9 +15,63 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from aigw.crypto import constant_time_equals
-from aigw.errors import Unauthorized, UnsupportedMediaType
+from aigw.errors import Unauthorized, UnsupportedMediaType, ValidationFailed
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+# The largest real admin body (a provider with 500 models) holds ~1,500 JSON
+# values. Validating a 16 MiB object of a million unknown fields costs pydantic
+# and FastAPI seconds of event-loop time (one error object each), so bodies are
+# bounded by their number of values before they reach validation.
+MAX_JSON_VALUES = 10_000
+
+
+class _TooManyValues(Exception):
+    pass
+
+
+def _nul_field(value: Any) -> str | None:
+    """Where in a parsed JSON value a string (or key) holds U+0000, if anywhere.
+
+    Iterative (orjson accepts nesting deeper than Python's recursion limit) and
+    bounded: raises :class:`_TooManyValues` past ``MAX_JSON_VALUES``."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    seen = 0
+    while stack:
+        path, item = stack.pop()
+        seen += 1
+        if seen > MAX_JSON_VALUES:
+            raise _TooManyValues
+        if isinstance(item, str):
+            if "\x00" in item:
+                return path or "body"
+        elif isinstance(item, dict):
+            if len(item) > MAX_JSON_VALUES:
+                raise _TooManyValues
+            for key, child in item.items():
+                where = f"{path}.{key}" if path else str(key)
+                if "\x00" in key:
+                    return where
+                stack.append((where, child))
+        elif isinstance(item, list):
+            if len(item) > MAX_JSON_VALUES:
+                raise _TooManyValues
+            stack.extend(
+                (f"{path}.{index}" if path else str(index), child)
+                for index, child in enumerate(item)
+            )
+    return None
+
+
+def _refuse_nul(field: str, location: str) -> ValidationFailed:
+    # PostgreSQL text and jsonb cannot hold U+0000: refused here, it is a 422 with
+    # the field named instead of a driver error (500) deep in a query.
+    message = "must not contain the NUL character (U+0000)"
+    return ValidationFailed(
+        f"{field}: {message}",
+        errors=[{"field": field, "location": location, "message": message, "type": "nul"}],
+    )
 
 
 class StrictJSONRequest(Request):
@@ -41,11 +95,37 @@ class StrictJSONRoute(APIRoute):
         takes_body = self.body_field is not None
 
         async def strict_handler(request: Request) -> Response:
+            for name, value in request.query_params.multi_items():
+                if "\x00" in name or "\x00" in value:
+                    raise _refuse_nul(name.replace("\x00", "\\0"), "query")
+            strict = StrictJSONRequest(request.scope, request.receive)
             if takes_body and request.method in _BODY_METHODS:
                 content_type = request.headers.get("content-type")
                 if content_type is not None and not _is_json(content_type):
                     raise UnsupportedMediaType(f"got {content_type[:100]!r}")
-            return await handler(StrictJSONRequest(request.scope, request.receive))
+                if await strict.body():
+                    try:
+                        parsed = await strict.json()
+                    except orjson.JSONDecodeError:
+                        parsed = None  # the handler below reports it as usual
+                    try:
+                        field = _nul_field(parsed)
+                    except _TooManyValues:
+                        message = f"the body holds more than {MAX_JSON_VALUES} JSON values"
+                        raise ValidationFailed(
+                            message,
+                            errors=[
+                                {
+                                    "field": None,
+                                    "location": "body",
+                                    "message": message,
+                                    "type": "too_many_values",
+                                }
+                            ],
+                        ) from None
+                    if field:
+                        raise _refuse_nul(field.replace("\x00", "\\0")[:200], "body")
+            return await handler(strict)
 
         return strict_handler
 
