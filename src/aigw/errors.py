@@ -217,10 +217,15 @@ def error_response(request_path: str, exc: AigwError, instance: str | None = Non
     )
 
 
+# A body with 50,000 unknown fields must not earn a 5 MB answer listing each one.
+MAX_FIELD_ERRORS = 50
+
+
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    """Pydantic errors as ``{field, message, type}``; the offending input is never echoed."""
+    """Pydantic errors as ``{field, message, type}`` (the first ``MAX_FIELD_ERRORS``);
+    the offending input is never echoed."""
     out = []
-    for err in exc.errors():
+    for err in exc.errors()[:MAX_FIELD_ERRORS]:
         loc = [str(part) for part in err.get("loc", ()) if part not in ("body",)]
         out.append(
             {
