@@ -1,0 +1,151 @@
+"""Shared checks for the reliability suite: what a proper error looks like, how
+many rows each table holds, raw HTTP/1.1 over a socket, and one real gateway
+process per module."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, ENCRYPTION_KEYS, TOKEN_PEPPER
+from tests.support import Gateway, start_gateway
+
+TABLES = (
+    "providers",
+    "provider_models",
+    "api_keys",
+    "idempotency_records",
+    "audit_log",
+    "usage_records",
+)
+PROBLEM_FIELDS = {"type", "title", "status", "code", "detail"}
+
+
+def assert_problem(response: httpx.Response, status: int | None = None) -> dict[str, Any]:
+    """A 4xx answered as RFC 9457 problem+json with a stable code."""
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:500])
+    if status is not None:
+        assert response.status_code == status, (response.status_code, response.text[:500])
+    assert response.headers["content-type"].startswith("application/problem+json"), (
+        response.headers.get("content-type"),
+        response.text[:200],
+    )
+    body = response.json()
+    assert body.keys() >= PROBLEM_FIELDS, body
+    assert body["status"] == response.status_code
+    assert isinstance(body["code"], str) and body["code"], body
+    assert response.headers.get("x-aigw-request-id"), dict(response.headers)
+    return body
+
+
+def assert_openai_error(response: httpx.Response, status: int | None = None) -> dict[str, Any]:
+    """A 4xx in OpenAI's ``{"error": {message, type, param, code}}`` envelope."""
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:500])
+    if status is not None:
+        assert response.status_code == status, (response.status_code, response.text[:500])
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    error = response.json()["error"]
+    assert {"message", "type", "param", "code"} <= error.keys(), error
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+async def row_counts(database_url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return {table: await conn.fetchval(f"SELECT count(*) FROM {table}") for table in TABLES}
+    finally:
+        await conn.close()
+
+
+async def median_seconds(call: Callable[[], Awaitable[Any]], runs: int = 7) -> float:
+    """Median wall time of *call* after one warm-up run."""
+    await call()
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+# --- raw HTTP/1.1 ---------------------------------------------------------------------------
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parsed = httpx.URL(url)
+    assert parsed.host and parsed.port
+    return parsed.host, parsed.port
+
+
+def raw_exchange(url: str, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send *data* as is and read until the server closes or goes quiet for *timeout*."""
+    with socket.create_connection(host_port(url), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return received
+
+
+def parse_responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split a byte stream into HTTP/1.1 responses (Content-Length framed)."""
+    responses = []
+    while raw.startswith(b"HTTP/1."):
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", len(rest)))
+        responses.append((status, headers, rest[:length]))
+        raw = rest[length:]
+    return responses
+
+
+# --- a real gateway -------------------------------------------------------------------------
+
+
+def gateway_environment(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "AIGW_DATABASE_URL": database_url,
+        "AIGW_DATA_DIR": str(data_dir),
+        "AIGW_ADMIN_TOKEN": ADMIN_TOKEN,
+        "AIGW_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
+        "AIGW_TOKEN_PEPPER": TOKEN_PEPPER,
+        "AIGW_LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def module_gateway(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """One ``aigw serve`` process shared by a module's tests (1 MiB body limit, so
+    the over-limit cases stay quick)."""
+    root = tmp_path_factory.mktemp("gateway")
+    env = gateway_environment(database_url, root / "data", AIGW_MAX_BODY_BYTES=str(1024 * 1024))
+    gateway = start_gateway(env, root / "gateway.log")
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
