@@ -146,6 +146,9 @@ class Console:
     def shot(self, label: str, *, full_page: bool = True) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{_slug(self.name)}--{_slug(label)}.png"
+        if full_page:
+            # From the top, so the sticky top bar is drawn where it belongs.
+            self.page.evaluate("window.scrollTo(0, 0)")
         self.page.screenshot(path=str(path), full_page=full_page)
         return path
 

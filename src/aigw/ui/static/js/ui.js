@@ -8,7 +8,11 @@ import { h, icon, nextId } from "./dom.js";
 
 /** A short message in a live region: polite for news, assertive for failures. */
 export function toast(message, { kind = "success", timeout } = {}) {
-  const region = document.getElementById(kind === "error" ? "alerts" : "toasts");
+  // A modal dialog makes the rest of the page inert (and hidden from assistive
+  // technology), so while one is open its own live regions carry the message.
+  const dialogs = document.querySelectorAll("dialog[open]");
+  const host = dialogs.length ? dialogs[dialogs.length - 1] : document;
+  const region = host.querySelector(kind === "error" ? "[data-live=alerts]" : "[data-live=toasts]");
   if (!region) return;
   const item = h(
     "div",
@@ -62,6 +66,8 @@ export function modal({ title, description, wide = false, role, initialFocus } =
     h("div", { class: "modal__header" }, h("h2", { id: titleId }, title)),
     body,
     footer,
+    h("div", { class: "toasts", role: "status", "aria-live": "polite", "data-live": "toasts" }),
+    h("div", { class: "toasts toasts--alert", role: "alert", "aria-live": "assertive", "data-live": "alerts" }),
   );
   const opener = document.activeElement;
   let busy = false;
@@ -152,6 +158,7 @@ export function confirmDialog({
   danger = false,
   action,
   explainError,
+  retryable = () => true,
 }) {
   const dlg = modal({ title, role: danger ? "alertdialog" : undefined });
   const messageNode = typeof message === "string" ? h("p", {}, message) : message;
@@ -192,6 +199,10 @@ export function confirmDialog({
       cancel.disabled = false;
       confirm.removeAttribute("aria-busy");
       errorSlot.replaceChildren(errorCallout(error, explainError ? explainError(error) : null));
+      if (!retryable(error)) {
+        confirm.hidden = true;
+        cancel.textContent = "Close";
+      }
       cancel.focus();
     }
   });

@@ -112,7 +112,9 @@ export async function renderKeyForm(main, ctx) {
       { value: "disabled", label: "Disable" },
     ],
     value: key ? key.status : "disabled",
-    hint: "A disabled key is refused by the proxy. New keys start disabled until you enable them.",
+    hint: editing
+      ? "A disabled key is refused by the proxy (403) until it is enabled again."
+      : "A disabled key is refused by the proxy. New keys start disabled until you enable them.",
   });
 
   const keyCodeInput = h("input", {

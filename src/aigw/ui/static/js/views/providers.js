@@ -21,6 +21,11 @@ const ENCODINGS = [
   ["cl100k_base", "cl100k_base"],
 ];
 
+/** The API names models as a Python list (['a', 'b']); show them as a plain list. */
+function plainList(text) {
+  return String(text || "").replace(/\[([^\]]*)\]/g, (_, inner) => inner.replaceAll("'", ""));
+}
+
 function keysLink(provider, text = "See its keys") {
   return h("a", { href: `#/keys?provider=${encodeURIComponent(provider.name)}` }, text);
 }
@@ -51,16 +56,14 @@ function providerDialog(existing, onSaved) {
   const kindSelect = h(
     "select",
     { id: "p-kind" },
-    Object.entries(KIND_LABELS).map(([value, label]) =>
-      h("option", { value }, `${label} (${value === "openai" ? "Chat Completions" : "Messages API"})`),
-    ),
+    Object.entries(KIND_LABELS).map(([value, label]) => h("option", { value }, label)),
   );
   kindSelect.value = existing ? existing.kind : "openai";
   const kind = field({
     id: "p-kind",
     label: "Kind",
     required: true,
-    hint: "OpenAI-compatible covers OpenAI, vLLM, Ollama, DeepSeek, Groq and the like.",
+    hint: "OpenAI-compatible: the Chat Completions API of OpenAI, vLLM, Ollama, DeepSeek, Groq… Anthropic: the Messages API.",
     control: kindSelect,
   });
   const baseUrl = field({
@@ -260,9 +263,10 @@ function providerDialog(existing, onSaved) {
             ),
           });
         } else if (error.code === "model_in_use") {
+          error.detail = plainList(error.detail);
           summary = errors.show(error, {
             heading: "A model you removed is still used by an AI API key",
-            extra: h("span", {}, error.detail, ". ", keysLink(existing, "See this provider's keys"), "."),
+            extra: h("span", {}, keysLink(existing, "See this provider's keys")),
           });
           errors.setField("models", "Keep the models that keys still use.");
         } else if (error.code === "provider_name_taken") {
@@ -366,6 +370,7 @@ export async function renderProviders(main, ctx) {
         confirmLabel: "Delete provider",
         danger: true,
         action: () => api.deleteProvider(provider.id),
+        retryable: (error) => error.code !== "provider_in_use",
         explainError: (error) =>
           error.code === "provider_in_use"
             ? h("span", {}, "Delete those keys or move them to another provider first. ", keysLink(provider), ".")
