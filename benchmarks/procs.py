@@ -161,6 +161,20 @@ class Proc:
                     self.known[p] = start
         return found
 
+    def pin(self, cpu: int) -> int:
+        """Move every thread of the process tree onto one CPU; new threads inherit it."""
+        moved = 0
+        for p in self.pids():
+            try:
+                tids = [int(t.name) for t in os.scandir(f"/proc/{p}/task")]
+            except OSError:
+                continue
+            for tid in tids:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(tid, {cpu})
+                    moved += 1
+        return moved
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
@@ -228,8 +242,9 @@ def _state(pid: int) -> str | None:
 class Procs:
     """Every process the harness started; ``stop_all()`` in a ``finally``."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, all_cpus: set[int]) -> None:
         self.workdir = workdir
+        self.all_cpus = all_cpus  # for unpinned children of a pinned harness
         self.started: list[Proc] = []
 
     def start(
@@ -247,8 +262,7 @@ class Procs:
         full_env.update(env or {})
 
         def pin() -> None:
-            if cpu is not None:
-                os.sched_setaffinity(0, {cpu})
+            os.sched_setaffinity(0, {cpu} if cpu is not None else self.all_cpus)
 
         popen = subprocess.Popen(
             list(argv),

@@ -40,6 +40,7 @@ def throughput_table(result: dict) -> dict[tuple[str, str, int], dict]:
                 "p50_ms",
                 "p99_ms",
                 "gateway_core_busy",
+                "gateway_core_other",
                 "load_core_busy",
             )
         }
@@ -593,6 +594,12 @@ def _matplotlib():
     return plt
 
 
+def _headroom(ax) -> None:
+    """Room above the tallest bar of a log axis for its label."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * 6)
+
+
 def chart(results: dict, path: Path) -> bool:
     try:
         plt = _matplotlib()
@@ -603,7 +610,7 @@ def chart(results: dict, path: Path) -> bool:
     live = [n for n in ORDER if n in targets and targets[n].get("available")]
     heads = {n: headline(targets[n]) for n in live}
     levels = results["plan"]["levels"]
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9), layout="constrained")
     fig.suptitle(
         "aigw benchmark — one core per gateway, same fake upstream"
         + (" (quick run)" if results["quick"] else ""),
@@ -623,8 +630,9 @@ def chart(results: dict, path: Path) -> bool:
         ax.set_xticks([j + width * (len(live) - 1) / 2 for j in range(len(levels))])
         ax.set_xticklabels([f"c={c}" for c in levels])
         ax.set_yscale("log")
+        _headroom(ax)
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")
 
     def bars(ax, key: str, title: str, unit: str, names: list[str], log: bool = True) -> None:
         values = [heads[n].get(key) for n in names]
@@ -635,6 +643,7 @@ def chart(results: dict, path: Path) -> bool:
                 ax.text(x, max(v, 1e-9), f"{v:,.3g} {unit}", ha="center", va="bottom", fontsize=8)
         if log and any(shown):
             ax.set_yscale("log")
+            _headroom(ax)
         ax.set_title(title)
 
     bars_by_level(axes[0][0], "json", "non-stream req/s (short prompt)")
@@ -643,26 +652,33 @@ def chart(results: dict, path: Path) -> bool:
     gateways = [n for n in live if n != "direct"]
     ax = axes[1][0]
     width = 0.4
-    p50 = [heads[n].get("added_p50_ms") or 0 for n in gateways]
-    p99 = [heads[n].get("added_p99_ms") or 0 for n in gateways]
-    ax.bar([i - width / 2 for i in range(len(gateways))], p50, width, label="added p50")
-    ax.bar([i + width / 2 for i in range(len(gateways))], p99, width, label="added p99")
-    for i, (a, b) in enumerate(zip(p50, p99, strict=True)):
-        ax.text(i - width / 2, max(a, 1e-3), f"{a:.2f}", ha="center", va="bottom", fontsize=8)
-        ax.text(i + width / 2, max(b, 1e-3), f"{b:.2f}", ha="center", va="bottom", fontsize=8)
+    floor = 0.01  # log scale: what is measured at or below zero is drawn at the floor
+    for offset, key, label in (
+        (-width / 2, "added_p50_ms", "p50"),
+        (width / 2, "added_p99_ms", "p99"),
+    ):
+        values = [heads[n].get(key) for n in gateways]
+        xs = [i + offset for i in range(len(gateways))]
+        ax.bar(xs, [max(v or 0, floor) for v in values], width, label=f"added {label}")
+        for x, v in zip(xs, values, strict=True):
+            text = "—" if v is None else f"{v:.2f}"
+            ax.text(x, max(v or 0, floor), text, ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(gateways)))
     ax.set_xticklabels(gateways)
-    if any(p50 + p99):
-        ax.set_yscale("log")
+    ax.set_yscale("log")
+    _headroom(ax)
     ax.set_title("added latency vs direct at c=1 (ms)")
     ax.legend(fontsize=8)
     ax = axes[1][1]
     idle = [heads[n].get("rss_idle_mb") or 0 for n in gateways]
-    extra = [max(0.0, heads[n].get("rss_extra_mb") or 0) for n in gateways]
+    measured = [heads[n].get("rss_extra_mb") for n in gateways]
+    extra = [max(0.0, e or 0) for e in measured]
     ax.bar(gateways, idle, label="idle", color="#4c78a8")
     ax.bar(gateways, extra, bottom=idle, label="+ 1,000 slow streams (peak)", color="#f58518")
-    for i, (a, b) in enumerate(zip(idle, extra, strict=True)):
-        ax.text(i, a + b, f"{a:.0f} + {b:.0f} MB", ha="center", va="bottom", fontsize=8)
+    for i, (a, b, m) in enumerate(zip(idle, extra, measured, strict=True)):
+        more = "not measured" if m is None else f"{b:.0f} MB"
+        ax.text(i, a + b, f"{a:.0f} MB + {more}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, max([a + b for a, b in zip(idle, extra, strict=True)] or [1]) * 1.15)
     ax.set_title("RSS (MB)")
     ax.legend(fontsize=8)
     ax = axes[1][2]
@@ -677,7 +693,6 @@ def chart(results: dict, path: Path) -> bool:
         ax.legend(fontsize=8)
     else:
         bars(ax, "cpu_us_per_chunk", "CPU µs per relayed chunk", "µs", live, log=False)
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True

@@ -18,14 +18,23 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import load, machine, report, search
 from benchmarks.load import Call, Response
-from benchmarks.procs import ProcessError, Procs, core_busy, core_steal, core_times, cpus
+from benchmarks.procs import (
+    ProcessError,
+    Procs,
+    core_busy,
+    core_steal,
+    core_times,
+    cpus,
+    free_port,
+    wait_http,
+)
 from benchmarks.targets import (
     ROOT,
     WORK,
@@ -50,7 +59,7 @@ class Plan:
     reps: int
     duration: float
     latency_rounds: int
-    latency_round_s: float
+    latency_per_round: int
     latency_prompts: list[str]
     ttfb_rounds: int
     ttfb_per_round: int
@@ -78,7 +87,7 @@ class Plan:
             reps=3,
             duration=4,
             latency_rounds=10,
-            latency_round_s=2,
+            latency_per_round=300,
             latency_prompts=["short", "long"],
             ttfb_rounds=10,
             ttfb_per_round=100,
@@ -107,13 +116,13 @@ class Plan:
             reps=1,
             duration=1,
             latency_rounds=3,
-            latency_round_s=1,
+            latency_per_round=100,
             latency_prompts=["short"],
             ttfb_rounds=3,
             ttfb_per_round=30,
             chunk_streams_max=1000,
-            chunk_cpu_budget=0.4,
-            chunk_wall_budget=1.0,
+            chunk_cpu_budget=0.25,
+            chunk_wall_budget=0.6,
             chunk_concurrency=20,
             chunks_lo=20,
             chunks_hi=80,
@@ -166,7 +175,7 @@ class Bench:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.workdir = WORK / f"run-{stamp}"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.procs = Procs(self.workdir)
+        self.procs = Procs(self.workdir, set(cpus()))
         self.targets: list[Target] = []
         self.results: dict[str, TargetResult] = {}
         self.started = time.time()
@@ -200,8 +209,6 @@ class Bench:
         self.wrk = None if self.args.loadgen == "python" else load.ensure_wrk()
         if self.wrk is None:
             log("wrk unavailable: the asyncio client generates the load (less headroom)")
-        from benchmarks.procs import free_port, wait_http
-
         port = free_port()
         self.upstream_proc = self.procs.start(
             "upstream",
@@ -218,26 +225,41 @@ class Bench:
             workdir=self.workdir,
             log=log,
         )
-        for target in make_targets(self.args.targets, install_litellm_if_missing=not self.quick):
-            result = TargetResult(target.name, target.label)
-            self.results[target.name] = result
+        targets = make_targets(self.args.targets, install_litellm_if_missing=not self.quick)
+        # Boot them all at once on both cores (imports are slow), then pin each one.
+        for target in targets:
+            self.results[target.name] = TargetResult(target.name, target.label)
+            self.targets.append(target)
             log(f"starting {target.label}")
+            self._attempt(target, "start", target.launch, env)
+        for target in targets:
+            if target.reason:
+                continue
             t0 = time.monotonic()
-            try:
-                target.start(env)
-                self.check(target)
-            except (Unavailable, ProcessError, OSError, RuntimeError) as exc:
-                target.reason = str(exc).strip() or type(exc).__name__
-                log(f"  {target.name}: not available: {target.reason.splitlines()[0][:300]}")
-                if target.server is not None:
-                    target.server.stop()
-                target.cleanup()
-            else:
-                log(f"  ready in {time.monotonic() - t0:.1f}s on port {target.port}")
+            if self._attempt(target, "start", target.ready, env) and self._attempt(
+                target, "check", self.check, target
+            ):
+                assert target.server is not None
+                if self.gateway_cpu is not None:
+                    target.server.pin(self.gateway_cpu)
+                log(f"  {target.name} ready on port {target.port} ({time.monotonic() - t0:.1f}s)")
+        for target in targets:
+            result = self.results[target.name]
             result.available = target.available
             result.reason = target.reason
             result.info = target.info
-            self.targets.append(target)
+
+    def _attempt(self, target: Target, step: str, fn: Callable[..., None], *args: object) -> bool:
+        try:
+            fn(*args)
+        except (Unavailable, ProcessError, OSError, RuntimeError) as exc:
+            target.reason = str(exc).strip() or type(exc).__name__
+            log(f"  {target.name}: not available ({step}): {target.reason.splitlines()[0][:300]}")
+            if target.server is not None:
+                target.server.stop()
+            target.cleanup()
+            return False
+        return True
 
     def check(self, target: Target) -> None:
         """One non-stream and one stream request must come back well-formed."""
@@ -418,6 +440,12 @@ class Bench:
             else None,
             "load_core_busy": busy.get(self.load_cpu) if self.load_cpu is not None else None,
             "upstream_cpu_share": (up1 - up0) / seconds if seconds and up0 and up1 else None,
+            # Whatever else ran on the gateway core meanwhile (other tenants, PostgreSQL).
+            "gateway_core_other": max(
+                0.0, busy.get(self.gateway_cpu, 0.0) - (cpu1 - cpu0) / seconds
+            )
+            if seconds and self.gateway_cpu is not None
+            else None,
         }
         self.results[target.name].throughput.append(row)
         log(
@@ -427,79 +455,103 @@ class Bench:
         )
 
     def latency(self) -> None:
-        """c=1, interleaved rounds: every round visits every target, in rotating order."""
+        """c=1, interleaved rounds: every round visits every target, in rotating order.
+
+        The asyncio client sends the same number of requests to every target in
+        every round, so each p99 rests on as many samples (wrk's fixed duration
+        would give the fast targets ten times more). p50 added = median over
+        rounds of (target - direct) in the same round; p99 added = p99 of all
+        of a target's samples - p99 of all of direct's.
+        """
         plan = self.plan
         for prompt in plan.latency_prompts:
-            log(f"latency at c=1 ({prompt} prompt): {plan.latency_rounds} interleaved rounds")
+            log(
+                f"latency at c=1 ({prompt} prompt): {plan.latency_rounds} interleaved rounds x "
+                f"{plan.latency_per_round} requests"
+            )
             rounds: dict[str, list[dict]] = {t.name: [] for t in self.live()}
+            samples: dict[str, list[float]] = {t.name: [] for t in self.live()}
             for r in range(plan.latency_rounds):
                 for target in self.rotate(self.live(), r):
-                    self.guard(target, "latency", self._latency_one, target, prompt, r, rounds)
-            self._summarize_rounds(rounds, "latency", prompt, ("p50_ms", "p99_ms"))
+                    self.guard(
+                        target, "latency", self._c1_one, target, prompt, False, r, rounds, samples
+                    )
+            self._summarize_rounds(rounds, samples, "latency", prompt, "")
 
-    def _latency_one(self, target: Target, prompt: str, r: int, rounds: dict) -> None:
+    def ttfb(self) -> None:
+        """Streaming time to the first content event at c=1, interleaved rounds."""
+        plan = self.plan
+        log(f"streaming TTFB at c=1: {plan.ttfb_rounds} rounds x {plan.ttfb_per_round} streams")
+        rounds: dict[str, list[dict]] = {t.name: [] for t in self.live()}
+        samples: dict[str, list[float]] = {t.name: [] for t in self.live()}
+        for r in range(plan.ttfb_rounds):
+            for target in self.rotate(self.live(), r):
+                self.guard(target, "ttfb", self._c1_one, target, "short", True, r, rounds, samples)
+        self._summarize_rounds(rounds, samples, "ttfb", "short", "ttfb_")
+
+    def _c1_one(
+        self,
+        target: Target,
+        prompt: str,
+        stream: bool,
+        r: int,
+        rounds: dict[str, list[dict]],
+        samples: dict[str, list[float]],
+    ) -> None:
         self.settle(target)
-        call = target.call(body(self.messages(prompt), stream=False))
-        out = self.drive(call, 1, self.plan.latency_round_s, sse=False)
+        n = self.plan.ttfb_per_round if stream else self.plan.latency_per_round
+        call = target.call(body(self.messages(prompt), stream))
+        responses = self.aio(load.sequential(call, n, sse=stream))
+        ok = [x for x in responses if (_expect_stream(x) if stream else x.status == 200)]
+        if len(ok) < len(responses):
+            raise RuntimeError(f"{len(responses) - len(ok)}/{len(responses)} bad responses")
+        times = [(x.ttfb if stream else x.total) * 1000 for x in responses]
+        samples[target.name] += times
         rounds[target.name].append(
             {
                 "round": r,
-                "p50_ms": out["p50_us"] / 1000,
-                "p99_ms": out["p99_us"] / 1000,
-                "requests": out["requests"],
-                "errors": out["errors"],
+                "p50_ms": statistics.median(times),
+                "p99_ms": load.percentile(times, 99),
+                "total_p50_ms": statistics.median(x.total * 1000 for x in responses),
             }
         )
 
     def _summarize_rounds(
-        self, rounds: dict[str, list[dict]], attr: str, prompt: str, keys: Iterable[str]
+        self,
+        rounds: dict[str, list[dict]],
+        samples: dict[str, list[float]],
+        attr: str,
+        prompt: str,
+        prefix: str,
     ) -> None:
         direct = {row["round"]: row for row in rounds.get("direct", [])}
+        direct_p99 = load.percentile(samples.get("direct") or [], 99)
         for name, rows in rounds.items():
             if not rows:
                 continue
-            summary: dict = {"rounds": rows}
-            for key in keys:
-                summary[key] = statistics.median(row[key] for row in rows)
-                added = [
-                    row[key] - direct[row["round"]][key] for row in rows if row["round"] in direct
-                ]
-                if added and name != "direct":
-                    summary["added_" + key] = statistics.median(added)
-            getattr(self.results[name], attr)[prompt] = summary
-            extra = "  ".join(
-                f"{k} {summary[k]:.3f}"
-                + (f" (+{summary['added_' + k]:.3f})" if "added_" + k in summary else "")
-                for k in keys
-            )
-            log(f"  {name:9} {extra} ms")
-
-    def ttfb(self) -> None:
-        """Streaming time to first content byte at c=1, interleaved rounds (asyncio client)."""
-        plan = self.plan
-        log(f"streaming TTFB at c=1: {plan.ttfb_rounds} rounds x {plan.ttfb_per_round} streams")
-        rounds: dict[str, list[dict]] = {t.name: [] for t in self.live()}
-        for r in range(plan.ttfb_rounds):
-            for target in self.rotate(self.live(), r):
-                self.guard(target, "ttfb", self._ttfb_one, target, r, rounds)
-        self._summarize_rounds(rounds, "ttfb", "short", ("ttfb_p50_ms", "ttfb_p99_ms"))
-
-    def _ttfb_one(self, target: Target, r: int, rounds: dict) -> None:
-        self.settle(target)
-        call = target.call(body(self.short, stream=True))
-        responses = self.aio(load.sequential(call, self.plan.ttfb_per_round, sse=True))
-        bad = [x for x in responses if not _expect_stream(x)]
-        ttfbs = [x.ttfb * 1000 for x in responses]
-        totals = [x.total * 1000 for x in responses]
-        rounds[target.name].append(
-            {
-                "round": r,
-                "ttfb_p50_ms": statistics.median(ttfbs),
-                "ttfb_p99_ms": load.percentile(ttfbs, 99),
-                "total_p50_ms": statistics.median(totals),
-                "bad": len(bad),
+            p50 = statistics.median(row["p50_ms"] for row in rows)
+            p99 = load.percentile(samples[name], 99)
+            summary: dict = {
+                "rounds": rows,
+                "samples": len(samples[name]),
+                f"{prefix}p50_ms": p50,
+                f"{prefix}p99_ms": p99,
             }
-        )
+            line = f"  {name:9} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms"
+            paired = [
+                row["p50_ms"] - direct[row["round"]]["p50_ms"]
+                for row in rows
+                if row["round"] in direct
+            ]
+            if name != "direct" and paired:
+                summary[f"added_{prefix}p50_ms"] = statistics.median(paired)
+                summary[f"added_{prefix}p99_ms"] = p99 - direct_p99
+                line += (
+                    f"   added p50 {summary[f'added_{prefix}p50_ms']:+8.3f} ms"
+                    f"  p99 {summary[f'added_{prefix}p99_ms']:+8.3f} ms"
+                )
+            getattr(self.results[name], attr)[prompt] = summary
+            log(line)
 
     def per_chunk(self) -> None:
         """CPU per relayed chunk: streams of two lengths; the difference is per chunk.

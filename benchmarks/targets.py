@@ -74,7 +74,12 @@ class Target:
         """CPU of helpers outside the server's process tree (a database), if any."""
         return None
 
-    def start(self, env: Env) -> None:
+    def launch(self, env: Env) -> None:
+        """Start the server (unpinned, so several targets boot on both cores at once)."""
+        raise NotImplementedError
+
+    def ready(self, env: Env) -> None:
+        """Wait until it serves, then set up auth; pinned by the caller afterwards."""
         raise NotImplementedError
 
     def cleanup(self) -> None:
@@ -120,10 +125,13 @@ class Direct(Target):
     def __init__(self) -> None:
         super().__init__("direct", "direct (fake upstream)", token="direct")
 
-    def start(self, env: Env) -> None:
+    def launch(self, env: Env) -> None:
         self.port = free_port()
         argv = [sys.executable, "-m", "benchmarks.upstream", "--port", str(self.port)]
-        self.server = env.procs.start("direct", argv, cpu=env.gateway_cpu, cwd=ROOT)
+        self.server = env.procs.start("direct", argv, cpu=None, cwd=ROOT)
+
+    def ready(self, env: Env) -> None:
+        assert self.server is not None
         wait_http(self.server, f"http://127.0.0.1:{self.port}/health", 20)
 
 
@@ -131,14 +139,17 @@ class Reference(Target):
     def __init__(self) -> None:
         super().__init__("reference", "reference (FastAPI+aiohttp+tiktoken)")
 
-    def start(self, env: Env) -> None:
+    def launch(self, env: Env) -> None:
         self.port = free_port()
         self.token = "ref-" + secrets.token_urlsafe(16)
         argv = [
             sys.executable, "-m", "benchmarks.reference", "--port", str(self.port),
             "--upstream", env.upstream_url, "--token", self.token,
         ]  # fmt: skip
-        self.server = env.procs.start("reference", argv, cpu=env.gateway_cpu, cwd=ROOT)
+        self.server = env.procs.start("reference", argv, cpu=None, cwd=ROOT)
+
+    def ready(self, env: Env) -> None:
+        assert self.server is not None
         wait_http(self.server, f"http://127.0.0.1:{self.port}/health", 30)
 
 
@@ -190,7 +201,7 @@ class Aigw(Target):
             exe = Path(found)
         return [str(exe)]
 
-    def start(self, env: Env) -> None:
+    def launch(self, env: Env) -> None:
         self.port = free_port()
         self.admin_token = "bench-admin-" + secrets.token_urlsafe(24)
         data_dir = env.workdir / "aigw-data"
@@ -217,7 +228,10 @@ class Aigw(Target):
             *self.command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", "1",
         ]  # fmt: skip
-        self.server = env.procs.start("aigw", argv, cpu=env.gateway_cpu, env=server_env, cwd=ROOT)
+        self.server = env.procs.start("aigw", argv, cpu=None, env=server_env, cwd=ROOT)
+
+    def ready(self, env: Env) -> None:
+        assert self.server is not None
         wait_http(self.server, f"http://127.0.0.1:{self.port}/healthz", 120)
         base = f"http://127.0.0.1:{self.port}"
         status, body = _http_json(
@@ -339,7 +353,7 @@ class LiteLLM(Target):
         super().__init__("litellm", "LiteLLM proxy")
         self.install = install
 
-    def start(self, env: Env) -> None:
+    def launch(self, env: Env) -> None:
         if not litellm_installed():
             if not self.install:
                 raise Unavailable(
@@ -367,9 +381,10 @@ class LiteLLM(Target):
             str(litellm_bin()), "--config", str(config), "--host", "127.0.0.1",
             "--port", str(self.port), "--num_workers", "1",
         ]  # fmt: skip
-        self.server = env.procs.start(
-            "litellm", argv, cpu=env.gateway_cpu, env=server_env, cwd=home
-        )
+        self.server = env.procs.start("litellm", argv, cpu=None, env=server_env, cwd=home)
+
+    def ready(self, env: Env) -> None:
+        assert self.server is not None
         wait_http(self.server, f"http://127.0.0.1:{self.port}/health/liveliness", 180)
 
 
