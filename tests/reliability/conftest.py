@@ -4,11 +4,12 @@ process per module."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, ENCRYPTION_KEYS, TOKEN_PEPPER
+from tests.fakes import FakeUpstream, start_fake_upstream
 from tests.support import Gateway, start_gateway
 
 TABLES = (
@@ -149,3 +151,77 @@ def module_gateway(
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# --- the app in process, with a fake upstream ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    """The scriptable fake upstream (tests.fakes.upstream) as a process, per module."""
+    upstream = start_fake_upstream()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+@pytest.fixture
+def fresh_fake(fake: FakeUpstream) -> FakeUpstream:
+    """The module's fake upstream with zeroed counters and the default scenario."""
+    fake.reset()
+    return fake
+
+
+@pytest.fixture
+async def inproc(
+    make_settings: Callable[..., Any], admin_headers: dict[str, str]
+) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Factory: ``await inproc(**settings)`` runs the app in process (lifespan
+    included) and returns it with ``app.admin``, an admin httpx client."""
+    from aigw.main import create_app
+
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Any:
+            app = create_app(make_settings(**{"usage_flush_interval": 0.02, **overrides}))
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            app.admin = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app),
+                    base_url="http://aigw.test",
+                    headers=admin_headers,
+                    timeout=30,
+                )
+            )
+            return app
+
+        yield start
+
+
+def client_for(app: Any, token: str | None = None) -> httpx.AsyncClient:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://aigw.test",
+        headers=headers,
+        timeout=30,
+    )
+
+
+async def provider_and_key(
+    app: Any, base_url: str, *, name: str | None = None, **key_overrides: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A provider at *base_url* and an enabled key on it, in the key cache."""
+    from tests.proxy.conftest import MODEL, create_key, create_provider, wait_for
+
+    provider_name = name or unique("prov")
+    provider = await create_provider(app.admin, base_url, name=provider_name, models=(MODEL,))
+    key = await create_key(app.admin, provider=provider_name, **key_overrides)
+    token_hash = app.state.hasher.hash(key["token"])
+
+    async def cached() -> bool:
+        return app.state.keys.get(token_hash) is not None
+
+    await wait_for(cached, 5.0)
+    return provider, key
