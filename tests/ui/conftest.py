@@ -149,7 +149,7 @@ class Console:
         if full_page:
             # From the top, so the sticky top bar is drawn where it belongs.
             self.page.evaluate("window.scrollTo(0, 0)")
-        self.page.screenshot(path=str(path), full_page=full_page)
+        self.page.screenshot(path=str(path), full_page=full_page, animations="disabled")
         return path
 
     def add_provider(

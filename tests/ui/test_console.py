@@ -155,6 +155,12 @@ def test_key_lifecycle_create_search_view_update_rotate_delete(console: Console)
     expect(page.get_by_role("radio", name="Disable")).to_be_checked()
     expect(page.get_by_role("radio", name="Reject")).to_be_checked()
     expect(page.get_by_role("spinbutton", name="Output Limit")).to_have_value("0")
+    expect(page.locator("#f-input-limit-hint")).to_contain_text("0 = unlimited")
+    expect(page.locator("#f-output-limit-hint")).to_contain_text("0 = unlimited")
+    options = page.get_by_role("combobox", name="Provider/Model").locator("option")
+    expect(options).to_have_text(
+        ["Choose a provider and model\u2026", "openai-main / gpt-4o-mini", "openai-main / gpt-4o"]
+    )
     for label in ("API Key Alias", "Provider/Model", "Status", "API Key Code", "Input Limit"):
         marker = page.locator(f"label:has-text('{label}') .req, legend:has-text('{label}') .req")
         expect(marker.first).to_have_text("*")
@@ -468,6 +474,55 @@ def test_sign_in_keeps_the_token_in_session_storage_only(console: Console) -> No
     page.keyboard.type(console.gateway.admin_token)
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="AI API Keys", level=1)).to_be_visible()
+
+
+@pytest.mark.browser
+def test_key_list_filters_sort_and_pages_with_the_cursor(console: Console) -> None:
+    keys = _seed_showcase(console)
+    for index in range(15):
+        console.add_key(f"bulk-{index:02d}", model="gpt-4o-mini")
+    page = console.page
+    console.sign_in()
+    rows = page.locator("#key-results tbody tr")
+    count = page.get_by_test_id("result-count")
+
+    # 21 keys, 20 a page: the cursor leads to the next page and back.
+    expect(count).to_have_text("Showing 1\u201320 of 21 keys")
+    expect(page.get_by_role("button", name="Previous page")).to_be_disabled()
+    page.get_by_role("button", name="Next page").click()
+    expect(count).to_have_text("Showing 21\u201321 of 21 keys")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(keys[0]["alias"])  # the oldest, newest-first order
+    expect(page.get_by_role("button", name="Next page")).to_be_disabled()
+    page.get_by_role("button", name="Previous page").click()
+    expect(count).to_have_text("Showing 1\u201320 of 21 keys")
+
+    # Filters narrow the list and live in the URL (never the token).
+    page.get_by_role("combobox", name="Usage limit").select_option("use_anyway")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#key-results")).to_contain_text("data-science")
+    expect(page.locator("#key-results")).to_contain_text("nightly-batch")
+    page.get_by_role("combobox", name="Usage limit").select_option("")
+    pm = page.get_by_role("combobox", name="Provider/Model")
+    pm.select_option(label="anthropic \u2014 all models")
+    expect(rows).to_have_count(2)
+    pm.select_option(label="anthropic / claude-sonnet-4-5")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("code-review")
+    page.get_by_role("combobox", name="Status").select_option("disabled")
+    expect(page.get_by_text("No keys match")).to_be_visible()
+    assert "status=disabled" in page.url and "model=claude-sonnet-4-5" in page.url
+    page.reload()  # the filters survive a reload
+    expect(page.get_by_text("No keys match")).to_be_visible()
+    expect(page.get_by_role("combobox", name="Status")).to_have_value("disabled")
+    page.get_by_role("button", name="Clear filters").first.click()
+    expect(count).to_have_text("Showing 1\u201320 of 21 keys")
+
+    page.get_by_role("combobox", name="Sort by").select_option("-alias")
+    expect(rows.first).to_contain_text("support-bot")
+    page.get_by_role("searchbox", name="Search by alias").fill("bulk-1")
+    expect(count).to_have_text("Showing 1\u20135 of 5 keys")
+    expect(rows.first).to_contain_text("bulk-14")
 
 
 def _seed_showcase(console: Console) -> list[dict[str, Any]]:
