@@ -125,7 +125,8 @@ def checks(results: dict) -> list[dict]:
         name: str, value: float | None, limit: float | None, ok_if_le: bool, shown: str
     ) -> None:
         if a is None:
-            out.append({"target": name, "status": "n/a", "detail": "aigw not available"})
+            why = "aigw not available" if "aigw" in targets else "aigw not in this run"
+            out.append({"target": name, "status": "n/a", "detail": why})
             return
         if value is None or limit is None:
             out.append({"target": name, "status": "n/a", "detail": "not measured"})
@@ -619,18 +620,21 @@ def chart(results: dict, path: Path) -> bool:
 
     def bars_by_level(ax, mode: str, title: str) -> None:
         width = 0.8 / max(1, len(live))
+        drawn = False
         for i, n in enumerate(live):
             table = throughput_table(targets[n])
             values = [((table.get((mode, "short", c)) or {}).get("rps") or 0) for c in levels]
             xs = [j + i * width for j in range(len(levels))]
             ax.bar(xs, values, width, label=n, color=COLORS.get(n))
+            drawn = drawn or any(values)
             for x, v in zip(xs, values, strict=True):
                 if v:
                     ax.text(x, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7, rotation=90)
         ax.set_xticks([j + width * (len(live) - 1) / 2 for j in range(len(levels))])
         ax.set_xticklabels([f"c={c}" for c in levels])
-        ax.set_yscale("log")
-        _headroom(ax)
+        if drawn:
+            ax.set_yscale("log")
+            _headroom(ax)
         ax.set_title(title)
         ax.legend(fontsize=8, loc="upper right")
 
