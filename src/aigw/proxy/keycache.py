@@ -147,6 +147,7 @@ class KeyCache:
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self.listening = False
+        self._closing = False
         self.reloads = 0
         self.last_change_applied: float | None = None
 
@@ -224,10 +225,14 @@ class KeyCache:
         self._task = asyncio.create_task(self._run(connection), name="aigw-keycache")
 
     async def aclose(self) -> None:
+        self._closing = True
+        self._pending.put_nowait(None)
         if self._task is not None:
+            # A database driver may turn a cancellation into its own error; the
+            # closing flag makes the worker stop either way.
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 5.0)
             self._task = None
 
     def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -254,7 +259,7 @@ class KeyCache:
 
     async def _run(self, connection: asyncpg.Connection | None) -> None:
         backoff = 0.1
-        while True:
+        while not self._closing:
             if connection is None:
                 try:
                     connection = await self._listen()
@@ -284,18 +289,21 @@ class KeyCache:
                 await self._close_quietly(connection)
                 raise
             except Exception as exc:
-                log.warning("key cache LISTEN connection lost (%s)", type(exc).__name__)
+                if not self._closing:
+                    log.warning("key cache LISTEN connection lost (%s)", type(exc).__name__)
             self.listening = False
             await self._close_quietly(connection)
             connection = None
+        if connection is not None:
+            await self._close_quietly(connection)
 
     def _drain(self) -> None:
         while not self._pending.empty():
             self._pending.get_nowait()
 
     async def _serve(self, connection: asyncpg.Connection) -> None:
-        """Apply notifications until the connection fails."""
-        while True:
+        """Apply notifications until the connection fails or the cache closes."""
+        while not self._closing:
             try:
                 first = await asyncio.wait_for(self._pending.get(), self._heartbeat_interval)
             except TimeoutError:
