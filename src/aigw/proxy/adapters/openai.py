@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from yarl import URL
 
+from aigw.proxy.errors import InvalidRequest
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.sse import DONE_DATA, SSEEvent
 from aigw.proxy.upstream import UpstreamProtocolError
@@ -60,7 +61,12 @@ class OpenAIAdapter:
 
     def encode_request(self, body: dict[str, Any], raw: bytes, modified: bool) -> bytes:
         """The upstream body: the client's bytes when the gateway changed nothing."""
-        return orjson.dumps(body) if modified else raw
+        if not modified:
+            return raw
+        try:
+            return orjson.dumps(body)
+        except TypeError:  # orjson writes at most 255 levels but reads up to 1024
+            raise InvalidRequest("The request body is nested too deeply") from None
 
     def stream_items(self, event: SSEEvent) -> tuple[StreamItem, ...]:
         data = event.data
