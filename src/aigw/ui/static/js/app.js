@@ -150,11 +150,13 @@ async function route() {
     signal: controller.signal,
     query,
     params: match && match.params ? match.params(path) : {},
+    // A view left behind (the operator navigated elsewhere while it awaited
+    // a dialog or a request) must not pull them back.
     navigate(hash) {
-      location.hash = hash;
+      if (!controller.signal.aborted) location.hash = hash;
     },
     reload() {
-      route();
+      if (!controller.signal.aborted) route();
     },
   };
   try {

@@ -322,6 +322,12 @@ export async function renderKeyList(main, ctx) {
         },
         signal,
       );
+      if (!data.items.length && state.page > 0) {
+        // The last key of a later page was deleted: show the page before it.
+        state.page -= 1;
+        load();
+        return;
+      }
       if (!data.items.length) providers = await providersReady;
       if (signal.aborted) return;
       tbody.replaceChildren(...(data.items.length ? data.items.map(row) : [emptyState()]));

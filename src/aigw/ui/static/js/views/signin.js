@@ -36,6 +36,12 @@ export function renderSignIn(root, { message, onSignedIn }) {
       input.focus();
       return;
     }
+    if (/[^\x21-\x7e]/.test(token)) {
+      // fetch() cannot put such characters in a header, and no valid token has them.
+      errors.setField("token", "An admin token has no spaces or special characters: check what was pasted.");
+      input.focus();
+      return;
+    }
     await withBusy(submit, async () => {
       try {
         await api.verifyToken(token);
