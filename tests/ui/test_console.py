@@ -476,13 +476,11 @@ def test_sign_in_keeps_the_token_in_session_storage_only(console: Console) -> No
     expect(page.get_by_role("heading", name="AI API Keys", level=1)).to_be_visible()
 
 
-@pytest.mark.browser
-def test_key_list_filters_sort_and_pages_with_the_cursor(console: Console) -> None:
-    keys = _seed_showcase(console)
+def _check_filters_sort_and_paging(console: Console, keys: list[dict[str, Any]]) -> None:
     for index in range(15):
         console.add_key(f"bulk-{index:02d}", model="gpt-4o-mini")
     page = console.page
-    console.sign_in()
+    page.goto(f"{console.url}#/keys")
     rows = page.locator("#key-results tbody tr")
     count = page.get_by_test_id("result-count")
 
@@ -567,7 +565,8 @@ def _publish(source: Any, name: str) -> None:
 
 
 @pytest.mark.browser
-def test_console_layout_at_desktop_and_phone_width(console_factory: Any) -> None:
+def test_key_list_with_real_data_at_desktop_and_phone_width(console_factory: Any) -> None:
+    """README screenshots, the phone layout, then filters, sort and cursor paging."""
     desktop: Console = console_factory(DESKTOP)
     keys = _seed_showcase(desktop)
     has_usage = _usage_endpoint_exists(desktop, keys[-1]["id"])
@@ -634,3 +633,6 @@ def test_console_layout_at_desktop_and_phone_width(console_factory: Any) -> None
     expect(page.locator("[data-provider]")).to_have_count(3)
     _no_horizontal_scroll(phone)
     phone.shot("providers")
+
+    # Back on the desktop page: filters, sort and paging over the same data.
+    _check_filters_sort_and_paging(desktop, keys)
