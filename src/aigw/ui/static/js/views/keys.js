@@ -95,7 +95,7 @@ export async function renderKeyList(main, ctx) {
   const pmSelect = h(
     "select",
     { id: "filter-provider-model", "aria-label": "Provider/Model" },
-    h("option", { value: "" }, "All providers & models"),
+    h("option", { value: "" }, "All models"),
   );
   const usageSelect = h(
     "select",
@@ -244,12 +244,12 @@ export async function renderKeyList(main, ctx) {
         h("a", { class: "row-link", href: view }, key.alias),
         h("span", { class: "cell-sub mono", title: "Client token prefix" }, `${key.token_prefix}…`),
       ),
-      h("td", { "data-label": "Provider / Model" }, providerModelLabel(key.provider, key.model)),
-      h("td", { "data-label": "Status" }, statusBadge(key.status)),
-      h("td", { class: "num", "data-label": "Input limit" }, fmtLimitShort(key.input_limit)),
-      h("td", { class: "num", "data-label": "Output limit" }, fmtLimitShort(key.output_limit)),
-      h("td", { "data-label": "Usage limit" }, USAGE_LIMIT_LABELS[key.usage_limit] || key.usage_limit),
-      h("td", { "data-label": "Updated" }, timeAgo(key.updated_at)),
+      h("td", { "data-label": "Provider / Model", "data-col": "pm" }, providerModelLabel(key.provider, key.model)),
+      h("td", { "data-label": "Status", "data-col": "status" }, statusBadge(key.status)),
+      h("td", { class: "num", "data-label": "Input limit", "data-col": "input" }, fmtLimitShort(key.input_limit)),
+      h("td", { class: "num", "data-label": "Output limit", "data-col": "output" }, fmtLimitShort(key.output_limit)),
+      h("td", { "data-label": "Usage limit", "data-col": "usage" }, USAGE_LIMIT_LABELS[key.usage_limit] || key.usage_limit),
+      h("td", { "data-label": "Updated", "data-col": "updated" }, timeAgo(key.updated_at)),
       h(
         "td",
         { class: "cell-actions" },

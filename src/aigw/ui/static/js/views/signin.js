@@ -19,7 +19,7 @@ export function renderSignIn(root, { message, onSignedIn }) {
     id: "admin-token",
     label: "Admin token",
     required: true,
-    hint: "The gateway's AIGW_ADMIN_TOKEN. It stays in this browser tab (session storage) and is never put in a URL.",
+    hint: "AIGW_ADMIN_TOKEN, or the admin_token file in the gateway's data folder (aigw serve prints where). It stays in this browser tab only and is never put in a URL.",
     control: input,
   });
   const summary = h("div");
