@@ -350,6 +350,8 @@ class ProxyService:
     async def list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             key = self.authenticate(scope["headers"])
+            if not key.enabled:
+                raise KeyDisabled()
         except ProxyError as exc:
             await _send_error(scope, receive, send, exc, [])
             return
