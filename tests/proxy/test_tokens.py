@@ -798,12 +798,15 @@ async def test_large_prompt_does_not_block_the_loop(encoders: Encoders) -> None:
     async def inline() -> None:
         measure_chat_input(body, encoding, max_chars=10_000_000)
 
-    stall, duration = await _longest_stall(offloaded)
-    # The loop kept ticking through the count: no gap near the count's length.
-    assert stall < 0.25 * duration
-    # Counting inline freezes it for the whole count (so the check above has teeth).
-    stall, duration = await _longest_stall(inline)
-    assert stall > 0.9 * duration
+    # Counting inline freezes the loop for the whole count (the baseline that
+    # gives the check below its teeth)...
+    inline_stall, inline_duration = await _longest_stall(inline)
+    assert inline_stall > 0.9 * inline_duration
+    # ...offloaded, the loop keeps ticking. Compared with the inline stall of the
+    # same run rather than a clock figure: on a shared 2-core machine the
+    # scheduler alone can pause a thread for tens of milliseconds.
+    offloaded_stall, _ = await _longest_stall(offloaded)
+    assert offloaded_stall < 0.4 * inline_stall
 
 
 # ---------------------------------------------------------------------------
