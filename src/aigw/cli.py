@@ -79,6 +79,7 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
     with database(settings) as url:
         upgrade(url)
+        _refuse_unusable_key_ring(settings, url)
         # Workers re-read settings from the environment; the data folder gives
         # them the same generated secrets.
         os.environ["AIGW_DATABASE_URL"] = url
@@ -107,6 +108,38 @@ def serve(
             server_header=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace),
         )
+
+
+def _refuse_unusable_key_ring(settings: Settings, url: str) -> None:
+    """Stop here, in the parent and before any worker, when the key ring is malformed
+    or cannot open the stored key codes: one clear line and exit 2. (Each worker's
+    lifespan checks too, but with ``--workers`` > 1 uvicorn's supervisor exits 0
+    after its children fail, and the message drowns in their tracebacks.)"""
+    from rich.markup import escape
+
+    from aigw.crypto import KeyRing, KeyRingConfigError
+    from aigw.db.engine import create_engine, create_sessionmaker
+    from aigw.secrets_check import KeyRingMismatch, verify_keyring_opens_stored_secrets
+
+    assert settings.encryption_keys is not None
+    try:
+        keyring = KeyRing.parse(settings.encryption_keys.get_secret_value())
+    except KeyRingConfigError as exc:
+        err.print(f"[red]invalid AIGW_ENCRYPTION_KEYS:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+    async def check() -> None:
+        engine = create_engine(settings.model_copy(update={"database_url": url}))
+        try:
+            await verify_keyring_opens_stored_secrets(create_sessionmaker(engine), keyring)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(check())
+    except KeyRingMismatch as exc:
+        err.print(f"[red]refusing to start:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
 
 
 def _exit_after_shutdown(signum: int, _frame: object) -> None:
