@@ -46,8 +46,12 @@ def _literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
             except OSError:
                 return None
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # IPv4 carried inside IPv6 is judged as that IPv4 address (::ffff:a.b.c.d, and
+        # 6to4 2002:AABB:CCDD:: which some networks still route).
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return embedded
     return address
 
 
@@ -67,7 +71,12 @@ def check_upstream_url(url: str, *, allow_private: bool) -> None:
         raise UpstreamRefused("cloud metadata endpoints are never allowed")
     if address.is_link_local:
         raise UpstreamRefused("link-local addresses are never allowed")
-    if address.is_unspecified or address.is_multicast or address.is_reserved:
+    # ::1 sits in IPv6's reserved ::/8 but is loopback, governed by the setting below.
+    if (
+        address.is_unspecified
+        or address.is_multicast
+        or (address.is_reserved and not address.is_loopback)
+    ):
         raise UpstreamRefused("this address cannot be an upstream")
     if (address.is_loopback or address.is_private or address in _CGNAT) and not allow_private:
         raise UpstreamRefused(
