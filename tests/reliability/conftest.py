@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
+from aigw.crypto import KeyRing, key_code_aad, mask_secret
 from tests.conftest import ADMIN_TOKEN, ENCRYPTION_KEYS, TOKEN_PEPPER
 from tests.fakes import FakeUpstream, start_fake_upstream
 from tests.support import Gateway, start_gateway
@@ -147,6 +148,52 @@ def module_gateway(
         yield gateway
     finally:
         gateway.stop()
+
+
+async def seed_keys(
+    database_url: str,
+    provider_id: str,
+    count: int,
+    *,
+    alias: str = "seeded-{index:05d}",
+    key_code: str = "sk-seeded-{index}",
+    keyring: KeyRing | None = None,
+) -> dict[uuid.UUID, str]:
+    """Insert *count* keys on the provider's first model directly, sealed like the
+    service seals them (so start-up checks pass); returns id -> key code."""
+    keyring = keyring or KeyRing.parse(ENCRYPTION_KEYS)
+    conn = await asyncpg.connect(database_url)
+    try:
+        model_id = await conn.fetchval(
+            "SELECT id FROM provider_models WHERE provider_id = $1 ORDER BY position LIMIT 1",
+            uuid.UUID(provider_id),
+        )
+        rows, codes = [], {}
+        for index in range(count):
+            key_id = uuid.uuid4()
+            code = key_code.format(index=index)
+            codes[key_id] = code
+            rows.append(
+                (
+                    key_id,
+                    alias.format(index=index),
+                    uuid.UUID(provider_id),
+                    model_id,
+                    keyring.encrypt(code, key_code_aad(key_id)),
+                    mask_secret(code),
+                    uuid.uuid4().bytes + uuid.uuid4().bytes,
+                    "aigw-seeded",
+                )
+            )
+        await conn.executemany(
+            "INSERT INTO api_keys (id, alias, provider_id, model_id, key_code_ciphertext,"
+            " key_code_masked, token_hash, token_prefix, input_limit)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0)",
+            rows,
+        )
+    finally:
+        await conn.close()
+    return codes
 
 
 def unique(prefix: str) -> str:

@@ -17,19 +17,18 @@ import time
 import uuid
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
 
-from aigw.crypto import KeyRing, key_code_aad
-from tests.conftest import ADMIN_TOKEN, ENCRYPTION_KEYS, key_body
+from tests.conftest import ADMIN_TOKEN, key_body
 from tests.reliability.conftest import (
     assert_problem,
     median_seconds,
     parse_responses,
     raw_exchange,
     row_counts,
+    seed_keys,
 )
 from tests.support import Gateway
 
@@ -451,40 +450,6 @@ async def test_accepted_spellings_of_the_admin_token(anon: httpx.AsyncClient, db
 SLOWNESS_RATIO = 4.0  # hostile median / same-size benign median
 
 
-async def _seed_keys(database_url: str, provider: dict[str, Any], count: int) -> None:
-    """Insert *count* keys directly (properly sealed, so start-up checks still pass)."""
-    keyring = KeyRing.parse(ENCRYPTION_KEYS)
-    conn = await asyncpg.connect(database_url)
-    try:
-        model_id = await conn.fetchval(
-            "SELECT id FROM provider_models WHERE provider_id = $1 ORDER BY position LIMIT 1",
-            uuid.UUID(provider["id"]),
-        )
-        rows = []
-        for index in range(count):
-            key_id = uuid.uuid4()
-            rows.append(
-                (
-                    key_id,
-                    f"bulk_{index:05d}%a_b\\c",
-                    uuid.UUID(provider["id"]),
-                    model_id,
-                    keyring.encrypt(f"sk-bulk-{index}", key_code_aad(key_id)),
-                    "sk-b…k",
-                    uuid.uuid4().bytes + uuid.uuid4().bytes,
-                    "aigw-bulk",
-                )
-            )
-        await conn.executemany(
-            "INSERT INTO api_keys (id, alias, provider_id, model_id, key_code_ciphertext,"
-            " key_code_masked, token_hash, token_prefix, input_limit)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0)",
-            rows,
-        )
-    finally:
-        await conn.close()
-
-
 @pytest.mark.parametrize(
     ("hostile", "benign"),
     [
@@ -499,7 +464,7 @@ async def _seed_keys(database_url: str, provider: dict[str, Any], count: int) ->
 async def test_wildcard_heavy_search_costs_no_more_than_letters(
     hostile: str, benign: str, client: httpx.AsyncClient, provider: dict[str, Any], db: str
 ) -> None:
-    await _seed_keys(db, provider, 3000)
+    await seed_keys(db, provider["id"], 3000, alias="bulk_{index:05d}%a_b\\c")
     for sort in ("-created_at", "alias"):
 
         async def search(term: str, sort: str = sort) -> None:
