@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -70,10 +72,22 @@ class BoundedLabel:
         return OTHER
 
 
+@dataclass(slots=True)
+class _Series:
+    alias: str
+    model: str
+    input_tokens: Any
+    output_tokens: Any
+    latency: Any
+    ttfb: Any
+    requests: dict[tuple[str, int], Any] = field(default_factory=dict)
+
+
 class Metrics:
     """The gateway's metrics, on their own registry (one per app)."""
 
     def __init__(self, *, max_aliases: int = 100, max_models: int = 50) -> None:
+        self._series: dict[tuple[str, str], _Series] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.alias_label = BoundedLabel(max_aliases)
         self.model_label = BoundedLabel(max_models)
@@ -117,25 +131,47 @@ class Metrics:
         )
 
     def observe(self, entry: UsageEntry) -> None:
-        alias = self.alias_label(entry.alias)
-        model = self.model_label(entry.model)
-        self.requests.labels(alias, model, entry.outcome, str(entry.status_code)).inc()
+        series = self._series.get((entry.alias, entry.model))
+        if series is None:
+            series = self._series_for(entry.alias, entry.model)
+        outcome = (entry.outcome, entry.status_code)
+        counter = series.requests.get(outcome)
+        if counter is None:
+            counter = series.requests[outcome] = self.requests.labels(
+                series.alias, series.model, entry.outcome, str(entry.status_code)
+            )
+        counter.inc()
         if entry.input_tokens:
-            self.tokens.labels(alias, model, "input").inc(entry.input_tokens)
+            series.input_tokens.inc(entry.input_tokens)
         if entry.output_tokens:
-            self.tokens.labels(alias, model, "output").inc(entry.output_tokens)
+            series.output_tokens.inc(entry.output_tokens)
         if entry.outcome == "rejected":
             reason = REASON_BY_ERROR.get(entry.error_code or "", "invalid_request")
-            self.rejections.labels(alias, reason).inc()
+            self.rejections.labels(series.alias, reason).inc()
             return
         if entry.usage_limit == "use_anyway":
             if entry.input_limit_exceeded:
-                self.over_limit.labels(alias, model, "input").inc()
+                self.over_limit.labels(series.alias, series.model, "input").inc()
             if entry.output_limit_exceeded:
-                self.over_limit.labels(alias, model, "output").inc()
-        self.upstream_latency.labels(alias, model).observe(entry.latency_ms / 1000.0)
+                self.over_limit.labels(series.alias, series.model, "output").inc()
+        series.latency.observe(entry.latency_ms / 1000.0)
         if entry.ttfb_ms is not None:
-            self.upstream_ttfb.labels(alias, model).observe(entry.ttfb_ms / 1000.0)
+            series.ttfb.observe(entry.ttfb_ms / 1000.0)
+
+    def _series_for(self, alias: str, model: str) -> _Series:
+        # Children are cached per (alias, model): labels() costs microseconds.
+        alias_label, model_label = self.alias_label(alias), self.model_label(model)
+        series = _Series(
+            alias=alias_label,
+            model=model_label,
+            input_tokens=self.tokens.labels(alias_label, model_label, "input"),
+            output_tokens=self.tokens.labels(alias_label, model_label, "output"),
+            latency=self.upstream_latency.labels(alias_label, model_label),
+            ttfb=self.upstream_ttfb.labels(alias_label, model_label),
+        )
+        if len(self._series) < 10_000:
+            self._series[(alias, model)] = series
+        return series
 
     def bad_token(self) -> None:
         """An unknown client token: no key, so no usage record; counted here."""
