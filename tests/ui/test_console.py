@@ -232,6 +232,7 @@ def test_key_lifecycle_create_search_view_update_rotate_delete(console: Console)
     expect(props).to_contain_text("1,024 tokens")
     expect(props).to_contain_text("Reject")
     expect(page.get_by_test_id("key-version")).to_have_text("1")
+    expect(page.get_by_test_id("disabled-note")).to_contain_text("This key is disabled")
     if _usage_endpoint_exists(console, created["id"]):
         expect(page.get_by_test_id("usage")).to_contain_text("No usage yet")
         seeded = _seed_usage(console.gateway.env["AIGW_DATABASE_URL"], created)
@@ -277,6 +278,7 @@ def test_key_lifecycle_create_search_view_update_rotate_delete(console: Console)
     expect(props).to_contain_text("16,000 tokens")
     expect(page.locator(".title-row .badge")).to_have_text("Enabled")
     expect(page.get_by_test_id("key-version")).to_have_text("2")
+    expect(page.get_by_test_id("disabled-note")).to_have_count(0)
     updated = console.api.get(f"/apikeys/{created['id']}").json()
     assert (updated["status"], updated["input_limit"]) == ("enabled", 16000)
     assert updated["key_code_masked"] == created["key_code_masked"]  # blank code kept it
@@ -309,6 +311,12 @@ def test_key_lifecycle_create_search_view_update_rotate_delete(console: Console)
     rotated = console.api.get(f"/apikeys/{created['id']}").json()
     assert new_token.startswith(rotated["token_prefix"])
     expect(props).to_contain_text(f"{rotated['token_prefix']}…")
+
+    # ---- The quick status toggle on the details page ----
+    page.get_by_test_id("toggle-status").click()
+    expect(page.locator(".title-row .badge")).to_have_text("Disabled")
+    expect(page.get_by_test_id("disabled-note")).to_be_visible()
+    assert console.api.get(f"/apikeys/{created['id']}").json()["status"] == "disabled"
 
     # ---- Audit trail ----
     page.get_by_role("link", name="Activity").click()

@@ -57,7 +57,7 @@ export async function renderKeyDetail(main, ctx) {
   if (ctx.signal.aborted) return;
   document.title = `${key.alias} · AI Gateway`;
   const base = `#/keys/${encodeURIComponent(key.id)}`;
-  const banner = h("div", { class: "stack" });
+  const banner = h("div", { class: "stack banner" });
 
   /* ----- actions ----- */
   const toggle = h(
@@ -143,6 +143,26 @@ export async function renderKeyDetail(main, ctx) {
     } else {
       banner.replaceChildren(errorCallout(error));
     }
+  }
+
+  if (key.status === "disabled") {
+    banner.append(
+      h(
+        "div",
+        { class: "callout callout--info", "data-testid": "disabled-note" },
+        icon("info", "callout__icon"),
+        h(
+          "div",
+          { class: "callout__body" },
+          h(
+            "span",
+            {},
+            h("strong", {}, "This key is disabled."),
+            " The proxy answers its client token with 403 key_disabled until you enable it.",
+          ),
+        ),
+      ),
+    );
   }
 
   main.append(
