@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -205,6 +204,8 @@ class UsageRecorder:
 
     async def _write_batch(self) -> None:
         count = min(len(self._buffer), self._batch_size)
+        if not count:
+            return
         batch = [self._buffer[index] for index in range(count)]
         self._evicted = 0
         columns: list[list[Any]] = [[] for _ in _COLUMNS]
@@ -231,7 +232,10 @@ class UsageRecorder:
                     await asyncio.wait_for(self._wake.wait(), self._flush_interval)
             self._wake.clear()
             try:
-                while self._buffer:
+                # What is buffered now, then only full batches back to back: under
+                # load, chasing every few new rows would pay a round trip per handful.
+                await self._write_batch()
+                while len(self._buffer) >= self._batch_size or (self._closing and self._buffer):
                     await self._write_batch()
                 backoff = self._flush_interval
             except Exception as exc:
@@ -247,8 +251,3 @@ class UsageRecorder:
                 continue
             if self._closing:
                 return
-
-
-def now_ms(started: float) -> float:
-    """Milliseconds since the ``time.perf_counter()`` value *started*."""
-    return (time.perf_counter() - started) * 1000.0
