@@ -133,6 +133,15 @@ def core_steal(before: dict, after: dict) -> dict[int, float]:
     return steal
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the harness dies, even by SIGKILL (Linux prctl)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class ProcessError(RuntimeError):
     pass
 
@@ -263,6 +272,7 @@ class Procs:
 
         def pin() -> None:
             os.sched_setaffinity(0, {cpu} if cpu is not None else self.all_cpus)
+            _die_with_parent()
 
         popen = subprocess.Popen(
             list(argv),

@@ -311,8 +311,10 @@ def markdown(results: dict, chart: str | None) -> str:
         "",
         f"req/s and streams/s: the best of concurrency {', '.join(map(str, plan['levels']))} with the "
         f"short prompt ({tokens['short']} tokens); CPU per request and per stream: at c=10 (or the "
-        "nearest level measured). Added latency: median over interleaved rounds of (target - direct) "
-        "in the same round.",
+        "nearest level measured). Added p50: median over interleaved rounds of (target - direct) "
+        "in the same round; added p99: p99 of all the target's c=1 samples - p99 of all direct's. "
+        "1,000 streams: extra = peak RSS - RSS before the first wave; growth = RSS after the last "
+        "wave - after the first.",
         "",
     ]
     rr = ratios(results)
@@ -400,8 +402,9 @@ def markdown(results: dict, chart: str | None) -> str:
         f"{plan['chunks_hi']} chunks (as many as take about {plan['chunk_cpu_budget']:g} s of the "
         "target's CPU); CPU per chunk = the difference in CPU per stream / "
         f"{plan['chunks_hi'] - plan['chunks_lo']}. *Paced*: {plan['chunk_pace_ms']} ms between "
-        "chunks, so each chunk is its own read and write, as with a real model (the figure the "
-        "target is checked on). *Burst*: chunks back to back, so reads coalesce.",
+        "chunks, so each chunk is its own wake-up, read and write, as with a real model. *Burst*: "
+        "chunks back to back, so reads coalesce and what is left is the gateway's own work per "
+        "chunk (the figure the ≤ 10 µs target is checked on).",
         "",
     ]
     rows = []
@@ -511,7 +514,31 @@ def markdown(results: dict, chart: str | None) -> str:
     parts.append(
         f"- Pinning: gateways on CPU {results['pinning']['gateway_cpu']}, load generator "
         f"({results['loadgen']}), fake upstream and harness on CPU {results['pinning']['load_cpu']}."
+        + (
+            f" Everything the harness started ran at nice {results['nice']}, so other tenants of "
+            "the machine interfered less."
+            if results.get("nice")
+            else ""
+        )
     )
+    before = results.get("cpu_busy_before_start") or {}
+    if before:
+        parts.append(
+            "- Other load before the run started (1 s sample): "
+            + ", ".join(f"CPU {k}: {v:.0%}" for k, v in before.items())
+            + "."
+        )
+    others = [
+        v["gateway_core_other"]
+        for n in live
+        for v in throughput_table(targets[n]).values()
+        if v.get("gateway_core_other") is not None
+    ]
+    if others:
+        parts.append(
+            "- Share of the gateway core used by other processes during throughput runs: "
+            f"median {statistics.median(others):.0%}, max {max(others):.0%}."
+        )
     parts.append(
         "- CPU busy over the whole run: "
         + ", ".join(f"CPU {k}: {v:.0%}" for k, v in busy.items())
@@ -675,16 +702,28 @@ def chart(results: dict, path: Path) -> bool:
     ax.legend(fontsize=8)
     ax = axes[1][1]
     idle = [heads[n].get("rss_idle_mb") or 0 for n in gateways]
-    measured = [heads[n].get("rss_extra_mb") for n in gateways]
-    extra = [max(0.0, e or 0) for e in measured]
-    ax.bar(gateways, idle, label="idle", color="#4c78a8")
-    ax.bar(gateways, extra, bottom=idle, label="+ 1,000 slow streams (peak)", color="#f58518")
-    for i, (a, b, m) in enumerate(zip(idle, extra, measured, strict=True)):
-        more = "not measured" if m is None else f"{b:.0f} MB"
-        ax.text(i, a + b, f"{a:.0f} MB + {more}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, max([a + b for a, b in zip(idle, extra, strict=True)] or [1]) * 1.15)
+    peaks = []
+    for n in gateways:
+        waves = (targets[n].get("slow") or {}).get("waves") or []
+        peaks.append(max((w["peak_rss_mb"] for w in waves), default=None))
+    xs = range(len(gateways))
+    ax.bar([x - width / 2 for x in xs], idle, width, label="idle", color="#4c78a8")
+    ax.bar(
+        [x + width / 2 for x in xs],
+        [p or 0 for p in peaks],
+        width,
+        label="peak with 1,000 slow streams",
+        color="#f58518",
+    )
+    for x, a, p in zip(xs, idle, peaks, strict=True):
+        ax.text(x - width / 2, a, f"{a:.0f}", ha="center", va="bottom", fontsize=8)
+        label = "not measured" if p is None else f"{p:.0f}"
+        ax.text(x + width / 2, p or 0, label, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(gateways)
+    ax.set_ylim(0, max([*idle, *[p or 0 for p in peaks], 1]) * 1.15)
     ax.set_title("RSS (MB)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     ax = axes[1][2]
     search = (targets.get("aigw") or {}).get("search") or {}
     if search.get("queries"):
@@ -711,3 +750,23 @@ def write(results: dict, out: Path) -> list[Path]:
     md = out / "RESULTS.md"
     md.write_text(markdown(results, png.name if made else None))
     return [md, json_path, *([png] if made else [])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Redraw RESULTS.md and results.png from a results.json: ``python -m benchmarks.report``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    parser.add_argument(
+        "results", type=Path, nargs="?", default=Path(__file__).with_name("results.json")
+    )
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    for path in write(results, args.results.parent):
+        print(f"wrote {path}")
+    print(summary_text(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

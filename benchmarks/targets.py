@@ -172,6 +172,25 @@ async def _pg_execute(url: str, sql: str) -> None:
         await conn.close()
 
 
+async def _drop_stale_databases() -> None:
+    """Databases of earlier runs that were killed before they could clean up.
+
+    Without FORCE: a database someone is still connected to stays.
+    """
+    conn = await _asyncpg().connect(PG_ADMIN_URL, timeout=5)
+    try:
+        names = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'aigw\\_bench\\_%'"
+        )
+        for row in names:
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}"')
+            except Exception:  # in use: not stale
+                continue
+    finally:
+        await conn.close()
+
+
 def _with_db(url: str, db: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + db
 
@@ -212,6 +231,7 @@ class Aigw(Target):
         }
         self.database = "aigw_bench_" + secrets.token_hex(4)
         try:
+            asyncio.run(_drop_stale_databases())
             asyncio.run(_pg_execute(PG_ADMIN_URL, f'CREATE DATABASE "{self.database}"'))
         except Unavailable:
             raise
