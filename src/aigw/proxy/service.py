@@ -84,6 +84,8 @@ _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
 _RELAYED_HEADER_PREFIXES = (b"x-ratelimit-", b"retry-after", b"openai-processing-ms")
 _MAX_ERROR_BODY = 64 * 1024
 _CLIENT_CLOSED_REQUEST = 499
+# Seconds into an exchange before the gateway starts watching for the client leaving.
+_WATCH_AFTER = 0.02
 
 _JSON = b"application/json"
 _SSE_HEADERS = (
@@ -222,12 +224,13 @@ class _Output:
     """Output accounting for one response, per choice (the limit is per choice,
     as ``max_tokens`` is): counts what is relayed and trims at the cut-off."""
 
-    __slots__ = ("_choices", "_cut_at", "_encoding")
+    __slots__ = ("_choices", "_cut_at", "_encoding", "any_cut")
 
     def __init__(self, encoding: Any, cut_at: int | None) -> None:
         self._encoding = encoding
         self._cut_at = cut_at
         self._choices: dict[int, _Choice] = {}
+        self.any_cut = False
 
     def choice(self, index: int) -> _Choice:
         state = self._choices.get(index)
@@ -239,10 +242,6 @@ class _Output:
     @property
     def tokens(self) -> int:
         return sum(state.counter.count for state in self._choices.values())
-
-    @property
-    def any_cut(self) -> bool:
-        return any(state.cut for state in self._choices.values())
 
     @property
     def all_finished(self) -> bool:
@@ -264,7 +263,7 @@ class _Output:
             if isinstance(text, str) and text:
                 kept, reached = counter.feed(text, field)
                 if reached:
-                    state.cut = True
+                    state.cut = self.any_cut = True
                     message[field] = kept
                     _drop_after(message, field)
                     return True
@@ -278,7 +277,7 @@ class _Output:
                     index = call.get("index", position)
                     kept, reached = counter.feed(arguments, ("tool", index))
                     if reached:
-                        state.cut = True
+                        state.cut = self.any_cut = True
                         function["arguments"] = kept  # type: ignore[index]
                         del calls[position + 1 :]
                         return True
@@ -286,7 +285,7 @@ class _Output:
         if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
             kept, reached = counter.feed(legacy["arguments"], "function_call")
             if reached:
-                state.cut = True
+                state.cut = self.any_cut = True
                 legacy["arguments"] = kept
                 return True
         return False
@@ -548,7 +547,14 @@ class ProxyService:
         downstream: Downstream,
     ) -> None:
         clock = UpstreamClock(self.settings)
-        watcher = asyncio.create_task(_watch_disconnect(receive, clock))
+        # Watching for a client that leaves takes a task; most exchanges that end
+        # within the first moments never need one, so it starts only after them.
+        loop = asyncio.get_running_loop()
+        watcher: list[asyncio.Task[None]] = []
+        watch_timer = loop.call_later(
+            _WATCH_AFTER,
+            lambda: watcher.append(loop.create_task(_watch_disconnect(receive, clock))),
+        )
         response: aiohttp.ClientResponse | None = None
         complete = False
         output = _Output(self.encoders.get(key.encoding), admitted.decision.cut_output_at)
@@ -594,7 +600,9 @@ class ProxyService:
                     UpstreamError("The gateway failed"), admitted, entry, downstream, 500
                 )
         finally:
-            watcher.cancel()
+            watch_timer.cancel()
+            for task in watcher:
+                task.cancel()
             if response is not None:
                 await _finish_upstream(response, complete)
         if key.limits.usage_limit == "use_anyway" and output_exceeded(
