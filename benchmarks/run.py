@@ -56,6 +56,7 @@ class Plan:
 
     levels: list[int]
     prompts: list[str]
+    stream_prompts: list[str]
     reps: int
     duration: float
     latency_rounds: int
@@ -84,6 +85,7 @@ class Plan:
         return cls(
             levels=[1, 10, 64],
             prompts=["short", "long"],
+            stream_prompts=["short", "long"],
             reps=3,
             duration=4,
             latency_rounds=10,
@@ -113,6 +115,7 @@ class Plan:
         return cls(
             levels=[10],
             prompts=["short", "long"],
+            stream_prompts=["short"],
             reps=1,
             duration=1,
             latency_rounds=3,
@@ -408,7 +411,7 @@ class Bench:
         combos = [
             (stream, prompt, c)
             for stream in (False, True)
-            for prompt in plan.prompts
+            for prompt in (plan.stream_prompts if stream else plan.prompts)
             for c in plan.levels
         ]
         log(f"throughput: {len(combos)} combinations x {plan.reps} rounds x {plan.duration:g}s")
