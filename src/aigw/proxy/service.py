@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -43,7 +42,9 @@ from aigw.crypto import TokenHasher
 from aigw.errors import openai_error_response
 from aigw.metrics import Metrics
 from aigw.proxy import tokens
-from aigw.proxy.adapters.openai import OpenAIAdapter, StreamItem
+from aigw.proxy.adapters.anthropic import AnthropicAdapter
+from aigw.proxy.adapters.base import Adapter, StreamItem
+from aigw.proxy.adapters.openai import OpenAIAdapter
 from aigw.proxy.errors import (
     BodyTooLarge,
     InputTokenLimitExceeded,
@@ -328,11 +329,10 @@ class ProxyService:
         self.session = session
         self.recorder = recorder
         self.metrics = metrics
-        self.adapters: dict[str, OpenAIAdapter] = {"openai": OpenAIAdapter()}
-        with contextlib.suppress(ImportError):
-            from aigw.proxy.adapters.anthropic import AnthropicAdapter
-
-            self.adapters["anthropic"] = AnthropicAdapter()
+        self.adapters: dict[str, Adapter] = {
+            "openai": OpenAIAdapter(),
+            "anthropic": AnthropicAdapter(),
+        }
 
     # -- authentication --------------------------------------------------------
 
@@ -582,7 +582,7 @@ class ProxyService:
                 entry.error_code = exc.code
                 await downstream.end(_error_event(exc.code, exc.message))
             else:
-                await self._answer_upstream_error(exc, admitted, entry, downstream)
+                await self._answer_upstream_error(exc, key, admitted, entry, downstream)
         except ClientGone:
             entry.output_tokens = output.tokens
             raise
@@ -597,7 +597,7 @@ class ProxyService:
             else:
                 entry.status_code = 500
                 await self._answer_upstream_error(
-                    UpstreamError("The gateway failed"), admitted, entry, downstream, 500
+                    UpstreamError("The gateway failed"), key, admitted, entry, downstream, 500
                 )
         finally:
             watch_timer.cancel()
@@ -613,6 +613,7 @@ class ProxyService:
     async def _answer_upstream_error(
         self,
         exc: UpstreamError,
+        key: ResolvedKey,
         admitted: Admitted,
         entry: UsageEntry,
         downstream: Downstream,
@@ -621,7 +622,8 @@ class ProxyService:
         headers = admitted.response_headers
         if isinstance(exc, UpstreamStatusError) and 400 <= exc.upstream_status < 500:
             # 4xx pass through, in OpenAI's envelope (wrapped if the upstream used another).
-            body, code = _as_openai_error(exc.body, exc.upstream_status)
+            adapter = self.adapters[key.provider_kind]
+            body, code = adapter.error_envelope(exc.body, exc.upstream_status)
             entry.status_code, entry.error_code = exc.upstream_status, code
             relayed = [
                 (name.encode("latin-1"), value.encode("latin-1"))
@@ -727,7 +729,7 @@ class ProxyService:
     ) -> bool:
         """Relay SSE until ``[DONE]`` (or the cut-off); returns whether the upstream
         body was read to its end (the connection can be reused)."""
-        adapter = self.adapters[key.provider_kind]
+        translator = self.adapters[key.provider_kind].new_stream()
         decoder = SSEDecoder()
         read = response.content.readany
         wants_usage = admitted.client_wants_usage
@@ -743,7 +745,7 @@ class ProxyService:
             out: list[bytes] = []
             try:
                 for event in events:
-                    for item in adapter.stream_items(event):
+                    for item in translator.items(event):
                         if item.done:
                             finished = True
                             break
@@ -922,20 +924,6 @@ def _error_event(code: str, message: str) -> bytes:
     return encode_json(
         {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
     )
-
-
-def _as_openai_error(body: bytes, status: int) -> tuple[bytes, str | None]:
-    """An upstream error body in OpenAI's envelope, and its code."""
-    with contextlib.suppress(orjson.JSONDecodeError):
-        parsed = orjson.loads(body)
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            error = parsed["error"]
-            code = error.get("code")
-            return body, str(code) if code is not None else error.get("type")
-    text = body[:500].decode("utf-8", "replace").strip()
-    message = f"The upstream provider answered HTTP {status}" + (f": {text}" if text else "")
-    wrapped = {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
-    return orjson.dumps(wrapped), None
 
 
 async def _status_error(response: aiohttp.ClientResponse, clock: UpstreamClock) -> UpstreamError:

@@ -9,12 +9,14 @@ service changes them. The URL is always the provider's ``base_url`` plus
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 from typing import Any
 
 import orjson
 from yarl import URL
 
+from aigw.proxy.adapters.base import DONE_ITEM, StreamItem
 from aigw.proxy.errors import InvalidRequest
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.sse import DONE_DATA, SSEEvent
@@ -27,24 +29,9 @@ def _endpoint(base_url: str, path: str) -> URL:
     return URL(base_url.rstrip("/") + path)
 
 
-class StreamItem:
-    """One upstream stream event as the service sees it: ``raw`` bytes to relay when
-    nothing changes (``None``: must be encoded from ``chunk``), the parsed
-    ``chunk``, or ``done`` for the end marker; a comment has neither."""
-
-    __slots__ = ("chunk", "done", "raw")
-
-    def __init__(self, raw: bytes | None, chunk: dict[str, Any] | None, done: bool = False) -> None:
-        self.raw = raw
-        self.chunk = chunk
-        self.done = done
-
-
-DONE_ITEM = StreamItem(None, None, done=True)
-
-
 class OpenAIAdapter:
     kind = "openai"
+    relays_raw = True
 
     def url(self, key: ResolvedKey) -> URL:
         return _endpoint(key.base_url, "/chat/completions")
@@ -68,7 +55,10 @@ class OpenAIAdapter:
         except TypeError:  # orjson writes at most 255 levels but reads up to 1024
             raise InvalidRequest("The request body is nested too deeply") from None
 
-    def stream_items(self, event: SSEEvent) -> tuple[StreamItem, ...]:
+    def new_stream(self) -> OpenAIAdapter:
+        return self  # stateless: events are chunks already
+
+    def items(self, event: SSEEvent) -> tuple[StreamItem, ...]:
         data = event.data
         if data is None:
             return (StreamItem(event.raw, None),)
@@ -92,7 +82,22 @@ class OpenAIAdapter:
             raise UpstreamProtocolError("The upstream provider sent an unexpected body")
         return parsed
 
-    @property
-    def relays_raw(self) -> bool:
-        """Whether upstream bodies are already Chat Completions (relayable unchanged)."""
-        return True
+    def error_envelope(self, body: bytes, status: int) -> tuple[bytes, str | None]:
+        """OpenAI-compatible error bodies pass unchanged; anything else is wrapped."""
+        with contextlib.suppress(orjson.JSONDecodeError):
+            parsed = orjson.loads(body)
+            if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+                error = parsed["error"]
+                code = error.get("code")
+                return body, str(code) if code is not None else error.get("type")
+        return wrap_error(body, status), None
+
+
+def wrap_error(body: bytes, status: int, message: str | None = None) -> bytes:
+    """An upstream error in OpenAI's envelope, quoting (the start of) its body."""
+    if message is None:
+        text = body[:500].decode("utf-8", "replace").strip()
+        message = f"The upstream provider answered HTTP {status}" + (f": {text}" if text else "")
+    return orjson.dumps(
+        {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
+    )
