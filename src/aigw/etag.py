@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Header
 
-from aigw.errors import PreconditionFailed
+NO_VERSION = -1  # versions start at 1
 
 
 def etag_for(version: int) -> str:
@@ -30,6 +30,8 @@ def parse_if_match(
         value = value[2:]
     value = value.strip('"')
     if not value.isdigit() or len(value) > 12:
-        # Matches no version we could have: a stale or foreign ETag.
-        raise PreconditionFailed("If-Match does not name a version of this resource")
+        # Matches no version we could have (a stale or foreign ETag): the service
+        # answers 412 once the request is otherwise valid and the resource exists,
+        # rather than 412 here before the path and body are even validated.
+        return NO_VERSION
     return int(value)
