@@ -25,6 +25,7 @@ from aigw.errors import install_error_handlers
 from aigw.health import router as health_router
 from aigw.metrics import router as metrics_router
 from aigw.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from aigw.openapi import install_openapi
 from aigw.providers.router import router as providers_router
 from aigw.proxy.router import router as proxy_router
 from aigw.proxy.runtime import proxy_runtime
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage_router)
     app.include_router(metrics_router)
     mount_ui(app)
+    install_openapi(app)
 
     # Outermost last: the request id wraps everything, including 413s and CORS.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
