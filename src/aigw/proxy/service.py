@@ -415,15 +415,16 @@ class ProxyService:
         except ClientGone:
             entry.outcome = "client_disconnected"
             entry.status_code = 200 if downstream.started else _CLIENT_CLOSED_REQUEST
-        except BaseException as exc:
-            # Not ours to answer (a body over the size limit, which the size-limit
-            # middleware answers with 413; cancellation): the record still says so.
-            if type(exc).__name__ == "_BodyTooLarge":
-                entry.outcome, entry.status_code = "rejected", 413
-                entry.error_code = "payload_too_large"
-            else:
-                entry.outcome = "client_disconnected"
-                entry.status_code = 200 if downstream.started else _CLIENT_CLOSED_REQUEST
+        except asyncio.CancelledError:
+            # The server gave up on the request (shutdown): the record still says so.
+            entry.outcome = "client_disconnected"
+            entry.status_code = 200 if downstream.started else _CLIENT_CLOSED_REQUEST
+            raise
+        except Exception:
+            # A bug: the app's handler answers 500 in OpenAI's envelope; recorded here.
+            log.exception("proxy failure")
+            entry.outcome, entry.error_code = "upstream_error", "internal_error"
+            entry.status_code = 500
             raise
         finally:
             entry.latency_ms = (time.perf_counter() - started) * 1000.0
