@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from aigw.config import Settings
-from aigw.crypto import TokenHasher
+from aigw.crypto import TokenHasher, mask_secret
 from aigw.errors import openai_error_response
 from aigw.metrics import Metrics
 from aigw.proxy import tokens
@@ -576,6 +576,7 @@ class ProxyService:
             except (aiohttp.ClientError, OSError) as exc:
                 raise map_client_error(exc) from None
         except UpstreamError as exc:
+            _redact_key_code(exc, key.key_code)
             entry.outcome = "upstream_error"
             entry.output_tokens = output.tokens
             if downstream.started:
@@ -919,6 +920,18 @@ def _with_exceeded(
 
 def _key_headers(key: ResolvedKey, entry: UsageEntry) -> tuple[tuple[bytes, bytes], ...]:
     return ((b"x-aigw-input-tokens", str(entry.input_tokens).encode()), *key.limit_headers)
+
+
+def _redact_key_code(exc: UpstreamError, key_code: str | None) -> None:
+    """Some upstreams repeat the API key they were sent in an error message; the
+    client holds a gateway token, not that secret, so it is masked before relaying."""
+    if not key_code:
+        return
+    masked = mask_secret(key_code)
+    exc.message = exc.message.replace(key_code, masked)
+    if isinstance(exc, UpstreamStatusError):
+        for spelling in {key_code.encode(), orjson.dumps(key_code)[1:-1]}:
+            exc.body = exc.body.replace(spelling, masked.encode())
 
 
 def _error_event(code: str, message: str) -> bytes:
