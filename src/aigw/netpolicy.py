@@ -31,8 +31,12 @@ _METADATA_ADDRESSES = {
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 
 
-class UpstreamRefused(ValueError):
-    """The URL points at an address this gateway will not call."""
+class UpstreamRefused(OSError, ValueError):
+    """The URL points at an address this gateway will not call.
+
+    An ``OSError`` too (like ``io.UnsupportedOperation``) because the proxy raises it
+    from its aiohttp resolver at connect time, and aiohttp wraps only ``OSError``s
+    into ``ClientConnectorError``; anything else escapes its error mapping."""
 
 
 def _literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
