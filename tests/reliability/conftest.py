@@ -5,6 +5,8 @@ process per module."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import socket
 import statistics
 import time
@@ -272,3 +274,50 @@ async def provider_and_key(
 
     await wait_for(cached, 5.0)
     return provider, key
+
+
+# --- canaries: secrets that must never show up outside their ciphertext --------------------
+
+# Key codes the suite's helpers generate (tests.conftest.key_body, tests.proxy.conftest)
+# and the canaries of test_canaries.py: the full code never belongs in a log line.
+SECRET_PATTERNS = re.compile(
+    r"sk-test-[0-9a-f]{24}|sk-upstream-[0-9a-f]{16}|sk-e2e-upstream-secret|cnry[0-9a-f]{16}"
+)
+
+
+class SecretWatch(logging.Handler):
+    """Every log record of the session, formatted with its traceback, that matches
+    :data:`SECRET_PATTERNS`."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records = 0
+        self.leaks: list[str] = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records += 1
+        try:
+            text = self.format(record)
+        except Exception:  # a record that cannot format cannot leak either
+            return
+        if SECRET_PATTERNS.search(text):
+            self.leaks.append(text[:2000])
+
+
+SECRET_WATCH = SecretWatch()
+FINAL_CHECK = "test_no_secret_in_any_log_of_the_session"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger().addHandler(SECRET_WATCH)
+    # The gateway's own loggers at DEBUG, so the watch sees everything they say.
+    logging.getLogger("aigw").setLevel(logging.DEBUG)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The session-wide secret check runs after every other test."""
+    last = [item for item in items if item.name == FINAL_CHECK]
+    for item in last:
+        items.remove(item)
+        items.append(item)
