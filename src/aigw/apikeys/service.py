@@ -27,6 +27,26 @@ from aigw.providers.service import check_version
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
 
+def _audit(
+    session: AsyncSession,
+    actor: str,
+    action: str,
+    entity_id: uuid.UUID,
+    *,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    audit.record(
+        session,
+        actor=actor,
+        action=action,
+        entity_type="api_key",
+        entity_id=entity_id,
+        before=before,
+        after=after,
+    )
+
+
 def to_read(key: ApiKey) -> ApiKeyRead:
     return ApiKeyRead(
         id=key.id,
@@ -171,15 +191,7 @@ async def create_api_key(
         record.response_sealed = keyring.encrypt(
             result.model_dump_json(), _idempotency_aad(record.key)
         )
-    audit.record(
-        session,
-        actor=actor,
-        action="create",
-        entity_type="api_key",
-        entity_id=key.id,
-        before=None,
-        after=_snapshot(key),
-    )
+    _audit(session, actor, "create", key.id, before=None, after=_snapshot(key))
     return result, False
 
 
@@ -189,7 +201,6 @@ async def get_api_key(
     key = await ApiKeyRepository(session).get(key_id, for_update=for_update)
     if key is None:
         raise NotFound(f"no AI API key with id {key_id}")
-    # A refresh after flush must see server defaults (timestamps); populate_existing does.
     return key
 
 
@@ -270,27 +281,18 @@ async def update_api_key(
         if _is_alias_conflict(exc):
             raise AliasTaken(f"alias {data.alias!r} is taken") from None
         raise
-    session.expire(key)
+    # The repository loads with populate_existing: server-side timestamps are fresh.
     key = await get_api_key(session, key_id)
     after = _snapshot(key)
     field_changes = set(changes) - {"key_code"}
     if field_changes:
-        audit.record(
-            session,
-            actor=actor,
-            action="update",
-            entity_type="api_key",
-            entity_id=key.id,
-            before=before,
-            after=after,
-        )
+        _audit(session, actor, "update", key.id, before=before, after=after)
     if secret_replaced:
-        audit.record(
+        _audit(
             session,
-            actor=actor,
-            action="secret_replaced",
-            entity_type="api_key",
-            entity_id=key.id,
+            actor,
+            "secret_replaced",
+            key.id,
             before={"key_code_masked": before["key_code_masked"]},
             after={"key_code_masked": after["key_code_masked"]},
         )
@@ -314,14 +316,13 @@ async def rotate_token(
     key.version += 1
     key.updated_at = func.now()
     await session.flush()
-    session.expire(key)
+    # The repository loads with populate_existing: server-side timestamps are fresh.
     key = await get_api_key(session, key_id)
-    audit.record(
+    _audit(
         session,
-        actor=actor,
-        action="token_rotated",
-        entity_type="api_key",
-        entity_id=key.id,
+        actor,
+        "token_rotated",
+        key.id,
         before=before,
         after={"token_prefix": key.token_prefix},
     )
@@ -336,12 +337,4 @@ async def delete_api_key(
     before = _snapshot(key)
     await session.delete(key)
     await session.flush()
-    audit.record(
-        session,
-        actor=actor,
-        action="delete",
-        entity_type="api_key",
-        entity_id=key_id,
-        before=before,
-        after=None,
-    )
+    _audit(session, actor, "delete", key_id, before=before, after=None)

@@ -32,6 +32,26 @@ from aigw.providers.schemas import (
 from aigw.schemas import Page
 
 
+def _audit(
+    session: AsyncSession,
+    actor: str,
+    action: str,
+    entity_id: uuid.UUID,
+    *,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    audit.record(
+        session,
+        actor=actor,
+        action=action,
+        entity_type="provider",
+        entity_id=entity_id,
+        before=before,
+        after=after,
+    )
+
+
 def snapshot(provider: Provider) -> dict[str, Any]:
     return ProviderRead.model_validate(provider).model_dump(mode="json")
 
@@ -81,15 +101,7 @@ async def create_provider(
             raise ProviderNameTaken(f"provider {data.name!r} exists") from None
         raise
     await session.refresh(provider)
-    audit.record(
-        session,
-        actor=actor,
-        action="create",
-        entity_type="provider",
-        entity_id=provider.id,
-        before=None,
-        after=snapshot(provider),
-    )
+    _audit(session, actor, "create", provider.id, before=None, after=snapshot(provider))
     return provider
 
 
@@ -170,15 +182,7 @@ async def update_provider(
             raise ModelInUse("an AI API key now uses a removed model") from None
         raise
     await session.refresh(provider)
-    audit.record(
-        session,
-        actor=actor,
-        action="update",
-        entity_type="provider",
-        entity_id=provider.id,
-        before=before,
-        after=snapshot(provider),
-    )
+    _audit(session, actor, "update", provider.id, before=before, after=snapshot(provider))
     return provider
 
 
@@ -198,12 +202,4 @@ async def delete_provider(
     except IntegrityError:
         # A key created concurrently now refers to it; the foreign key says no.
         raise ProviderInUse("AI API keys still use this provider") from None
-    audit.record(
-        session,
-        actor=actor,
-        action="delete",
-        entity_type="provider",
-        entity_id=provider_id,
-        before=before,
-        after=None,
-    )
+    _audit(session, actor, "delete", provider_id, before=before, after=None)
