@@ -321,3 +321,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in last:
         items.remove(item)
         items.append(item)
+
+
+class Matrix:
+    """Runs a table of cases inside one test (one app start instead of hundreds) and
+    reports every failing case by name, not just the first."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.failures: list[str] = []
+
+    @contextlib.contextmanager
+    def case(self, name: str) -> Iterator[None]:
+        self.count += 1
+        try:
+            yield
+        except AssertionError as exc:
+            self.failures.append(f"{name}: {str(exc)[:400]}")
+
+    def check(self) -> None:
+        assert not self.failures, (
+            f"{len(self.failures)} of {self.count} cases failed:\n" + "\n".join(self.failures)
+        )

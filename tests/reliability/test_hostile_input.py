@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, key_body
 from tests.reliability.conftest import (
+    Matrix,
     assert_problem,
     median_seconds,
     parse_responses,
@@ -129,41 +130,46 @@ async def existing(client: httpx.AsyncClient, provider: dict[str, Any]) -> dict[
     return {"provider": provider, "key": created.json()}
 
 
-@pytest.mark.parametrize("case", list(BODY_CASES))
 async def test_hostile_create_key_body(
-    case: str, client: httpx.AsyncClient, existing: dict[str, Any], db: str
+    client: httpx.AsyncClient, existing: dict[str, Any], db: str
 ) -> None:
-    body, content_type, expected = BODY_CASES[case]
-    headers = {"content-type": content_type} if content_type else {}
+    matrix = Matrix()
     before = await row_counts(db)
-    response = await client.post("/apikeys", content=body, headers=headers)
-    problem = assert_problem(response, expected)
-    # Nothing of the hostile input is echoed back (a 4 MiB alias, a control sequence).
-    assert len(response.content) < 16384
-    assert "\x1b" not in response.text and "\u202e" not in response.text
-    assert problem["code"] in {"validation_error", "unsupported_media_type"}
-    assert await row_counts(db) == before
+    for case, (body, content_type, expected) in BODY_CASES.items():
+        with matrix.case(case):
+            headers = {"content-type": content_type} if content_type else {}
+            response = await client.post("/apikeys", content=body, headers=headers)
+            problem = assert_problem(response, expected)
+            # Nothing of the hostile input is echoed back (a 4 MiB alias, a control sequence).
+            assert len(response.content) < 16384
+            assert "\x1b" not in response.text and "\u202e" not in response.text
+            assert problem["code"] in {"validation_error", "unsupported_media_type"}
+            assert await row_counts(db) == before
+    matrix.check()
 
 
-@pytest.mark.parametrize("case", GENERIC_CASES)
-@pytest.mark.parametrize("route", ["POST /providers", "PATCH provider", "PATCH key"])
 async def test_hostile_body_on_every_write_route(
-    case: str, route: str, client: httpx.AsyncClient, existing: dict[str, Any], db: str
+    client: httpx.AsyncClient, existing: dict[str, Any], db: str
 ) -> None:
-    body, content_type, expected = BODY_CASES[case]
-    method, path = {
+    routes = {
         "POST /providers": ("POST", "/providers"),
         "PATCH provider": ("PATCH", f"/providers/{existing['provider']['id']}"),
         "PATCH key": ("PATCH", f"/apikeys/{existing['key']['id']}"),
-    }[route]
-    headers = {"content-type": content_type} if content_type else {}
+    }
+    matrix = Matrix()
     before = await row_counts(db)
-    response = await client.request(method, path, content=body, headers=headers)
-    assert_problem(response, expected)
-    assert await row_counts(db) == before
+    for route, (method, path) in routes.items():
+        for case in GENERIC_CASES:
+            body, content_type, expected = BODY_CASES[case]
+            with matrix.case(f"{route} {case}"):
+                headers = {"content-type": content_type} if content_type else {}
+                response = await client.request(method, path, content=body, headers=headers)
+                assert_problem(response, expected)
+                assert await row_counts(db) == before
     # The key and provider are as they were.
     key = (await client.get(f"/apikeys/{existing['key']['id']}")).json()
     assert key["version"] == existing["key"]["version"]
+    matrix.check()
 
 
 async def test_duplicate_json_keys_take_the_last_value(
@@ -196,17 +202,20 @@ PATCH_CASES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.parametrize("case", list(PATCH_CASES))
 async def test_hostile_patch_key(
-    case: str, client: httpx.AsyncClient, existing: dict[str, Any], db: str
+    client: httpx.AsyncClient, existing: dict[str, Any], db: str
 ) -> None:
     key_id = existing["key"]["id"]
     before = await row_counts(db)
-    response = await client.patch(f"/apikeys/{key_id}", json=PATCH_CASES[case])
-    assert_problem(response, 422)
-    assert await row_counts(db) == before
-    fetched = (await client.get(f"/apikeys/{key_id}")).json()
-    assert fetched["version"] == existing["key"]["version"]
+    matrix = Matrix()
+    for case, body in PATCH_CASES.items():
+        with matrix.case(case):
+            response = await client.patch(f"/apikeys/{key_id}", json=body)
+            assert_problem(response, 422)
+            assert await row_counts(db) == before
+            fetched = (await client.get(f"/apikeys/{key_id}")).json()
+            assert fetched["version"] == existing["key"]["version"]
+    matrix.check()
 
 
 PROVIDER_CASES: dict[str, dict[str, Any]] = {
@@ -229,20 +238,23 @@ PROVIDER_CASES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.parametrize("case", list(PROVIDER_CASES))
-async def test_hostile_provider_fields(case: str, client: httpx.AsyncClient, db: str) -> None:
-    body = {
-        "name": "hostile-provider",
-        "kind": "openai",
-        "base_url": "https://api.example.com/v1",
-        "models": [{"name": "m"}],
-        **PROVIDER_CASES[case],
-    }
+async def test_hostile_provider_fields(client: httpx.AsyncClient, db: str) -> None:
     before = await row_counts(db)
-    response = await client.post("/providers", json=body)
-    assert_problem(response, 422)
-    assert len(response.content) < 8192
-    assert await row_counts(db) == before
+    matrix = Matrix()
+    for case, fields in PROVIDER_CASES.items():
+        with matrix.case(case):
+            body = {
+                "name": "hostile-provider",
+                "kind": "openai",
+                "base_url": "https://api.example.com/v1",
+                "models": [{"name": "m"}],
+                **fields,
+            }
+            response = await client.post("/providers", json=body)
+            assert_problem(response, 422)
+            assert len(response.content) < 8192
+            assert await row_counts(db) == before
+    matrix.check()
 
 
 # --- search terms, query strings and paths ---------------------------------------------------
@@ -258,43 +270,46 @@ async def literal_keys(client: httpx.AsyncClient, provider: dict[str, Any]) -> l
     return LITERAL_ALIASES
 
 
-@pytest.mark.parametrize(
-    ("term", "expected"),
-    [
-        ("%", {"100%-team", "PERCENT%"}),
-        ("_", {"a_b"}),
-        ("\\", {"back\\slash"}),
-        ("'", {"o'brien"}),
-        ("%-", {"100%-team"}),
-        ("a_", {"a_b"}),
-        ("percent%", {"PERCENT%"}),
-        ("%%", set()),
-        ("__", set()),
-        ("\\%", set()),
-        ("\\\\", set()),
-        ("'; DROP TABLE api_keys; --", set()),
-        ("' OR '1'='1", set()),
-        ('" OR ""="', set()),
-        ("%_" * 32, set()),
-        ("%" * 64, set()),
-        ("_" * 64, set()),
-        ("[a-z]*", set()),
-        ("(?i).*", set()),
-        ("$1", set()),
-    ],
-)
+SEARCH_TERMS: list[tuple[str, set[str]]] = [
+    ("%", {"100%-team", "PERCENT%"}),
+    ("_", {"a_b"}),
+    ("\\", {"back\\slash"}),
+    ("'", {"o'brien"}),
+    ("%-", {"100%-team"}),
+    ("a_", {"a_b"}),
+    ("percent%", {"PERCENT%"}),
+    ("%%", set()),
+    ("__", set()),
+    ("\\%", set()),
+    ("\\\\", set()),
+    ("'; DROP TABLE api_keys; --", set()),
+    ("' OR '1'='1", set()),
+    ('" OR ""="', set()),
+    ("%_" * 32, set()),
+    ("%" * 64, set()),
+    ("_" * 64, set()),
+    ("[a-z]*", set()),
+    ("(?i).*", set()),
+    ("$1", set()),
+]
+
+
 async def test_search_terms_match_literally(
-    term: str, expected: set[str], client: httpx.AsyncClient, literal_keys: list[str], db: str
+    client: httpx.AsyncClient, literal_keys: list[str], db: str
 ) -> None:
     before = await row_counts(db)
-    response = await client.get("/apikeys", params={"q": term, "limit": 200})
-    assert response.status_code == 200, response.text
-    found = {item["alias"] for item in response.json()["items"]}
-    assert found == expected
-    assert response.json()["total"] == len(expected)
-    providers = await client.get("/providers", params={"q": term})
-    assert providers.status_code == 200, providers.text
-    assert await row_counts(db) == before
+    matrix = Matrix()
+    for term, expected in SEARCH_TERMS:
+        with matrix.case(repr(term)):
+            response = await client.get("/apikeys", params={"q": term, "limit": 200})
+            assert response.status_code == 200, response.text
+            found = {item["alias"] for item in response.json()["items"]}
+            assert found == expected
+            assert response.json()["total"] == len(expected)
+            providers = await client.get("/providers", params={"q": term})
+            assert providers.status_code == 200, providers.text
+            assert await row_counts(db) == before
+    matrix.check()
 
 
 QUERY_CASES = [
@@ -349,51 +364,58 @@ CURSOR_CASES = {
 }
 
 
-@pytest.mark.parametrize("qs", QUERY_CASES)
-@pytest.mark.parametrize("path", ["/apikeys", "/providers", "/audit"])
 async def test_hostile_query_strings(
-    qs: str, path: str, client: httpx.AsyncClient, existing: dict[str, Any], db: str
+    client: httpx.AsyncClient, existing: dict[str, Any], db: str
 ) -> None:
     before = await row_counts(db)
-    response = await client.get(f"{path}?{qs}")
-    assert response.status_code < 500, response.text
-    if response.status_code != 200:  # a parameter the route does not take is ignored
-        assert_problem(response)
-    assert await row_counts(db) == before
+    matrix = Matrix()
+    for path in ("/apikeys", "/providers", "/audit"):
+        for qs in QUERY_CASES:
+            with matrix.case(f"{path}?{qs[:40]}"):
+                response = await client.get(f"{path}?{qs}")
+                assert response.status_code < 500, response.text
+                if response.status_code != 200:  # a parameter the route does not take is ignored
+                    assert_problem(response)
+                assert await row_counts(db) == before
+    matrix.check()
 
 
-@pytest.mark.parametrize("case", list(CURSOR_CASES))
-@pytest.mark.parametrize("path", ["/apikeys", "/providers", "/audit"])
-async def test_hostile_cursors(
-    case: str, path: str, client: httpx.AsyncClient, existing: dict[str, Any]
-) -> None:
-    sort = "&sort=alias" if case == "nul_alias" else ""
-    response = await client.get(f"{path}?cursor={CURSOR_CASES[case]}{sort}")
-    assert response.status_code < 500, response.text
-    if response.status_code != 200:
-        assert_problem(response, 422)
+async def test_hostile_cursors(client: httpx.AsyncClient, existing: dict[str, Any]) -> None:
+    matrix = Matrix()
+    for path in ("/apikeys", "/providers", "/audit"):
+        for case, cursor in CURSOR_CASES.items():
+            with matrix.case(f"{path} {case}"):
+                sort = "&sort=alias" if case == "nul_alias" else ""
+                response = await client.get(f"{path}?cursor={cursor}{sort}")
+                assert response.status_code < 500, response.text
+                if response.status_code != 200:
+                    assert_problem(response, 422)
+    matrix.check()
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/apikeys/%00",
-        "/apikeys/not-a-uuid",
-        "/apikeys/" + "a" * 10_000,
-        "/apikeys/00000000-0000-0000-0000-000000000000",
-        "/apikeys/%ED%A0%80",
-        "/apikeys/..%2F..%2Fetc%2Fpasswd",
-        "/providers/%27%20OR%201=1",
-        "/providers/00000000-0000-0000-0000-000000000000",
-        "/apikeys/00000000-0000-0000-0000-000000000000/token",
-    ],
-)
-@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE", "POST", "PUT"])
-async def test_hostile_paths(method: str, path: str, client: httpx.AsyncClient, db: str) -> None:
+HOSTILE_PATHS = [
+    "/apikeys/%00",
+    "/apikeys/not-a-uuid",
+    "/apikeys/" + "a" * 10_000,
+    "/apikeys/00000000-0000-0000-0000-000000000000",
+    "/apikeys/%ED%A0%80",
+    "/apikeys/..%2F..%2Fetc%2Fpasswd",
+    "/providers/%27%20OR%201=1",
+    "/providers/00000000-0000-0000-0000-000000000000",
+    "/apikeys/00000000-0000-0000-0000-000000000000/token",
+]
+
+
+async def test_hostile_paths(client: httpx.AsyncClient, db: str) -> None:
     before = await row_counts(db)
-    response = await client.request(method, path, json={"status": "enabled"})
-    assert_problem(response)
-    assert await row_counts(db) == before
+    matrix = Matrix()
+    for path in HOSTILE_PATHS:
+        for method in ("GET", "PATCH", "DELETE", "POST", "PUT"):
+            with matrix.case(f"{method} {path[:40]}"):
+                response = await client.request(method, path, json={"status": "enabled"})
+                assert_problem(response)
+                assert await row_counts(db) == before
+    matrix.check()
 
 
 # --- Authorization ------------------------------------------------------------------------------
@@ -418,10 +440,17 @@ AUTH_CASES: dict[str, str] = {
 }
 
 
-@pytest.mark.parametrize("case", list(AUTH_CASES))
-async def test_weird_authorization_is_401(case: str, anon: httpx.AsyncClient, db: str) -> None:
-    value = AUTH_CASES[case]
+async def test_weird_authorization_is_401(anon: httpx.AsyncClient, db: str) -> None:
     before = await row_counts(db)
+    matrix = Matrix()
+    for case, value in AUTH_CASES.items():
+        with matrix.case(case):
+            await _check_refused(anon, value)
+    matrix.check()
+    assert await row_counts(db) == before
+
+
+async def _check_refused(anon: httpx.AsyncClient, value: str) -> None:
     for method, path, body in [
         ("GET", "/apikeys", None),
         ("POST", "/providers", {"name": "p", "base_url": "https://a.example", "models": []}),
@@ -435,7 +464,6 @@ async def test_weird_authorization_is_401(case: str, anon: httpx.AsyncClient, db
         assert ADMIN_TOKEN not in response.text
         credential = value.partition(" ")[2].strip()
         assert len(credential) < 8 or credential[:64] not in response.text
-    assert await row_counts(db) == before
 
 
 async def test_accepted_spellings_of_the_admin_token(anon: httpx.AsyncClient, db: str) -> None:
