@@ -65,13 +65,7 @@ class ResolvedKey:
     limit_headers: tuple[tuple[bytes, bytes], ...] = field(repr=False, compare=False)
 
 
-def _resolved(row: Any, keyring: KeyRing) -> ResolvedKey:
-    try:
-        key_code: str | None = keyring.decrypt(row.key_code_ciphertext, key_code_aad(row.id))
-    except CryptoError as exc:
-        # The id and the reason only; never ciphertext or plaintext.
-        log.error("cannot open the key code of AI API key %s: %s", row.id, type(exc).__name__)
-        key_code = None
+def _resolved(row: Any, key_code: str | None) -> ResolvedKey:
     limits = Limits(row.input_limit, row.output_limit, row.usage_limit)
     return ResolvedKey(
         id=row.id,
@@ -143,6 +137,7 @@ class KeyCache:
         self._max_backoff = max_backoff
         self._by_hash: dict[bytes, ResolvedKey] = {}
         self._hash_by_id: dict[uuid.UUID, bytes] = {}
+        self._opened: dict[tuple[uuid.UUID, str], str | None] = {}
         self._pending: asyncio.Queue[str | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -153,6 +148,24 @@ class KeyCache:
 
     def __repr__(self) -> str:
         return f"KeyCache(keys={len(self._by_hash)}, listening={self.listening})"
+
+    def _open(self, row: Any, into: dict[tuple[uuid.UUID, str], str | None]) -> str | None:
+        """The key code of *row*, opened once per ciphertext (a reload re-opens nothing
+        unchanged, and a code the ring cannot open is logged once, not per reload)."""
+        memo = (row.id, row.key_code_ciphertext)
+        if memo in self._opened:
+            into[memo] = self._opened[memo]
+            return into[memo]
+        try:
+            key_code: str | None = self._keyring.decrypt(
+                row.key_code_ciphertext, key_code_aad(row.id)
+            )
+        except CryptoError as exc:
+            # The id and the reason only; never ciphertext or plaintext.
+            log.error("cannot open the key code of AI API key %s: %s", row.id, type(exc).__name__)
+            key_code = None
+        into[memo] = key_code
+        return key_code
 
     def get(self, token_hash: bytes) -> ResolvedKey | None:
         return self._by_hash.get(token_hash)
@@ -177,11 +190,12 @@ class KeyCache:
         rows = await self._fetch()
         by_hash: dict[bytes, ResolvedKey] = {}
         hash_by_id: dict[uuid.UUID, bytes] = {}
+        opened: dict[tuple[uuid.UUID, str], str | None] = {}
         for row in rows:
-            by_hash[bytes(row.token_hash)] = _resolved(row, self._keyring)
+            by_hash[bytes(row.token_hash)] = _resolved(row, self._open(row, opened))
             hash_by_id[row.id] = bytes(row.token_hash)
-        # Two assignments, no await between them: requests never see a half state.
-        self._by_hash, self._hash_by_id = by_hash, hash_by_id
+        # No await between these: requests never see a half state.
+        self._by_hash, self._hash_by_id, self._opened = by_hash, hash_by_id, opened
         self.reloads += 1
         log.info("key cache loaded %d keys", len(by_hash))
 
@@ -195,7 +209,7 @@ class KeyCache:
             row = found.get(key_id)
             if row is not None:  # absent: the key was deleted
                 token_hash = bytes(row.token_hash)
-                self._by_hash[token_hash] = _resolved(row, self._keyring)
+                self._by_hash[token_hash] = _resolved(row, self._open(row, self._opened))
                 self._hash_by_id[key_id] = token_hash
 
     async def _apply(self, payloads: list[str]) -> None:

@@ -142,6 +142,34 @@ _HEADERS = {
 }
 
 
+# The data of one event of the stream: a chunk, a final error, or "[DONE]".
+_SSE_EVENT: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "object",
+            "title": "ChatCompletionChunk",
+            "required": ["id", "object", "created", "model", "choices"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"type": "string", "enum": ["chat.completion.chunk"]},
+                "created": {"type": "integer"},
+                "model": {"type": "string"},
+                "choices": {"type": "array", "items": {"type": "object"}},
+                "usage": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+            },
+            "additionalProperties": True,
+        },
+        {
+            "type": "object",
+            "title": "StreamError",
+            "required": ["error"],
+            "properties": {"error": {"type": "object"}},
+        },
+        {"type": "string", "enum": ["[DONE]"]},
+    ]
+}
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"model": OpenAIError, "description": description, "headers": _HEADERS}
 
@@ -155,7 +183,7 @@ def _error(description: str) -> dict[str, Any]:
             "description": "A chat completion, or with `stream: true` an SSE stream of "
             "`chat.completion.chunk` events ending with `data: [DONE]`. A failure after the "
             'stream started is a final `data: {"error": …}` event.',
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
             "headers": _HEADERS,
         },
         400: _error(
