@@ -7,6 +7,7 @@ stopped, and gateways keep serving throughout (every key id stays readable).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from sqlalchemy import ColumnElement, func, select, text, update
@@ -29,10 +30,20 @@ async def count_stale(sessionmaker: async_sessionmaker[AsyncSession], keyring: K
 
 
 async def reencrypt_key_codes(
-    sessionmaker: async_sessionmaker[AsyncSession], keyring: KeyRing, *, batch_size: int = 100
+    sessionmaker: async_sessionmaker[AsyncSession],
+    keyring: KeyRing,
+    *,
+    batch_size: int = 100,
+    wait_for_others: float = 30.0,
 ) -> int:
-    """Returns how many rows were re-sealed."""
+    """Returns how many rows this run re-sealed.
+
+    Batches take their rows ``FOR UPDATE SKIP LOCKED``, so concurrent runs share
+    the work; a run that finds only rows locked by another waits (up to
+    *wait_for_others* seconds without progress) until those are committed.
+    """
     done = 0
+    give_up_at = asyncio.get_running_loop().time() + wait_for_others
     while True:
         async with sessionmaker() as session, session.begin():
             rows = (
@@ -45,7 +56,15 @@ async def reencrypt_key_codes(
                 )
             ).all()
             if not rows:
-                return done
+                # Rows another run holds locked are still stale until it commits:
+                # wait for them rather than report "done" (or "left") too early.
+                if await count_stale(sessionmaker, keyring) == 0:
+                    return done
+                if asyncio.get_running_loop().time() > give_up_at:
+                    return done
+                await asyncio.sleep(0.2)
+                continue
+            give_up_at = asyncio.get_running_loop().time() + wait_for_others
             for row_id, ciphertext in rows:
                 aad = key_code_aad(row_id)
                 resealed = keyring.encrypt(keyring.decrypt(ciphertext, aad), aad)
