@@ -386,14 +386,7 @@ async def test_base_url_policy(allow_private: bool, inproc: Any) -> None:
 @pytest.mark.parametrize(
     "host",
     [
-        pytest.param(
-            "127.0.0.1",
-            marks=pytest.mark.xfail(
-                reason="aiohttp skips the resolver for IP literals, so the connect-time "
-                "policy check (proxy.upstream._PolicyResolver) never sees them (reported)",
-                strict=False,
-            ),
-        ),
+        "127.0.0.1",
         "localhost",
     ],
 )

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aigw.apikeys.models import ApiKey
 from aigw.crypto import CryptoError, KeyRing, key_code_aad
+from aigw.netpolicy import UpstreamRefused, check_upstream_url
 from aigw.providers.models import Provider, ProviderModel
 from aigw.proxy.limiter import Limits
 
@@ -63,9 +64,22 @@ class ResolvedKey:
     key_code: str | None = field(repr=False)
     # Precomputed response headers: x-aigw-input-limit, -output-limit, -usage-limit.
     limit_headers: tuple[tuple[bytes, bytes], ...] = field(repr=False, compare=False)
+    # The network policy judged once at load: a literal address in base_url never
+    # reaches the connect-time resolver check (aiohttp skips resolving literals),
+    # and the operator may have tightened AIGW_ALLOW_PRIVATE_UPSTREAMS since the
+    # provider was written.
+    upstream_allowed: bool = True
 
 
-def _resolved(row: Any, key_code: str | None) -> ResolvedKey:
+def _policy_allows(base_url: str, allow_private: bool) -> bool:
+    try:
+        check_upstream_url(base_url, allow_private=allow_private)
+    except UpstreamRefused:
+        return False
+    return True
+
+
+def _resolved(row: Any, key_code: str | None, allow_private: bool) -> ResolvedKey:
     limits = Limits(row.input_limit, row.output_limit, row.usage_limit)
     return ResolvedKey(
         id=row.id,
@@ -84,6 +98,7 @@ def _resolved(row: Any, key_code: str | None) -> ResolvedKey:
             (b"x-aigw-output-limit", str(limits.output_limit).encode()),
             (b"x-aigw-usage-limit", limits.usage_limit.encode()),
         ),
+        upstream_allowed=_policy_allows(row.base_url, allow_private),
     )
 
 
@@ -127,10 +142,12 @@ class KeyCache:
         keyring: KeyRing,
         listen_dsn: str,
         *,
+        allow_private_upstreams: bool = True,
         heartbeat_interval: float = 5.0,
         max_backoff: float = 5.0,
     ) -> None:
         self._engine = engine
+        self._allow_private = allow_private_upstreams
         self._keyring = keyring
         self._listen_dsn = listen_dsn
         self._heartbeat_interval = heartbeat_interval
@@ -192,7 +209,9 @@ class KeyCache:
         hash_by_id: dict[uuid.UUID, bytes] = {}
         opened: dict[tuple[uuid.UUID, str], str | None] = {}
         for row in rows:
-            by_hash[bytes(row.token_hash)] = _resolved(row, self._open(row, opened))
+            by_hash[bytes(row.token_hash)] = _resolved(
+                row, self._open(row, opened), self._allow_private
+            )
             hash_by_id[row.id] = bytes(row.token_hash)
         # No await between these: requests never see a half state.
         self._by_hash, self._hash_by_id, self._opened = by_hash, hash_by_id, opened
@@ -209,7 +228,9 @@ class KeyCache:
             row = found.get(key_id)
             if row is not None:  # absent: the key was deleted
                 token_hash = bytes(row.token_hash)
-                self._by_hash[token_hash] = _resolved(row, self._open(row, self._opened))
+                self._by_hash[token_hash] = _resolved(
+                    row, self._open(row, self._opened), self._allow_private
+                )
                 self._hash_by_id[key_id] = token_hash
 
     async def _apply(self, payloads: list[str]) -> None:

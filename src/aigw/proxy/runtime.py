@@ -65,7 +65,12 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[ProxyServ
         state.encoders = encoders
 
         assert settings.database_url is not None
-        keys = KeyCache(state.engine, state.keyring, libpq_url(settings.database_url))
+        keys = KeyCache(
+            state.engine,
+            state.keyring,
+            libpq_url(settings.database_url),
+            allow_private_upstreams=settings.allow_private_upstreams,
+        )
         await keys.start()
         stack.push_async_callback(keys.aclose)
         state.keys = keys

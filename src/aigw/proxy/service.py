@@ -68,6 +68,7 @@ from aigw.proxy.upstream import (
     UpstreamConnectionLost,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamRefusedAddress,
     UpstreamStatusError,
     is_retryable_before_send,
     map_client_error,
@@ -525,6 +526,8 @@ class ProxyService:
     async def _open(
         self, key: ResolvedKey, admitted: Admitted, request_id: str
     ) -> aiohttp.ClientResponse:
+        if not key.upstream_allowed:
+            raise UpstreamRefusedAddress()
         adapter = self.adapters[key.provider_kind]
         url = adapter.url(key)
         headers = adapter.headers(key, request_id, admitted.stream)
