@@ -19,6 +19,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str
     database: str
+    encodings: str
+    key_cache: str
 
 
 @router.get("/healthz", response_model=Health, summary="The process is alive")
@@ -29,18 +31,29 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="The database answers",
+    summary="The database answers and the token encodings are loaded",
+    description="`key_cache` is `listening` while change notifications arrive; when "
+    "it is `stale` the proxy keeps serving the keys it holds and catches up on reconnect.",
     responses={503: {"model": Readiness}},
 )
 async def readyz(request: Request) -> Readiness | JSONResponse:
+    state = request.app.state
+    encoders = getattr(state, "encoders", None)
+    keys = getattr(state, "keys", None)
+    database = "ok"
     try:
         async with asyncio.timeout(2.0):
-            async with request.app.state.engine.connect() as connection:
+            async with state.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
     except Exception:  # any failure means "not ready"; the reason goes nowhere secret
-        return JSONResponse(
-            {"status": "unavailable", "database": "unreachable"},
-            status_code=503,
-            headers={"Retry-After": "2"},
-        )
-    return Readiness(status="ok", database="ok")
+        database = "unreachable"
+    readiness = Readiness(
+        status="ok",
+        database=database,
+        encodings="ok" if encoders is not None and encoders.names else "missing",
+        key_cache="listening" if keys is not None and keys.listening else "stale",
+    )
+    if readiness.database != "ok" or readiness.encodings != "ok":
+        readiness.status = "unavailable"
+        return JSONResponse(readiness.model_dump(), status_code=503, headers={"Retry-After": "2"})
+    return readiness

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -153,3 +154,40 @@ async def test_wrong_encryption_key_stops_start_up(
     output = result.stdout + result.stderr
     assert "AIGW_ENCRYPTION_KEYS cannot open stored key codes" in output
     assert "A" * 43 not in output
+
+
+async def test_readiness_reports_database_encodings_and_key_cache(anon: httpx.AsyncClient) -> None:
+    response = await anon.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "database": "ok",
+        "encodings": "ok",
+        "key_cache": "listening",
+    }
+
+
+async def test_readiness_is_503_when_the_database_is_unreachable(
+    make_settings: Any,
+) -> None:
+    from aigw.main import create_app
+
+    app = create_app(make_settings())
+    async with app.router.lifespan_context(app):
+        good_engine = app.state.engine
+        from aigw.db.engine import create_engine
+
+        app.state.engine = create_engine(
+            make_settings(database_url="postgresql://nobody@127.0.0.1:1/none", db_timeout=1.0)
+        )
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as http:
+                response = await http.get("/readyz")
+        finally:
+            await app.state.engine.dispose()
+            app.state.engine = good_engine
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    assert response.json()["database"] == "unreachable"
