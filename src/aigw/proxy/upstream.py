@@ -234,9 +234,17 @@ class UpstreamClock:
 
     def event(self) -> None:
         now = self._loop.time()
+        self._last_event = now
         if self._first_event_at is None:
             self._first_event_at = now
-        self._last_event = now
+            # The timer was armed for the first-byte bound; from now on the idle
+            # bound applies, and it can be earlier (idle < first byte): re-arm once,
+            # or a stall right after the first event would outlive its idle bound.
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
+                if self._inside:
+                    self._arm()
 
     def _expiry(self) -> tuple[float, type[UpstreamTimeout]]:
         kind: type[UpstreamTimeout]
