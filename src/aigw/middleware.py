@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import re
 import secrets
+import time
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,7 +30,13 @@ def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
 
+access_log = logging.getLogger("aigw.access")
+
+
 class RequestContextMiddleware:
+    """Request id in, ``x-aigw-request-id`` out, and one ``aigw.access`` log line
+    per request (method, path, status, duration; never headers or bodies)."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -46,8 +54,13 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         encoded = request_id.encode("ascii")
 
+        status = 0
+        started = time.perf_counter()
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 if not any(name == REQUEST_ID_HEADER for name, _ in headers):
                     headers.append((REQUEST_ID_HEADER, encoded))
@@ -57,6 +70,19 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    },
+                )
             request_id_var.reset(token)
 
 

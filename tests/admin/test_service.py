@@ -191,3 +191,21 @@ async def test_readiness_is_503_when_the_database_is_unreachable(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "2"
     assert response.json()["database"] == "unreachable"
+
+
+def test_json_logs_carry_the_request_id_of_the_response(
+    start_gateway_process: Any,
+) -> None:
+    gateway = start_gateway_process(AIGW_LOG_FORMAT="json")
+    response = httpx.get(f"{gateway.url}/apikeys?q=zzz", headers=gateway.admin_headers)
+    assert response.status_code == 200
+    request_id = response.headers["x-aigw-request-id"]
+    gateway.stop()
+    lines = [json.loads(line) for line in gateway.logs().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("logger") == "aigw.access"]
+    mine = [line for line in access if line["request_id"] == request_id]
+    assert len(mine) == 1, access
+    assert mine[0]["status"] == 200
+    assert mine[0]["path"] == "/apikeys"
+    assert "zzz" not in json.dumps(mine[0])  # query strings (search terms) stay out of logs
+    assert gateway.admin_token not in gateway.logs()
