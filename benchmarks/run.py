@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import statistics
 import sys
@@ -156,6 +157,13 @@ class TargetResult:
     slow: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+
+
+def _load_side_seconds() -> float:
+    """CPU of the harness and its finished children (wrk runs as one)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def log(message: str) -> None:
@@ -428,9 +436,11 @@ class Bench:
         up = self.upstream_proc
         stat0, cpu0, db0 = core_times(), target.cpu(), target.side_cpu()
         up0 = up.cpu() if up else None
+        load0 = _load_side_seconds()
         out = self.drive(call, c, self.plan.duration, stream)
         cpu1, db1, stat1 = target.cpu(), target.side_cpu(), core_times()
         up1 = up.cpu() if up else None
+        load_side = _load_side_seconds() - load0 + ((up1 - up0) if up0 and up1 else 0.0)
         seconds = out["duration_us"] / 1e6
         n = max(1, out["requests"])
         busy = core_busy(stat0, stat1)
@@ -452,6 +462,8 @@ class Bench:
             else None,
             "load_core_busy": busy.get(self.load_cpu) if self.load_cpu is not None else None,
             "upstream_cpu_share": (up1 - up0) / seconds if seconds and up0 and up1 else None,
+            # wrk + fake upstream + harness: how much of the load core our own load side used.
+            "load_side_share": load_side / seconds if seconds else None,
             # Whatever else ran on the gateway core meanwhile (other tenants, PostgreSQL).
             "gateway_core_other": max(
                 0.0, busy.get(self.gateway_cpu, 0.0) - (cpu1 - cpu0) / seconds
