@@ -143,7 +143,7 @@ _HEADERS = {
 
 
 # The data of one event of the stream: a chunk, a final error, or "[DONE]".
-_SSE_EVENT: dict[str, Any] = {
+_SSE_PAYLOAD: dict[str, Any] = {
     "anyOf": [
         {
             "type": "object",
@@ -165,8 +165,25 @@ _SSE_EVENT: dict[str, Any] = {
             "required": ["error"],
             "properties": {"error": {"type": "object"}},
         },
-        {"type": "string", "enum": ["[DONE]"]},
     ]
+}
+# OpenAPI 3.1 describes each server-sent event as an object ({data, event, id,
+# retry}); the JSON in `data` is described with contentMediaType/contentSchema.
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "anyOf": [
+                {"type": "string", "enum": ["[DONE]"]},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": _SSE_PAYLOAD,
+                },
+            ]
+        }
+    },
 }
 
 
