@@ -73,6 +73,7 @@ def serve(
     import uvicorn
 
     from aigw.db.migrate import upgrade
+    from aigw.httpserver import BoundedHttpToolsProtocol
     from aigw.logging import configure_logging
 
     settings = _load_settings()
@@ -102,7 +103,7 @@ def serve(
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http=BoundedHttpToolsProtocol,
             log_config=None,
             access_log=False,
             server_header=False,
