@@ -774,3 +774,67 @@ async def test_body_over_limit_in_process_is_413_problem(
                 )
                 assert_problem(response, 413)
             assert await row_counts(db) == before
+
+
+def _send_head(url: str, head: bytes, chunk: int = 64 * 1024) -> tuple[bytes, int]:
+    """Send *head* in pieces until the server answers or closes; returns (answer, sent).
+    A server that closes on unread data may reset the connection before its answer
+    is read: then the answer is empty."""
+    host, port = url.split("//")[1].split(":")
+    sent = 0
+    answer = b""
+    with socket.create_connection((host, int(port))) as sock:
+        sock.settimeout(5)
+        try:
+            for start in range(0, len(head), chunk):
+                sock.sendall(head[start : start + chunk])
+                sent += min(chunk, len(head) - start)
+                readable, _, _ = select.select([sock], [], [], 0)
+                if readable:
+                    break
+            while data := sock.recv(65536):
+                answer += data
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+    return answer, sent
+
+
+def test_request_heads_are_bounded_before_authentication(module_gateway: Gateway) -> None:
+    """A head over 64 KiB is refused with 431; an endless header, twenty thousand
+    headers or a huge request line stop being read after about that much, and the
+    gateway's memory does not grow with what the client sends."""
+    from tests.reliability.faults import rss_mib
+
+    # Sent whole, then read: the 431 problem arrives.
+    raw = raw_exchange(
+        module_gateway.url, b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Big: " + b"a" * 100_000
+    )
+    ((status, headers, body),) = parse_responses(raw)
+    assert status == 431 and headers["connection"] == "close"
+    assert orjson.loads(body)["code"] == "request_header_too_large"
+    pid = module_gateway.proc.pid
+    before = rss_mib(pid)
+    for name, head in {
+        "one_64mib_header": b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Big: " + b"a" * (64 << 20),
+        "twenty_thousand_headers": b"GET /healthz HTTP/1.1\r\nHost: gw\r\n"
+        + b"".join(b"X-%05d: a\r\n" % i for i in range(20_000)),
+        "huge_request_line": b"GET /healthz?" + b"q" * (8 << 20) + b" HTTP/1.1\r\n",
+    }.items():
+        started = time.perf_counter()
+        answer, sent = _send_head(module_gateway.url, head)
+        if answer:
+            assert parse_responses(answer)[0][0] == 431, (name, answer[:200])
+        print(
+            f"\n{name}: cut after {sent / 2**20:.2f} MiB sent "
+            f"({'431' if answer else 'reset'}), {time.perf_counter() - started:.2f} s"
+        )
+        assert sent < 8 << 20, (name, sent)
+    assert rss_mib(pid) - before < 32, (before, rss_mib(pid))
+    # Heads under the bound are served as before: a 48 KiB header.
+    raw = raw_exchange(
+        module_gateway.url,
+        b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Big: "
+        + b"a" * (48 * 1024)
+        + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert parse_responses(raw)[0][0] == 200
