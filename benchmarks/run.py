@@ -27,7 +27,6 @@ from pathlib import Path
 from benchmarks import load, machine, report, search
 from benchmarks.load import Call, Response
 from benchmarks.procs import (
-    ProcessError,
     Procs,
     core_busy,
     core_steal,
@@ -272,7 +271,7 @@ class Bench:
     def _attempt(self, target: Target, step: str, fn: Callable[..., None], *args: object) -> bool:
         try:
             fn(*args)
-        except (Unavailable, ProcessError, OSError, RuntimeError) as exc:
+        except Exception as exc:  # a target that cannot start is reported, never fatal
             target.reason = str(exc).strip() or type(exc).__name__
             log(f"  {target.name}: not available ({step}): {target.reason.splitlines()[0][:300]}")
             if target.server is not None:
