@@ -75,6 +75,12 @@ def _postgres() -> str:
         return f"unreachable ({type(exc).__name__})"
 
 
+def _wrk_version(wrk: str) -> str:
+    first = (_run([wrk, "-v"]).splitlines() or ["wrk ?"])[0]  # "wrk debian/4.1.0-3+b2 [epoll] …"
+    parts = first.split()
+    return " ".join(parts[:2]) if len(parts) >= 2 else first
+
+
 def describe() -> dict:
     versions = {}
     for name in PACKAGES:
@@ -101,6 +107,6 @@ def describe() -> dict:
         "packages": versions,
         "aigw": f"{aigw_version} at {commit}" + (" (src has uncommitted changes)" if dirty else ""),
         "litellm": litellm_version() if litellm_installed() else "not installed",
-        "wrk": _run([wrk, "-v"]).splitlines()[0] if wrk else "not installed",
+        "wrk": _wrk_version(wrk) if wrk else "not installed",
         "postgresql": _postgres(),
     }
