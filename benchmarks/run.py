@@ -244,7 +244,8 @@ class Bench:
             workdir=self.workdir,
             log=log,
         )
-        targets = make_targets(self.args.targets, install_litellm_if_missing=not self.quick)
+        install = not self.quick or self.args.install_litellm
+        targets = make_targets(self.args.targets, install_litellm_if_missing=install)
         # Boot them all at once on both cores (imports are slow), then pin each one.
         for target in targets:
             self.results[target.name] = TargetResult(target.name, target.label)
@@ -791,6 +792,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["wrk", "python"],
         default="wrk",
         help="wrk (default) or the asyncio client",
+    )
+    parser.add_argument(
+        "--install-litellm",
+        action="store_true",
+        help="install LiteLLM's proxy when missing, also with --quick (the full run always does)",
     )
     parser.add_argument(
         "--nice",

@@ -377,7 +377,8 @@ class LiteLLM(Target):
         if not litellm_installed():
             if not self.install:
                 raise Unavailable(
-                    "not installed (the full run installs it; or run without --quick once)"
+                    "not installed: the full run (or --install-litellm) puts it in "
+                    "benchmarks/.work/litellm-venv"
                 )
             install_litellm(env.log)
         self.info["version"] = litellm_version()
