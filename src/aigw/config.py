@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     usage_batch_size: int = Field(default=500, ge=1)
     usage_buffer_limit: int = Field(default=100_000, ge=1)
     shutdown_grace: float = Field(default=30.0, ge=0)
+    # Seconds a connection may take to send a request's line and headers (see
+    # aigw.httpserver): idle and half-sent heads are closed, not held forever.
+    request_head_timeout: float = Field(default=30.0, gt=0)
 
     metrics_token: SecretStr | None = None
     # Distinct key aliases given their own metrics label; later ones share "other".

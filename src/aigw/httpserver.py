@@ -4,11 +4,19 @@ on the request head.
 uvicorn's httptools protocol puts no limit on the request line plus headers (its
 h11 protocol stops at 16 KiB): before any authentication, every connection a
 client opens could hold a header of any size in memory (three unfinished 64 MiB
-headers grew a gateway by 196 MiB). This protocol answers 431 and closes the
-connection once a request head passes :data:`MAX_HEAD_BYTES`.
+headers grew a gateway by 196 MiB). Nor does it time out a connection that never
+finishes its head (or says nothing at all), so a client could hold any number of
+them open. This protocol answers 431 and closes the connection once a request
+head passes :data:`MAX_HEAD_BYTES`, and 408 once a head has taken longer than
+``AIGW_REQUEST_HEAD_TIMEOUT`` seconds (between requests uvicorn's keep-alive
+timeout applies).
 """
 
 from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -17,36 +25,71 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 # bearer tokens and cookies from browsers fit with room to spare.
 MAX_HEAD_BYTES = 64 * 1024
 
-_PROBLEM = orjson.dumps(
+
+def _problem_response(status_line: bytes, problem: dict[str, Any]) -> bytes:
+    body = orjson.dumps(problem)
+    return (
+        status_line + b"\r\ncontent-type: application/problem+json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+
+
+_TOO_LARGE = _problem_response(
+    b"HTTP/1.1 431 Request Header Fields Too Large",
     {
         "type": "urn:aigw:problem:request_header_too_large",
         "title": "Request header fields too large",
         "status": 431,
         "code": "request_header_too_large",
         "detail": f"the request line and headers exceed {MAX_HEAD_BYTES} bytes",
-    }
+    },
 )
-_REFUSAL = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: application/problem+json\r\n"
-    b"content-length: " + str(len(_PROBLEM)).encode() + b"\r\n"
-    b"connection: close\r\n\r\n" + _PROBLEM
+_TIMED_OUT = _problem_response(
+    b"HTTP/1.1 408 Request Timeout",
+    {
+        "type": "urn:aigw:problem:request_timeout",
+        "title": "Request head not received in time",
+        "status": 408,
+        "code": "request_timeout",
+        "detail": "the request line and headers took too long to arrive",
+    },
 )
+
+
+@functools.lru_cache(maxsize=1)
+def head_timeout() -> float:
+    from aigw.config import Settings
+
+    return Settings().request_head_timeout
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """httptools, refusing request heads over :data:`MAX_HEAD_BYTES` with 431."""
+    """httptools, refusing request heads over :data:`MAX_HEAD_BYTES` (431) or slower
+    than :func:`head_timeout` (408)."""
 
     _in_head = True  # a connection starts in the head of its first request
     _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         self._in_head = True
         self._head_bytes = 0
+        if self._head_timer is None:
+            self._arm_head_timer()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._disarm_head_timer()
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
@@ -57,8 +100,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # head (and carries body bytes) does not count against it.
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
-            cycle = self.cycle
-            if cycle is None or cycle.response_complete:
-                # No response of an earlier (pipelined) request is being written.
-                self.transport.write(_REFUSAL)
-            self.transport.close()
+            self._refuse(_TOO_LARGE)
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(head_timeout(), self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._refuse(_TIMED_OUT if self._head_bytes else None)
+
+    def _refuse(self, response: bytes | None) -> None:
+        self._disarm_head_timer()
+        cycle = self.cycle
+        if response is not None and (cycle is None or cycle.response_complete):
+            # No response of an earlier (pipelined) request is being written.
+            self.transport.write(response)
+        self.transport.close()
