@@ -15,6 +15,7 @@ import select
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,13 +26,14 @@ from tests.conftest import ADMIN_TOKEN, key_body
 from tests.reliability.conftest import (
     Matrix,
     assert_problem,
+    gateway_environment,
     median_seconds,
     parse_responses,
     raw_exchange,
     row_counts,
     seed_keys,
 )
-from tests.support import Gateway
+from tests.support import Gateway, start_gateway
 
 VALID_KEY = orjson.dumps(key_body(alias="valid-shape", key_code="sk-hostile-0000"))
 
@@ -838,3 +840,39 @@ def test_request_heads_are_bounded_before_authentication(module_gateway: Gateway
         + b"\r\nConnection: close\r\n\r\n",
     )
     assert parse_responses(raw)[0][0] == 200
+
+
+def test_idle_and_unfinished_heads_are_closed(database_url: str, tmp_path: Path) -> None:
+    """Slowloris: a connection that says nothing, or never finishes its head, is
+    closed after AIGW_REQUEST_HEAD_TIMEOUT (408 when it had started a request)."""
+    env = gateway_environment(database_url, tmp_path / "data", AIGW_REQUEST_HEAD_TIMEOUT="1")
+    gateway = start_gateway(env, tmp_path / "gateway.log")
+    try:
+        host, port = gateway.url.split("//")[1].split(":")
+        silent = socket.create_connection((host, int(port)))
+        partial = socket.create_connection((host, int(port)))
+        partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n")
+        slow_but_whole = socket.create_connection((host, int(port)))
+        slow_but_whole.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.5)
+        slow_but_whole.sendall(b"Host: gw\r\nConnection: close\r\n\r\n")
+        started = time.monotonic()
+        closed: dict[str, tuple[float, bytes]] = {}
+        for name, sock in {"silent": silent, "partial": partial, "whole": slow_but_whole}.items():
+            sock.settimeout(5)
+            data = b""
+            try:
+                while chunk := sock.recv(65536):
+                    data += chunk
+            except (TimeoutError, ConnectionResetError):
+                pass
+            closed[name] = (round(time.monotonic() - started, 2), data)
+            sock.close()
+        print(f"\nclosed after (s): { {k: v[0] for k, v in closed.items()} }")
+        assert closed["silent"][1] == b"" and closed["silent"][0] < 2.0
+        ((status, _, body),) = parse_responses(closed["partial"][1])
+        assert status == 408 and orjson.loads(body)["code"] == "request_timeout"
+        assert closed["partial"][0] < 2.0
+        assert parse_responses(closed["whole"][1])[0][0] == 200
+    finally:
+        gateway.stop()
