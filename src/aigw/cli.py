@@ -179,7 +179,12 @@ def rotate_keys(
 
     Resumable: run it again after an interruption and it continues.
     """
-    from aigw.apikeys.rotation import count_stale, reencrypt_key_codes
+    from aigw.apikeys.rotation import (
+        count_stale,
+        count_stale_responses,
+        reencrypt_key_codes,
+        reseal_idempotent_responses,
+    )
     from aigw.crypto import KeyRing
     from aigw.db.engine import create_engine, create_sessionmaker
 
@@ -205,7 +210,9 @@ def rotate_keys(
         try:
             sessionmaker = create_sessionmaker(engine)
             done = await reencrypt_key_codes(sessionmaker, keyring, batch_size=batch_size)
-            return done, await count_stale(sessionmaker, keyring)
+            await reseal_idempotent_responses(sessionmaker, keyring, batch_size=batch_size)
+            left = await count_stale(sessionmaker, keyring)
+            return done, left + await count_stale_responses(sessionmaker, keyring)
         finally:
             await engine.dispose()
 

@@ -136,6 +136,11 @@ def key_code_aad(api_key_id: object) -> bytes:
     return f"aigw/api_keys/{api_key_id}/key_code".encode()
 
 
+def idempotency_response_aad(idempotency_key: str) -> bytes:
+    """Associated data binding a stored ``POST /apikeys`` response to its Idempotency-Key."""
+    return f"aigw/idempotency_records/{idempotency_key}/response".encode()
+
+
 def mask_secret(value: str) -> str:
     """Show at most the first and last 4 characters, fewer for short secrets."""
     shown = min(4, len(value) // 4)

@@ -13,8 +13,8 @@ import logging
 from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from aigw.apikeys.models import ApiKey
-from aigw.crypto import KeyRing, key_code_aad
+from aigw.apikeys.models import ApiKey, IdempotencyRecord
+from aigw.crypto import KeyRing, idempotency_response_aad, key_code_aad
 
 log = logging.getLogger("aigw.rotation")
 
@@ -73,3 +73,47 @@ async def reencrypt_key_codes(
                 )
             done += len(rows)
             log.info("re-encrypted %d key codes so far", done)
+
+
+def _stale_responses(keyring: KeyRing) -> ColumnElement[bool]:
+    kid = func.split_part(IdempotencyRecord.response_sealed, text("'.'"), 2)
+    # An empty response is a claim whose request is still running: nothing sealed yet.
+    return (kid != keyring.primary_kid) & (IdempotencyRecord.response_sealed != "")
+
+
+async def count_stale_responses(
+    sessionmaker: async_sessionmaker[AsyncSession], keyring: KeyRing
+) -> int:
+    async with sessionmaker() as session:
+        stmt = select(func.count()).select_from(IdempotencyRecord).where(_stale_responses(keyring))
+        return int(await session.scalar(stmt) or 0)
+
+
+async def reseal_idempotent_responses(
+    sessionmaker: async_sessionmaker[AsyncSession], keyring: KeyRing, *, batch_size: int = 100
+) -> int:
+    """Re-seal the stored responses of ``Idempotency-Key`` creates (they hold a client
+    token, sealed by the same key ring) so a retry within their 24 h still replays
+    after the old key is dropped. Returns how many were re-sealed."""
+    done = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            rows = (
+                await session.execute(
+                    select(IdempotencyRecord.key, IdempotencyRecord.response_sealed)
+                    .where(_stale_responses(keyring))
+                    .order_by(IdempotencyRecord.key)
+                    .limit(batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return done
+            for key, sealed in rows:
+                aad = idempotency_response_aad(key)
+                await session.execute(
+                    update(IdempotencyRecord)
+                    .where(IdempotencyRecord.key == key)
+                    .values(response_sealed=keyring.encrypt(keyring.decrypt(sealed, aad), aad))
+                )
+            done += len(rows)

@@ -17,7 +17,13 @@ from aigw.apikeys.models import ApiKey, IdempotencyRecord
 from aigw.apikeys.repository import ApiKeyRepository, KeyFilters
 from aigw.apikeys.schemas import ApiKeyCreate, ApiKeyPage, ApiKeyRead, ApiKeyUpdate, ApiKeyWithToken
 from aigw.audit import service as audit
-from aigw.crypto import KeyRing, TokenHasher, key_code_aad, mask_secret
+from aigw.crypto import (
+    KeyRing,
+    TokenHasher,
+    idempotency_response_aad,
+    key_code_aad,
+    mask_secret,
+)
 from aigw.errors import AliasTaken, IdempotencyKeyReused, NotFound, UnknownModel, UnknownProvider
 from aigw.pagination import InvalidCursor, decode_cursor, encode_cursor
 from aigw.providers.models import Provider, ProviderModel
@@ -111,7 +117,7 @@ def _fingerprint(data: ApiKeyCreate) -> bytes:
 
 
 def _idempotency_aad(idempotency_key: str) -> bytes:
-    return f"aigw/idempotency_records/{idempotency_key}/response".encode()
+    return idempotency_response_aad(idempotency_key)
 
 
 def _replay(record: IdempotencyRecord, fingerprint: bytes, keyring: KeyRing) -> ApiKeyWithToken:
