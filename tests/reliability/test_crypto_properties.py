@@ -412,3 +412,39 @@ async def test_private_policy_applies_to_the_proxy_not_just_to_writes(
     assert response.status_code == 502, response.text
     assert "network policy" in response.json()["error"]["message"]
     assert fresh_fake.stats()["chat_requests"] == 0
+
+
+async def test_rotation_reseals_stored_idempotent_responses(
+    inproc: Any, fresh_fake: FakeUpstream, db: str, tmp_path: Path
+) -> None:
+    """An Idempotency-Key's stored response (it holds the client token) is sealed by
+    the key ring too: after rotate-keys and dropping the old key, a retry within the
+    24 h window still replays it."""
+    app = await inproc()
+    provider = await app.admin.post(
+        "/providers",
+        json={"name": "idem-rot", "base_url": fresh_fake.url, "models": [{"name": "gpt-4o-mini"}]},
+    )
+    assert provider.status_code == 201
+    body = {
+        "alias": "idem-rotated",
+        "provider": "idem-rot",
+        "model": "gpt-4o-mini",
+        "key_code": "sk-idem-rotation",
+        "input_limit": 0,
+    }
+    headers = {"Idempotency-Key": "rotation-" + uuid.uuid4().hex}
+    first = await app.admin.post("/apikeys", json=body, headers=headers)
+    assert first.status_code == 201
+    rotated = subprocess.run(
+        [str(AIGW_BIN), "rotate-keys"],
+        env=_cli_env(db, tmp_path, f"{NEW_KEY},{ENCRYPTION_KEYS}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    new_only = await inproc(encryption_keys=NEW_KEY)
+    again = await new_only.admin.post("/apikeys", json=body, headers=headers)
+    assert again.status_code == 201, again.text
+    assert again.json()["token"] == first.json()["token"]
