@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from aigw.encodings import encoding_for_model
 from aigw.schemas import PartialUpdate, StrictInput
 
 ProviderName = Annotated[
@@ -40,15 +41,8 @@ BaseUrl = Annotated[
 
 
 def default_encoding(model: str) -> Encoding:
-    """SPEC §1: GPT-4o/4.1/o-series/GPT-5 → o200k; GPT-4/3.5 → cl100k; else o200k."""
-    name = model.lower().rsplit("/", 1)[-1]
-    if name.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o")):
-        return "o200k_base"
-    if len(name) > 1 and name[0] == "o" and name[1].isdigit():
-        return "o200k_base"
-    if name.startswith(("gpt-4", "gpt-3.5", "gpt-35")):
-        return "cl100k_base"
-    return "o200k_base"
+    """SPEC §1's choice for a model listed without an ``encoding``."""
+    return encoding_for_model(model)
 
 
 class ProviderModelIn(StrictInput):
