@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, tuple_
+from sqlalchemy import ColumnElement, delete, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import contains_eager
 
 from aigw.apikeys.models import ApiKey, IdempotencyRecord
 from aigw.providers.models import Provider, ProviderModel
@@ -36,57 +35,66 @@ class ApiKeyRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    @staticmethod
-    def _base() -> Select[Any]:
-        return (
-            select(ApiKey)
-            .join(ApiKey.provider)
-            .join(ApiKey.model)
-            .options(contains_eager(ApiKey.provider), contains_eager(ApiKey.model))
-        )
-
     async def get(self, key_id: uuid.UUID, *, for_update: bool = False) -> ApiKey | None:
-        stmt = self._base().where(ApiKey.id == key_id).execution_options(populate_existing=True)
+        # Provider and model come along by the relationships' joined loading.
+        stmt = select(ApiKey).where(ApiKey.id == key_id).execution_options(populate_existing=True)
         if for_update:
             stmt = stmt.with_for_update(of=ApiKey)
         key: ApiKey | None = (await self.session.execute(stmt)).unique().scalar_one_or_none()
         return key
 
-    def search(self, filters: KeyFilters) -> Select[Any]:
-        stmt = self._base()
+    @staticmethod
+    def conditions(filters: KeyFilters) -> list[ColumnElement[bool]]:
+        """The WHERE clauses of a search, on ``api_keys`` alone: provider and model
+        filters are sub-selects of their small tables, so neither the count nor the
+        page has to join before it can use the sort index."""
+        where: list[ColumnElement[bool]] = []
         if filters.q:
-            stmt = stmt.where(
+            where.append(
                 func.lower(ApiKey.alias).like(like_pattern(filters.q.lower()), escape="\\")
             )
         if filters.status:
-            stmt = stmt.where(ApiKey.status == filters.status)
+            where.append(ApiKey.status == filters.status)
         if filters.usage_limit:
-            stmt = stmt.where(ApiKey.usage_limit == filters.usage_limit)
+            where.append(ApiKey.usage_limit == filters.usage_limit)
         if filters.provider:
-            stmt = stmt.where(func.lower(Provider.name) == filters.provider.lower())
+            where.append(
+                ApiKey.provider_id.in_(
+                    select(Provider.id).where(func.lower(Provider.name) == filters.provider.lower())
+                )
+            )
         if filters.model:
-            stmt = stmt.where(ProviderModel.name == filters.model)
-        return stmt
+            where.append(
+                ApiKey.model_id.in_(
+                    select(ProviderModel.id).where(ProviderModel.name == filters.model)
+                )
+            )
+        return where
 
-    async def count(self, stmt: Select[Any]) -> int:
-        counted = stmt.with_only_columns(func.count(ApiKey.id)).order_by(None)
-        return int(await self.session.scalar(counted) or 0)
+    async def count(self, where: list[ColumnElement[bool]]) -> int:
+        stmt = select(func.count()).select_from(ApiKey).where(*where)
+        return int(await self.session.scalar(stmt) or 0)
 
     async def page(
         self,
-        stmt: Select[Any],
+        where: list[ColumnElement[bool]],
         *,
         sort: str,
         after: tuple[object, uuid.UUID] | None,
         limit: int,
     ) -> list[ApiKey]:
         descending = sort.startswith("-")
-        column = SORT_COLUMNS[sort.lstrip("-")]
+        field = sort.lstrip("-")
+        column = SORT_COLUMNS[field]
+        stmt = select(ApiKey).where(*where)
+        # lower(alias) is unique, so it orders alone (and its unique index serves
+        # the keyset); timestamps tie, so the id breaks ties, as in their indexes.
+        keys: tuple[Any, ...] = (column,) if field == "alias" else (column, ApiKey.id)
         if after is not None:
-            position = tuple_(column, ApiKey.id)
-            stmt = stmt.where(position < after if descending else position > after)
-        order = (column.desc(), ApiKey.id.desc()) if descending else (column.asc(), ApiKey.id.asc())
-        stmt = stmt.order_by(*order).limit(limit)
+            position = tuple_(*keys)
+            bound = tuple_(*after[: len(keys)])
+            stmt = stmt.where(position < bound if descending else position > bound)
+        stmt = stmt.order_by(*(k.desc() if descending else k.asc() for k in keys)).limit(limit)
         return list((await self.session.execute(stmt)).unique().scalars())
 
     async def get_idempotency(self, key: str) -> IdempotencyRecord | None:

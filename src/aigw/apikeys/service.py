@@ -214,7 +214,7 @@ async def search_api_keys(
     session: AsyncSession, filters: KeyFilters, *, sort: str, limit: int, cursor: str | None
 ) -> ApiKeyPage:
     repo = ApiKeyRepository(session)
-    stmt = repo.search(filters)
+    where = repo.conditions(filters)
     after: tuple[object, uuid.UUID] | None = None
     if cursor:
         payload = decode_cursor(cursor, {"s", "v", "id"})
@@ -224,8 +224,8 @@ async def search_api_keys(
             after = (_cursor_value(sort, payload["v"]), uuid.UUID(str(payload["id"])))
         except (TypeError, ValueError):
             raise InvalidCursor("malformed cursor") from None
-    rows = await repo.page(stmt, sort=sort, after=after, limit=limit + 1)
-    total = await repo.count(stmt)
+    rows = await repo.page(where, sort=sort, after=after, limit=limit + 1)
+    total = await repo.count(where)
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
