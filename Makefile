@@ -22,7 +22,7 @@ test: $(STAMP)  ## lint, type-check and run the whole suite
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/bandit -q -ll -c pyproject.toml -r src  # medium and high findings fail
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
