@@ -393,3 +393,65 @@ async def test_each_time_bound_fires_within_a_second_of_its_setting(
         assert all(-0.05 <= late < 1.0 for late in fired), (name, fired)
     print(f"\nlateness after the bound (min, median, max seconds): {report}")
     assert await wait_usage_count(db, 4 * per_kind) == 4 * per_kind
+
+
+async def test_no_task_or_descriptor_outlives_its_request(
+    inproc: Any, fresh_fake: FakeUpstream, db: str
+) -> None:
+    """The same fault mix through the app in process: afterwards the event loop runs
+    exactly the tasks it ran before (no watcher, relay or timer task left behind),
+    and this process holds no more file descriptors than before."""
+    import os
+
+    from tests.reliability.conftest import client_for, provider_and_key
+
+    app = await inproc(
+        upstream_first_byte_timeout=FIRST_BYTE,
+        upstream_idle_timeout=IDLE,
+        upstream_total_timeout=TOTAL,
+    )
+    _, key = await provider_and_key(app, fresh_fake.url)
+    rng = random.Random(99)
+    plan = [scenario_for(rng) for _ in range(400)]
+    plan = [p for p in plan if p[0] != "late"]  # 4 s each; covered by the process run
+
+    async def run_all(http: httpx.AsyncClient, items: list[Any]) -> list[Seen]:
+        semaphore = asyncio.Semaphore(50)
+
+        async def one(item: Any) -> Seen:
+            async with semaphore:
+                return await chat(http, key["token"], body(item[1], stream=item[2]))
+
+        return await asyncio.gather(*(one(item) for item in items))
+
+    async with client_for(app) as http:
+        await run_all(http, plan[:20])  # warm-up
+    await asyncio.sleep(0.5)
+    tasks_before = {t.get_name() for t in asyncio.all_tasks()}
+    count_before = len(asyncio.all_tasks())
+    fds_before = len(os.listdir("/proc/self/fd"))
+    async with client_for(app) as http:
+        seen = await run_all(http, plan)
+    unexpected = [
+        s.outcome
+        for (_, _, _, allowed), s in zip(plan, seen, strict=True)
+        if s.outcome not in allowed
+    ]
+    assert not unexpected, unexpected[:10]
+    deadline = time.monotonic() + 10
+    while True:
+        count_after = len(asyncio.all_tasks())
+        fds_after = len(os.listdir("/proc/self/fd"))
+        if (
+            count_after <= count_before and fds_after <= fds_before + 2
+        ) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    left = {t.get_name() for t in asyncio.all_tasks()} - tasks_before
+    print(
+        f"\n{len(plan)} requests in process: tasks {count_before} -> {count_after}, "
+        f"fds {fds_before} -> {fds_after}"
+    )
+    assert count_after <= count_before, left
+    assert fds_after <= fds_before + 2
+    assert await wait_usage_count(db, len(plan) + 20) == len(plan) + 20
