@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess  # nosec B404 - runs only our own migrate command
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,14 +73,13 @@ def serve(
     """Migrate the database and serve the gateway (admin API, console, proxy)."""
     import uvicorn
 
-    from aigw.db.migrate import upgrade
     from aigw.httpserver import BoundedHttpToolsProtocol
     from aigw.logging import configure_logging
 
     settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format)
     with database(settings) as url:
-        upgrade(url)
+        _migrate_in_child(url)
         _refuse_unusable_key_ring(settings, url)
         # Workers re-read settings from the environment; the data folder gives
         # them the same generated secrets.
@@ -109,6 +109,16 @@ def serve(
             server_header=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace),
         )
+
+
+def _migrate_in_child(url: str) -> None:
+    """``aigw migrate`` in a child process: alembic and its sync machinery never
+    load into the process that goes on to serve (~12 MB less per worker)."""
+    env = {**os.environ, "AIGW_DATABASE_URL": url}  # never argv: the URL may hold a password
+    result = subprocess.run([sys.executable, "-m", "aigw.cli", "migrate"], env=env, check=False)
+    if result.returncode != 0:
+        err.print("[red]database migration failed[/]")
+        raise typer.Exit(result.returncode)
 
 
 def _refuse_unusable_key_ring(settings: Settings, url: str) -> None:

@@ -1132,3 +1132,45 @@ def test_giant_pretokens_are_counted_exactly(
     for start in range(0, len(text), step):
         counter.feed(text[start : start + step])
     assert counter.count == n_tokens(encoding, text)
+
+
+async def test_encodings_load_on_first_use_once_and_off_the_loop() -> None:
+    loads: list[str] = []
+
+    def loader(name: str) -> tiktoken.Encoding:
+        loads.append(name)
+        return tokens.load_encoding(name)
+
+    lazy = Encoders({}, loader=loader)
+    try:
+        assert lazy.names == ()
+        first, second = await asyncio.gather(lazy.aget("cl100k_base"), lazy.aget("cl100k_base"))
+        assert first is second
+        assert loads == ["cl100k_base"]  # concurrent first uses shared one load
+        assert await lazy.aget("cl100k_base") is first
+        assert lazy.names == ("cl100k_base",)
+        assert len(first.encode_ordinary("hello world")) == 2
+        with pytest.raises(KeyError):
+            await lazy.aget("p50k_base")
+        assert await _ticks_during(lambda: lazy.aget("o200k_base")) >= 10
+    finally:
+        lazy.close()
+
+
+async def test_a_failed_load_can_be_retried() -> None:
+    attempts = 0
+
+    def flaky(name: str) -> tiktoken.Encoding:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise OSError("disk hiccup")
+        return tokens.load_encoding(name)
+
+    lazy = Encoders({}, loader=flaky)
+    try:
+        with pytest.raises(OSError):
+            await lazy.aget("o200k_base")
+        assert (await lazy.aget("o200k_base")).name == "o200k_base"
+    finally:
+        lazy.close()

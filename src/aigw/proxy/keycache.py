@@ -191,6 +191,9 @@ class KeyCache:
         token_hash = self._hash_by_id.get(key_id)
         return None if token_hash is None else self._by_hash.get(token_hash)
 
+    def encodings_in_use(self) -> set[str]:
+        return {key.encoding for key in self._by_hash.values()}
+
     def __len__(self) -> int:
         return len(self._by_hash)
 

@@ -12,33 +12,23 @@ in-flight requests finish by then).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
-
-import tiktoken
 
 from aigw.config import Settings
 from aigw.db.engine import libpq_url
 from aigw.metrics import Metrics
 from aigw.proxy.keycache import KeyCache
 from aigw.proxy.service import ProxyService
-from aigw.proxy.tokens import Encoders
+from aigw.proxy.tokens import O200K_BASE, Encoders, load_encoding
 from aigw.proxy.upstream import create_upstream_session
 from aigw.usage.recorder import UsageRecorder
 
-
-@functools.lru_cache(maxsize=1)
-def _bundled_encodings() -> dict[str, tiktoken.Encoding]:
-    """The bundled encodings, parsed once per process (they are immutable; an app
-    built twice in one process, as tests do, shares them)."""
-    loaded = Encoders.load()
-    try:
-        return {name: loaded.get(name) for name in loaded.names}
-    finally:
-        loaded.close()
+# Parsed once per process and shared: encodings are immutable, and an app built
+# twice in one process (as tests do) should not parse them twice.
+_load_encoding_once = functools.lru_cache(maxsize=None)(load_encoding)
 
 
 @asynccontextmanager
@@ -59,8 +49,9 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[ProxyServ
         stack.push_async_callback(recorder.aclose, settings.shutdown_grace)
         state.recorder = recorder
 
-        # Parsing the encodings takes ~0.4 s of CPU: off the loop, once per process.
-        encoders = Encoders(await asyncio.to_thread(_bundled_encodings))
+        # Only the encodings in use are loaded (off the loop, ~0.3 s each): the
+        # ones the current keys count with now, any other on its first request.
+        encoders = Encoders({}, loader=_load_encoding_once)
         stack.callback(encoders.close)
         state.encoders = encoders
 
@@ -74,6 +65,8 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[ProxyServ
         await keys.start()
         stack.push_async_callback(keys.aclose)
         state.keys = keys
+        for name in sorted(keys.encodings_in_use() or {O200K_BASE}):
+            await encoders.aget(name)
 
         session = create_upstream_session(settings)
         stack.push_async_callback(session.close)

@@ -470,7 +470,7 @@ class ProxyService:
 
         counted = await tokens.count_chat_input_async(
             body,
-            self.encoders.get(key.encoding),
+            await self.encoders.aget(key.encoding),
             max_chars=self.settings.max_tokenize_chars,
             executor=self.encoders.executor,
         )
@@ -561,7 +561,7 @@ class ProxyService:
         )
         response: aiohttp.ClientResponse | None = None
         complete = False
-        output = _Output(self.encoders.get(key.encoding), admitted.decision.cut_output_at)
+        output = _Output(await self.encoders.aget(key.encoding), admitted.decision.cut_output_at)
         try:
             try:
                 async with clock:

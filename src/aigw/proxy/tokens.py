@@ -210,23 +210,53 @@ def encoding_name_for_model(model: str) -> str:
 
 
 class Encoders:
-    """The bundled encodings, built once at application start.
+    """The bundled encodings of a process, each built once.
 
-    Holds one :class:`tiktoken.Encoding` per bundled name and a small thread
+    Holds one :class:`tiktoken.Encoding` per loaded name and a small thread
     pool for tokenizing large prompts off the event loop (kept apart from the
     loop's default executor, which also resolves DNS for upstream calls).
     Thread-safe: encodings are immutable and tiktoken encodes concurrently.
+
+    An encoding may also be loaded on first use (:meth:`aget`): a process then
+    holds only the encodings its models count with (o200k_base takes ~45 MB,
+    cl100k_base ~22 MB).
     """
 
-    __slots__ = ("_encodings", "_executor")
+    __slots__ = ("_encodings", "_executor", "_loader", "_loading")
 
     def __init__(
-        self, encodings: Mapping[str, tiktoken.Encoding], *, offload_workers: int = 2
+        self,
+        encodings: Mapping[str, tiktoken.Encoding],
+        *,
+        offload_workers: int = 2,
+        loader: Callable[[str], tiktoken.Encoding] | None = None,
     ) -> None:
         self._encodings = dict(encodings)
         self._executor = ThreadPoolExecutor(
             max_workers=offload_workers, thread_name_prefix="aigw-tokenize"
         )
+        self._loader = loader or load_encoding
+        self._loading: dict[str, asyncio.Future[tiktoken.Encoding]] = {}
+
+    async def aget(self, name: str) -> tiktoken.Encoding:
+        """The encoding called *name*, loaded off the event loop on first use
+        (concurrent first uses share one load); ``KeyError`` when not bundled."""
+        encoding = self._encodings.get(name)
+        if encoding is not None:
+            return encoding
+        if name not in _SPECS:
+            raise KeyError(name)
+        loading = self._loading.get(name)
+        if loading is None:
+            loading = asyncio.ensure_future(asyncio.to_thread(self._loader, name))
+            self._loading[name] = loading
+        try:
+            encoding = await asyncio.shield(loading)
+        finally:
+            if loading.done():
+                self._loading.pop(name, None)
+        self._encodings[name] = encoding
+        return encoding
 
     @classmethod
     def load(cls, directory: Path | None = None, *, offload_workers: int = 2) -> Encoders:
