@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-reliability lint typecheck openapi bench bench-quick clean
+.PHONY: serve test test-reliability lint openapi bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: $(STAMP)  ## lint, type-check and run the whole suite
 	$(BIN)/mypy
 	$(BIN)/bandit -q -ll -c pyproject.toml -r src  # medium and high findings fail
 	$(BIN)/pytest -q --durations=10
+
+test-reliability: $(STAMP)  ## only the reliability and security proofs (also part of `make test`)
+	$(BIN)/pytest -q tests/reliability
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
