@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -183,11 +184,12 @@ class Admitted:
 class Downstream:
     """The client side of an exchange: raw ASGI messages, one send per relayed read."""
 
-    __slots__ = ("_send", "first_byte_at", "started")
+    __slots__ = ("_send", "ended", "first_byte_at", "started")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.started = False
+        self.ended = False
         self.first_byte_at: float | None = None
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -202,6 +204,7 @@ class Downstream:
     async def end(self, data: bytes = b"") -> None:
         if data and self.first_byte_at is None:
             self.first_byte_at = time.perf_counter()
+        self.ended = True
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
 
 
@@ -417,8 +420,13 @@ class ProxyService:
             entry.outcome = "client_disconnected"
             entry.status_code = 200 if downstream.started else _CLIENT_CLOSED_REQUEST
         except asyncio.CancelledError:
-            # The server gave up on the request (shutdown): the record still says so.
-            entry.outcome = "client_disconnected"
+            # The server gave up on the request: the client left, or a shutdown's
+            # grace period ended (then _forward has ended the stream with an
+            # error event and said so in error_code). The record still says which.
+            if entry.error_code == "gateway_shutdown":
+                entry.outcome = "interrupted"
+            else:
+                entry.outcome = "client_disconnected"
             entry.status_code = 200 if downstream.started else _CLIENT_CLOSED_REQUEST
             raise
         except Exception:
@@ -590,6 +598,19 @@ class ProxyService:
                 await self._answer_upstream_error(exc, key, admitted, entry, downstream)
         except ClientGone:
             entry.output_tokens = output.tokens
+            raise
+        except asyncio.CancelledError:
+            # The server gave up on this request: a shutdown whose grace period
+            # ended, or the client left. A stream that started still ends
+            # well-formed, with a final error event (a write to a gone client
+            # fails harmlessly), and the record says the gateway cut it.
+            entry.output_tokens = output.tokens
+            if downstream.started and not downstream.ended:
+                entry.error_code = "gateway_shutdown"
+                with contextlib.suppress(Exception):
+                    await downstream.end(
+                        _error_event("gateway_shutdown", "The gateway is shutting down")
+                    )
             raise
         except Exception as exc:
             # A bug must not become a traceback for the client or a half-open stream.

@@ -15,6 +15,7 @@ OUTCOMES = (
     "rejected",
     "upstream_error",
     "client_disconnected",
+    "interrupted",  # cut by the gateway itself: a shutdown's grace period ended
 )
 
 

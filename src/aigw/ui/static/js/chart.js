@@ -9,6 +9,7 @@ export const OUTCOMES = [
   ["rejected", "Rejected"],
   ["upstream_error", "Upstream error"],
   ["client_disconnected", "Client disconnected"],
+  ["interrupted", "Interrupted (shutdown)"],
 ];
 const OUTCOME_NAMES = new Set(OUTCOMES.map(([name]) => name));
 
