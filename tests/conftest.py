@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -81,6 +82,7 @@ def database_url() -> Iterator[str]:
         finally:
             if server is not None:
                 server.cleanup()
+                shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
