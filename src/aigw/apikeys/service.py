@@ -33,26 +33,6 @@ from aigw.providers.service import check_version
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
 
-def _audit(
-    session: AsyncSession,
-    actor: str,
-    action: str,
-    entity_id: uuid.UUID,
-    *,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-) -> None:
-    audit.record(
-        session,
-        actor=actor,
-        action=action,
-        entity_type="api_key",
-        entity_id=entity_id,
-        before=before,
-        after=after,
-    )
-
-
 def to_read(key: ApiKey) -> ApiKeyRead:
     return ApiKeyRead(
         id=key.id,
@@ -197,7 +177,7 @@ async def create_api_key(
         record.response_sealed = keyring.encrypt(
             result.model_dump_json(), _idempotency_aad(record.key)
         )
-    _audit(session, actor, "create", key.id, before=None, after=_snapshot(key))
+    audit.record(session, actor, "create", "api_key", key.id, before=None, after=_snapshot(key))
     return result, False
 
 
@@ -292,12 +272,13 @@ async def update_api_key(
     after = _snapshot(key)
     field_changes = set(changes) - {"key_code"}
     if field_changes:
-        _audit(session, actor, "update", key.id, before=before, after=after)
+        audit.record(session, actor, "update", "api_key", key.id, before=before, after=after)
     if secret_replaced:
-        _audit(
+        audit.record(
             session,
             actor,
             "secret_replaced",
+            "api_key",
             key.id,
             before={"key_code_masked": before["key_code_masked"]},
             after={"key_code_masked": after["key_code_masked"]},
@@ -324,10 +305,11 @@ async def rotate_token(
     await session.flush()
     # The repository loads with populate_existing: server-side timestamps are fresh.
     key = await get_api_key(session, key_id)
-    _audit(
+    audit.record(
         session,
         actor,
         "token_rotated",
+        "api_key",
         key.id,
         before=before,
         after={"token_prefix": key.token_prefix},
@@ -343,4 +325,4 @@ async def delete_api_key(
     before = _snapshot(key)
     await session.delete(key)
     await session.flush()
-    _audit(session, actor, "delete", key_id, before=before, after=None)
+    audit.record(session, actor, "delete", "api_key", key_id, before=before, after=None)

@@ -16,11 +16,11 @@ ACTIONS = ("create", "update", "delete", "token_rotated", "secret_replaced", "ke
 
 def record(
     session: AsyncSession,
-    *,
     actor: str,
     action: str,
     entity_type: str,
     entity_id: uuid.UUID,
+    *,
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
 ) -> None:

@@ -32,26 +32,6 @@ from aigw.providers.schemas import (
 from aigw.schemas import Page
 
 
-def _audit(
-    session: AsyncSession,
-    actor: str,
-    action: str,
-    entity_id: uuid.UUID,
-    *,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-) -> None:
-    audit.record(
-        session,
-        actor=actor,
-        action=action,
-        entity_type="provider",
-        entity_id=entity_id,
-        before=before,
-        after=after,
-    )
-
-
 def snapshot(provider: Provider) -> dict[str, Any]:
     return ProviderRead.model_validate(provider).model_dump(mode="json")
 
@@ -101,7 +81,9 @@ async def create_provider(
             raise ProviderNameTaken(f"provider {data.name!r} exists") from None
         raise
     await session.refresh(provider)
-    _audit(session, actor, "create", provider.id, before=None, after=snapshot(provider))
+    audit.record(
+        session, actor, "create", "provider", provider.id, before=None, after=snapshot(provider)
+    )
     return provider
 
 
@@ -182,7 +164,9 @@ async def update_provider(
             raise ModelInUse("an AI API key now uses a removed model") from None
         raise
     await session.refresh(provider)
-    _audit(session, actor, "update", provider.id, before=before, after=snapshot(provider))
+    audit.record(
+        session, actor, "update", "provider", provider.id, before=before, after=snapshot(provider)
+    )
     return provider
 
 
@@ -202,4 +186,4 @@ async def delete_provider(
     except IntegrityError:
         # A key created concurrently now refers to it; the foreign key says no.
         raise ProviderInUse("AI API keys still use this provider") from None
-    _audit(session, actor, "delete", provider_id, before=before, after=None)
+    audit.record(session, actor, "delete", "provider", provider_id, before=before, after=None)
