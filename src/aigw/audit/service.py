@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigw.audit.models import AuditEntry
 from aigw.middleware import request_id_var
 
-ACTIONS = ("create", "update", "delete", "token_rotated", "secret_replaced", "key_reencrypted")
+ACTIONS = ("create", "update", "delete", "token_rotated", "secret_replaced")
 
 
 def record(

@@ -373,7 +373,6 @@ const ACTION_LABELS = {
   delete: "Deleted",
   token_rotated: "Client token rotated",
   secret_replaced: "API key code replaced",
-  key_reencrypted: "API key code re-encrypted",
 };
 
 function show(value) {
