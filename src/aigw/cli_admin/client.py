@@ -25,9 +25,9 @@ import ipaddress
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, NotRequired, TypedDict, cast
+from typing import Any, Literal, NotRequired, TypedDict, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -50,6 +50,9 @@ Encoding = Literal["o200k_base", "cl100k_base"]
 
 
 # --- what the API returns ----------------------------------------------------
+
+
+T = TypeVar("T")
 
 
 class ModelRecord(TypedDict):
@@ -493,29 +496,25 @@ def _as_uuid(value: str) -> str | None:
         return None
 
 
-def resolve_key(client: AdminClient, ref: str) -> ApiKeyRecord:
-    """A key by id, or by alias when *ref* is not an id (or no key has that id)."""
-    key_id = _as_uuid(ref)
-    if key_id is not None:
+def _resolve(ref: str, get: Callable[[str], T], find: Callable[[str], T | None], what: str) -> T:
+    """By id, or by name when *ref* is not an id (or nothing has that id)."""
+    as_id = _as_uuid(ref)
+    if as_id is not None:
         try:
-            return client.get_key(key_id)
+            return get(as_id)
         except NotFoundError:
             pass
-    found = client.find_key(ref)
+    found = find(ref)
     if found is None:
-        raise NotFoundError(f"no AI API key with id or alias {ref!r}", code="not_found", status=404)
+        raise NotFoundError(f"no {what} {ref!r}", code="not_found", status=404)
     return found
+
+
+def resolve_key(client: AdminClient, ref: str) -> ApiKeyRecord:
+    """A key by id, or by alias."""
+    return _resolve(ref, client.get_key, client.find_key, "AI API key with id or alias")
 
 
 def resolve_provider(client: AdminClient, ref: str) -> ProviderRecord:
-    """A provider by id, or by name when *ref* is not an id (or no provider has it)."""
-    provider_id = _as_uuid(ref)
-    if provider_id is not None:
-        try:
-            return client.get_provider(provider_id)
-        except NotFoundError:
-            pass
-    found = client.find_provider(ref)
-    if found is None:
-        raise NotFoundError(f"no provider with id or name {ref!r}", code="not_found", status=404)
-    return found
+    """A provider by id, or by name."""
+    return _resolve(ref, client.get_provider, client.find_provider, "provider with id or name")
