@@ -57,6 +57,17 @@ YesOption = Annotated[
 ]
 
 
+def command_group(name: str, help_text: str) -> typer.Typer:
+    """A group of admin commands (``aigw keys``, ``aigw providers``)."""
+    return typer.Typer(
+        name=name,
+        help=help_text,
+        epilog=EXIT_CODES_EPILOG,
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,  # locals may hold key codes
+    )
+
+
 def choices(name: str, literal: Any) -> Any:
     """An Enum whose members are the values of *literal* (an API schema's ``Literal``).
 

@@ -9,6 +9,7 @@ from rich.text import Text
 
 from aigw.apikeys.models import MAX_LIMIT
 from aigw.apikeys.schemas import SortField, Status, UsageLimit
+from aigw.cli import resource
 from aigw.cli.client import DEFAULT_URL, Record, item_path
 from aigw.cli.common import (
     EXIT_CODES_EPILOG,
@@ -16,18 +17,11 @@ from aigw.cli.common import (
     TokenFileOption,
     UrlOption,
     choices,
+    command_group,
     connect,
     secret_from_env,
 )
 from aigw.cli.output import Column, Output, limit_text, status_text, when
-from aigw.cli.resource import (
-    Resource,
-    add_delete_command,
-    add_get_command,
-    create_command,
-    list_command,
-    update_command,
-)
 
 if TYPE_CHECKING:
     StatusChoice = Status
@@ -56,7 +50,7 @@ def _details(key: Record) -> list[tuple[str, Any]]:
     ]
 
 
-KEYS = Resource(
+KEYS = resource.Resource(
     collection="/apikeys",
     noun="AI API key",
     short_noun="key",
@@ -78,13 +72,7 @@ KEYS = Resource(
     idempotent_create=True,
 )
 
-app = typer.Typer(
-    name="keys",
-    help="Create, search, view, update, rotate and delete AI API keys.",
-    epilog=EXIT_CODES_EPILOG,
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,  # locals may hold key codes
-)
+app = command_group("keys", "Create, search, view, update, rotate and delete AI API keys.")
 
 KeyRef = Annotated[str, typer.Argument(metavar="ID_OR_ALIAS", help="The key's id or alias.")]
 InputLimit = Annotated[
@@ -127,7 +115,7 @@ def list_keys(
         "usage_limit": usage_limit,
         "sort": sort,
     }
-    list_command(
+    resource.list_command(
         KEYS,
         filters,
         limit=limit,
@@ -139,7 +127,7 @@ def list_keys(
     )
 
 
-add_get_command(
+resource.add_get_command(
     app, KEYS, KeyRef, "Show one key (by id or alias); the key code only ever appears masked."
 )
 
@@ -194,7 +182,7 @@ def create_key(
         "output_limit": output_limit,
         "usage_limit": usage_limit,
     }
-    create_command(
+    resource.create_command(
         KEYS,
         body,
         idempotency_key=idempotency_key,
@@ -251,10 +239,12 @@ def update_key(
         body["status"] = "enabled" if enabled else "disabled"
     if key_code_env is not None:
         body["key_code"] = secret_from_env(key_code_env, "--key-code-env")
-    update_command(KEYS, ref, body, json_output=json_output, url=url, token_file=admin_token_file)
+    resource.update_command(
+        KEYS, ref, body, json_output=json_output, url=url, token_file=admin_token_file
+    )
 
 
-add_delete_command(
+resource.add_delete_command(
     app, KEYS, KeyRef, "Delete a key (its usage history stays readable). Asks first unless --yes."
 )
 

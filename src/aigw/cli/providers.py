@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, get_args
 import typer
 from rich.text import Text
 
+from aigw.cli import resource
 from aigw.cli.client import DEFAULT_URL, Record
 from aigw.cli.common import (
     EXIT_CODES_EPILOG,
@@ -14,17 +15,10 @@ from aigw.cli.common import (
     TokenFileOption,
     UrlOption,
     choices,
+    command_group,
 )
 from aigw.cli.errors import UsageError
 from aigw.cli.output import Column, when
-from aigw.cli.resource import (
-    Resource,
-    add_delete_command,
-    add_get_command,
-    create_command,
-    list_command,
-    update_command,
-)
 from aigw.providers.schemas import Encoding, ProviderKind
 
 if TYPE_CHECKING:
@@ -61,7 +55,7 @@ def _details(provider: Record) -> list[tuple[str, Any]]:
     return [*rows, ("Models", _models_text(provider))]
 
 
-PROVIDERS = Resource(
+PROVIDERS = resource.Resource(
     collection="/providers",
     noun="provider",
     short_noun="provider",
@@ -79,12 +73,8 @@ PROVIDERS = Resource(
     details=_details,
 )
 
-app = typer.Typer(
-    name="providers",
-    help="Register upstream providers (OpenAI-compatible or Anthropic) and their models.",
-    epilog=EXIT_CODES_EPILOG,
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,  # locals may hold key codes
+app = command_group(
+    "providers", "Register upstream providers (OpenAI-compatible or Anthropic) and their models."
 )
 
 ProviderRef = Annotated[
@@ -155,7 +145,7 @@ def list_providers(
     admin_token_file: TokenFileOption = None,
 ) -> None:
     """List providers by name."""
-    list_command(
+    resource.list_command(
         PROVIDERS,
         {"q": q, "kind": kind},
         limit=limit,
@@ -167,7 +157,7 @@ def list_providers(
     )
 
 
-add_get_command(app, PROVIDERS, ProviderRef, "Show one provider and its models.")
+resource.add_get_command(app, PROVIDERS, ProviderRef, "Show one provider and its models.")
 
 
 @app.command("create", epilog=EXIT_CODES_EPILOG)
@@ -199,7 +189,9 @@ def create_provider(
         "base_url": base_url,
         "models": model_list(names, encodings),
     }
-    create_command(PROVIDERS, body, json_output=json_output, url=url, token_file=admin_token_file)
+    resource.create_command(
+        PROVIDERS, body, json_output=json_output, url=url, token_file=admin_token_file
+    )
 
 
 @app.command("update", epilog=EXIT_CODES_EPILOG)
@@ -242,7 +234,7 @@ def update_provider(
         body["models"] = _new_models(current, models, add_models, remove_models, model_encoding)
 
     touches_models = bool(models or add_models or remove_models or model_encoding)
-    update_command(
+    resource.update_command(
         PROVIDERS,
         ref,
         body,
@@ -277,7 +269,7 @@ def _new_models(
     return model_list(names, encodings, keep=current["models"])
 
 
-add_delete_command(
+resource.add_delete_command(
     app,
     PROVIDERS,
     ProviderRef,
