@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aigw.cli_admin.apply import plan_key, plan_provider
-from aigw.cli_admin.applyfile import load_apply_file
+from aigw.cli.applyfile import load_apply_file
+from aigw.cli.plan import plan_key, plan_provider
 
 SECRET = "sk-proj-abcdefghijklmnop-WXYZ"
 

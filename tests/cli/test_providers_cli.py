@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aigw.cli_admin import common
+from aigw.cli import common
 from tests.cli.conftest import Cli
 
 

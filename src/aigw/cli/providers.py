@@ -2,44 +2,80 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
+from rich.text import Text
 
-from aigw.cli_admin.client import (
-    DEFAULT_URL,
-    ModelRecord,
-    ProviderRecord,
-    UsageError,
-    resolve_provider,
-)
-from aigw.cli_admin.common import (
+from aigw.cli import resource
+from aigw.cli.client import DEFAULT_URL, Record
+from aigw.cli.common import (
     EXIT_CODES_EPILOG,
     JsonOption,
     TokenFileOption,
     UrlOption,
-    YesOption,
-    confirm_or_exit,
-    connect,
+    choices,
+    command_group,
 )
-from aigw.cli_admin.output import Output
+from aigw.cli.errors import UsageError
+from aigw.cli.output import Column, when
+from aigw.providers.schemas import Encoding, ProviderKind
 
-ENCODINGS = ("o200k_base", "cl100k_base")
+if TYPE_CHECKING:
+    KindChoice = ProviderKind
+else:
+    KindChoice = choices("KindChoice", ProviderKind)
 
-app = typer.Typer(
-    name="providers",
-    help="Register upstream providers (OpenAI-compatible or Anthropic) and their models.",
-    epilog=EXIT_CODES_EPILOG,
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,  # locals may hold key codes
+ENCODINGS: tuple[str, ...] = get_args(Encoding)
+
+
+def _models_text(provider: Record) -> Text:
+    models = Text()
+    for index, model in enumerate(provider["models"]):
+        if index:
+            models.append("\n")
+        models.append(model["name"])
+        models.append(f"  {model['encoding']}", style="dim")
+    return models
+
+
+def _details(provider: Record) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [
+        (label, Text(value))
+        for label, value in (
+            ("ID", provider["id"]),
+            ("Name", provider["name"]),
+            ("Kind", provider["kind"]),
+            ("Base URL", provider["base_url"]),
+            ("Created", when(provider["created_at"])),
+            ("Updated", when(provider["updated_at"])),
+            ("Version", str(provider["version"])),
+        )
+    ]
+    return [*rows, ("Models", _models_text(provider))]
+
+
+PROVIDERS = resource.Resource(
+    collection="/providers",
+    noun="provider",
+    short_noun="provider",
+    name_field="name",
+    columns=(
+        Column("NAME", lambda provider: Text(provider["name"])),
+        Column("KIND", lambda provider: Text(provider["kind"]), overflow="ellipsis"),
+        Column("BASE URL", lambda provider: Text(provider["base_url"])),
+        Column(
+            "MODELS",
+            lambda provider: Text(", ".join(model["name"] for model in provider["models"])),
+        ),
+        Column("ID", lambda provider: Text(provider["id"]), style="dim"),
+    ),
+    details=_details,
 )
 
-
-class KindChoice(StrEnum):
-    openai = "openai"
-    anthropic = "anthropic"
-
+app = command_group(
+    "providers", "Register upstream providers (OpenAI-compatible or Anthropic) and their models."
+)
 
 ProviderRef = Annotated[
     str, typer.Argument(metavar="ID_OR_NAME", help="The provider's id or name.")
@@ -75,7 +111,7 @@ def parse_encodings(values: list[str] | None, models: list[str]) -> dict[str, st
 
 
 def model_list(
-    names: list[str], encodings: dict[str, str], keep: list[ModelRecord] | None = None
+    names: list[str], encodings: dict[str, str], keep: list[Record] | None = None
 ) -> list[dict[str, str]]:
     """The ``models`` body: explicit encodings win, then the current ones (*keep*)."""
     current = {model["name"]: model["encoding"] for model in keep or []}
@@ -109,28 +145,19 @@ def list_providers(
     admin_token_file: TokenFileOption = None,
 ) -> None:
     """List providers by name."""
-    output = Output(json_output)
-    kind_value = kind.value if kind else None
-    with connect(output, url, admin_token_file) as client:
-        if all_pages:
-            items = list(client.iter_providers(q=q, kind=kind_value))
-            output.providers(items, total=len(items), next_cursor=None)
-            return
-        page = client.list_providers(q=q, kind=kind_value, limit=limit, cursor=cursor)
-        output.providers(page["items"], total=page["total"], next_cursor=page["next_cursor"])
+    resource.list_command(
+        PROVIDERS,
+        {"q": q, "kind": kind},
+        limit=limit,
+        cursor=cursor,
+        all_pages=all_pages,
+        json_output=json_output,
+        url=url,
+        token_file=admin_token_file,
+    )
 
 
-@app.command("get", epilog=EXIT_CODES_EPILOG)
-def get_provider(
-    ref: ProviderRef,
-    json_output: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
-    admin_token_file: TokenFileOption = None,
-) -> None:
-    """Show one provider and its models."""
-    output = Output(json_output)
-    with connect(output, url, admin_token_file) as client:
-        output.provider(resolve_provider(client, ref))
+resource.add_get_command(app, PROVIDERS, ProviderRef, "Show one provider and its models.")
 
 
 @app.command("create", epilog=EXIT_CODES_EPILOG)
@@ -144,7 +171,7 @@ def create_provider(
     ],
     kind: Annotated[
         KindChoice, typer.Option("--kind", help="openai = any Chat Completions API.")
-    ] = KindChoice.openai,
+    ] = "openai",
     model_encoding: ModelEncodingOption = None,
     json_output: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
@@ -156,17 +183,15 @@ def create_provider(
     """
     names = _unique(models)
     encodings = parse_encodings(model_encoding, names)
-    output = Output(json_output)
     body = {
         "name": name,
-        "kind": kind.value,
+        "kind": kind,
         "base_url": base_url,
         "models": model_list(names, encodings),
     }
-    with connect(output, url, admin_token_file) as client:
-        created = client.create_provider(body)
-    output.note(f"created provider {created['name']} ({created['id']})")
-    output.provider(created)
+    resource.create_command(
+        PROVIDERS, body, json_output=json_output, url=url, token_file=admin_token_file
+    )
 
 
 @app.command("update", epilog=EXIT_CODES_EPILOG)
@@ -194,33 +219,34 @@ def update_provider(
 ) -> None:
     """Change the fields given. Models keep their encoding unless --model-encoding says
     otherwise; a model still used by a key cannot be removed (exit code 3)."""
-    output = Output(json_output)
     if models and (add_models or remove_models):
         raise typer.BadParameter(
             "--model replaces the list; do not combine it with --add-model/--remove-model",
             param_hint="--model",
         )
-    body: dict[str, Any] = {}
-    if name is not None:
-        body["name"] = name
-    if kind is not None:
-        body["kind"] = kind.value
-    if base_url is not None:
-        body["base_url"] = base_url
+    body: dict[str, Any] = {
+        field: value
+        for field, value in (("name", name), ("kind", kind), ("base_url", base_url))
+        if value is not None
+    }
+
+    def set_models(current: Record, body: dict[str, Any]) -> None:
+        body["models"] = _new_models(current, models, add_models, remove_models, model_encoding)
+
     touches_models = bool(models or add_models or remove_models or model_encoding)
-    if not body and not touches_models:
-        output.fail(UsageError("nothing to update: give at least one field option", code="usage"))
-    with connect(output, url, admin_token_file) as client:
-        current = resolve_provider(client, ref)
-        if touches_models:
-            body["models"] = _new_models(current, models, add_models, remove_models, model_encoding)
-        updated = client.update_provider(current["id"], body, version=current["version"])
-    output.note(f"updated provider {updated['name']}: {', '.join(sorted(body))}")
-    output.provider(updated)
+    resource.update_command(
+        PROVIDERS,
+        ref,
+        body,
+        complete=set_models if touches_models else None,
+        json_output=json_output,
+        url=url,
+        token_file=admin_token_file,
+    )
 
 
 def _new_models(
-    current: ProviderRecord,
+    current: Record,
     models: list[str] | None,
     add_models: list[str] | None,
     remove_models: list[str] | None,
@@ -243,22 +269,9 @@ def _new_models(
     return model_list(names, encodings, keep=current["models"])
 
 
-@app.command("delete", epilog=EXIT_CODES_EPILOG)
-def delete_provider(
-    ref: ProviderRef,
-    yes: YesOption = False,
-    json_output: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
-    admin_token_file: TokenFileOption = None,
-) -> None:
-    """Delete a provider that no AI API key refers to. Asks first unless --yes."""
-    output = Output(json_output)
-    with connect(output, url, admin_token_file) as client:
-        provider = resolve_provider(client, ref)
-        confirm_or_exit(
-            output, f"Confirm Delete? provider {provider['name']!r} ({provider['id']})", yes=yes
-        )
-        client.delete_provider(provider["id"], version=provider["version"])
-    output.note(f"deleted provider {provider['name']} ({provider['id']})")
-    if json_output:
-        output.emit_json({"deleted": True, "id": provider["id"], "name": provider["name"]})
+resource.add_delete_command(
+    app,
+    PROVIDERS,
+    ProviderRef,
+    "Delete a provider that no AI API key refers to. Asks first unless --yes.",
+)

@@ -2,53 +2,77 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.text import Text
 
-from aigw.cli_admin.client import DEFAULT_URL, ApiKeyRecord, UsageError, resolve_key
-from aigw.cli_admin.common import (
+from aigw.apikeys.models import MAX_LIMIT
+from aigw.apikeys.schemas import SortField, Status, UsageLimit
+from aigw.cli import resource
+from aigw.cli.client import DEFAULT_URL, Record, item_path
+from aigw.cli.common import (
     EXIT_CODES_EPILOG,
     JsonOption,
     TokenFileOption,
     UrlOption,
-    YesOption,
-    confirm_or_exit,
+    choices,
+    command_group,
     connect,
     secret_from_env,
 )
-from aigw.cli_admin.output import Output
+from aigw.cli.output import Column, Output, limit_text, status_text, when
 
-MAX_LIMIT = 10_000_000
+if TYPE_CHECKING:
+    StatusChoice = Status
+    UsageLimitChoice = UsageLimit
+    SortChoice = SortField
+else:
+    StatusChoice = choices("StatusChoice", Status)
+    UsageLimitChoice = choices("UsageLimitChoice", UsageLimit)
+    SortChoice = choices("SortChoice", SortField)
 
-app = typer.Typer(
-    name="keys",
-    help="Create, search, view, update, rotate and delete AI API keys.",
-    epilog=EXIT_CODES_EPILOG,
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,  # locals may hold key codes
+
+def _details(key: Record) -> list[tuple[str, Any]]:
+    return [
+        ("ID", Text(key["id"])),
+        ("Alias", Text(key["alias"])),
+        ("Status", status_text(key["status"])),
+        ("Provider/Model", Text(f"{key['provider']}/{key['model']}")),
+        ("Key code", Text(key["key_code_masked"])),
+        ("Token prefix", Text(key["token_prefix"])),
+        ("Input limit", limit_text(key["input_limit"])),
+        ("Output limit", limit_text(key["output_limit"])),
+        ("Usage limit", Text(key["usage_limit"])),
+        ("Created", when(key["created_at"])),
+        ("Updated", when(key["updated_at"])),
+        ("Version", str(key["version"])),
+    ]
+
+
+KEYS = resource.Resource(
+    collection="/apikeys",
+    noun="AI API key",
+    short_noun="key",
+    name_field="alias",
+    columns=(
+        Column("ALIAS", lambda key: Text(key["alias"])),
+        Column("STATUS", lambda key: status_text(key["status"]), overflow="ellipsis"),
+        Column("PROVIDER/MODEL", lambda key: Text(f"{key['provider']}/{key['model']}")),
+        Column("INPUT", lambda key: limit_text(key["input_limit"]), justify="right"),
+        Column("OUTPUT", lambda key: limit_text(key["output_limit"]), justify="right"),
+        Column("USAGE LIMIT", lambda key: Text(key["usage_limit"])),
+        Column("KEY CODE", lambda key: Text(key["key_code_masked"])),
+        Column("ID", lambda key: Text(key["id"]), style="dim"),
+    ),
+    details=_details,
+    trim_names=True,
+    find_params={"sort": "alias"},
+    secret_fields=frozenset({"key_code"}),
+    idempotent_create=True,
 )
 
-
-class StatusChoice(StrEnum):
-    enabled = "enabled"
-    disabled = "disabled"
-
-
-class UsageLimitChoice(StrEnum):
-    reject = "reject"
-    use_anyway = "use_anyway"
-
-
-class SortChoice(StrEnum):
-    alias = "alias"
-    alias_desc = "-alias"
-    created_at = "created_at"
-    created_at_desc = "-created_at"
-    updated_at = "updated_at"
-    updated_at_desc = "-updated_at"
-
+app = command_group("keys", "Create, search, view, update, rotate and delete AI API keys.")
 
 KeyRef = Annotated[str, typer.Argument(metavar="ID_OR_ALIAS", help="The key's id or alias.")]
 InputLimit = Annotated[
@@ -72,7 +96,7 @@ def list_keys(
     provider: Annotated[str | None, typer.Option("--provider", help="Provider name.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name.")] = None,
     usage_limit: Annotated[UsageLimitChoice | None, typer.Option("--usage-limit")] = None,
-    sort: Annotated[SortChoice, typer.Option("--sort")] = SortChoice.created_at_desc,
+    sort: Annotated[SortChoice, typer.Option("--sort")] = "-created_at",
     limit: Annotated[int, typer.Option("--limit", min=1, max=200, help="Page size.")] = 50,
     cursor: Annotated[
         str | None, typer.Option("--cursor", help="Continue after a previous page.")
@@ -83,35 +107,29 @@ def list_keys(
     admin_token_file: TokenFileOption = None,
 ) -> None:
     """Search AI API keys (newest first by default)."""
-    output = Output(json_output)
-    filters: dict[str, Any] = {
+    filters = {
         "q": q,
-        "status": status.value if status else None,
+        "status": status,
         "provider": provider,
         "model": model,
-        "usage_limit": usage_limit.value if usage_limit else None,
-        "sort": sort.value,
+        "usage_limit": usage_limit,
+        "sort": sort,
     }
-    with connect(output, url, admin_token_file) as client:
-        if all_pages:
-            items = list(client.iter_keys(**filters))
-            output.keys(items, total=len(items), next_cursor=None)
-            return
-        page = client.list_keys(**filters, limit=limit, cursor=cursor)
-        output.keys(page["items"], total=page["total"], next_cursor=page["next_cursor"])
+    resource.list_command(
+        KEYS,
+        filters,
+        limit=limit,
+        cursor=cursor,
+        all_pages=all_pages,
+        json_output=json_output,
+        url=url,
+        token_file=admin_token_file,
+    )
 
 
-@app.command("get", epilog=EXIT_CODES_EPILOG)
-def get_key(
-    ref: KeyRef,
-    json_output: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
-    admin_token_file: TokenFileOption = None,
-) -> None:
-    """Show one key (by id or alias); the key code only ever appears masked."""
-    output = Output(json_output)
-    with connect(output, url, admin_token_file) as client:
-        output.key(resolve_key(client, ref))
+resource.add_get_command(
+    app, KEYS, KeyRef, "Show one key (by id or alias); the key code only ever appears masked."
+)
 
 
 @app.command("create", epilog=EXIT_CODES_EPILOG)
@@ -132,7 +150,7 @@ def create_key(
     usage_limit: Annotated[
         UsageLimitChoice,
         typer.Option("--usage-limit", help="What to do with requests over a limit."),
-    ] = UsageLimitChoice.reject,
+    ] = "reject",
     enabled: Annotated[
         bool, typer.Option("--enabled/--disabled", help="Status of the new key.")
     ] = False,
@@ -154,22 +172,24 @@ def create_key(
 
     OPENAI_KEY=sk-... aigw keys create --alias team-a --provider openai-main --model gpt-4o-mini --input-limit 4000 --enabled --key-code-env OPENAI_KEY
     """
-    key_code = secret_from_env(key_code_env, "--key-code-env")
-    output = Output(json_output)
     body = {
         "alias": alias,
         "provider": provider,
         "model": model,
         "status": "enabled" if enabled else "disabled",
-        "key_code": key_code,
+        "key_code": secret_from_env(key_code_env, "--key-code-env"),
         "input_limit": input_limit,
         "output_limit": output_limit,
-        "usage_limit": usage_limit.value,
+        "usage_limit": usage_limit,
     }
-    with connect(output, url, admin_token_file) as client:
-        created = client.create_key(body, idempotency_key=idempotency_key)
-    output.note(f"created AI API key {created['alias']} ({created['id']})")
-    output.key(created)
+    resource.create_command(
+        KEYS,
+        body,
+        idempotency_key=idempotency_key,
+        json_output=json_output,
+        url=url,
+        token_file=admin_token_file,
+    )
 
 
 @app.command("update", epilog=EXIT_CODES_EPILOG)
@@ -203,7 +223,6 @@ def update_key(
     The change is made only if nobody else changed the key since it was read
     (otherwise exit code 3).
     """
-    output = Output(json_output)
     body: dict[str, Any] = {
         name: value
         for name, value in (
@@ -212,7 +231,7 @@ def update_key(
             ("model", model),
             ("input_limit", input_limit),
             ("output_limit", output_limit),
-            ("usage_limit", usage_limit.value if usage_limit else None),
+            ("usage_limit", usage_limit),
         )
         if value is not None
     }
@@ -220,35 +239,14 @@ def update_key(
         body["status"] = "enabled" if enabled else "disabled"
     if key_code_env is not None:
         body["key_code"] = secret_from_env(key_code_env, "--key-code-env")
-    if not body:
-        output.fail(UsageError("nothing to update: give at least one field option", code="usage"))
-    with connect(output, url, admin_token_file) as client:
-        current = resolve_key(client, ref)
-        updated = client.update_key(current["id"], body, version=current["version"])
-    changed = sorted(set(body) - {"key_code"}) + (["key_code"] if "key_code" in body else [])
-    output.note(f"updated AI API key {updated['alias']}: {', '.join(changed)}")
-    output.key(updated)
+    resource.update_command(
+        KEYS, ref, body, json_output=json_output, url=url, token_file=admin_token_file
+    )
 
 
-@app.command("delete", epilog=EXIT_CODES_EPILOG)
-def delete_key(
-    ref: KeyRef,
-    yes: YesOption = False,
-    json_output: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
-    admin_token_file: TokenFileOption = None,
-) -> None:
-    """Delete a key (its usage history stays readable). Asks first unless --yes."""
-    output = Output(json_output)
-    with connect(output, url, admin_token_file) as client:
-        key = resolve_key(client, ref)
-        confirm_or_exit(
-            output, f"Confirm Delete? AI API key {key['alias']!r} ({key['id']})", yes=yes
-        )
-        client.delete_key(key["id"], version=key["version"])
-    output.note(f"deleted AI API key {key['alias']} ({key['id']})")
-    if json_output:
-        output.emit_json(_deleted(key))
+resource.add_delete_command(
+    app, KEYS, KeyRef, "Delete a key (its usage history stays readable). Asks first unless --yes."
+)
 
 
 @app.command("rotate-token", epilog=EXIT_CODES_EPILOG)
@@ -261,14 +259,11 @@ def rotate_token(
     """Issue a new client token for a key; the old one stops working at once."""
     output = Output(json_output)
     with connect(output, url, admin_token_file) as client:
-        key = resolve_key(client, ref)
-        rotated = client.rotate_token(key["id"], version=key["version"])
+        key = KEYS.resolve(client, ref)
+        path = item_path(KEYS.collection, key["id"]) + "/token"
+        rotated = client.post(path, version=key["version"])
     output.note(f"rotated the client token of {rotated['alias']}; the old token no longer works")
     if json_output:
         output.emit_json(rotated)
     else:
         output.token(rotated["token"])
-
-
-def _deleted(key: ApiKeyRecord) -> dict[str, Any]:
-    return {"deleted": True, "id": key["id"], "alias": key["alias"]}

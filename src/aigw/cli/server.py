@@ -1,9 +1,8 @@
-"""The ``aigw`` command line: run the gateway and administer its database.
+"""``aigw serve | migrate | new-encryption-key | rotate-keys``: run the gateway
+and administer its database directly (not over HTTP).
 
-``serve`` and ``migrate`` start an embedded PostgreSQL in the data folder when
-``AIGW_DATABASE_URL`` is not set. Admin commands that talk to a running
-gateway over HTTP (``keys``, ``providers``, ``apply``) live in
-:mod:`aigw.cli_admin`.
+``serve``, ``migrate`` and ``rotate-keys`` start an embedded PostgreSQL in the
+data folder when ``AIGW_DATABASE_URL`` is not set.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from aigw.cli_admin import register as register_admin_commands
 from aigw.config import (
     ADMIN_TOKEN_FILE,
     ENCRYPTION_KEYS_FILE,
@@ -29,12 +27,6 @@ from aigw.config import (
     resolve_generated_secrets,
 )
 
-app = typer.Typer(
-    name="aigw",
-    help="aigw: an AI gateway with per-key token limits.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,  # locals may hold secrets
-)
 err = Console(stderr=True)
 
 
@@ -64,7 +56,6 @@ def _load_settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
@@ -157,7 +148,6 @@ def _exit_after_shutdown(signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-@app.command()
 def migrate() -> None:
     """Bring the database schema up to date (alembic upgrade head)."""
     from aigw.db.migrate import upgrade
@@ -168,13 +158,11 @@ def migrate() -> None:
     err.print("[green]database is up to date[/]")
 
 
-@app.command("new-encryption-key")
 def new_encryption_key() -> None:
     """Print a fresh ``kid:base64key`` entry for AIGW_ENCRYPTION_KEYS."""
     typer.echo(new_encryption_key_entry())
 
 
-@app.command("rotate-keys")
 def rotate_keys(
     generate: Annotated[
         bool,
@@ -231,9 +219,3 @@ def rotate_keys(
     err.print(f"re-encrypted {done} key code(s) under key id {keyring.primary_kid!r}; {left} left")
     if left:
         sys.exit(1)
-
-
-register_admin_commands(app)
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

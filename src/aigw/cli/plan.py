@@ -1,4 +1,5 @@
-"""``aigw apply -f keys.yaml``: make the gateway's providers and keys match a file.
+"""The plan behind ``aigw apply``: what to change so the gateway matches the file, and
+carrying it out.
 
 The file is the whole truth for every provider and key it names: fields it
 leaves out take the API's defaults (a key without ``status`` is ``disabled``).
@@ -24,33 +25,20 @@ regardless. Model order within a provider is not compared.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import typer
-from rich.table import Table
-from rich.text import Text
-
-from aigw.cli_admin.client import (
-    DEFAULT_URL,
-    AdminClient,
-    AdminError,
-    ApiKeyRecord,
-    ProviderRecord,
-    UsageError,
-)
-from aigw.cli_admin.common import JsonOption, TokenFileOption, UrlOption, connect
-from aigw.cli_admin.output import TOKEN_NOTE, Output
+from aigw.cli.client import AdminClient, Record
+from aigw.cli.errors import UsageError
+from aigw.cli.keys import KEYS
+from aigw.cli.output import Output
+from aigw.cli.providers import PROVIDERS
 
 if TYPE_CHECKING:
-    from aigw.cli_admin.applyfile import ApplyFile, KeySpec, ProviderSpec
+    from aigw.cli.applyfile import ApplyFile, KeySpec, ProviderSpec
 
 Action = Literal["create", "update", "unchanged", "delete"]
 Kind = Literal["provider", "key"]
-_SYMBOL = {"create": "+", "update": "~", "unchanged": "=", "delete": "-"}
-_STYLE = {"create": "green", "update": "yellow", "unchanged": "dim", "delete": "red"}
 
 
 @dataclass
@@ -103,9 +91,6 @@ class Plan:
         }
 
 
-# --- planning -----------------------------------------------------------------
-
-
 def _models_of(spec: ProviderSpec) -> list[dict[str, str]]:
     from aigw.providers.schemas import default_encoding
 
@@ -115,11 +100,11 @@ def _models_of(spec: ProviderSpec) -> list[dict[str, str]]:
     ]
 
 
-def _model_map(models: list[Any]) -> dict[str, str]:
+def model_map(models: list[Any]) -> dict[str, str]:
     return {model["name"]: model["encoding"] for model in models}
 
 
-def plan_provider(spec: ProviderSpec, current: ProviderRecord | None) -> Step:
+def plan_provider(spec: ProviderSpec, current: Record | None) -> Step:
     desired_models = _models_of(spec)
     if current is None:
         body = {
@@ -145,13 +130,13 @@ def plan_provider(spec: ProviderSpec, current: ProviderRecord | None) -> Step:
         if before != after:
             step.changes[name] = (before, after)
             step.body[name] = after
-    have, want = _model_map(current["models"]), _model_map(desired_models)
+    have, want = model_map(current["models"]), model_map(desired_models)
     if have != want:
         step.changes["models"] = (current["models"], desired_models)
         removed = [dict(model) for model in current["models"] if model["name"] not in want]
         # Keep models that are going away until the keys have moved off them.
         interim = desired_models + removed
-        if _model_map(interim) != have:
+        if model_map(interim) != have:
             step.body["models"] = interim
         if removed:
             step.final_models = desired_models
@@ -161,7 +146,7 @@ def plan_provider(spec: ProviderSpec, current: ProviderRecord | None) -> Step:
 
 
 def plan_key(
-    spec: KeySpec, key_code: str, current: ApiKeyRecord | None, *, replace_key_code: bool
+    spec: KeySpec, key_code: str, current: Record | None, *, replace_key_code: bool
 ) -> Step:
     from aigw.crypto import mask_secret
 
@@ -185,7 +170,7 @@ def plan_key(
         )
     step = Step("unchanged", "key", current["alias"], id=current["id"], version=current["version"])
     for name, after in desired.items():
-        before = current[name]  # type: ignore[literal-required]
+        before = current[name]
         same = before.lower() == after.lower() if name == "provider" else before == after
         if not same:
             step.changes[name] = (before, after)
@@ -199,7 +184,7 @@ def plan_key(
 
 
 def check_references(
-    spec: ApplyFile, server_providers: dict[str, ProviderRecord], *, prune: bool
+    spec: ApplyFile, server_providers: dict[str, Record], *, prune: bool
 ) -> list[str]:
     """Every key must name a provider and model that will exist after the apply."""
     models: dict[str, set[str]] = {
@@ -232,13 +217,13 @@ def make_plan(
     prune: bool,
     replace_key_codes: bool,
 ) -> Plan:
-    providers = {provider["name"].lower(): provider for provider in client.iter_providers()}
+    providers = {provider["name"].lower(): provider for provider in PROVIDERS.iterate(client)}
     problems = check_references(spec, providers, prune=prune)
     if problems:
         raise UsageError(
             "the file does not fit the gateway: " + "; ".join(problems), code="invalid_reference"
         )
-    keys = {key["alias"].lower(): key for key in client.iter_keys(sort="alias")}
+    keys = {key["alias"].lower(): key for key in KEYS.iterate(client, sort="alias")}
     steps = [plan_provider(p, providers.get(p.name.lower())) for p in spec.providers]
     steps += [
         plan_key(
@@ -271,9 +256,6 @@ def make_plan(
     return Plan(steps)
 
 
-# --- applying -----------------------------------------------------------------
-
-
 def execute(client: AdminClient, plan: Plan, output: Output) -> None:
     """Carry out *plan* in reference-safe order; each finished step is marked done."""
     providers = [step for step in plan.steps if step.kind == "provider"]
@@ -281,12 +263,12 @@ def execute(client: AdminClient, plan: Plan, output: Output) -> None:
 
     for step in providers:
         if step.action == "create":
-            created = client.create_provider(step.body)
+            created = PROVIDERS.create(client, step.body)
             step.id, step.version = created["id"], created["version"]
         elif step.action == "update":
             assert step.id is not None
             if step.body:
-                updated = client.update_provider(step.id, step.body, version=step.version)
+                updated = PROVIDERS.update(client, step.id, step.body, version=step.version)
                 step.version = updated["version"]
         else:
             continue
@@ -294,28 +276,28 @@ def execute(client: AdminClient, plan: Plan, output: Output) -> None:
             _done(step, output)
     for step in keys:
         if step.action == "create":
-            created_key = client.create_key(step.body)
+            created_key = KEYS.create(client, step.body)
             step.id, step.token = created_key["id"], created_key.get("token")
         elif step.action == "update":
             assert step.id is not None
-            client.update_key(step.id, step.body, version=step.version)
+            KEYS.update(client, step.id, step.body, version=step.version)
         else:
             continue
         _done(step, output)
     for step in keys:
         if step.action == "delete":
             assert step.id is not None
-            client.delete_key(step.id, version=step.version)
+            KEYS.delete(client, step.id, version=step.version)
             _done(step, output)
     for step in providers:
         if step.action == "update" and step.final_models is not None:
             assert step.id is not None
-            client.update_provider(step.id, {"models": step.final_models}, version=step.version)
+            PROVIDERS.update(client, step.id, {"models": step.final_models}, version=step.version)
             _done(step, output)
     for step in providers:
         if step.action == "delete":
             assert step.id is not None
-            client.delete_provider(step.id, version=step.version)
+            PROVIDERS.delete(client, step.id, version=step.version)
             _done(step, output)
 
 
@@ -325,169 +307,3 @@ _PAST = {"create": "created", "update": "updated", "delete": "deleted", "unchang
 def _done(step: Step, output: Output) -> None:
     step.done = True
     output.note(f"{_PAST[step.action]} {step.kind} {step.name}")
-
-
-# --- showing ------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, list):  # a model list
-        return ", ".join(f"{model['name']} ({model['encoding']})" for model in value)
-    return str(value)
-
-
-def _describe(step: Step) -> Text:
-    text = Text()
-    for index, (name, (before, after)) in enumerate(step.changes.items()):
-        if index:
-            text.append("\n")
-        text.append(f"{name}: ", style="bold")
-        if name == "models" and before is not None:
-            have, want = _model_map(before), _model_map(after)
-            parts = [f"+{m}" for m in want if m not in have]
-            parts += [f"-{m}" for m in have if m not in want]
-            parts += [
-                f"{m}: {have[m]} → {want[m]}" for m in want if m in have and have[m] != want[m]
-            ]
-            text.append(" ".join(parts))
-        elif step.action == "create":
-            text.append(_show(after))
-        else:
-            text.append(f"{_show(before)} → {_show(after)}")
-    return text
-
-
-def render_plan(output: Output, plan: Plan, source: str) -> None:
-    table = Table(title=f"Plan for {source}", title_justify="left", header_style="bold")
-    table.add_column("")
-    table.add_column("KIND")
-    table.add_column("NAME", overflow="fold")
-    table.add_column("CHANGES", overflow="fold")
-    for step in plan.steps:
-        style = _STYLE[step.action]
-        table.add_row(
-            Text(f"{_SYMBOL[step.action]} {step.action}", style=style),
-            step.kind,
-            Text(step.name),
-            _describe(step),
-        )
-    output.out.print(table)
-    summary = plan.summary()
-    output.out.print(
-        f"Plan: {summary['create']} to create, {summary['update']} to update, "
-        f"{summary['delete']} to delete, {summary['unchanged']} unchanged."
-    )
-
-
-def result_document(plan: Plan, source: str, *, dry_run: bool) -> dict[str, Any]:
-    return {
-        "file": source,
-        "dry_run": dry_run,
-        "in_sync": not plan.changed,
-        "changed": plan.changed and not dry_run,
-        "summary": plan.summary(),
-        "steps": [step.to_dict() for step in plan.steps],
-    }
-
-
-# --- the command --------------------------------------------------------------
-
-
-def apply(
-    file: Annotated[
-        str,
-        typer.Option(
-            "--file", "-f", metavar="FILE", help="YAML file with providers and keys ('-' = stdin)."
-        ),
-    ],
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan and change nothing.")
-    ] = False,
-    prune: Annotated[
-        bool,
-        typer.Option("--prune", help="Also delete keys and providers the file does not name."),
-    ] = False,
-    replace_key_codes: Annotated[
-        bool,
-        typer.Option(
-            "--replace-key-codes",
-            help="Send every key code, even when its mask matches the stored one.",
-        ),
-    ] = False,
-    json_output: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
-    admin_token_file: TokenFileOption = None,
-) -> None:
-    """Create or update providers and AI API keys to match a YAML file; idempotent.
-
-    Key codes come only from environment variables named in the file
-    (key_code_env: VAR). See docs/cli.md for the file format.
-    """
-    from aigw.cli_admin.applyfile import FileError, load_apply_file, read_key_codes
-
-    output = Output(json_output)
-    source = "<stdin>" if file == "-" else file
-    with output.reporting():
-        try:
-            text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read {source}: {exc}", code="usage") from None
-        try:
-            spec = load_apply_file(text)
-            key_codes = read_key_codes(spec)
-        except FileError as exc:
-            raise UsageError(f"{source}: {exc}", code="invalid_file", errors=exc.errors) from None
-
-    with connect(output, url, admin_token_file) as client:
-        plan = make_plan(client, spec, key_codes, prune=prune, replace_key_codes=replace_key_codes)
-        if not json_output:
-            render_plan(output, plan, source)
-        if dry_run or not plan.changed:
-            if json_output:
-                output.emit_json(result_document(plan, source, dry_run=dry_run))
-            elif not plan.changed:
-                output.out.print(
-                    Text(f"No changes: the gateway already matches {source}.", style="green")
-                )
-            else:
-                output.out.print(Text("Dry run: nothing was changed.", style="yellow"))
-            return
-        try:
-            execute(client, plan, output)
-        except AdminError:
-            if json_output:
-                output.emit_json(result_document(plan, source, dry_run=False))
-            done = sum(1 for step in plan.steps if step.done)
-            output.note(
-                f"apply stopped after {done} change(s); run it again once fixed", style="red"
-            )
-            _show_tokens(output, plan)
-            raise
-    if json_output:
-        output.emit_json(result_document(plan, source, dry_run=False))
-        return
-    summary = plan.summary()
-    output.out.print(
-        Text(
-            f"Applied: {summary['create']} created, {summary['update']} updated, "
-            f"{summary['delete']} deleted, {summary['unchanged']} unchanged.",
-            style="green",
-        )
-    )
-    _show_tokens(output, plan)
-
-
-def _show_tokens(output: Output, plan: Plan) -> None:
-    """Client tokens of keys created by this run, in human mode (JSON has them per step)."""
-    created = [step for step in plan.steps if step.token]
-    if output.json_mode or not created:
-        return
-    table = Table(title="Client tokens of the new keys", title_justify="left", header_style="bold")
-    table.add_column("ALIAS", overflow="fold")
-    table.add_column("TOKEN", overflow="fold")
-    for step in created:
-        table.add_row(Text(step.name), Text(step.token or ""))
-    output.out.print(table)
-    output.out.print(Text(TOKEN_NOTE, style="yellow"))

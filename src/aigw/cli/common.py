@@ -6,18 +6,16 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_args
 from urllib.parse import urlsplit
 
 import typer
 
-from aigw.cli_admin.client import (
-    AdminClient,
-    UsageError,
-    resolve_admin_token,
-)
-from aigw.cli_admin.output import Output
+from aigw.cli.client import AdminClient, resolve_admin_token
+from aigw.cli.errors import UsageError
+from aigw.cli.output import Output
 
 EXIT_CODES_EPILOG = (
     "Exit codes: 0 ok · 1 not found · 2 usage or validation error · "
@@ -57,6 +55,28 @@ JsonOption = Annotated[
 YesOption = Annotated[
     bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed without a TTY).")
 ]
+
+
+def command_group(name: str, help_text: str) -> typer.Typer:
+    """A group of admin commands (``aigw keys``, ``aigw providers``)."""
+    return typer.Typer(
+        name=name,
+        help=help_text,
+        epilog=EXIT_CODES_EPILOG,
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,  # locals may hold key codes
+    )
+
+
+def choices(name: str, literal: Any) -> Any:
+    """An Enum whose members are the values of *literal* (an API schema's ``Literal``).
+
+    typer (from 0.15) takes a fixed set of choices only as an Enum; building it
+    from the schema keeps one list of allowed values. Members are ``str``, so each
+    one is its value wherever a ``str`` goes (query parameters, JSON bodies);
+    modules declare the option's type as the ``Literal`` for the type checker.
+    """
+    return StrEnum(name, [(value, value) for value in get_args(literal)])
 
 
 def check_url(url: str) -> str:
