@@ -11,6 +11,20 @@ Both return a handle with ``.url`` (``http://127.0.0.1:PORT/v1``, what an
 OpenAI SDK or a provider's ``base_url`` takes) and ``.stop()``; both are
 context managers. This module does not import the servers, so test processes
 stay light.
+
+The fakes follow the provider's published wire format and their own simple
+rules, and import nothing from aigw, so a test comparing the gateway with
+what a fake billed compares two independent implementations. The scriptable
+fake's token rules (:mod:`tests.fakes.billing`):
+
+* encodings: tiktoken's own ``cl100k_base`` / ``o200k_base``, built by
+  tiktoken from the files in ``src/aigw/encodings`` read by path; the model
+  picks one by tiktoken's model table (``o200k_base`` when it is not there);
+* ``prompt_tokens``: OpenAI's cookbook formula — 3 per message + the tokens
+  of each string field (text parts of a list content) + 1 per ``name`` + 3
+  priming the reply; tools, images and tool calls are billed nothing;
+* ``completion_tokens``: the tokens generated, one at a time, up to the
+  request's ``max_completion_tokens`` / ``max_tokens``.
 """
 
 from __future__ import annotations

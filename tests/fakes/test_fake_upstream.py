@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,11 +16,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import tiktoken
 
-from aigw.proxy.tokens import Encoders, count_chat_input
-from tests.fakes import FakeUpstream, start_fake_upstream, start_xpyd_sim
+from tests.fakes import REPO_ROOT, FakeUpstream, start_fake_upstream, start_xpyd_sim
+from tests.fakes.billing import load_encoding
 from tests.fakes.upstream import words
-from tests.proxy.test_tokens import COOKBOOK_MESSAGES
+from tests.proxy.counting.published import COOKBOOK_MESSAGES, COOKBOOK_TOOLS
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -35,13 +38,6 @@ def _fresh(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("upstream").reset()
 
 
-@pytest.fixture(scope="module")
-def encoders() -> Iterator[Encoders]:
-    loaded = Encoders.load()
-    yield loaded
-    loaded.close()
-
-
 @pytest.fixture
 def client(upstream: FakeUpstream) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=upstream.url, api_key="sk-upstream-key", max_retries=0) as sdk:
@@ -56,16 +52,39 @@ def sse_lines(upstream: FakeUpstream, body: dict[str, Any], **headers: str) -> l
         return [line for line in response.iter_lines() if line]
 
 
+def n_tokens(text: str, name: str = "o200k_base") -> int:
+    return len(load_encoding(name).encode_ordinary(text))
+
+
 @pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
-def test_generated_words_are_one_token_each(encoders: Encoders, name: str) -> None:
-    encoding = encoders.get(name)
+def test_generated_words_are_one_token_each(name: str) -> None:
+    encoding = load_encoding(name)
     for n in (0, 1, 2, 16, 17, 100, 1000):
         pieces = list(words(n))
         assert len(encoding.encode_ordinary("".join(pieces))) == n
         assert all(len(encoding.encode_ordinary(p)) == 1 for p in pieces)
 
 
-def test_non_stream(client: openai.OpenAI, upstream: FakeUpstream, encoders: Encoders) -> None:
+def test_the_fakes_import_nothing_from_aigw() -> None:
+    # Otherwise "equals what the upstream billed" would grade aigw with itself.
+    script = (
+        "import sys, tests.fakes, tests.fakes.billing, tests.fakes.upstream\n"
+        "print(sorted(m for m in sys.modules if m == 'aigw' or m.startswith('aigw.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_encodings_are_tiktokens_own_read_offline() -> None:
+    # Cookbook section 5 ("Comparing encodings"): 9 tokens in cl100k_base, 8 in o200k_base.
+    assert n_tokens("お誕生日おめでとう", "cl100k_base") == 9
+    assert n_tokens("お誕生日おめでとう", "o200k_base") == 8
+    assert isinstance(load_encoding("o200k_base"), tiktoken.Encoding)
+
+
+def test_non_stream(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     body: dict[str, Any] = {"model": "gpt-4o", "messages": HELLO}
     completion = client.chat.completions.create(**body)
     choice = completion.choices[0]
@@ -74,17 +93,27 @@ def test_non_stream(client: openai.OpenAI, upstream: FakeUpstream, encoders: Enc
     assert completion.model == "gpt-4o"
     assert completion.usage is not None
     assert completion.usage.completion_tokens == 16
-    assert completion.usage.prompt_tokens == count_chat_input(body, encoders.get("o200k_base"))
+    # The cookbook formula by hand: 3 per message + role + content, 3 priming the reply.
+    assert completion.usage.prompt_tokens == 3 + n_tokens("user") + n_tokens("Say hello.") + 3
     stats = upstream.stats()
     assert (stats["chat_requests"], stats["completed"], stats["in_flight"]) == (1, 1, 0)
 
 
 def test_prompt_tokens_are_openais_figures(client: openai.OpenAI) -> None:
     # The cookbook conversation OpenAI bills at 124 prompt tokens on gpt-4o and
-    # 129 on gpt-4 (published figures; see tests/proxy/test_tokens.py).
+    # 129 on gpt-4 (published figures; see tests/proxy/counting/published.py).
     for model, expected in (("gpt-4o", 124), ("gpt-4", 129)):
         usage = client.chat.completions.create(model=model, messages=COOKBOOK_MESSAGES).usage
         assert usage is not None and usage.prompt_tokens == expected
+
+
+def test_prompt_tokens_count_text_parts_and_bill_tools_nothing(client: openai.OpenAI) -> None:
+    parts = [{"type": "text", "text": "Say"}, {"type": "text", "text": " hello."}]
+    usage = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": parts}], tools=COOKBOOK_TOOLS
+    ).usage
+    expected = 3 + n_tokens("user") + n_tokens("Say") + n_tokens(" hello.") + 3
+    assert usage is not None and usage.prompt_tokens == expected
 
 
 def test_max_tokens_are_respected(client: openai.OpenAI) -> None:
@@ -144,7 +173,7 @@ def test_stream_wire_format(upstream: FakeUpstream) -> None:
     assert '"completion_tokens":16' in forced[-2]
 
 
-def test_tool_calls_stream(client: openai.OpenAI, encoders: Encoders) -> None:
+def test_tool_calls_stream(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model="gpt-4o",
         messages=[
@@ -169,8 +198,7 @@ def test_tool_calls_stream(client: openai.OpenAI, encoders: Encoders) -> None:
     assert finish == "tool_calls"
     assert [c["name"] for c in calls.values()] == ["fake_tool_0", "fake_tool_1"]
     assert json.loads(calls[0]["arguments"]) == {"text": "".join(words(6))}
-    encoding = encoders.get("o200k_base")
-    expected = sum(len(encoding.encode_ordinary(c["arguments"])) for c in calls.values())
+    expected = sum(n_tokens(c["arguments"]) for c in calls.values())
     assert usage is not None and usage.completion_tokens == expected
 
 

@@ -23,11 +23,11 @@ Deterministic: ``tokens`` words of "The quick brown fox ..." (each word one
 token in cl100k_base and o200k_base, and the text exactly ``tokens`` tokens),
 one token per SSE event (``chunk_tokens`` to group), capped at the request's
 ``max_completion_tokens``/``max_tokens`` (``finish_reason: "length"``). Usage
-is counted with the bundled encodings through :mod:`aigw.proxy.tokens`:
-``prompt_tokens`` is :func:`~aigw.proxy.tokens.count_chat_input` of the body
-(encoding chosen from the model name, or the ``encoding`` knob),
-``completion_tokens`` the tokens of the content plus each tool call's
-arguments, so they equal the gateway's own counts. One choice, whatever ``n``.
+follows the fake's own rules in :mod:`tests.fakes.billing` (tiktoken and
+OpenAI's cookbook formula, nothing from aigw): ``prompt_tokens`` by the
+cookbook's per-message formula (encoding from tiktoken's model table, or the
+``encoding`` knob), ``completion_tokens`` the tokens generated (content plus
+each tool call's arguments). One choice, whatever ``n``.
 
 Scenarios
 ---------
@@ -60,13 +60,15 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from tiktoken import Encoding
 
-from aigw.proxy.tokens import Encoders, OutputCounter, count_chat_input
+from tests.fakes.billing import encoding_for_model, load_encoding, prompt_tokens, token_pieces
 
 READY_PREFIX = "FAKE_UPSTREAM_READY "
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4", "gpt-3.5-turbo")
 SCENARIO_HEADER = "x-fake-scenario"
 SCENARIO_DIRECTIVE = "#scenario"
+ENCODINGS = ("cl100k_base", "o200k_base")
 
 # "The" then the cycle: every word is one token in both encodings and no two
 # merge, so n words are exactly n tokens (checked by the fake's tests).
@@ -237,7 +239,7 @@ class Stats:
 
 @dataclass(slots=True)
 class FakeState:
-    encoders: Encoders
+    encodings: Mapping[str, Encoding]
     models: tuple[str, ...]
     base_scenario: dict[str, Any]
     require_key: str | None = None
@@ -292,19 +294,22 @@ def _bad_request(message: str) -> web.Response:
 
 
 class _Plan:
-    """The output of one response: content pieces or tool calls, capped at
-    the request's max tokens with the same counting the gateway uses."""
+    """The output of one response: content pieces or tool calls, generated a
+    token at a time and capped at the request's max tokens (see
+    :mod:`tests.fakes.billing`)."""
 
-    def __init__(self, scenario: Scenario, body: Mapping[str, Any], prompt: str, encoding: Any):
-        limit = None
+    def __init__(
+        self, scenario: Scenario, body: Mapping[str, Any], prompt: str, encoding: Encoding
+    ) -> None:
+        self.budget: int | None = None
         if not scenario.ignore_max_tokens:
             given = [
                 value
                 for value in (body.get("max_completion_tokens"), body.get("max_tokens"))
                 if isinstance(value, int) and not isinstance(value, bool)
             ]
-            limit = min(given) if given else None
-        self.counter = OutputCounter(encoding, limit)
+            self.budget = min(given) if given else None
+        self.generated = 0  # tokens generated: completion_tokens
         self.content: list[str] = []
         self.calls: list[dict[str, Any]] = []  # {id, name, arguments: [pieces]}
         self.truncated = False
@@ -312,14 +317,14 @@ class _Plan:
             self._plan_calls(scenario, encoding)
         else:
             if scenario.echo:
-                pieces = list(_token_pieces(encoding, prompt))
+                pieces = list(token_pieces(encoding, prompt))
             elif scenario.content is not None:
-                pieces = list(_token_pieces(encoding, scenario.content))
+                pieces = list(token_pieces(encoding, scenario.content))
             else:
-                pieces = list(words(scenario.tokens))
-            self.content = self._take(pieces, "content")
+                pieces = [(word, 1) for word in words(scenario.tokens)]
+            self.content = self._take(pieces)
 
-    def _plan_calls(self, scenario: Scenario, encoding: Any) -> None:
+    def _plan_calls(self, scenario: Scenario, encoding: Encoding) -> None:
         specs = scenario.tool_calls
         if isinstance(specs, int):
             specs = [
@@ -333,18 +338,18 @@ class _Plan:
             if self.truncated:
                 break
             arguments = str(spec.get("arguments", "{}"))
-            pieces = self._take(list(_token_pieces(encoding, arguments)), ("tool", i))
+            pieces = self._take(list(token_pieces(encoding, arguments)))
             self.calls.append({"id": f"call_fake_{i}", "name": spec["name"], "arguments": pieces})
 
-    def _take(self, pieces: list[str], channel: object) -> list[str]:
+    def _take(self, pieces: list[tuple[str, int]]) -> list[str]:
+        """The pieces that fit in what is left of the budget, in order."""
         taken = []
-        for piece in pieces:
-            accepted, reached = self.counter.feed(piece, channel)
-            if accepted:
-                taken.append(accepted)
-            if reached:
+        for piece, tokens in pieces:
+            if self.budget is not None and self.generated + tokens > self.budget:
                 self.truncated = True
                 break
+            taken.append(piece)
+            self.generated += tokens
         return taken
 
     def finish_reason(self, scenario: Scenario) -> str:
@@ -353,21 +358,6 @@ class _Plan:
         if self.truncated:
             return "length"
         return "tool_calls" if self.calls else "stop"
-
-
-def _token_pieces(encoding: Any, text: str) -> Iterator[str]:
-    """*text* cut at token boundaries, holding back bytes of a split character."""
-    pending = b""
-    for token in encoding.encode_ordinary(text):
-        pending += encoding.decode_single_token_bytes(token)
-        try:
-            piece = pending.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        pending = b""
-        yield piece
-    if pending:
-        yield pending.decode("utf-8", errors="replace")
 
 
 def _grouped(pieces: list[str], size: int) -> list[str]:
@@ -437,17 +427,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             if retry_after is not None:
                 headers["Retry-After"] = retry_after
             return _json(_error_body(scenario.status, scenario), scenario.status, headers)
-        try:
-            encoding = (
-                state.encoders.get(scenario.encoding)
-                if scenario.encoding
-                else state.encoders.for_model(base_model)
-            )
-        except KeyError:
+        encoding = state.encodings.get(scenario.encoding or encoding_for_model(base_model))
+        if encoding is None:
             return _bad_request(f"fake upstream: unknown encoding {scenario.encoding!r}")
-        prompt_tokens = count_chat_input(body, encoding)
         plan = _Plan(scenario, body, prompt, encoding)
-        reply = _Reply(request, scenario, plan, base_model, prompt_tokens)
+        reply = _Reply(request, scenario, plan, base_model, prompt_tokens(body, encoding))
         if body.get("stream") is True:
             return await reply.stream(body)
         return await reply.respond()
@@ -515,7 +499,7 @@ class _Reply:
         return web.Response(status=204)  # not reached: cancelled once the loss is seen
 
     def usage(self) -> dict[str, Any]:
-        completion = self.plan.counter.count
+        completion = self.plan.generated
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
@@ -731,7 +715,7 @@ def main(argv: list[str] | None = None) -> None:
     base = _json_object(args.scenario, "--scenario")
     Scenario.merged(base)
     state = FakeState(
-        encoders=Encoders.load(offload_workers=1),
+        encodings={name: load_encoding(name) for name in ENCODINGS},
         models=tuple(m for m in args.models.split(",") if m),
         base_scenario=base,
         require_key=args.require_key,
@@ -743,7 +727,6 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(serve(args.host, args.port, state))
     else:
         uvloop.run(serve(args.host, args.port, state))
-    state.encoders.close()
 
 
 if __name__ == "__main__":

@@ -1,33 +1,62 @@
-"""SPEC §3's policy table through the real app (in process) and the official
-``openai`` SDK, every cell at limit-1, limit and limit+1."""
+"""SPEC §3's policy table through the real app and the official ``openai``
+SDK, every cell at limit-1, limit and limit+1.
+
+Input boundaries are set from published figures, not from aigw's counter: the
+conversation is the one OpenAI's cookbook bills at 124 prompt tokens on
+gpt-4o / gpt-4o-mini and 129 on gpt-4. Whole answers go through the app in
+process; streamed ones through a real uvicorn server, since
+``httpx.ASGITransport`` buffers the whole body.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
 import pytest
+import uvicorn
 
-from aigw.proxy.tokens import count_chat_input
 from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk, usage_rows
+from tests.proxy.counting.published import COOKBOOK_MESSAGES, COOKBOOK_MESSAGES_PROMPT_TOKENS
 
-MESSAGES = [
-    {"role": "system", "content": "You are terse."},
-    {"role": "user", "content": "Name three colours of the rainbow, please."},
-]
-
-
-def prompt_tokens(app: Any) -> int:
-    return count_chat_input(
-        {"model": MODEL, "messages": MESSAGES}, app.state.encoders.get("o200k_base")
-    )
+MESSAGES = COOKBOOK_MESSAGES
+PROMPT_TOKENS = COOKBOOK_MESSAGES_PROMPT_TOKENS[MODEL]  # 124, OpenAI's published figure
+GPT4 = "gpt-4"  # counted with cl100k_base: the same conversation is 129 tokens
 
 
 @pytest.fixture
 async def app(gateway: Any, upstream: Any) -> Any:
     app = await gateway()
-    await create_provider(app.admin, upstream.url)
+    await create_provider(app.admin, upstream.url, models=(MODEL, GPT4))
     return app
+
+
+@pytest.fixture
+async def served(app: Any) -> AsyncIterator[Callable[[str], openai.AsyncOpenAI]]:
+    """The same app behind a real uvicorn server; yields an SDK client factory."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "uvicorn did not start"
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    clients: list[openai.AsyncOpenAI] = []
+
+    def client(token: str) -> openai.AsyncOpenAI:
+        clients.append(
+            openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0)
+        )
+        return clients[-1]
+
+    yield client
+    for opened in clients:
+        await opened.close()
+    server.should_exit = True
+    await task
 
 
 def relayed_tokens(app: Any, text: str) -> int:
@@ -37,14 +66,17 @@ def relayed_tokens(app: Any, text: str) -> int:
 # -- input over the input limit ----------------------------------------------------
 
 
+@pytest.mark.parametrize("model", [MODEL, GPT4])
 @pytest.mark.parametrize(("offset", "over"), [(-1, False), (0, False), (1, True)])
-async def test_reject_input(app: Any, upstream: Any, db: str, offset: int, over: bool) -> None:
-    n = prompt_tokens(app)
-    key = await ready_key(app, input_limit=n - offset)  # n = L-1, L, L+1
+async def test_reject_input(
+    app: Any, upstream: Any, db: str, model: str, offset: int, over: bool
+) -> None:
+    n = COOKBOOK_MESSAGES_PROMPT_TOKENS[model]  # 124 or 129, as OpenAI bills it
+    key = await ready_key(app, model=model, input_limit=n - offset)  # n = L-1, L, L+1
     client = sdk(app, key["token"])
     if over:
         with pytest.raises(openai.BadRequestError) as caught:
-            await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+            await client.chat.completions.create(model=model, messages=MESSAGES)
         assert caught.value.code == "input_token_limit_exceeded"
         assert caught.value.response.headers["x-aigw-input-tokens"] == str(n)
         assert upstream.requests == []  # nothing went upstream
@@ -52,7 +84,7 @@ async def test_reject_input(app: Any, upstream: Any, db: str, offset: int, over:
         assert row["outcome"] == "rejected" and row["error_code"] == "input_token_limit_exceeded"
         assert row["input_tokens"] == n and row["input_limit_exceeded"] is True
         return
-    raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+    raw = await client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES)
     assert raw.headers["x-aigw-input-tokens"] == str(n)
     assert raw.headers["x-aigw-input-limit"] == str(n - offset)
     assert raw.headers["x-aigw-usage-limit"] == "reject"
@@ -63,7 +95,7 @@ async def test_reject_input(app: Any, upstream: Any, db: str, offset: int, over:
 
 @pytest.mark.parametrize(("offset", "over"), [(-1, False), (0, False), (1, True)])
 async def test_use_anyway_input(app: Any, upstream: Any, db: str, offset: int, over: bool) -> None:
-    n = prompt_tokens(app)
+    n = PROMPT_TOKENS
     key = await ready_key(app, input_limit=n - offset, usage_limit="use_anyway")
     client = sdk(app, key["token"])
     raw = await client.chat.completions.with_raw_response.create(
@@ -142,7 +174,13 @@ async def test_use_anyway_without_max_is_forwarded_unchanged(app: Any, upstream:
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(("generated", "cut"), [(L - 1, False), (L, False), (L + 1, True)])
 async def test_reject_cuts_output_at_exactly_the_limit(
-    app: Any, upstream: Any, db: str, stream: bool, generated: int, cut: bool
+    app: Any,
+    served: Callable[[str], openai.AsyncOpenAI],
+    upstream: Any,
+    db: str,
+    stream: bool,
+    generated: int,
+    cut: bool,
 ) -> None:
     upstream.script.output_tokens = generated
     upstream.script.honour_max_tokens = False
@@ -151,7 +189,7 @@ async def test_reject_cuts_output_at_exactly_the_limit(
     if stream:
         chunks = [
             chunk
-            async for chunk in await client.chat.completions.create(
+            async for chunk in await served(key["token"]).chat.completions.create(
                 model=MODEL, messages=MESSAGES, stream=True
             )
         ]
@@ -175,19 +213,24 @@ async def test_reject_cuts_output_at_exactly_the_limit(
         assert row["upstream_output_tokens"] == generated  # the stripped usage chunk was read
 
 
-async def test_stream_cut_keeps_usage_when_asked(app: Any, upstream: Any) -> None:
+async def test_stream_cut_keeps_usage_when_asked(
+    app: Any, served: Callable[[str], openai.AsyncOpenAI], upstream: Any
+) -> None:
     upstream.script.output_tokens = 50
     upstream.script.honour_max_tokens = False
     key = await ready_key(app, output_limit=L)
-    stream = await sdk(app, key["token"]).chat.completions.create(
+    stream = await served(key["token"]).chat.completions.create(
         model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
     )
     chunks = [chunk async for chunk in stream]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == L
-    assert chunks[-1].usage.prompt_tokens == prompt_tokens(app)
+    # The gateway's own input count replaces the upstream's (the in-loop fake says 42).
+    assert chunks[-1].usage.prompt_tokens == PROMPT_TOKENS
 
 
-async def test_cut_inside_tool_call_arguments(app: Any, upstream: Any) -> None:
+async def test_cut_inside_tool_call_arguments(
+    app: Any, served: Callable[[str], openai.AsyncOpenAI], upstream: Any
+) -> None:
     upstream.script.output_tokens = 30
     upstream.script.honour_max_tokens = False
     upstream.script.tool_call = True
@@ -199,7 +242,7 @@ async def test_cut_inside_tool_call_arguments(app: Any, upstream: Any) -> None:
     assert completion.choices[0].finish_reason == "length"
     chunks = [
         c
-        async for c in await client.chat.completions.create(
+        async for c in await served(key["token"]).chat.completions.create(
             model=MODEL, messages=MESSAGES, stream=True
         )
     ]
@@ -216,13 +259,13 @@ async def test_cut_inside_tool_call_arguments(app: Any, upstream: Any) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_use_anyway_output_is_delivered_in_full_and_flagged(
-    app: Any, upstream: Any, db: str, stream: bool
+    app: Any, served: Callable[[str], openai.AsyncOpenAI], upstream: Any, db: str, stream: bool
 ) -> None:
     upstream.script.output_tokens = L + 5
     key = await ready_key(app, output_limit=L, usage_limit="use_anyway")
     client = sdk(app, key["token"])
     if stream:
-        response = await client.chat.completions.with_raw_response.create(
+        response = await served(key["token"]).chat.completions.with_raw_response.create(
             model=MODEL, messages=MESSAGES, stream=True
         )
         text = "".join(

@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import orjson
 
-from aigw.proxy.tokens import Encoders
+from aigw.proxy.counting import Encoders
 
 _ENCODERS: Encoders | None = None
 
