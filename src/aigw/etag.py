@@ -1,16 +1,28 @@
-"""Strong ETags carry the row version: ``"<version>"``."""
+"""Strong ETags carry the row version: ``"<version>"``; ``If-Match`` is checked against it."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Header
+from fastapi import Header, Response
+
+from aigw.errors import PreconditionFailed
 
 NO_VERSION = -1  # versions start at 1
 
 
 def etag_for(version: int) -> str:
     return f'"{version}"'
+
+
+def set_etag(response: Response, version: int) -> None:
+    response.headers["ETag"] = etag_for(version)
+
+
+def check_version(current: int, if_match: int | None) -> None:
+    """412 unless *if_match* (from :func:`parse_if_match`) is absent or names *current*."""
+    if if_match is not None and if_match != current:
+        raise PreconditionFailed(f"current version is {current}")
 
 
 def parse_if_match(
