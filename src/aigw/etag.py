@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Header, Response
-
-from aigw.errors import PreconditionFailed
 
 NO_VERSION = -1  # versions start at 1
 
@@ -15,14 +13,18 @@ def etag_for(version: int) -> str:
     return f'"{version}"'
 
 
-def set_etag(response: Response, version: int) -> None:
-    response.headers["ETag"] = etag_for(version)
+class Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
 
 
-def check_version(current: int, if_match: int | None) -> None:
-    """412 unless *if_match* (from :func:`parse_if_match`) is absent or names *current*."""
-    if if_match is not None and if_match != current:
-        raise PreconditionFailed(f"current version is {current}")
+VersionedT = TypeVar("VersionedT", bound=Versioned)
+
+
+def with_etag(response: Response, resource: VersionedT) -> VersionedT:
+    """*resource*, with its version set as the response's ``ETag``."""
+    response.headers["ETag"] = etag_for(resource.version)
+    return resource
 
 
 def parse_if_match(

@@ -18,7 +18,7 @@ from aigw.apikeys.schemas import (
     UsageLimit,
 )
 from aigw.deps import AdminDep, HasherDep, IfMatchDep, KeyRingDep, SessionDep
-from aigw.etag import set_etag
+from aigw.etag import with_etag
 from aigw.routing import AdminRoute, problem_responses
 
 router = APIRouter(prefix="/apikeys", tags=["apikeys"], route_class=AdminRoute)
@@ -53,7 +53,7 @@ async def create_api_key(
         session, body, keyring=keyring, hasher=hasher, actor=actor, idempotency_key=idempotency_key
     )
     response.headers["Location"] = f"/apikeys/{created.id}"
-    set_etag(response, created.version)
+    with_etag(response, created)
     response.headers["Cache-Control"] = "no-store"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -91,8 +91,7 @@ async def get_api_key(
     key_id: uuid.UUID, session: SessionDep, _admin: AdminDep, response: Response
 ) -> ApiKeyRead:
     key = await service.get_api_key(session, key_id)
-    set_etag(response, key.version)
-    return service.to_read(key)
+    return with_etag(response, service.to_read(key))
 
 
 @router.patch(
@@ -113,8 +112,7 @@ async def update_api_key(
     key = await service.update_api_key(
         session, key_id, body, if_match=if_match, keyring=keyring, actor=actor
     )
-    set_etag(response, key.version)
-    return service.to_read(key)
+    return with_etag(response, service.to_read(key))
 
 
 @router.delete(
@@ -147,6 +145,6 @@ async def rotate_api_key_token(
     rotated = await service.rotate_token(
         session, key_id, if_match=if_match, hasher=hasher, actor=actor
     )
-    set_etag(response, rotated.version)
+    with_etag(response, rotated)
     response.headers["Cache-Control"] = "no-store"
     return rotated

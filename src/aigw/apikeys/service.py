@@ -26,7 +26,6 @@ from aigw.crypto import (
 )
 from aigw.db.constraints import flush
 from aigw.errors import AliasTaken, IdempotencyKeyReused
-from aigw.etag import check_version
 from aigw.pagination import InvalidCursor, decode_cursor, encode_cursor
 from aigw.providers import service as providers
 
@@ -150,10 +149,8 @@ async def create_api_key(
     return result, False
 
 
-async def get_api_key(
-    session: AsyncSession, key_id: uuid.UUID, *, for_update: bool = False
-) -> ApiKey:
-    return await ApiKeyRepository(session).get_existing(key_id, for_update=for_update)
+async def get_api_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
+    return await ApiKeyRepository(session).get_existing(key_id)
 
 
 async def alias_of(session: AsyncSession, key_id: uuid.UUID) -> str | None:
@@ -236,8 +233,7 @@ async def update_api_key(
     keyring: KeyRing,
     actor: str,
 ) -> ApiKey:
-    key = await get_api_key(session, key_id, for_update=True)
-    check_version(key.version, if_match)
+    key = await ApiKeyRepository(session).get_to_change(key_id, if_match)
     changes = data.model_dump(exclude_unset=True)
     if not changes:
         return key
@@ -283,8 +279,7 @@ async def rotate_token(
     hasher: TokenHasher,
     actor: str,
 ) -> ApiKeyWithToken:
-    key = await get_api_key(session, key_id, for_update=True)
-    check_version(key.version, if_match)
+    key = await ApiKeyRepository(session).get_to_change(key_id, if_match)
     before = {"token_prefix": key.token_prefix}
     issued = hasher.issue()
     key.token_hash = issued.token_hash
@@ -309,8 +304,7 @@ async def rotate_token(
 async def delete_api_key(
     session: AsyncSession, key_id: uuid.UUID, *, if_match: int | None, actor: str
 ) -> None:
-    key = await get_api_key(session, key_id, for_update=True)
-    check_version(key.version, if_match)
+    key = await ApiKeyRepository(session).get_to_change(key_id, if_match)
     before = _snapshot(key)
     await session.delete(key)
     await session.flush()

@@ -1,4 +1,5 @@
-"""What every admin repository does the same way: load one row by id."""
+"""What every admin repository does the same way: load one row by id, and lock
+it for a change that names the version it expects (``If-Match``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigw.db.base import TimestampedMixin
-from aigw.errors import NotFound
+from aigw.errors import NotFound, PreconditionFailed
 
 RowT = TypeVar("RowT", bound=TimestampedMixin)
 
@@ -42,3 +43,16 @@ class Repository(Generic[RowT]):
         if row is None:
             raise NotFound(self.not_found.format(id=row_id))
         return row
+
+    async def get_to_change(self, row_id: uuid.UUID, if_match: int | None) -> RowT:
+        """:meth:`get_existing`, locked; :class:`~aigw.errors.PreconditionFailed` (412)
+        unless *if_match* (from :func:`aigw.etag.parse_if_match`) is absent or names
+        the row's current version."""
+        row = await self.get_existing(row_id, for_update=True)
+        check_version(row.version, if_match)
+        return row
+
+
+def check_version(current: int, if_match: int | None) -> None:
+    if if_match is not None and if_match != current:
+        raise PreconditionFailed(f"current version is {current}")

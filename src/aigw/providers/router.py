@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from aigw.deps import AdminDep, IfMatchDep, SessionDep, SettingsDep
-from aigw.etag import set_etag
+from aigw.etag import with_etag
 from aigw.providers import service
 from aigw.providers.schemas import ProviderCreate, ProviderKind, ProviderRead, ProviderUpdate
 from aigw.routing import AdminRoute, problem_responses
@@ -33,8 +33,7 @@ async def create_provider(
         session, body, actor=actor, allow_private=settings.allow_private_upstreams
     )
     response.headers["Location"] = f"/providers/{provider.id}"
-    set_etag(response, provider.version)
-    return ProviderRead.model_validate(provider)
+    return with_etag(response, ProviderRead.model_validate(provider))
 
 
 @router.get("", response_model=Page[ProviderRead], summary="List providers by name")
@@ -54,8 +53,7 @@ async def get_provider(
     provider_id: uuid.UUID, session: SessionDep, _admin: AdminDep, response: Response
 ) -> ProviderRead:
     provider = await service.get_provider(session, provider_id)
-    set_etag(response, provider.version)
-    return ProviderRead.model_validate(provider)
+    return with_etag(response, ProviderRead.model_validate(provider))
 
 
 @router.patch(
@@ -81,8 +79,7 @@ async def update_provider(
         actor=actor,
         allow_private=settings.allow_private_upstreams,
     )
-    set_etag(response, provider.version)
-    return ProviderRead.model_validate(provider)
+    return with_etag(response, ProviderRead.model_validate(provider))
 
 
 @router.delete(

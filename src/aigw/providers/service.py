@@ -24,7 +24,6 @@ from aigw.errors import (
     UnknownProvider,
     UpstreamNotAllowed,
 )
-from aigw.etag import check_version
 from aigw.netpolicy import UpstreamRefused, check_upstream_url
 from aigw.pagination import decode_cursor, encode_cursor
 from aigw.providers.models import Provider, ProviderModel
@@ -88,10 +87,8 @@ async def create_provider(
     return provider
 
 
-async def get_provider(
-    session: AsyncSession, provider_id: uuid.UUID, *, for_update: bool = False
-) -> Provider:
-    return await ProviderRepository(session).get_existing(provider_id, for_update=for_update)
+async def get_provider(session: AsyncSession, provider_id: uuid.UUID) -> Provider:
+    return await ProviderRepository(session).get_existing(provider_id)
 
 
 async def resolve_model(
@@ -162,8 +159,7 @@ async def update_provider(
     actor: str,
     allow_private: bool,
 ) -> Provider:
-    provider = await get_provider(session, provider_id, for_update=True)
-    check_version(provider.version, if_match)
+    provider = await ProviderRepository(session).get_to_change(provider_id, if_match)
     before = snapshot(provider)
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
     if not changes:
@@ -211,8 +207,7 @@ async def update_provider(
 async def delete_provider(
     session: AsyncSession, provider_id: uuid.UUID, *, if_match: int | None, actor: str
 ) -> None:
-    provider = await get_provider(session, provider_id, for_update=True)
-    check_version(provider.version, if_match)
+    provider = await ProviderRepository(session).get_to_change(provider_id, if_match)
     count = await apikeys.count_keys_of_provider(session, provider.id)
     if count:
         raise ProviderInUse(f"{count} AI API key(s) still use this provider")
