@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import uuid
+from pathlib import Path
 
 import asyncpg
 
@@ -94,3 +96,14 @@ def test_payloads_parse_into_changes_and_foreign_ones_do_not() -> None:
     assert notify.parse_payload(f"api_keys:{row_id}") == notify.Change("api_keys", row_id)
     assert notify.parse_payload("api_keys:not-an-id") is None
     assert notify.parse_payload("") is None
+
+
+def test_the_migration_that_installs_the_triggers_renders_the_contract() -> None:
+    """Migrations keep their own copy of the SQL (history does not import code that
+    may change); a contract change comes with a new migration, named here."""
+    path = Path(__file__).parents[2] / "migrations" / "versions" / "0001_initial_schema.py"
+    spec = importlib.util.spec_from_file_location("migration_0001", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    assert notify.trigger_sql() == migration._NOTIFY_SQL
