@@ -20,6 +20,8 @@ depends_on: str | Sequence[str] | None = None
 # Every change to a key or a provider (through any gateway process, the CLI or
 # plain SQL) notifies `aigw_changes` on commit; gateway processes LISTEN and
 # refresh their key caches. Payload: "<table>:<id>" (models report their provider).
+# The contract is named in code in aigw.db.notify; this copy stays as written
+# (history), and tests/db/test_notify.py holds the two equal.
 _NOTIFY_SQL = (
     """
 CREATE FUNCTION aigw_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigw.config import Settings
 from aigw.crypto import KeyRing, TokenHasher
 from aigw.errors import ServiceUnavailable
+from aigw.etag import parse_if_match
 from aigw.routing import check_admin_token
 
 log = logging.getLogger("aigw.deps")
@@ -79,3 +80,4 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 AdminDep = Annotated[str, Depends(require_admin)]
 KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
 HasherDep = Annotated[TokenHasher, Depends(get_hasher)]
+IfMatchDep = Annotated[int | None, Depends(parse_if_match)]

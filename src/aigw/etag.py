@@ -1,16 +1,30 @@
-"""Strong ETags carry the row version: ``"<version>"``."""
+"""Strong ETags carry the row version: ``"<version>"``; ``If-Match`` is checked against it."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 
-from fastapi import Header
+from fastapi import Header, Response
 
 NO_VERSION = -1  # versions start at 1
 
 
 def etag_for(version: int) -> str:
     return f'"{version}"'
+
+
+class Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
+
+
+VersionedT = TypeVar("VersionedT", bound=Versioned)
+
+
+def with_etag(response: Response, resource: VersionedT) -> VersionedT:
+    """*resource*, with its version set as the response's ``ETag``."""
+    response.headers["ETag"] = etag_for(resource.version)
+    return resource
 
 
 def parse_if_match(

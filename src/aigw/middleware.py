@@ -10,24 +10,21 @@
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
-import secrets
 import time
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aigw.context import new_request_id, request_id_var
 from aigw.errors import PayloadTooLarge, error_response
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("aigw_request_id", default="-")
+# Re-exported for modules that still read it from here (aigw.logging).
+__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware", "request_id_var"]
+
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{8,64}$")
 REQUEST_ID_HEADER = b"x-aigw-request-id"
-
-
-def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
 
 
 access_log = logging.getLogger("aigw.access")

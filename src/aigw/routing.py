@@ -15,9 +15,16 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from aigw.crypto import constant_time_equals
-from aigw.errors import Unauthorized, UnsupportedMediaType, ValidationFailed
+from aigw.errors import PROBLEM_JSON, Unauthorized, UnsupportedMediaType, ValidationFailed
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+_PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {}}}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for an admin operation: each code answers ``application/problem+json``
+    (:func:`aigw.apidoc.document_problems` then attaches the ``Problem`` schema)."""
+    return {code: _PROBLEM for code in codes}
 
 
 # The largest real admin body (a provider with 500 models) holds ~1,500 JSON

@@ -161,7 +161,7 @@ async def test_wrong_content_type_is_415(client: httpx.AsyncClient) -> None:
 
 
 async def test_body_over_limit_is_413(make_settings: Any, admin_headers: dict[str, str]) -> None:
-    from aigw.main import create_app
+    from aigw.app import create_app
 
     app = create_app(make_settings(max_body_bytes=2048))
     async with (

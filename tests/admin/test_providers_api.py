@@ -82,7 +82,7 @@ async def test_invalid_providers_are_refused(
 async def test_private_upstreams_follow_the_setting(
     make_settings: Any, admin_headers: dict[str, str]
 ) -> None:
-    from aigw.main import create_app
+    from aigw.app import create_app
 
     app = create_app(make_settings(allow_private_upstreams=False))
     async with (

@@ -170,7 +170,7 @@ async def test_readiness_reports_database_encodings_and_key_cache(anon: httpx.As
 async def test_readiness_is_503_when_the_database_is_unreachable(
     make_settings: Any,
 ) -> None:
-    from aigw.main import create_app
+    from aigw.app import create_app
 
     app = create_app(make_settings())
     async with app.router.lifespan_context(app):

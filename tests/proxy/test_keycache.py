@@ -118,3 +118,80 @@ async def test_lost_listen_connection_reconnects_and_reloads(
 
     await wait_for(reloaded_and_disabled, 5.0)
     assert cache(app).listening
+
+
+async def test_a_change_to_each_contracted_table_reaches_the_cache(
+    app: Any, client: httpx.AsyncClient, db: str
+) -> None:
+    """Plain SQL, as an operator might write it: the triggers, not the API, notify."""
+    provider = await create_provider(client, "http://127.0.0.1:9/v1")
+    key = await create_key(client)
+    token = key["token"]
+
+    async def present() -> bool:
+        return lookup(app, token) is not None
+
+    await wait_for(present, 1.0)
+
+    async def reloaded_after(sql: str, *args: Any) -> None:
+        before = cache(app).reloads
+        await conn.execute(sql, *args)
+
+        async def reloaded() -> bool:
+            return cache(app).reloads > before
+
+        await wait_for(reloaded, 2.0)
+
+    conn = await asyncpg.connect(db)
+    try:
+        # providers: update (the key's upstream moves), insert, delete.
+        await conn.execute(
+            "UPDATE providers SET base_url = 'http://127.0.0.1:10/v2' WHERE id = $1",
+            provider["id"],
+        )
+
+        async def moved() -> bool:
+            return lookup(app, token).base_url == "http://127.0.0.1:10/v2"
+
+        await wait_for(moved, 2.0)
+        other = "00000000-0000-4000-8000-000000000001"
+        await reloaded_after(
+            "INSERT INTO providers (id, name, kind, base_url) "
+            "VALUES ($1, 'other', 'openai', 'http://127.0.0.1:11')",
+            other,
+        )
+        await reloaded_after("DELETE FROM providers WHERE id = $1", other)
+
+        # provider_models: update (the key's encoding changes), insert, delete.
+        await conn.execute(
+            "UPDATE provider_models SET encoding = 'cl100k_base' WHERE provider_id = $1",
+            provider["id"],
+        )
+
+        async def re_encoded() -> bool:
+            return lookup(app, token).encoding == "cl100k_base"
+
+        await wait_for(re_encoded, 2.0)
+        await reloaded_after(
+            "INSERT INTO provider_models (provider_id, id, name, encoding) "
+            "VALUES ($1, $2, 'extra', 'o200k_base')",
+            provider["id"],
+            other,
+        )
+        await reloaded_after("DELETE FROM provider_models WHERE id = $1", other)
+
+        # api_keys: insert (above, through the API), update, delete.
+        await conn.execute("UPDATE api_keys SET input_limit = 42 WHERE id = $1", key["id"])
+
+        async def new_limit() -> bool:
+            return lookup(app, token).limits.input_limit == 42
+
+        await wait_for(new_limit, 2.0)
+        await conn.execute("DELETE FROM api_keys WHERE id = $1", key["id"])
+
+        async def gone() -> bool:
+            return lookup(app, token) is None
+
+        await wait_for(gone, 2.0)
+    finally:
+        await conn.close()

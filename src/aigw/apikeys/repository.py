@@ -8,20 +8,32 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigw.apikeys.models import ApiKey, IdempotencyRecord
-from aigw.providers.models import Provider, ProviderModel
-from aigw.providers.repository import like_pattern
+from aigw.db.filters import contains_ci
+from aigw.db.repository import Repository
 
 
 @dataclass(frozen=True, slots=True)
 class KeyFilters:
+    """A search as the API takes it: provider and model by name."""
+
     q: str | None = None
     status: str | None = None
     provider: str | None = None
     model: str | None = None
     usage_limit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConditions:
+    """A search with provider and model resolved to ids (an empty list matches nothing)."""
+
+    q: str | None = None
+    status: str | None = None
+    usage_limit: str | None = None
+    provider_ids: list[uuid.UUID] | None = None
+    model_ids: list[uuid.UUID] | None = None
 
 
 SORT_COLUMNS: dict[str, Any] = {
@@ -31,45 +43,40 @@ SORT_COLUMNS: dict[str, Any] = {
 }
 
 
-class ApiKeyRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+class ApiKeyRepository(Repository[ApiKey]):
+    """Provider and model come along with a key by the relationships' joined loading."""
 
-    async def get(self, key_id: uuid.UUID, *, for_update: bool = False) -> ApiKey | None:
-        # Provider and model come along by the relationships' joined loading.
-        stmt = select(ApiKey).where(ApiKey.id == key_id).execution_options(populate_existing=True)
-        if for_update:
-            stmt = stmt.with_for_update(of=ApiKey)
-        key: ApiKey | None = (await self.session.execute(stmt)).unique().scalar_one_or_none()
-        return key
+    model = ApiKey
+    not_found = "no AI API key with id {id}"
 
     @staticmethod
-    def conditions(filters: KeyFilters) -> list[ColumnElement[bool]]:
+    def conditions(filters: KeyConditions) -> list[ColumnElement[bool]]:
         """The WHERE clauses of a search, on ``api_keys`` alone: provider and model
-        filters are sub-selects of their small tables, so neither the count nor the
-        page has to join before it can use the sort index."""
+        come as ids, so neither the count nor the page has to join before it can use
+        the sort index."""
         where: list[ColumnElement[bool]] = []
         if filters.q:
-            where.append(
-                func.lower(ApiKey.alias).like(like_pattern(filters.q.lower()), escape="\\")
-            )
+            where.append(contains_ci(ApiKey.alias, filters.q))
         if filters.status:
             where.append(ApiKey.status == filters.status)
         if filters.usage_limit:
             where.append(ApiKey.usage_limit == filters.usage_limit)
-        if filters.provider:
-            where.append(
-                ApiKey.provider_id.in_(
-                    select(Provider.id).where(func.lower(Provider.name) == filters.provider.lower())
-                )
-            )
-        if filters.model:
-            where.append(
-                ApiKey.model_id.in_(
-                    select(ProviderModel.id).where(ProviderModel.name == filters.model)
-                )
-            )
+        if filters.provider_ids is not None:
+            where.append(ApiKey.provider_id.in_(filters.provider_ids))
+        if filters.model_ids is not None:
+            where.append(ApiKey.model_id.in_(filters.model_ids))
         return where
+
+    async def alias_of(self, key_id: uuid.UUID) -> str | None:
+        return await self.session.scalar(select(ApiKey.alias).where(ApiKey.id == key_id))
+
+    async def count_of_provider(self, provider_id: uuid.UUID) -> int:
+        stmt = select(func.count()).select_from(ApiKey).where(ApiKey.provider_id == provider_id)
+        return int(await self.session.scalar(stmt) or 0)
+
+    async def models_in_use(self, model_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        stmt = select(ApiKey.model_id).where(ApiKey.model_id.in_(model_ids)).distinct()
+        return set((await self.session.execute(stmt)).scalars())
 
     async def count(self, where: list[ColumnElement[bool]]) -> int:
         stmt = select(func.count()).select_from(ApiKey).where(*where)

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
 from aigw.apikeys import service
 from aigw.apikeys.repository import KeyFilters
@@ -17,14 +17,11 @@ from aigw.apikeys.schemas import (
     Status,
     UsageLimit,
 )
-from aigw.deps import AdminDep, HasherDep, KeyRingDep, SessionDep
-from aigw.etag import etag_for, parse_if_match
-from aigw.routing import AdminRoute
+from aigw.deps import AdminDep, HasherDep, IfMatchDep, KeyRingDep, SessionDep
+from aigw.etag import with_etag
+from aigw.routing import AdminRoute, problem_responses
 
 router = APIRouter(prefix="/apikeys", tags=["apikeys"], route_class=AdminRoute)
-
-IfMatchDep = Annotated[int | None, Depends(parse_if_match)]
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
 @router.post(
@@ -32,7 +29,7 @@ PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
     status_code=status.HTTP_201_CREATED,
     response_model=ApiKeyWithToken,
     summary="Create an AI API key; the response carries its client token, once",
-    responses={409: PROBLEM, 422: PROBLEM},
+    responses=problem_responses(409, 422),
 )
 async def create_api_key(
     body: ApiKeyCreate,
@@ -56,7 +53,7 @@ async def create_api_key(
         session, body, keyring=keyring, hasher=hasher, actor=actor, idempotency_key=idempotency_key
     )
     response.headers["Location"] = f"/apikeys/{created.id}"
-    response.headers["ETag"] = etag_for(created.version)
+    with_etag(response, created)
     response.headers["Cache-Control"] = "no-store"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -89,20 +86,19 @@ async def search_api_keys(
     return await service.search_api_keys(session, filters, sort=sort, limit=limit, cursor=cursor)
 
 
-@router.get("/{key_id}", response_model=ApiKeyRead, responses={404: PROBLEM})
+@router.get("/{key_id}", response_model=ApiKeyRead, responses=problem_responses(404))
 async def get_api_key(
     key_id: uuid.UUID, session: SessionDep, _admin: AdminDep, response: Response
 ) -> ApiKeyRead:
     key = await service.get_api_key(session, key_id)
-    response.headers["ETag"] = etag_for(key.version)
-    return service.to_read(key)
+    return with_etag(response, service.to_read(key))
 
 
 @router.patch(
     "/{key_id}",
     response_model=ApiKeyRead,
     summary="Change any writable field; a new key_code replaces the old",
-    responses={404: PROBLEM, 409: PROBLEM, 412: PROBLEM, 422: PROBLEM},
+    responses=problem_responses(404, 409, 412, 422),
 )
 async def update_api_key(
     key_id: uuid.UUID,
@@ -116,15 +112,14 @@ async def update_api_key(
     key = await service.update_api_key(
         session, key_id, body, if_match=if_match, keyring=keyring, actor=actor
     )
-    response.headers["ETag"] = etag_for(key.version)
-    return service.to_read(key)
+    return with_etag(response, service.to_read(key))
 
 
 @router.delete(
     "/{key_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a key; its usage history stays readable",
-    responses={404: PROBLEM, 412: PROBLEM},
+    responses=problem_responses(404, 412),
 )
 async def delete_api_key(
     key_id: uuid.UUID, session: SessionDep, actor: AdminDep, if_match: IfMatchDep
@@ -137,7 +132,7 @@ async def delete_api_key(
     "/{key_id}/token",
     response_model=ApiKeyWithToken,
     summary="Rotate the client token; the old one stops working at once",
-    responses={404: PROBLEM, 412: PROBLEM},
+    responses=problem_responses(404, 412),
 )
 async def rotate_api_key_token(
     key_id: uuid.UUID,
@@ -150,6 +145,6 @@ async def rotate_api_key_token(
     rotated = await service.rotate_token(
         session, key_id, if_match=if_match, hasher=hasher, actor=actor
     )
-    response.headers["ETag"] = etag_for(rotated.version)
+    with_etag(response, rotated)
     response.headers["Cache-Control"] = "no-store"
     return rotated

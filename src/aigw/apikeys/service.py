@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigw.apikeys.models import ApiKey, IdempotencyRecord
-from aigw.apikeys.repository import ApiKeyRepository, KeyFilters
+from aigw.apikeys.repository import ApiKeyRepository, KeyConditions, KeyFilters
 from aigw.apikeys.schemas import ApiKeyCreate, ApiKeyPage, ApiKeyRead, ApiKeyUpdate, ApiKeyWithToken
 from aigw.audit import service as audit
 from aigw.crypto import (
@@ -24,11 +24,10 @@ from aigw.crypto import (
     key_code_aad,
     mask_secret,
 )
-from aigw.errors import AliasTaken, IdempotencyKeyReused, NotFound, UnknownModel, UnknownProvider
+from aigw.db.constraints import flush
+from aigw.errors import AliasTaken, IdempotencyKeyReused
 from aigw.pagination import InvalidCursor, decode_cursor, encode_cursor
-from aigw.providers.models import Provider, ProviderModel
-from aigw.providers.repository import ProviderRepository
-from aigw.providers.service import check_version
+from aigw.providers import service as providers
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
@@ -55,34 +54,8 @@ def _snapshot(key: ApiKey) -> dict[str, Any]:
     return to_read(key).model_dump(mode="json")
 
 
-async def _resolve_model(
-    session: AsyncSession, provider_name: str, model_name: str
-) -> tuple[Provider, ProviderModel]:
-    provider = await ProviderRepository(session).get_by_name(provider_name)
-    if provider is None:
-        raise UnknownProvider(
-            f"no provider named {provider_name!r}",
-            errors=[
-                {"field": "provider", "message": "unknown provider", "type": "unknown_provider"}
-            ],
-        )
-    for model in provider.models:
-        if model.name == model_name:
-            return provider, model
-    raise UnknownModel(
-        f"provider {provider.name!r} has no model {model_name!r}",
-        errors=[
-            {
-                "field": "model",
-                "message": "unknown model for this provider",
-                "type": "unknown_model",
-            }
-        ],
-    )
-
-
-def _is_alias_conflict(exc: IntegrityError) -> bool:
-    return "uq_api_keys_lower_alias" in str(exc.orig)
+def _alias_taken(alias: str | None) -> dict[str, Any]:
+    return {"uq_api_keys_lower_alias": lambda: AliasTaken(f"alias {alias!r} is taken")}
 
 
 def _seal_key_code(key: ApiKey, key_code: str, keyring: KeyRing) -> None:
@@ -149,7 +122,7 @@ async def create_api_key(
                 ) from None
             return _replay(existing, fingerprint, keyring), True
 
-    provider, model = await _resolve_model(session, data.provider, data.model)
+    provider, model = await providers.resolve_model(session, data.provider, data.model)
     issued = hasher.issue()
     key = ApiKey(
         id=key_id,
@@ -165,12 +138,7 @@ async def create_api_key(
     )
     _seal_key_code(key, data.key_code, keyring)
     session.add(key)
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        if _is_alias_conflict(exc):
-            raise AliasTaken(f"alias {data.alias!r} is taken") from None
-        raise
+    await flush(session, _alias_taken(data.alias))
     key = await get_api_key(session, key_id)
     result = ApiKeyWithToken(**to_read(key).model_dump(), token=issued.token)
     if record is not None:
@@ -181,20 +149,45 @@ async def create_api_key(
     return result, False
 
 
-async def get_api_key(
-    session: AsyncSession, key_id: uuid.UUID, *, for_update: bool = False
-) -> ApiKey:
-    key = await ApiKeyRepository(session).get(key_id, for_update=for_update)
-    if key is None:
-        raise NotFound(f"no AI API key with id {key_id}")
-    return key
+async def get_api_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
+    return await ApiKeyRepository(session).get_existing(key_id)
+
+
+async def alias_of(session: AsyncSession, key_id: uuid.UUID) -> str | None:
+    """The alias of the key with *key_id*, or None when there is no such key (any more)."""
+    return await ApiKeyRepository(session).alias_of(key_id)
+
+
+async def count_keys_of_provider(session: AsyncSession, provider_id: uuid.UUID) -> int:
+    return await ApiKeyRepository(session).count_of_provider(provider_id)
+
+
+async def models_in_use(session: AsyncSession, model_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of *model_ids* some key uses."""
+    return await ApiKeyRepository(session).models_in_use(model_ids)
+
+
+async def _conditions(session: AsyncSession, filters: KeyFilters) -> KeyConditions:
+    provider_ids = model_ids = None
+    if filters.provider:
+        provider_id = await providers.provider_id_named(session, filters.provider)
+        provider_ids = [] if provider_id is None else [provider_id]
+    if filters.model:
+        model_ids = await providers.model_ids_named(session, filters.model)
+    return KeyConditions(
+        q=filters.q,
+        status=filters.status,
+        usage_limit=filters.usage_limit,
+        provider_ids=provider_ids,
+        model_ids=model_ids,
+    )
 
 
 async def search_api_keys(
     session: AsyncSession, filters: KeyFilters, *, sort: str, limit: int, cursor: str | None
 ) -> ApiKeyPage:
     repo = ApiKeyRepository(session)
-    where = repo.conditions(filters)
+    where = repo.conditions(await _conditions(session, filters))
     after: tuple[object, uuid.UUID] | None = None
     if cursor:
         payload = decode_cursor(cursor, {"s", "v", "id"})
@@ -228,8 +221,6 @@ def _cursor_value(sort: str, value: object) -> object:
         raise TypeError
     if sort.lstrip("-") == "alias":
         return value
-    from datetime import datetime
-
     return datetime.fromisoformat(value)
 
 
@@ -242,14 +233,13 @@ async def update_api_key(
     keyring: KeyRing,
     actor: str,
 ) -> ApiKey:
-    key = await get_api_key(session, key_id, for_update=True)
-    check_version(key.version, if_match)
+    key = await ApiKeyRepository(session).get_to_change(key_id, if_match)
     changes = data.model_dump(exclude_unset=True)
     if not changes:
         return key
     before = _snapshot(key)
     if "provider" in changes or "model" in changes:
-        provider, model = await _resolve_model(
+        provider, model = await providers.resolve_model(
             session, data.provider or key.provider.name, data.model or key.model.name
         )
         key.provider_id, key.model_id = provider.id, model.id
@@ -261,12 +251,7 @@ async def update_api_key(
         _seal_key_code(key, data.key_code, keyring)
     key.version += 1
     key.updated_at = func.now()
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        if _is_alias_conflict(exc):
-            raise AliasTaken(f"alias {data.alias!r} is taken") from None
-        raise
+    await flush(session, _alias_taken(data.alias))
     # The repository loads with populate_existing: server-side timestamps are fresh.
     key = await get_api_key(session, key_id)
     after = _snapshot(key)
@@ -294,8 +279,7 @@ async def rotate_token(
     hasher: TokenHasher,
     actor: str,
 ) -> ApiKeyWithToken:
-    key = await get_api_key(session, key_id, for_update=True)
-    check_version(key.version, if_match)
+    key = await ApiKeyRepository(session).get_to_change(key_id, if_match)
     before = {"token_prefix": key.token_prefix}
     issued = hasher.issue()
     key.token_hash = issued.token_hash
@@ -320,8 +304,7 @@ async def rotate_token(
 async def delete_api_key(
     session: AsyncSession, key_id: uuid.UUID, *, if_match: int | None, actor: str
 ) -> None:
-    key = await get_api_key(session, key_id, for_update=True)
-    check_version(key.version, if_match)
+    key = await ApiKeyRepository(session).get_to_change(key_id, if_match)
     before = _snapshot(key)
     await session.delete(key)
     await session.flush()

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigw.audit.models import AuditEntry
-from aigw.middleware import request_id_var
+from aigw.context import current_request_id
 
 ACTIONS = ("create", "update", "delete", "token_rotated", "secret_replaced")
 
@@ -25,7 +25,6 @@ def record(
     after: dict[str, Any] | None,
 ) -> None:
     """Add an audit row to the caller's transaction: it commits or rolls back with the change."""
-    request_id = request_id_var.get()
     session.add(
         AuditEntry(
             actor=actor,
@@ -34,7 +33,7 @@ def record(
             entity_id=entity_id,
             before=before,
             after=after,
-            request_id=None if request_id == "-" else request_id,
+            request_id=current_request_id(),
         )
     )
 

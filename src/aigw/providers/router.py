@@ -1,21 +1,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 
-from aigw.deps import AdminDep, SessionDep, SettingsDep
-from aigw.etag import etag_for, parse_if_match
+from aigw.deps import AdminDep, IfMatchDep, SessionDep, SettingsDep
+from aigw.etag import with_etag
 from aigw.providers import service
 from aigw.providers.schemas import ProviderCreate, ProviderKind, ProviderRead, ProviderUpdate
-from aigw.routing import AdminRoute
+from aigw.routing import AdminRoute, problem_responses
 from aigw.schemas import Page
 
 router = APIRouter(prefix="/providers", tags=["providers"], route_class=AdminRoute)
-
-IfMatchDep = Annotated[int | None, Depends(parse_if_match)]
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
 @router.post(
@@ -23,7 +20,7 @@ PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
     status_code=status.HTTP_201_CREATED,
     response_model=ProviderRead,
     summary="Register an upstream provider and its models",
-    responses={409: PROBLEM, 422: PROBLEM},
+    responses=problem_responses(409, 422),
 )
 async def create_provider(
     body: ProviderCreate,
@@ -36,8 +33,7 @@ async def create_provider(
         session, body, actor=actor, allow_private=settings.allow_private_upstreams
     )
     response.headers["Location"] = f"/providers/{provider.id}"
-    response.headers["ETag"] = etag_for(provider.version)
-    return ProviderRead.model_validate(provider)
+    return with_etag(response, ProviderRead.model_validate(provider))
 
 
 @router.get("", response_model=Page[ProviderRead], summary="List providers by name")
@@ -52,20 +48,19 @@ async def list_providers(
     return await service.list_providers(session, q=q, kind=kind, limit=limit, cursor=cursor)
 
 
-@router.get("/{provider_id}", response_model=ProviderRead, responses={404: PROBLEM})
+@router.get("/{provider_id}", response_model=ProviderRead, responses=problem_responses(404))
 async def get_provider(
     provider_id: uuid.UUID, session: SessionDep, _admin: AdminDep, response: Response
 ) -> ProviderRead:
     provider = await service.get_provider(session, provider_id)
-    response.headers["ETag"] = etag_for(provider.version)
-    return ProviderRead.model_validate(provider)
+    return with_etag(response, ProviderRead.model_validate(provider))
 
 
 @router.patch(
     "/{provider_id}",
     response_model=ProviderRead,
     summary="Change a provider; `models` replaces the list",
-    responses={404: PROBLEM, 409: PROBLEM, 412: PROBLEM, 422: PROBLEM},
+    responses=problem_responses(404, 409, 412, 422),
 )
 async def update_provider(
     provider_id: uuid.UUID,
@@ -84,14 +79,13 @@ async def update_provider(
         actor=actor,
         allow_private=settings.allow_private_upstreams,
     )
-    response.headers["ETag"] = etag_for(provider.version)
-    return ProviderRead.model_validate(provider)
+    return with_etag(response, ProviderRead.model_validate(provider))
 
 
 @router.delete(
     "/{provider_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={404: PROBLEM, 409: PROBLEM, 412: PROBLEM},
+    responses=problem_responses(404, 409, 412),
 )
 async def delete_provider(
     provider_id: uuid.UUID, session: SessionDep, actor: AdminDep, if_match: IfMatchDep

@@ -1,21 +1,27 @@
-"""Provider use cases: validation against the database and the upstream policy."""
+"""Provider use cases: validation against the database and the upstream policy.
+
+Whether AI API keys still use a provider or a model is the apikeys domain's
+knowledge, asked through its service; the foreign keys enforce it regardless.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigw.apikeys import service as apikeys
 from aigw.audit import service as audit
+from aigw.db.constraints import flush
 from aigw.errors import (
     ModelInUse,
-    NotFound,
-    PreconditionFailed,
     ProviderInUse,
     ProviderNameTaken,
+    UnknownModel,
+    UnknownProvider,
     UpstreamNotAllowed,
 )
 from aigw.netpolicy import UpstreamRefused, check_upstream_url
@@ -53,13 +59,12 @@ def _model_rows(models: list[ProviderModelIn]) -> list[ProviderModel]:
     ]
 
 
-def _name_conflict(exc: IntegrityError) -> bool:
-    return "uq_providers_lower_name" in str(exc.orig)
+def _name_taken(name: str | None) -> dict[str, Callable[[], Exception]]:
+    return {"uq_providers_lower_name": lambda: ProviderNameTaken(f"provider {name!r} exists")}
 
 
-def check_version(current: int, if_match: int | None) -> None:
-    if if_match is not None and if_match != current:
-        raise PreconditionFailed(f"current version is {current}")
+# Deleting a provider deletes its models: a key referring to either says no.
+_KEYS_REFER = ("fk_api_keys_provider_id_providers", "fk_api_keys_model_id_provider_models")
 
 
 async def create_provider(
@@ -74,12 +79,7 @@ async def create_provider(
         models=_model_rows(data.models),
     )
     session.add(provider)
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        if _name_conflict(exc):
-            raise ProviderNameTaken(f"provider {data.name!r} exists") from None
-        raise
+    await flush(session, _name_taken(data.name))
     await session.refresh(provider)
     audit.record(
         session, actor, "create", "provider", provider.id, before=None, after=snapshot(provider)
@@ -87,13 +87,47 @@ async def create_provider(
     return provider
 
 
-async def get_provider(
-    session: AsyncSession, provider_id: uuid.UUID, *, for_update: bool = False
-) -> Provider:
-    provider = await ProviderRepository(session).get(provider_id, for_update=for_update)
+async def get_provider(session: AsyncSession, provider_id: uuid.UUID) -> Provider:
+    return await ProviderRepository(session).get_existing(provider_id)
+
+
+async def resolve_model(
+    session: AsyncSession, provider_name: str, model_name: str
+) -> tuple[Provider, ProviderModel]:
+    """The provider called *provider_name* (case-insensitively) and its model called
+    *model_name*; a 422 naming the field when either does not exist."""
+    provider = await ProviderRepository(session).get_by_name(provider_name)
     if provider is None:
-        raise NotFound(f"no provider with id {provider_id}")
-    return provider
+        raise UnknownProvider(
+            f"no provider named {provider_name!r}",
+            errors=[
+                {"field": "provider", "message": "unknown provider", "type": "unknown_provider"}
+            ],
+        )
+    for model in provider.models:
+        if model.name == model_name:
+            return provider, model
+    raise UnknownModel(
+        f"provider {provider.name!r} has no model {model_name!r}",
+        errors=[
+            {
+                "field": "model",
+                "message": "unknown model for this provider",
+                "type": "unknown_model",
+            }
+        ],
+    )
+
+
+async def provider_id_named(session: AsyncSession, name: str) -> uuid.UUID | None:
+    """The id of the provider called *name* (case-insensitively), if there is one."""
+    provider = await ProviderRepository(session).get_by_name(name)
+    return None if provider is None else provider.id
+
+
+async def model_ids_named(session: AsyncSession, name: str) -> list[uuid.UUID]:
+    """The ids of every provider's models called *name*."""
+    return await ProviderRepository(session).model_ids_named(name)
 
 
 async def list_providers(
@@ -125,9 +159,7 @@ async def update_provider(
     actor: str,
     allow_private: bool,
 ) -> Provider:
-    repo = ProviderRepository(session)
-    provider = await get_provider(session, provider_id, for_update=True)
-    check_version(provider.version, if_match)
+    provider = await ProviderRepository(session).get_to_change(provider_id, if_match)
     before = snapshot(provider)
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
     if not changes:
@@ -142,7 +174,8 @@ async def update_provider(
     if data.models is not None:
         wanted = {m.name: m for m in data.models}
         removed = {m.name for m in provider.models} - set(wanted)
-        in_use = removed & await repo.models_in_use(provider.id)
+        used_ids = await apikeys.models_in_use(session, [m.id for m in provider.models])
+        in_use = removed & {m.name for m in provider.models if m.id in used_ids}
         if in_use:
             raise ModelInUse(f"AI API keys still use {sorted(in_use)}")
         by_name = {m.name: m for m in provider.models}
@@ -155,14 +188,15 @@ async def update_provider(
         provider.models = new_rows  # delete-orphan removes the dropped ones
     provider.version += 1
     provider.updated_at = func.now()
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        if _name_conflict(exc):
-            raise ProviderNameTaken(f"provider {data.name!r} exists") from None
-        if "fk_api_keys_model_id" in str(exc.orig):
-            raise ModelInUse("an AI API key now uses a removed model") from None
-        raise
+    await flush(
+        session,
+        {
+            **_name_taken(data.name),
+            "fk_api_keys_model_id_provider_models": lambda: ModelInUse(
+                "an AI API key now uses a removed model"
+            ),
+        },
+    )
     await session.refresh(provider)
     audit.record(
         session, actor, "update", "provider", provider.id, before=before, after=snapshot(provider)
@@ -173,17 +207,15 @@ async def update_provider(
 async def delete_provider(
     session: AsyncSession, provider_id: uuid.UUID, *, if_match: int | None, actor: str
 ) -> None:
-    repo = ProviderRepository(session)
-    provider = await get_provider(session, provider_id, for_update=True)
-    check_version(provider.version, if_match)
-    count = await repo.key_count(provider.id)
+    provider = await ProviderRepository(session).get_to_change(provider_id, if_match)
+    count = await apikeys.count_keys_of_provider(session, provider.id)
     if count:
         raise ProviderInUse(f"{count} AI API key(s) still use this provider")
     before = snapshot(provider)
     await session.delete(provider)
-    try:
-        await session.flush()
-    except IntegrityError:
-        # A key created concurrently now refers to it; the foreign key says no.
-        raise ProviderInUse("AI API keys still use this provider") from None
+    # A key created concurrently now refers to it; the foreign key says no.
+    in_use = {
+        name: lambda: ProviderInUse("AI API keys still use this provider") for name in _KEYS_REFER
+    }
+    await flush(session, in_use)
     audit.record(session, actor, "delete", "provider", provider_id, before=before, after=None)

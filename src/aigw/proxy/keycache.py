@@ -4,9 +4,8 @@ Every key is loaded at start with its provider and model, its key code opened
 once, and indexed by the hash of its client token, so resolving a request is
 one HMAC and one dict lookup: no query per request.
 
-Freshness: database triggers NOTIFY ``aigw_changes`` with ``api_keys:<id>`` or
-``providers:<id>`` on every committed change, whoever made it (any gateway
-process, the CLI, plain SQL). A dedicated asyncpg connection LISTENs; one
+Freshness: database triggers NOTIFY on every committed change, whoever made it
+(any gateway process, the CLI, plain SQL), as :mod:`aigw.db.notify` contracts. A dedicated asyncpg connection LISTENs; one
 worker task applies the changes in order, re-reading just the affected rows
 (a burst, or a provider change, is one full reload). LISTEN starts before the
 initial load, so no change can fall between the two.
@@ -22,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,13 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aigw.apikeys.models import ApiKey
 from aigw.crypto import CryptoError, KeyRing, key_code_aad
+from aigw.db import notify
 from aigw.netpolicy import UpstreamRefused, check_upstream_url
 from aigw.providers.models import Provider, ProviderModel
 from aigw.proxy.limiter import Limits
 
 log = logging.getLogger("aigw.proxy.keycache")
 
-CHANNEL = "aigw_changes"
 # More pending changes than this are cheaper as one full reload.
 _BATCH_RELOAD_THRESHOLD = 200
 
@@ -125,14 +123,6 @@ def _key_rows() -> Select:
     )
 
 
-def _parse_payload(payload: str) -> tuple[str, uuid.UUID] | None:
-    table, _, raw_id = payload.partition(":")
-    try:
-        return table, uuid.UUID(raw_id)
-    except ValueError:
-        return None
-
-
 class KeyCache:
     """Resolve client-token hashes to :class:`ResolvedKey`; see the module docstring."""
 
@@ -157,11 +147,9 @@ class KeyCache:
         self._opened: dict[tuple[uuid.UUID, str], str | None] = {}
         self._pending: asyncio.Queue[str | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
         self.listening = False
         self._closing = False
         self.reloads = 0
-        self.last_change_applied: float | None = None
 
     def __repr__(self) -> str:
         return f"KeyCache(keys={len(self._by_hash)}, listening={self.listening})"
@@ -187,17 +175,11 @@ class KeyCache:
     def get(self, token_hash: bytes) -> ResolvedKey | None:
         return self._by_hash.get(token_hash)
 
-    def get_by_id(self, key_id: uuid.UUID) -> ResolvedKey | None:
-        token_hash = self._hash_by_id.get(key_id)
-        return None if token_hash is None else self._by_hash.get(token_hash)
-
     def encodings_in_use(self) -> set[str]:
         return {key.encoding for key in self._by_hash.values()}
 
     def __len__(self) -> int:
         return len(self._by_hash)
-
-    # -- loading ---------------------------------------------------------------
 
     async def _fetch(self, ids: Iterable[uuid.UUID] | None = None) -> list[Any]:
         statement = _key_rows()
@@ -240,20 +222,15 @@ class KeyCache:
         key_ids: set[uuid.UUID] = set()
         full = len(payloads) > _BATCH_RELOAD_THRESHOLD
         for payload in payloads:
-            parsed = _parse_payload(payload)
-            if parsed is None:
-                full = True
-            elif parsed[0] == "api_keys":
-                key_ids.add(parsed[1])
-            else:  # a provider or its models: rare, and touches many keys
+            change = notify.parse_payload(payload)
+            if change is not None and change.table == "api_keys":
+                key_ids.add(change.id)
+            else:  # a provider or its models (rare, and touches many keys), or unknown
                 full = True
         if full:
             await self.reload_all()
         elif key_ids:
             await self.reload_keys(key_ids)
-        self.last_change_applied = time.monotonic()
-
-    # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect LISTEN and load every key; a database that is down at start is an
@@ -286,7 +263,7 @@ class KeyCache:
             server_settings={"application_name": "aigw-keycache"},
         )
         try:
-            await connection.add_listener(CHANNEL, self._on_notify)
+            await connection.add_listener(notify.CHANNEL, self._on_notify)
             # Wake the worker at once when the connection dies, not at the next heartbeat.
             connection.add_termination_listener(self._on_terminated)
         except BaseException:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, literal_column, select
+from sqlalchemy import Row, func, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigw.usage.models import UsageRecord
 
@@ -15,10 +17,12 @@ def _day() -> Any:
     return func.date(func.timezone("UTC", UsageRecord.created_at))
 
 
-def daily_totals(api_key_id: uuid.UUID, start: datetime, end: datetime) -> Select:
-    """Sums per (UTC day, outcome) for one key over ``[start, end)``."""
+async def daily_totals(
+    session: AsyncSession, api_key_id: uuid.UUID, start: datetime, end: datetime
+) -> Sequence[Row[Any]]:
+    """Sums per (UTC day, outcome) for one key over ``[start, end)``, by day."""
     day = _day().label("day")
-    return (
+    stmt = (
         select(
             day,
             UsageRecord.outcome,
@@ -42,13 +46,15 @@ def daily_totals(api_key_id: uuid.UUID, start: datetime, end: datetime) -> Selec
         .group_by(literal_column("day"), UsageRecord.outcome)
         .order_by(literal_column("day"))
     )
+    return (await session.execute(stmt)).all()
 
 
-def last_recorded_alias(api_key_id: uuid.UUID) -> Select:
+async def last_recorded_alias(session: AsyncSession, api_key_id: uuid.UUID) -> str | None:
     """The alias on the key's most recent record (for keys since deleted)."""
-    return (
+    stmt = (
         select(UsageRecord.alias)
         .where(UsageRecord.api_key_id == api_key_id)
         .order_by(UsageRecord.created_at.desc())
         .limit(1)
     )
+    return await session.scalar(stmt)

@@ -2,18 +2,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from aigw.deps import AdminDep, SessionDep
-from aigw.routing import AdminRoute
+from aigw.routing import AdminRoute, problem_responses
 from aigw.usage import service
 from aigw.usage.schemas import KeyUsage
 
 router = APIRouter(prefix="/apikeys", tags=["usage"], route_class=AdminRoute)
-
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
 @router.get(
@@ -23,7 +21,7 @@ PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
     summary="Token usage and outcomes of one AI API key: totals and per-day buckets",
     description="Over `[from, to)` (ISO 8601; naive times are UTC; default: the last 30 "
     "days; at most 366 days). Keeps working after the key is deleted.",
-    responses={404: PROBLEM, 422: PROBLEM},
+    responses=problem_responses(404, 422),
 )
 async def get_key_usage(
     key_id: uuid.UUID,

@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigw.apikeys.models import ApiKey
+from aigw.apikeys import service as apikeys
 from aigw.errors import NotFound, ValidationFailed
 from aigw.usage import repository
 from aigw.usage.schemas import DayUsage, KeyUsage, OutcomeUsage, UsageFigures
@@ -65,15 +64,13 @@ async def key_usage(
     """Usage of one key over a period; works for deleted keys (by id), since
     usage records keep no foreign key to the key."""
     period_start, period_end = resolve_period(start, end)
-    alias = (await session.execute(select(ApiKey.alias).where(ApiKey.id == api_key_id))).scalar()
+    alias = await apikeys.alias_of(session, api_key_id)
     deleted = alias is None
     if deleted:
-        alias = (await session.execute(repository.last_recorded_alias(api_key_id))).scalar()
+        alias = await repository.last_recorded_alias(session, api_key_id)
         if alias is None:
             raise NotFound(f"no AI API key with id {api_key_id}, and no usage recorded for it")
-    rows = (
-        await session.execute(repository.daily_totals(api_key_id, period_start, period_end))
-    ).all()
+    rows = await repository.daily_totals(session, api_key_id, period_start, period_end)
 
     totals = UsageFigures()
     days: dict[object, DayUsage] = {}

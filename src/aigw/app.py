@@ -1,0 +1,102 @@
+"""The application factory and its lifespan (served through :mod:`aigw.main`).
+
+Everything a request needs is built once here and kept on ``app.state``: the
+database engine and session factory, the key ring and token hasher, and (from
+:mod:`aigw.proxy.runtime`) the upstream HTTP client, the encoders, the key
+cache and the usage recorder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from aigw import __version__
+from aigw.apidoc import install_openapi
+from aigw.apikeys.router import router as apikeys_router
+from aigw.audit.router import router as audit_router
+from aigw.config import Settings, get_settings
+from aigw.crypto import KeyRing, TokenHasher
+from aigw.db.engine import create_engine, create_sessionmaker
+from aigw.errors import install_error_handlers
+from aigw.health import router as health_router
+from aigw.metrics import router as metrics_router
+from aigw.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from aigw.providers.router import router as providers_router
+from aigw.proxy.router import router as proxy_router
+from aigw.proxy.runtime import proxy_runtime
+from aigw.secrets_check import verify_keyring_opens_stored_secrets
+from aigw.ui import mount_ui
+from aigw.usage.router import router as usage_router
+
+log = logging.getLogger("aigw")
+
+DESCRIPTION = """\
+aigw is an AI gateway. Operators register upstream providers and **AI API keys**
+(alias, provider/model, status, the upstream key code, input/output token limits
+and a usage-limit policy); applications call the OpenAI-compatible proxy under
+`/v1` with the key's client token.
+
+Admin routes take `Authorization: Bearer <AIGW_ADMIN_TOKEN>` and answer errors
+as RFC 9457 `application/problem+json` with a stable `code`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(engine.dispose)
+            await verify_keyring_opens_stored_secrets(app.state.sessionmaker, app.state.keyring)
+            await stack.enter_async_context(proxy_runtime(app, settings))
+            log.info("aigw %s ready", __version__)
+            yield
+            log.info("aigw shutting down")
+
+    app = FastAPI(
+        title="aigw",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    if settings.encryption_keys is None or settings.token_pepper is None:
+        raise RuntimeError(
+            "secrets not resolved; use get_settings() or resolve_generated_secrets()"
+        )
+    app.state.keyring = KeyRing.parse(settings.encryption_keys.get_secret_value())
+    app.state.hasher = TokenHasher(settings.token_pepper.get_secret_value())
+
+    install_error_handlers(app)
+    # First: routing tries routes in order, and /v1 is the hot path.
+    app.include_router(proxy_router)
+    app.include_router(health_router)
+    app.include_router(providers_router)
+    app.include_router(apikeys_router)
+    app.include_router(audit_router)
+    app.include_router(usage_router)
+    app.include_router(metrics_router)
+    mount_ui(app)
+    install_openapi(app)
+
+    # Outermost last: the request id wraps everything, including 413s and CORS.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["authorization", "content-type", "if-match", "idempotency-key"],
+            expose_headers=["etag", "location", "x-aigw-request-id"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app
