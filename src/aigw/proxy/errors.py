@@ -8,7 +8,7 @@ endpoints render them themselves to add the ``x-aigw-*`` headers.
 from __future__ import annotations
 
 from aigw.errors import AigwError
-from aigw.proxy.limiter import INPUT_LIMIT_EXCEEDED, OUTPUT_LIMIT_EXCEEDED
+from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, OUTPUT_LIMIT_EXCEEDED
 
 
 class ProxyError(AigwError):

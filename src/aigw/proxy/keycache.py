@@ -36,7 +36,7 @@ from aigw.apikeys.models import ApiKey
 from aigw.crypto import CryptoError, KeyRing, key_code_aad
 from aigw.netpolicy import UpstreamRefused, check_upstream_url
 from aigw.providers.models import Provider, ProviderModel
-from aigw.proxy.limiter import Limits
+from aigw.proxy.policy import Limits
 
 log = logging.getLogger("aigw.proxy.keycache")
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from aigw.proxy.service import ProxyService
+from aigw.proxy.pipeline import ProxyService
 
 router = APIRouter(tags=["proxy"])
 

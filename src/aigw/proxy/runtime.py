@@ -21,7 +21,7 @@ from aigw.config import Settings
 from aigw.db.engine import libpq_url
 from aigw.metrics import Metrics
 from aigw.proxy.keycache import KeyCache
-from aigw.proxy.service import ProxyService
+from aigw.proxy.pipeline import ProxyService
 from aigw.proxy.tokens import O200K_BASE, Encoders, load_encoding
 from aigw.proxy.upstream import create_upstream_session
 from aigw.usage.recorder import UsageRecorder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aigw.proxy.limiter import (
+from aigw.proxy.policy import (
     INPUT_LIMIT_EXCEEDED,
     OUTPUT_LIMIT_EXCEEDED,
     Decision,

@@ -6,7 +6,7 @@
 1. **admit** — the client token resolves through the key cache (no query); the
    body is read and parsed with orjson (NaN, Infinity, lone surrogates and
    invalid UTF-8 are refused), checked just enough to count it, counted, and
-   judged by :func:`aigw.proxy.limiter.decide`. Any refusal is a 4xx in
+   judged by :func:`aigw.proxy.policy.decide`. Any refusal is a 4xx in
    OpenAI's envelope and nothing goes upstream.
 2. **forward** — the body goes to the key's provider (never a client-chosen
    URL) with the decrypted key code, unchanged except for the gateway's edits:
@@ -61,7 +61,7 @@ from aigw.proxy.errors import (
     UnsupportedProvider,
 )
 from aigw.proxy.keycache import KeyCache, ResolvedKey
-from aigw.proxy.limiter import INPUT_LIMIT_EXCEEDED, Decision, decide, output_exceeded
+from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, Decision, decide, output_exceeded
 from aigw.proxy.sse import DONE_EVENT, SSEDecoder, encode_json
 from aigw.proxy.upstream import (
     ClientGone,
