@@ -60,6 +60,7 @@ async def test_unknown_or_missing_token_is_401(
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.headers["x-aigw-request-id"]
     assert (await proxy.get("/v1/models", headers=headers)).status_code == 401
+    assert (await proxy.head("/v1/models", headers=headers)).status_code == 401
     assert await usage_rows(db, expected=0, timeout=0.1) == []
 
 
