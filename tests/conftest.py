@@ -23,10 +23,10 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from aigw.app import create_app
 from aigw.config import Settings
 from aigw.db.engine import libpq_url
 from aigw.db.migrate import upgrade
-from aigw.main import create_app
 from tests.support import Gateway, start_gateway
 
 ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(24)

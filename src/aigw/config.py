@@ -61,7 +61,7 @@ class Settings(BaseSettings):
 
     # Counting: bodies beyond this many characters of text are not tokenized
     # exactly (the count is bounded from below and the request is rejected or
-    # forwarded by policy); see aigw.proxy.tokens.
+    # forwarded by policy); see aigw.proxy.counting.
     max_tokenize_chars: int = Field(default=2_000_000, ge=1000)
 
     db_pool_size: int = Field(default=10, ge=1)

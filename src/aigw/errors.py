@@ -1,9 +1,12 @@
 """One error tree for the whole gateway, rendered in one place.
 
-Services raise :class:`AigwError` subclasses; :func:`install_error_handlers`
-turns them into RFC 9457 ``application/problem+json`` on admin routes and into
-OpenAI's ``{"error": {...}}`` envelope under ``/v1``. Messages are written for
-the caller and never include secret material.
+Services raise :class:`AigwError` subclasses (the proxy's, in
+:mod:`aigw.proxy.errors`, included); :func:`install_error_handlers` turns them
+into RFC 9457 ``application/problem+json`` on admin routes and into OpenAI's
+``{"error": {...}}`` envelope under ``/v1``. One renderer per wire format:
+:func:`problem_response` and :func:`openai_error_body` (the proxy frames the
+latter as its final SSE event). Messages are written for the caller and never
+include secret material.
 """
 
 from __future__ import annotations
@@ -43,13 +46,6 @@ class AigwError(Exception):
         self.param = param
         self.headers = headers or {}
         super().__init__(self.detail)
-
-
-class BadRequest(AigwError):
-    status_code = 400
-    code = "bad_request"
-    title = "Bad request"
-    openai_type = "invalid_request_error"
 
 
 class Unauthorized(AigwError):
@@ -149,12 +145,6 @@ class ServiceUnavailable(AigwError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
-def _json(content: Any, status: int, media_type: str, headers: dict[str, str]) -> Response:
-    return Response(
-        orjson.dumps(content), status_code=status, media_type=media_type, headers=headers
-    )
-
-
 def is_openai_path(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
@@ -180,7 +170,22 @@ def problem_response(
         body["instance"] = instance
     if errors:
         body["errors"] = errors
-    return _json(body, status, PROBLEM_JSON, headers or {})
+    return Response(
+        orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def openai_error_body(
+    message: str,
+    *,
+    code: str | None,
+    error_type: str = "invalid_request_error",
+    param: str | None = None,
+) -> bytes:
+    """OpenAI's error envelope, the one shape every ``/v1`` error takes."""
+    return orjson.dumps(
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    )
 
 
 def openai_error_response(
@@ -192,8 +197,8 @@ def openai_error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    return _json(body, status, "application/json", headers or {})
+    body = openai_error_body(message, code=code, error_type=error_type, param=param)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def error_response(request_path: str, exc: AigwError, instance: str | None = None) -> Response:

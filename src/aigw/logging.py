@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from aigw.middleware import request_id_var
+from aigw.context import request_id_var
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",

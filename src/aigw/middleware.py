@@ -21,7 +21,7 @@ from aigw.context import new_request_id, request_id_var
 from aigw.errors import PayloadTooLarge, error_response
 
 # Re-exported for modules that still read it from here (aigw.logging).
-__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware", "request_id_var"]
+__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware"]
 
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{8,64}$")
 REQUEST_ID_HEADER = b"x-aigw-request-id"

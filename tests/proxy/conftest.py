@@ -269,13 +269,45 @@ async def upstream() -> AsyncIterator[InLoopUpstream]:
     await runner.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Serve *app* (its lifespan already entered) with a real uvicorn server in this
+    event loop; yields its URL. Streams reach the client as the app sends them,
+    which ``httpx.ASGITransport`` (it buffers the whole body) cannot show."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="off",
+        log_config=None,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    # Ctrl-C must still stop pytest, not this server.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
 @pytest.fixture
 async def gateway(
     make_settings: Callable[..., Any], admin_headers: dict[str, str]
 ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """Factory: ``await gateway(**settings_overrides)`` runs the app in process and
-    returns it, with ``app.admin`` (an admin httpx client) attached."""
-    from aigw.main import create_app
+    returns it, with ``app.admin`` (an admin httpx client) attached and the app
+    served by a real uvicorn server at ``app.url``."""
+    from aigw.app import create_app
 
     stack = contextlib.AsyncExitStack()
 
@@ -290,6 +322,7 @@ async def gateway(
                 headers=admin_headers,
             )
         )
+        app.url = await stack.enter_async_context(serve(app))
         return app
 
     async with stack:
@@ -309,13 +342,8 @@ async def ready_key(app: Any, **overrides: Any) -> dict[str, Any]:
 
 
 def sdk(app: Any, token: str, **kwargs: Any) -> Any:
-    """The official async OpenAI SDK, talking to the app in process."""
+    """The official async OpenAI SDK, talking to the app's real server (``app.url``),
+    so streams arrive event by event."""
     import openai
 
-    return openai.AsyncOpenAI(
-        base_url="http://aigw.test/v1",
-        api_key=token,
-        max_retries=0,
-        http_client=httpx.AsyncClient(transport=httpx.ASGITransport(app=app)),
-        **kwargs,
-    )
+    return openai.AsyncOpenAI(base_url=f"{app.url}/v1", api_key=token, max_retries=0, **kwargs)

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from aigw.proxy.tokens import Encoders
+from aigw.proxy.counting import Encoders
 from tests.fakes import FakeUpstream, start_fake_upstream, start_xpyd_sim
 from tests.proxy.conftest import MODEL, usage_rows
 from tests.support import Gateway

@@ -4,6 +4,7 @@ key was resolved."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -60,6 +61,7 @@ async def test_unknown_or_missing_token_is_401(
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.headers["x-aigw-request-id"]
     assert (await proxy.get("/v1/models", headers=headers)).status_code == 401
+    assert (await proxy.head("/v1/models", headers=headers)).status_code == 401
     assert await usage_rows(db, expected=0, timeout=0.1) == []
 
 
@@ -184,6 +186,23 @@ async def collect(stream: Any) -> tuple[str, BaseException | None]:
     except openai.APIError as exc:
         return text, exc
     return text, None
+
+
+async def test_stream_events_arrive_as_the_upstream_sends_them(app: Any, upstream: Any) -> None:
+    key = await ready_key(app)
+    upstream.script.output_tokens = 4
+    upstream.script.chunk_delay = 0.3  # before each content chunk: 1.2 s in all
+    started = time.monotonic()
+    stream = await sdk(app, key["token"]).chat.completions.create(
+        model=MODEL, messages=MESSAGES, stream=True
+    )
+    arrivals = []
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic() - started)
+    assert len(arrivals) == 4
+    # A relay that buffered would deliver all four together, after the last.
+    assert arrivals[0] < 0.9 and arrivals[-1] - arrivals[0] > 0.6, arrivals
 
 
 async def test_idle_stream_ends_with_an_error_event_and_comments_do_not_count(

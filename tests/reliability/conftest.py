@@ -228,7 +228,7 @@ async def inproc(
 ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """Factory: ``await inproc(**settings)`` runs the app in process (lifespan
     included) and returns it with ``app.admin``, an admin httpx client."""
-    from aigw.main import create_app
+    from aigw.app import create_app
 
     async with contextlib.AsyncExitStack() as stack:
 

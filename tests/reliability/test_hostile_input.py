@@ -756,7 +756,7 @@ def test_chunked_body_over_the_limit_is_cut_off_while_streaming(
 async def test_body_over_limit_in_process_is_413_problem(
     make_settings: Any, admin_headers: dict[str, str], db: str
 ) -> None:
-    from aigw.main import create_app
+    from aigw.app import create_app
 
     app = create_app(make_settings(max_body_bytes=4096))
     async with app.router.lifespan_context(app):

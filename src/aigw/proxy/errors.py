@@ -1,81 +1,139 @@
-"""Errors the proxy answers before (or instead of) an upstream exchange.
+"""The proxy's errors, under the gateway's one tree (:class:`aigw.errors.AigwError`).
 
-They are :class:`aigw.errors.AigwError` subclasses, so anything that escapes to
-the app's handlers still renders in OpenAI's envelope under ``/v1``; the proxy
-endpoints render them themselves to add the ``x-aigw-*`` headers.
+Refusals (:class:`InvalidRequest` and the rest above the upstream errors) are
+answered before anything goes upstream; :class:`UpstreamError` and its
+subclasses are the failures of an upstream exchange, one class per failure,
+which :func:`aigw.proxy.upstream.map_client_error` maps the HTTP client's
+errors onto. Anything that escapes to the app's handlers still renders in
+OpenAI's envelope under ``/v1``; the pipeline renders them itself to add the
+``x-aigw-*`` headers, and after a stream started as :func:`error_event`.
+
+Upstream messages are fixed strings: an upstream URL can carry credentials and
+an exception text can carry anything, so neither reaches a client or a log.
 """
 
 from __future__ import annotations
 
-from aigw.errors import AigwError
-from aigw.proxy.limiter import INPUT_LIMIT_EXCEEDED, OUTPUT_LIMIT_EXCEEDED
+from aigw.errors import AigwError, openai_error_body
+from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, OUTPUT_LIMIT_EXCEEDED
+from aigw.proxy.sse import encode_data
 
 
-class ProxyError(AigwError):
+class InvalidRequest(AigwError):
     status_code = 400
     code = "invalid_request"
     title = "Invalid request"
     openai_type = "invalid_request_error"
 
 
-class InvalidApiKey(ProxyError):
+class InvalidJson(InvalidRequest):
+    code = "invalid_json"
+    title = "The request body is not valid JSON"
+
+
+class ModelNotAllowed(InvalidRequest):
+    code = "model_not_allowed"
+    title = "This key may not use the requested model"
+
+
+class InputTokenLimitExceeded(InvalidRequest):
+    code = INPUT_LIMIT_EXCEEDED
+    title = "The request's input tokens exceed this key's input limit"
+
+
+class OutputTokenLimitExceeded(InvalidRequest):
+    code = OUTPUT_LIMIT_EXCEEDED
+    title = "The requested maximum output tokens exceed this key's output limit"
+
+
+class InvalidApiKey(AigwError):
     status_code = 401
     code = "invalid_api_key"
     title = "Invalid client token: send 'Authorization: Bearer <client token>'"
+    openai_type = "invalid_request_error"
 
 
-class KeyDisabled(ProxyError):
+class KeyDisabled(AigwError):
     status_code = 403
     code = "key_disabled"
     title = "This AI API key is disabled"
     openai_type = "permission_error"
 
 
-class ModelNotAllowed(ProxyError):
-    code = "model_not_allowed"
-    title = "This key may not use the requested model"
-
-
-class InvalidJson(ProxyError):
-    code = "invalid_json"
-    title = "The request body is not valid JSON"
-
-
-class InvalidRequest(ProxyError):
-    code = "invalid_request"
-
-
-class BodyTooLarge(ProxyError):
-    status_code = 413
-    code = "payload_too_large"
-    title = "Request body too large"
-
-
-class UnsupportedContentType(ProxyError):
-    status_code = 415
-    code = "unsupported_media_type"
-    title = "Content-Type must be application/json"
-
-
-class InputTokenLimitExceeded(ProxyError):
-    code = INPUT_LIMIT_EXCEEDED
-    title = "The request's input tokens exceed this key's input limit"
-
-
-class OutputTokenLimitExceeded(ProxyError):
-    code = OUTPUT_LIMIT_EXCEEDED
-    title = "The requested maximum output tokens exceed this key's output limit"
-
-
-class KeyUnusable(ProxyError):
+class KeyUnusable(AigwError):
     status_code = 500
     code = "key_code_unavailable"
     title = "The gateway cannot open this key's upstream secret; check AIGW_ENCRYPTION_KEYS"
-    openai_type = "server_error"
 
 
-class UnsupportedProvider(ProxyError):
+class UnsupportedProvider(AigwError):
     status_code = 501
     code = "provider_kind_unsupported"
     title = "This provider kind is not supported by the proxy"
-    openai_type = "server_error"
+
+
+class UpstreamError(AigwError):
+    """An upstream exchange failed before it could complete."""
+
+    status_code = 502
+    code = "upstream_error"
+    title = "The upstream provider failed"
+    openai_type = "upstream_error"
+
+
+class UpstreamConnectError(UpstreamError):
+    title = "Could not connect to the upstream provider"
+
+
+class UpstreamRefusedAddress(UpstreamError):
+    title = "The upstream address is not allowed by this gateway's network policy"
+
+
+class UpstreamConnectionLost(UpstreamError):
+    title = "The upstream provider closed the connection"
+
+
+class UpstreamProtocolError(UpstreamError):
+    title = "The upstream provider sent a malformed response"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status (4xx are passed through, with
+    *relayed_headers*)."""
+
+    def __init__(self, status: int, body: bytes, relayed_headers: dict[str, str]) -> None:
+        super().__init__(f"The upstream provider answered HTTP {status}")
+        self.upstream_status = status
+        self.body = body
+        self.relayed_headers = relayed_headers
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+    title = "The upstream provider timed out"
+
+
+class UpstreamConnectTimeout(UpstreamTimeout):
+    title = "Timed out connecting to the upstream provider"
+
+
+class UpstreamFirstByteTimeout(UpstreamTimeout):
+    title = "The upstream provider did not start answering in time"
+
+
+class UpstreamIdleTimeout(UpstreamTimeout):
+    title = "The upstream provider stopped sending events"
+
+
+class UpstreamDeadlineExceeded(UpstreamTimeout):
+    title = "The upstream exchange exceeded its total deadline"
+
+
+class ClientGone(Exception):
+    """The downstream client disconnected; stop work for it (nothing to answer)."""
+
+
+def error_event(code: str, message: str) -> bytes:
+    """The final SSE event of a stream that fails after it started."""
+    return encode_data(openai_error_body(message, code=code, error_type="upstream_error"))

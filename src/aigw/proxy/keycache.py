@@ -35,7 +35,7 @@ from aigw.crypto import CryptoError, KeyRing, key_code_aad
 from aigw.db import notify
 from aigw.netpolicy import UpstreamRefused, check_upstream_url
 from aigw.providers.models import Provider, ProviderModel
-from aigw.proxy.limiter import Limits
+from aigw.proxy.policy import Limits
 
 log = logging.getLogger("aigw.proxy.keycache")
 
@@ -154,7 +154,9 @@ class KeyCache:
     def __repr__(self) -> str:
         return f"KeyCache(keys={len(self._by_hash)}, listening={self.listening})"
 
-    def _open(self, row: Any, into: dict[tuple[uuid.UUID, str], str | None]) -> str | None:
+    def _decrypt_key_code(
+        self, row: Any, into: dict[tuple[uuid.UUID, str], str | None]
+    ) -> str | None:
         """The key code of *row*, opened once per ciphertext (a reload re-opens nothing
         unchanged, and a code the ring cannot open is logged once, not per reload)."""
         memo = (row.id, row.key_code_ciphertext)
@@ -195,7 +197,7 @@ class KeyCache:
         opened: dict[tuple[uuid.UUID, str], str | None] = {}
         for row in rows:
             by_hash[bytes(row.token_hash)] = _resolved(
-                row, self._open(row, opened), self._allow_private
+                row, self._decrypt_key_code(row, opened), self._allow_private
             )
             hash_by_id[row.id] = bytes(row.token_hash)
         # No await between these: requests never see a half state.
@@ -214,7 +216,7 @@ class KeyCache:
             if row is not None:  # absent: the key was deleted
                 token_hash = bytes(row.token_hash)
                 self._by_hash[token_hash] = _resolved(
-                    row, self._open(row, self._opened), self._allow_private
+                    row, self._decrypt_key_code(row, self._opened), self._allow_private
                 )
                 self._hash_by_id[key_id] = token_hash
 

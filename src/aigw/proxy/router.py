@@ -1,63 +1,78 @@
-"""``/v1``: the OpenAI-compatible endpoints.
+"""``/v1``: the OpenAI-compatible endpoints, one route per path.
 
-Each endpoint is registered twice on one path: first as a pure ASGI route that
-serves it (no request object, no dependency solving, no response model: the
-hot path handles bytes), then as a FastAPI route that only documents it in
-``openapi.json``. Routing takes the first full match, so the documenting route
-never runs.
+Each route is documented like any FastAPI route (the models below feed
+``openapi.json``) and served by a :class:`aigw.proxy.pipeline.Pipeline` method
+as raw ASGI: :class:`_PipelineRoute` swaps FastAPI's request handler (body
+parsing, dependency solving, response model) for one that hands the request
+to the pipeline, which reads and writes bytes itself, streaming included.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.routing import Route
+from starlette.requests import Request
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
-from aigw.proxy.service import ProxyService
+from aigw.proxy.pipeline import Pipeline
 
-router = APIRouter(tags=["proxy"])
 
-# Documents the client-token scheme; the ASGI routes check the token themselves.
+class _PipelineCall:
+    """The answer to one request: the pipeline method named like the route's
+    endpoint, called with the raw ASGI triple (no buffering)."""
+
+    __slots__ = ("_method",)
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pipeline: Pipeline = scope["app"].state.proxy
+        await getattr(pipeline, self._method)(scope, receive, send)
+
+
+class _PipelineRoute(APIRoute):
+    """A documented route whose requests go to the pipeline method named like its
+    endpoint function (the function only documents)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Any]]:
+        answer = _PipelineCall(self.endpoint.__name__)
+
+        async def handle(request: Request) -> _PipelineCall:
+            return answer  # an ASGI callable: run with the raw scope, receive and send
+
+        return handle
+
+    # Starlette serves HEAD wherever GET is served, and so did these paths; FastAPI
+    # would answer 405 and documenting HEAD would change openapi.json. HEAD is
+    # routed as GET instead (the server sends no body with it).
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        return super().matches(_head_as_get(scope, self.methods))
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().handle(_head_as_get(scope, self.methods), receive, send)
+
+
+def _head_as_get(scope: Scope, methods: set[str] | None) -> Scope:
+    if scope.get("method") == "HEAD" and methods and "GET" in methods:
+        return {**scope, "method": "GET"}
+    return scope
+
+
+router = APIRouter(tags=["proxy"], route_class=_PipelineRoute)
+
+# Documents the client-token scheme; the pipeline checks the token itself.
 _client_token = HTTPBearer(
     scheme_name="ClientToken",
     description="The AI API key's client token (aigw-…), as an OpenAI SDK api_key.",
     auto_error=False,
 )
-
-
-def _service(scope: Scope) -> ProxyService:
-    service: ProxyService = scope["app"].state.proxy
-    return service
-
-
-class _ChatCompletionsEndpoint:
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _service(scope).chat_completions(scope, receive, send)
-
-
-class _ModelsEndpoint:
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _service(scope).list_models(scope, receive, send)
-
-
-router.routes.append(
-    Route(
-        "/v1/chat/completions",
-        endpoint=_ChatCompletionsEndpoint(),
-        methods=["POST"],
-        include_in_schema=False,
-    )
-)
-router.routes.append(
-    Route("/v1/models", endpoint=_ModelsEndpoint(), methods=["GET"], include_in_schema=False)
-)
-
-
-# -- documentation only ---------------------------------------------------------
 
 
 class ChatMessage(BaseModel):
@@ -217,7 +232,7 @@ def _error(description: str) -> dict[str, Any]:
     dependencies=[Depends(_client_token)],
 )
 async def create_chat_completion(body: ChatCompletionRequest) -> ChatCompletion:
-    raise RuntimeError("served by the ASGI route registered before this one")
+    raise NotImplementedError  # documents Pipeline.create_chat_completion
 
 
 @router.get(
@@ -228,4 +243,4 @@ async def create_chat_completion(body: ChatCompletionRequest) -> ChatCompletion:
     dependencies=[Depends(_client_token)],
 )
 async def list_models() -> ModelList:
-    raise RuntimeError("served by the ASGI route registered before this one")
+    raise NotImplementedError  # documents Pipeline.list_models

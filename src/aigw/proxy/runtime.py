@@ -4,7 +4,7 @@
 ``app.state``: the metrics (``metrics``), the usage recorder (``recorder``),
 the bundled token encoders (``encoders``), the key cache with its LISTEN
 connection (``keys``), the one shared upstream client (``upstream``), and the
-:class:`ProxyService` the ``/v1`` endpoints use (``proxy``). On exit, in
+:class:`Pipeline` the ``/v1`` endpoints use (``proxy``). On exit, in
 reverse: the upstream client closes, LISTEN stops, and the recorder flushes
 what is pending within ``shutdown_grace`` seconds (uvicorn has already let the
 in-flight requests finish by then).
@@ -20,9 +20,9 @@ from typing import Any
 from aigw.config import Settings
 from aigw.db.engine import libpq_url
 from aigw.metrics import Metrics
+from aigw.proxy.counting import O200K_BASE, Encoders, load_encoding
 from aigw.proxy.keycache import KeyCache
-from aigw.proxy.service import ProxyService
-from aigw.proxy.tokens import O200K_BASE, Encoders, load_encoding
+from aigw.proxy.pipeline import Pipeline
 from aigw.proxy.upstream import create_upstream_session
 from aigw.usage.recorder import UsageRecorder
 
@@ -32,7 +32,7 @@ _load_encoding_once = functools.lru_cache(maxsize=None)(load_encoding)
 
 
 @asynccontextmanager
-async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[ProxyService]:
+async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]:
     state = app.state
     async with AsyncExitStack() as stack:
         metrics = Metrics(max_aliases=settings.metrics_max_aliases)
@@ -72,7 +72,7 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[ProxyServ
         stack.push_async_callback(session.close)
         state.upstream = session
 
-        service = ProxyService(
+        pipeline = Pipeline(
             settings=settings,
             keys=keys,
             hasher=state.hasher,
@@ -81,5 +81,5 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[ProxyServ
             recorder=recorder,
             metrics=metrics,
         )
-        state.proxy = service
-        yield service
+        state.proxy = pipeline
+        yield pipeline

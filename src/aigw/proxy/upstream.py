@@ -1,4 +1,5 @@
-"""The one shared upstream HTTP client, its failures, and the three time bounds.
+"""The upstream side of an exchange: the one shared HTTP client, opening a request,
+mapping its failures, and the three time bounds.
 
 The client is a single :class:`aiohttp.ClientSession` per process (built by
 :mod:`aigw.proxy.runtime`). aiohttp was chosen over ``httpx.AsyncClient`` by
@@ -8,10 +9,9 @@ measurement: relaying a 20-event SSE stream from a local server, aiohttp used
 2-3 ms with a p99 over 1 s at 64-256 (encode/httpx#3215). See README, "Upstream
 client".
 
-Each upstream failure has its own exception class below, and
-:func:`map_client_error` is the one place that turns aiohttp's errors into them.
-Messages are fixed strings: an upstream URL can carry credentials and an
-exception text can carry anything, so neither reaches a client or a log.
+Each upstream failure has its own exception class (in :mod:`aigw.proxy.errors`),
+and :func:`map_client_error` is the one place that turns aiohttp's errors into
+them; :func:`read_status_error` turns an error status into one.
 
 Time bounds (:class:`UpstreamClock`): the connect timeout is aiohttp's; the
 first-byte bound runs from sending the request to the first event (streams) or
@@ -22,77 +22,35 @@ comments do not reset it); the total deadline covers the whole exchange.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 from types import TracebackType
 from typing import Any
 
 import aiohttp
+import orjson
+from yarl import URL
 
 from aigw.config import Settings
+from aigw.crypto import mask_secret
 from aigw.netpolicy import UpstreamRefused, check_upstream_url
+from aigw.proxy.errors import (
+    ClientGone,
+    UpstreamConnectError,
+    UpstreamConnectionLost,
+    UpstreamConnectTimeout,
+    UpstreamDeadlineExceeded,
+    UpstreamError,
+    UpstreamFirstByteTimeout,
+    UpstreamIdleTimeout,
+    UpstreamProtocolError,
+    UpstreamRefusedAddress,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
 
-log = logging.getLogger("aigw.proxy.upstream")
-
-
-class UpstreamError(Exception):
-    """An upstream exchange failed before it could complete."""
-
-    status_code = 502
-    code = "upstream_error"
-    message = "The upstream provider failed"
-
-    def __init__(self, message: str | None = None) -> None:
-        self.message = message or type(self).message
-        super().__init__(self.message)
-
-
-class UpstreamConnectError(UpstreamError):
-    message = "Could not connect to the upstream provider"
-
-
-class UpstreamRefusedAddress(UpstreamError):
-    message = "The upstream address is not allowed by this gateway's network policy"
-
-
-class UpstreamConnectionLost(UpstreamError):
-    message = "The upstream provider closed the connection"
-
-
-class UpstreamProtocolError(UpstreamError):
-    message = "The upstream provider sent a malformed response"
-
-
-class UpstreamStatusError(UpstreamError):
-    """The upstream answered with an error status (4xx are passed through)."""
-
-    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        super().__init__(f"The upstream provider answered HTTP {status}")
-        self.upstream_status = status
-        self.body = body
-        self.headers = headers
-
-
-class UpstreamTimeout(UpstreamError):
-    status_code = 504
-    code = "upstream_timeout"
-    message = "The upstream provider timed out"
-
-
-class UpstreamConnectTimeout(UpstreamTimeout):
-    message = "Timed out connecting to the upstream provider"
-
-
-class UpstreamFirstByteTimeout(UpstreamTimeout):
-    message = "The upstream provider did not start answering in time"
-
-
-class UpstreamIdleTimeout(UpstreamTimeout):
-    message = "The upstream provider stopped sending events"
-
-
-class UpstreamDeadlineExceeded(UpstreamTimeout):
-    message = "The upstream exchange exceeded its total deadline"
+# Upstream response headers worth relaying to the client.
+_RELAYED_HEADER_PREFIXES = (b"x-ratelimit-", b"retry-after", b"openai-processing-ms")
+_MAX_ERROR_BODY = 64 * 1024
 
 
 def map_client_error(exc: BaseException) -> UpstreamError:
@@ -120,11 +78,77 @@ def map_client_error(exc: BaseException) -> UpstreamError:
     return UpstreamError()
 
 
-def is_retryable_before_send(exc: BaseException) -> bool:
+def _is_retryable_before_send(exc: BaseException) -> bool:
     """Failures that happen before the upstream saw the request: safe to retry once."""
     return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
         exc.os_error, UpstreamRefused
     )
+
+
+async def post_upstream(
+    session: aiohttp.ClientSession, url: URL, body: bytes, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    """Send the request; one retry, and only when the upstream never saw it."""
+    try:
+        return await session.post(url, data=body, headers=headers)
+    except aiohttp.ClientError as exc:
+        if not _is_retryable_before_send(exc):
+            raise map_client_error(exc) from None
+    try:
+        return await session.post(url, data=body, headers=headers)
+    except aiohttp.ClientError as exc:
+        raise map_client_error(exc) from None
+
+
+async def read_status_error(
+    response: aiohttp.ClientResponse, clock: UpstreamClock
+) -> UpstreamStatusError:
+    """The error an upstream error status stands for, with (the start of) its body and
+    the headers worth relaying."""
+    parts: list[bytes] = []
+    size = 0
+    while size < _MAX_ERROR_BODY:
+        chunk = await response.content.readany()
+        if not chunk:
+            break
+        clock.event()
+        parts.append(chunk)
+        size += len(chunk)
+    relayed = {
+        name: value
+        for name, value in response.headers.items()
+        if name.lower().encode().startswith(_RELAYED_HEADER_PREFIXES)
+    }
+    return UpstreamStatusError(response.status, b"".join(parts)[:_MAX_ERROR_BODY], relayed)
+
+
+def redact_key_code(exc: UpstreamError, key_code: str | None) -> None:
+    """Some upstreams repeat the API key they were sent in an error message; the
+    client holds a gateway token, not that secret, so it is masked before relaying."""
+    if not key_code:
+        return
+    masked = mask_secret(key_code)
+    exc.detail = exc.detail.replace(key_code, masked)
+    if isinstance(exc, UpstreamStatusError):
+        for spelling in {key_code.encode(), orjson.dumps(key_code)[1:-1]}:
+            exc.body = exc.body.replace(spelling, masked.encode())
+
+
+async def finish_upstream(response: aiohttp.ClientResponse, complete: bool) -> None:
+    """Return the connection to the pool when its body was read to the end; otherwise
+    close it, which also stops the upstream generating for nobody."""
+    if complete and not response.content.at_eof():
+        # The chunked terminator usually arrives with [DONE]; wait for it briefly.
+        try:
+            async with asyncio.timeout(1.0):
+                while await response.content.readany():
+                    pass
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            complete = False
+    if complete:
+        response.release()
+    else:
+        response.close()
 
 
 class _PolicyResolver(aiohttp.abc.AbstractResolver):
@@ -321,7 +345,3 @@ class UpstreamClock:
             raise ClientGone() from None
         assert self._expired is not None
         raise self._expired() from None
-
-
-class ClientGone(Exception):
-    """The downstream client disconnected; stop work for it."""

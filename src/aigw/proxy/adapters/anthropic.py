@@ -2,7 +2,7 @@
 
 Clients keep speaking Chat Completions; requests are translated to
 ``POST {base_url}/messages`` and answers (whole or streamed) back, so the
-service's one stream loop counts, cuts and records them like any other.
+relay's one stream loop counts, cuts and records them like any other.
 
 Request mapping: ``system``/``developer`` messages become ``system``;
 ``user`` text and ``image_url`` parts become text and image blocks (``data:``
@@ -11,8 +11,8 @@ become ``tool_use`` blocks and ``tool`` messages ``tool_result`` blocks;
 ``tools``/``tool_choice``, ``stop`` (→ ``stop_sequences``), ``temperature``,
 ``top_p``, ``stream`` and ``user`` (→ ``metadata.user_id``) carry over.
 ``max_tokens`` is required by Anthropic: the client's
-``max_completion_tokens``/``max_tokens``, else the key's output limit (the
-service injects it), else :data:`DEFAULT_MAX_TOKENS`. Fields without a
+``max_completion_tokens``/``max_tokens``, else the key's output limit (admission
+injects it), else :data:`DEFAULT_MAX_TOKENS`. Fields without a
 Messages equivalent are not sent (the Messages API refuses unknown fields).
 
 Answer mapping: text blocks join into ``content``, ``tool_use`` blocks become
@@ -30,11 +30,12 @@ from typing import Any
 import orjson
 from yarl import URL
 
+from aigw.errors import openai_error_body
 from aigw.proxy.adapters.base import DONE_ITEM, StreamItem
 from aigw.proxy.adapters.openai import _endpoint, wrap_error
+from aigw.proxy.errors import UpstreamProtocolError
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.sse import SSEEvent
-from aigw.proxy.upstream import UpstreamProtocolError
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -378,17 +379,8 @@ class AnthropicAdapter:
         error = parsed.get("error") if isinstance(parsed, dict) else None
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             code = error.get("type") if isinstance(error.get("type"), str) else None
-            return (
-                orjson.dumps(
-                    {
-                        "error": {
-                            "message": error["message"],
-                            "type": code or "upstream_error",
-                            "param": None,
-                            "code": code,
-                        }
-                    }
-                ),
-                code,
+            body = openai_error_body(
+                error["message"], code=code, error_type=code or "upstream_error"
             )
+            return body, code
         return wrap_error(body, status), None

@@ -1,6 +1,6 @@
 """What the proxy needs from a provider adapter.
 
-The service owns the one stream loop (counting, the cut-off, usage stripping,
+The relay owns the one stream loop (counting, the cut-off, usage stripping,
 errors); an adapter only translates between Chat Completions, which the
 gateway speaks to clients, and its provider's wire format.
 """
@@ -16,7 +16,7 @@ from aigw.proxy.sse import SSEEvent
 
 
 class StreamItem:
-    """One upstream stream event as the service sees it: ``raw`` bytes to relay when
+    """One upstream stream event as the relay sees it: ``raw`` bytes to relay when
     nothing changes (``None``: must be encoded from ``chunk``), the parsed Chat
     Completions ``chunk``, or ``done`` for the end marker; a comment has neither."""
 

@@ -3,7 +3,7 @@
 The gateway speaks Chat Completions on both sides, so this adapter translates
 nothing: requests go out as the client wrote them (plus the gateway's few
 edits), stream events come back parsed but are relayed as received unless the
-service changes them. The URL is always the provider's ``base_url`` plus
+relay changes them. The URL is always the provider's ``base_url`` plus
 ``/chat/completions``; nothing from the client picks it.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 from yarl import URL
 
+from aigw.errors import openai_error_body
 from aigw.proxy.adapters.base import DONE_ITEM, StreamItem
-from aigw.proxy.errors import InvalidRequest
+from aigw.proxy.errors import InvalidRequest, UpstreamProtocolError
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.sse import DONE_DATA, SSEEvent
-from aigw.proxy.upstream import UpstreamProtocolError
 
 
 @lru_cache(maxsize=1024)
@@ -98,6 +98,4 @@ def wrap_error(body: bytes, status: int, message: str | None = None) -> bytes:
     if message is None:
         text = body[:500].decode("utf-8", "replace").strip()
         message = f"The upstream provider answered HTTP {status}" + (f": {text}" if text else "")
-    return orjson.dumps(
-        {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
-    )
+    return openai_error_body(message, code=None, error_type="upstream_error")

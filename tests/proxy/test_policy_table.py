@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from aigw.proxy.limiter import (
+from aigw.proxy.policy import (
     INPUT_LIMIT_EXCEEDED,
     OUTPUT_LIMIT_EXCEEDED,
     Decision,
     Limits,
     decide,
+    flags_output,
     is_over,
     output_exceeded,
 )
@@ -94,3 +95,9 @@ def test_a_lower_bound_count_fails_closed() -> None:
 def test_generated_output_over_limit(n: int, over: bool) -> None:
     assert output_exceeded(Limits(0, L, "use_anyway"), n) is over
     assert output_exceeded(Limits(0, 0, "use_anyway"), n) is False
+
+
+@pytest.mark.parametrize(("n", "flagged"), [(L - 1, False), (L, False), (L + 1, True)])
+def test_only_use_anyway_flags_output_over_limit(n: int, flagged: bool) -> None:
+    assert flags_output(Limits(0, L, "use_anyway"), n) is flagged
+    assert flags_output(Limits(0, L, "reject"), n) is False  # cut there instead

@@ -1,7 +1,7 @@
 """The usage-limit policy of SPEC §3, as pure decisions.
 
 ``n`` counted tokens are over a limit ``L`` when ``L > 0 and n > L`` (0 means
-unlimited). Nothing here does I/O; the service asks, then acts:
+unlimited). Nothing here does I/O; the proxy asks, then acts:
 
 =====================================  ===============================  ===========================
 situation                              ``reject``                       ``use_anyway``
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-REJECT = "reject"
+# The two policies are "reject" and "use_anyway"; only the second is tested for
+# by name (anything else rejects, as the database constraint allows no third).
 USE_ANYWAY = "use_anyway"
 
 INPUT_LIMIT_EXCEEDED = "input_token_limit_exceeded"
@@ -32,7 +33,11 @@ def is_over(tokens: int, limit: int) -> bool:
 class Limits:
     input_limit: int
     output_limit: int
-    usage_limit: str  # REJECT | USE_ANYWAY
+    usage_limit: str  # "reject" | USE_ANYWAY
+
+    @property
+    def use_anyway(self) -> bool:
+        return self.usage_limit == USE_ANYWAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,7 @@ def decide(
         not input_exact and limits.input_limit > 0
     )
     output_over = requested_max is not None and is_over(requested_max, limits.output_limit)
-    if limits.usage_limit == USE_ANYWAY:
+    if limits.use_anyway:
         return Decision(input_exceeded=input_over, output_exceeded=output_over)
     if input_over:
         return Decision(rejection=INPUT_LIMIT_EXCEEDED, input_exceeded=True)
@@ -92,5 +97,11 @@ def decide(
 
 
 def output_exceeded(limits: Limits, output_tokens: int) -> bool:
-    """Whether generated output went past the output limit (marks ``use_anyway``)."""
+    """Whether generated output went past the output limit."""
     return is_over(output_tokens, limits.output_limit)
+
+
+def flags_output(limits: Limits, output_tokens: int) -> bool:
+    """Whether a response is marked for passing the output limit: ``use_anyway``
+    only (a ``reject`` key's output is cut at the limit instead)."""
+    return limits.use_anyway and output_exceeded(limits, output_tokens)

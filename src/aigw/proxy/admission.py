@@ -1,0 +1,263 @@
+"""Admission: whether a request may go upstream, and in what form.
+
+The client token is read from the ``Authorization`` header; the body is read and
+parsed with orjson (NaN, Infinity, lone surrogates and invalid UTF-8 are
+refused), checked just enough to count it, counted, and judged by
+:func:`aigw.proxy.policy.decide`. Any refusal raises an :class:`AigwError`
+(a 4xx in OpenAI's envelope) and nothing goes upstream. What passes is an
+:class:`Admitted` request: the body unchanged except for the gateway's edits
+(the key's model when omitted, an output bound when the policy asks for one,
+and ``stream_options.include_usage`` on streams).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.types import Message, Receive
+
+from aigw.errors import PayloadTooLarge, UnsupportedMediaType
+from aigw.proxy import counting
+from aigw.proxy.adapters.base import Adapter
+from aigw.proxy.errors import (
+    ClientGone,
+    InputTokenLimitExceeded,
+    InvalidJson,
+    InvalidRequest,
+    KeyDisabled,
+    KeyUnusable,
+    ModelNotAllowed,
+    OutputTokenLimitExceeded,
+    UnsupportedProvider,
+)
+from aigw.proxy.keycache import ResolvedKey
+from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, Decision, decide
+from aigw.usage.recorder import UsageEntry
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Beyond any model's real output; also the largest limit a key can hold.
+MAX_OUTPUT_TOKENS = 10_000_000
+# Models that take only ``max_completion_tokens`` (OpenAI reasoning models).
+_COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
+_JSON = b"application/json"
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The credentials of an ``Authorization: Bearer …`` header (``None``: absent,
+    another scheme, or empty)."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            credentials = credentials.strip()
+            if scheme.lower() != b"bearer" or not credentials:
+                return None
+            return credentials.decode("latin-1")
+    return None
+
+
+def _content_type_ok(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == _JSON or (
+                media.startswith(b"application/") and media.endswith(b"+json")
+            )
+    return True  # absent: judged by the body
+
+
+def _max_tokens_field(model: str) -> str:
+    return "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(model) else "max_tokens"
+
+
+def _optional_int(body: dict[str, Any], field: str, low: int, high: int) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise InvalidRequest(f"'{field}' must be an integer", param=field)
+    if not low <= value <= high:
+        raise InvalidRequest(f"'{field}' must be between {low} and {high}", param=field)
+    return value
+
+
+def _validate(body: Any) -> None:
+    """Just enough shape to count and forward safely; the upstream judges the rest."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{index}] must be an object", param=f"messages.{index}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}",
+                param=f"messages.{index}.role",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequest(
+                f"messages[{index}].content must be a string or an array",
+                param=f"messages.{index}.content",
+            )
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string", param="model")
+    _optional_int(body, "n", 1, 128)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    try:
+        return await _receive_body(receive)
+    except HTTPException as exc:
+        # The size-limit middleware stops a streamed body mid-way from receive().
+        if exc.status_code == 413:
+            raise PayloadTooLarge(str(exc.detail)) from None
+        raise
+
+
+async def _receive_body(receive: Receive) -> bytes:
+    message: Message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def key_headers(key: ResolvedKey, entry: UsageEntry) -> list[tuple[bytes, bytes]]:
+    """The ``x-aigw-*`` headers every answer to a resolved key carries."""
+    return [(b"x-aigw-input-tokens", str(entry.input_tokens).encode()), *key.limit_headers]
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A request that passed admission, ready to forward."""
+
+    body: dict[str, Any]
+    upstream_body: bytes
+    stream: bool
+    client_wants_usage: bool
+    decision: Decision
+    injected_max: bool
+    response_headers: list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Admission:
+    """What admission needs besides the request (built once per process)."""
+
+    encoders: counting.Encoders
+    max_tokenize_chars: int
+
+    async def admit(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        receive: Receive,
+        key: ResolvedKey,
+        adapter: Adapter | None,
+        entry: UsageEntry,
+    ) -> Admitted:
+        """Check, count and judge one request for *key*; fills in *entry*'s counts
+        and flags as it learns them, so a refusal is recorded with them."""
+        if not key.enabled:
+            raise KeyDisabled()
+        if key.key_code is None:
+            raise KeyUnusable()
+        if adapter is None:
+            raise UnsupportedProvider()
+        if not _content_type_ok(headers):
+            raise UnsupportedMediaType()
+        raw = await _read_body(receive)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise InvalidJson() from None
+        _validate(body)
+        model = body.get("model")
+        if model is None:
+            body["model"] = key.model
+            modified = True
+        elif model != key.model:
+            raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
+        else:
+            modified = False
+        stream = entry.stream = body.get("stream") is True
+        requested = [
+            _optional_int(body, field, 1, MAX_OUTPUT_TOKENS)
+            for field in ("max_tokens", "max_completion_tokens")
+        ]
+        given = [value for value in requested if value is not None]
+        requested_max = max(given) if given else None
+
+        counted = await counting.count_chat_input_async(
+            body,
+            await self.encoders.aget(key.encoding),
+            max_chars=self.max_tokenize_chars,
+            executor=self.encoders.executor,
+        )
+        input_tokens = entry.input_tokens = counted.tokens
+        decision = decide(key.limits, input_tokens, requested_max, input_exact=counted.exact)
+        entry.input_limit_exceeded = decision.input_exceeded
+        entry.output_limit_exceeded = decision.output_exceeded
+        if decision.rejection == INPUT_LIMIT_EXCEEDED:
+            counted_as = (
+                f"{input_tokens}"
+                if counted.exact
+                else f"at least {input_tokens} (too large to count exactly)"
+            )
+            raise InputTokenLimitExceeded(
+                f"The input is {counted_as} tokens; this key allows "
+                f"{key.limits.input_limit} per request",
+                param="messages",
+            )
+        if decision.rejection is not None:
+            raise OutputTokenLimitExceeded(
+                f"The request asks for up to {requested_max} output tokens; this key "
+                f"allows {key.limits.output_limit}",
+                param="max_completion_tokens" if requested[1] is not None else "max_tokens",
+            )
+        injected = False
+        if decision.inject_max_tokens is not None:
+            body[_max_tokens_field(key.model)] = decision.inject_max_tokens
+            modified = injected = True
+        client_wants_usage = False
+        if stream:
+            options = body.get("stream_options")
+            client_wants_usage = bool(options and options.get("include_usage"))
+            if not client_wants_usage:
+                body["stream_options"] = {**(options or {}), "include_usage": True}
+                modified = True
+        response_headers = key_headers(key, entry)
+        exceeded = decision.exceeded_header()
+        if exceeded:
+            response_headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
+        return Admitted(
+            body=body,
+            upstream_body=adapter.encode_request(body, raw, modified),
+            stream=stream,
+            client_wants_usage=client_wants_usage,
+            decision=decision,
+            injected_max=injected,
+            response_headers=response_headers,
+        )
