@@ -360,7 +360,10 @@ async def test_sigterm_with_streams_in_flight(
         base_url=gateway.url, limits=httpx.Limits(max_connections=streams), timeout=60
     ) as client:
         tasks = [asyncio.create_task(chat(client, key["token"], body)) for _ in range(streams)]
-        await asyncio.sleep(0.5)  # all under way
+        # All under way before the signal; on a loaded machine that can take seconds.
+        deadline = time.monotonic() + 30
+        while fake.stats()["streams_open"] < streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         assert fake.stats()["streams_open"] == streams
         signalled = time.monotonic()
         os.kill(gateway.proc.pid, signal.SIGTERM)
