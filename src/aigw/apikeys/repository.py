@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, tuple_
+from sqlalchemy import ColumnElement, Text, delete, func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from aigw.apikeys.models import ApiKey, IdempotencyRecord
 from aigw.db.filters import contains_ci
@@ -43,6 +44,27 @@ SORT_COLUMNS: dict[str, Any] = {
 }
 
 
+# pg_trgm serves a substring of three characters or more; a shorter one has no
+# trigram, and its GIN index would be read whole. Migration 0006 indexes the
+# distinct one- and two-character substrings of lower(alias) instead: a term of
+# that length is a substring exactly when it is one of them.
+SHORT_GRAM_MAX = 2
+# With q, a page walks the sort index only when at least 1 in DENSE_SHARE keys
+# match (see ApiKeyRepository.page); testing LIKE on a row costs a few times
+# less than fetching and sorting a match, so the walk's worst case (every
+# non-match passed) stays below the fetch's at this share.
+DENSE_SHARE = 4
+
+
+def alias_contains(term: str) -> ColumnElement[bool]:
+    """``lower(alias)`` holds *term* literally; the same rows whichever index serves it."""
+    lowered = term.lower()
+    if len(lowered) <= SHORT_GRAM_MAX:
+        grams = func.aigw_alias_short_grams(func.lower(ApiKey.alias), type_=ARRAY(Text))
+        return grams.contains([lowered])
+    return contains_ci(ApiKey.alias, term)
+
+
 class ApiKeyRepository(Repository[ApiKey]):
     """Provider and model come along with a key by the relationships' joined loading."""
 
@@ -50,13 +72,22 @@ class ApiKeyRepository(Repository[ApiKey]):
     not_found = "no AI API key with id {id}"
 
     @staticmethod
-    def conditions(filters: KeyConditions) -> list[ColumnElement[bool]]:
+    def conditions(
+        filters: KeyConditions, *, row_by_row: bool = False
+    ) -> list[ColumnElement[bool]]:
         """The WHERE clauses of a search, on ``api_keys`` alone: provider and model
         come as ids, so neither the count nor the page has to join before it can use
-        the sort index."""
+        the sort index.
+
+        ``q`` comes in the shape an index serves (the short-gram or trigram GIN
+        index), or with *row_by_row* as the plain ``LIKE`` that is cheap to test on
+        each row of a walk along the sort index. Both match the same rows.
+        """
         where: list[ColumnElement[bool]] = []
         if filters.q:
-            where.append(contains_ci(ApiKey.alias, filters.q))
+            where.append(
+                contains_ci(ApiKey.alias, filters.q) if row_by_row else alias_contains(filters.q)
+            )
         if filters.status:
             where.append(ApiKey.status == filters.status)
         if filters.usage_limit:
@@ -78,30 +109,71 @@ class ApiKeyRepository(Repository[ApiKey]):
         stmt = select(ApiKey.model_id).where(ApiKey.model_id.in_(model_ids)).distinct()
         return set((await self.session.execute(stmt)).scalars())
 
-    async def count(self, where: list[ColumnElement[bool]]) -> int:
-        stmt = select(func.count()).select_from(ApiKey).where(*where)
+    async def count(self, filters: KeyConditions) -> int:
+        """How many keys match, exactly, counted from the filters' indexes."""
+        stmt = select(func.count()).select_from(ApiKey).where(*self.conditions(filters))
         return int(await self.session.scalar(stmt) or 0)
+
+    async def estimated_rows(self) -> float:
+        """The planner's row count of ``api_keys`` (kept by ANALYZE/autovacuum)."""
+        stmt = select(text("reltuples FROM pg_class WHERE oid = 'api_keys'::regclass"))
+        return float(await self.session.scalar(stmt) or 0.0)
 
     async def page(
         self,
-        where: list[ColumnElement[bool]],
+        filters: KeyConditions,
         *,
+        matches: int,
         sort: str,
         after: tuple[object, uuid.UUID] | None,
         limit: int,
     ) -> list[ApiKey]:
+        """Up to *limit* keys in *sort* order after the cursor; *matches* is the count.
+
+        With ``q``, the planner's guess at how the matches spread along the sort
+        order decides between walking the sort index and fetching the matches
+        first, and it guesses as if they were spread evenly. They seldom are
+        (``q=ml`` finds every ``ml-…`` alias in one stretch of ``sort=alias``),
+        and a wrong guess walks most of the table. The exact count settles it:
+        few matches are fetched by the filters' indexes and sorted (cost grows
+        with the matches); dense ones are found by walking the sort index with
+        the row-by-row test (it stops after a page, and however the matches
+        cluster it cannot pass more rows than do not match).
+        """
+        if matches == 0:
+            return []
         descending = sort.startswith("-")
         field = sort.lstrip("-")
         column = SORT_COLUMNS[field]
-        stmt = select(ApiKey).where(*where)
         # lower(alias) is unique, so it orders alone (and its unique index serves
         # the keyset); timestamps tie, so the id breaks ties, as in their indexes.
         keys: tuple[Any, ...] = (column,) if field == "alias" else (column, ApiKey.id)
+        after_where: list[ColumnElement[bool]] = []
         if after is not None:
             position = tuple_(*keys)
             bound = tuple_(*after[: len(keys)])
-            stmt = stmt.where(position < bound if descending else position > bound)
-        stmt = stmt.order_by(*(k.desc() if descending else k.asc() for k in keys)).limit(limit)
+            after_where.append(position < bound if descending else position > bound)
+
+        def ordered(*columns: Any) -> list[Any]:
+            return [c.desc() if descending else c.asc() for c in columns]
+
+        if filters.q and matches * DENSE_SHARE < await self.estimated_rows():
+            labels = [k.label(f"k{i}") for i, k in enumerate(keys)]
+            matched = (
+                select(ApiKey.id, *labels)
+                .where(*self.conditions(filters), *after_where)
+                .cte("matched")
+                .prefix_with("MATERIALIZED")  # a fence: filter first, then sort
+            )
+            first = (
+                select(matched.c.id)
+                .order_by(*ordered(*(matched.c[f"k{i}"] for i in range(len(keys)))))
+                .limit(limit)
+            )
+            stmt = select(ApiKey).where(ApiKey.id.in_(first))
+        else:
+            stmt = select(ApiKey).where(*self.conditions(filters, row_by_row=True), *after_where)
+        stmt = stmt.order_by(*ordered(*keys)).limit(limit)
         return list((await self.session.execute(stmt)).unique().scalars())
 
     async def get_idempotency(self, key: str) -> IdempotencyRecord | None:
