@@ -548,7 +548,14 @@ def markdown(results: dict, chart: str | None) -> str:
         parts.append("")
         parts.append(
             _table(
-                ["query", "total", "p50 ms", "p95 ms", "max ms"],
+                [
+                    "query",
+                    "total",
+                    "p50 ms",
+                    "p95 ms",
+                    "max ms",
+                    "CPU ms / request: aigw + PostgreSQL",
+                ],
                 [
                     [
                         q["query"],
@@ -556,6 +563,7 @@ def markdown(results: dict, chart: str | None) -> str:
                         _fmt(q["p50_ms"], 2),
                         _fmt(q["p95_ms"], 2),
                         _fmt(q["max_ms"], 2),
+                        f"{_fmt(q.get('aigw_cpu_ms'), 2)} + {_fmt(q.get('db_cpu_ms'), 2)}",
                     ]
                     for q in search["queries"]
                 ],

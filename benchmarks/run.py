@@ -808,7 +808,8 @@ class Bench:
         for q in out["queries"]:
             log(
                 f"  {q['query']:40} total={q['total']!s:>7}  p50 {q['p50_ms']:6.2f} ms  "
-                f"p95 {q['p95_ms']:6.2f} ms"
+                f"p95 {q['p95_ms']:6.2f} ms  CPU aigw {q['aigw_cpu_ms'] or 0:5.2f} ms "
+                f"+ PostgreSQL {q['db_cpu_ms'] or 0:5.2f} ms"
             )
         log(f"  all queries: p50 {out['p50_ms']:.2f} ms, p95 {out['p95_ms']:.2f} ms")
 

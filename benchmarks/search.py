@@ -127,7 +127,10 @@ async def measure(target: Aigw, per_query: int, keys: int) -> dict:
             raw = call.raw()
             times = []
             total = None
+            cpu0 = db0 = None
             for i in range(per_query + 2):
+                if i == 2:  # CPU time moves far less than wall time on a shared machine
+                    cpu0, db0 = target.cpu(), target.side_cpu()
                 response = await client.request(raw, timeout=30)
                 if response.status != 200:
                     raise RuntimeError(f"{label}: HTTP {response.status}: {response.body[:300]!r}")
@@ -135,6 +138,7 @@ async def measure(target: Aigw, per_query: int, keys: int) -> dict:
                     total = json.loads(response.body).get("total")
                     continue
                 times.append(response.total * 1000)
+            cpu1, db1 = target.cpu(), target.side_cpu()
             everything += times
             out.append(
                 {
@@ -143,6 +147,9 @@ async def measure(target: Aigw, per_query: int, keys: int) -> dict:
                     "p50_ms": percentile(times, 50),
                     "p95_ms": percentile(times, 95),
                     "max_ms": max(times),
+                    # per request: aigw's process and the PostgreSQL backends of its database
+                    "aigw_cpu_ms": (cpu1 - cpu0) * 1000 / per_query if cpu0 else None,
+                    "db_cpu_ms": (db1 - db0) * 1000 / per_query if db0 and db1 else None,
                 }
             )
     finally:

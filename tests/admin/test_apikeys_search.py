@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 
+from aigw.apikeys import repository
 from aigw.apikeys.models import ApiKey
 from aigw.apikeys.repository import DENSE_SHARE, ApiKeyRepository, KeyConditions
 from tests.conftest import key_body
@@ -107,9 +108,13 @@ async def _search(client: httpx.AsyncClient, params: dict[str, str], sort: str) 
     return ids
 
 
+@pytest.mark.parametrize("probe_rows", [2_000, 3], ids=["probe-finds-page", "probe-falls-short"])
 async def test_every_search_shape_matches_a_brute_force_filter(
-    client: httpx.AsyncClient, db: str
+    client: httpx.AsyncClient, db: str, probe_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # With at most 3 rows the bounded walk is never tried, so the fallback (fetch
+    # every match, then sort) answers every sparse search; with 2,000 it is tried.
+    monkeypatch.setattr(repository, "PROBE_ROWS", probe_rows)
     await _seed(client, 70)
     keys = await _all_keys(client)
     assert len(keys) == 70
