@@ -35,7 +35,9 @@ from benchmarks.procs import (
     free_port,
     wait_http,
 )
+from benchmarks.reference import load_o200k
 from benchmarks.targets import (
+    ACCESS_LOG,
     ROOT,
     WORK,
     Aigw,
@@ -45,9 +47,35 @@ from benchmarks.targets import (
     make_targets,
     probe,
 )
-from benchmarks.workload import SHORT, body, prompt_tokens, realistic
+from benchmarks.workload import SHORT, big, body, prompt_tokens, realistic
 
 ALL_TARGETS = ["direct", "reference", "aigw", "litellm"]
+# A throughput cell whose load core was busier than this measured the load side,
+# not the target: it is repeated (up to SATURATED_RETRIES times) and discarded.
+LOAD_CORE_SATURATED = 0.90
+SATURATED_RETRIES = 2
+# Every output file a run writes; the rest of the tree must be committed.
+OUTPUTS = ("benchmarks/RESULTS.md", "benchmarks/results.json", "benchmarks/results.png")
+
+
+class RunInvalid(Exception):
+    """The run cannot produce honest figures (a count mismatch, a dirty tree): stop."""
+
+
+def dirty_paths() -> list[str]:
+    """Uncommitted changes outside the files this run writes (empty: clean, or not git)."""
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=normal"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return []
+    paths = [line[3:] for line in done.stdout.splitlines() if line.strip()]
+    return [p for p in paths if p not in OUTPUTS and not p.startswith("benchmarks/.work")]
 
 
 @dataclass
@@ -79,6 +107,9 @@ class Plan:
     search_keys: int
     search_per_query: int
     warmup_s: float
+    big_tokens: int = 100_000
+    big_rounds: int = 8
+    big_per_round: int = 4
 
     @classmethod
     def full(cls) -> Plan:
@@ -107,7 +138,7 @@ class Plan:
             slow_timeout=120,
             search_keys=100_000,
             search_per_query=50,
-            warmup_s=3,
+            warmup_s=30,
         )
 
     @classmethod
@@ -137,7 +168,9 @@ class Plan:
             slow_timeout=40,
             search_keys=100_000,
             search_per_query=15,
-            warmup_s=1,
+            warmup_s=10,
+            big_rounds=3,
+            big_per_round=3,
         )
 
 
@@ -155,6 +188,7 @@ class TargetResult:
     chunk: dict = field(default_factory=dict)
     slow: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
+    big_prompt: dict = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -163,6 +197,11 @@ def _load_side_seconds() -> float:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _call_as(target: Target, token: str, raw_body: bytes) -> Call:
+    headers = (("Content-Type", "application/json"), ("Authorization", f"Bearer {token}"))
+    return Call("127.0.0.1", target.port, target.path, headers, raw_body)
 
 
 def log(message: str) -> None:
@@ -272,6 +311,8 @@ class Bench:
     def _attempt(self, target: Target, step: str, fn: Callable[..., None], *args: object) -> bool:
         try:
             fn(*args)
+        except RunInvalid:
+            raise
         except Exception as exc:  # a target that cannot start is reported, never fatal
             target.reason = str(exc).strip() or type(exc).__name__
             log(f"  {target.name}: not available ({step}): {target.reason.splitlines()[0][:300]}")
@@ -306,9 +347,12 @@ class Bench:
             )
             for prompt, got in (("short", counted), ("long", long_counted)):
                 want = self.tokens[prompt]
-                target.info[f"input tokens counted, {prompt} prompt"] = f"{got}" + (
-                    "" if str(want) == got else f" (harness counts {want}: MISMATCH)"
-                )
+                if str(want) != got:
+                    raise RunInvalid(
+                        f"aigw counted {got} input tokens for the {prompt} prompt, the harness "
+                        f"{want}: one of them is wrong, so no figure of this run can be trusted"
+                    )
+                target.info[f"input tokens counted, {prompt} prompt"] = got
         response = probe(target, body(self.short, stream=True))
         status, content = response.status, response.body
         if status != 200 or b"[DONE]" not in content or content.count(b'"content"') < 20:
@@ -379,6 +423,8 @@ class Bench:
             return
         try:
             fn(*args)
+        except RunInvalid:
+            raise
         except Exception as exc:
             message = f"{phase}: {type(exc).__name__}: {exc}"
             self.results[target.name].errors.append(message)
@@ -394,25 +440,53 @@ class Bench:
     # ``guard``, so one target failing is recorded and the run goes on.
 
     def warm_up(self) -> None:
-        log("warming up")
-        for target in self.live():
-            self.guard(target, "warm-up", self._warm_one, target)
+        """Every target serves a mix of requests for ``warmup_s`` before anything is measured.
 
-    def _warm_one(self, target: Target) -> None:
-        for prompt in ("short", "long"):
-            for stream in (False, True):
-                call = target.call(body(self.messages(prompt), stream))
-                self.aio(
-                    load.closed_loop(
-                        call, 4, count=400, duration=self.plan.warmup_s / 4, sse=stream
-                    )
-                )
+        All targets at once (so the warm-up costs its duration once, not per
+        target): a closed loop of 4 per target cycling short/long, whole/streamed.
+        LiteLLM's latency drifts for ~10 s after start; 30 s covers that.
+        """
+        live = self.live()
+        log(f"warming up {len(live)} targets together for {self.plan.warmup_s:g}s")
+        calls = {
+            t.name: [
+                (t.call(body(self.messages(prompt), stream)), stream)
+                for prompt in ("short", "long")
+                for stream in (False, True)
+            ]
+            for t in live
+        }
+
+        async def warm(name: str, deadline: float) -> int:
+            done = 0
+            while time.monotonic() < deadline:
+                for call, stream in calls[name]:
+                    batch = await load.closed_loop(call, 4, count=40, duration=2.0, sse=stream)
+                    done += len(batch.responses)
+            return done
+
+        async def everyone() -> dict[str, int]:
+            deadline = time.monotonic() + self.plan.warmup_s
+            counts = await asyncio.gather(*(warm(t.name, deadline) for t in live))
+            return dict(zip([t.name for t in live], counts, strict=True))
+
+        t0 = time.monotonic()
+        counts = self.aio(everyone())
+        seconds = time.monotonic() - t0
+        for target in live:
+            self.guard(target, "warm-up", self._after_warm, target, counts[target.name], seconds)
+
+    def _after_warm(self, target: Target, requests: int, seconds: float) -> None:
         self.settle(target)
         result = self.results[target.name]
         result.rss_idle_mb = round(target.rss() / 2**20, 1)
         assert target.server is not None
         target.info["processes"] = len(target.server.pids())
-        log(f"  {target.name}: idle RSS {result.rss_idle_mb} MB")
+        target.info["warm-up"] = f"{seconds:.0f} s, {requests} requests"
+        log(
+            f"  {target.name}: {requests} warm-up requests in {seconds:.0f}s; "
+            f"idle RSS {result.rss_idle_mb} MB"
+        )
 
     def throughput(self) -> None:
         plan = self.plan
@@ -431,6 +505,19 @@ class Bench:
                     )
 
     def _throughput_one(self, target: Target, stream: bool, prompt: str, c: int, rep: int) -> None:
+        """One cell; repeated while the load core was saturated (then it measured the load
+        side); the saturated attempts stay in results.json marked ``discarded``."""
+        for attempt in range(SATURATED_RETRIES + 1):
+            row = self._throughput_cell(target, stream, prompt, c, rep)
+            busy = row["load_core_busy"]
+            # direct is load-bound by design: its cells are floors, never repeated.
+            if target.name == "direct" or busy is None or busy <= LOAD_CORE_SATURATED:
+                return
+            row["discarded"] = f"load core {busy:.0%} busy"
+            log(f"    discarded: load core {busy:.0%} busy (attempt {attempt + 1})")
+        log(f"    {target.name}: load core saturated in every attempt; the cell has no figure")
+
+    def _throughput_cell(self, target: Target, stream: bool, prompt: str, c: int, rep: int) -> dict:
         call = target.call(body(self.messages(prompt), stream))
         self.settle(target)
         up = self.upstream_proc
@@ -477,6 +564,7 @@ class Bench:
             f"{row['rps']:9.0f}/s  cpu {row['cpu_ms']:7.3f} ms/req  "
             f"p50 {row['p50_ms']:8.2f} ms  err {row['errors']}"
         )
+        return row
 
     def latency(self) -> None:
         """c=1, interleaved rounds: every round visits every target, in rotating order.
@@ -720,9 +808,116 @@ class Bench:
         for q in out["queries"]:
             log(
                 f"  {q['query']:40} total={q['total']!s:>7}  p50 {q['p50_ms']:6.2f} ms  "
-                f"p95 {q['p95_ms']:6.2f} ms"
+                f"p95 {q['p95_ms']:6.2f} ms  CPU aigw {q['aigw_cpu_ms'] or 0:5.2f} ms "
+                f"+ PostgreSQL {q['db_cpu_ms'] or 0:5.2f} ms"
             )
         log(f"  all queries: p50 {out['p50_ms']:.2f} ms, p95 {out['p95_ms']:.2f} ms")
+
+    def big_prompt(self) -> None:
+        """Time to first byte of a ~100k-token prompt: what counting it adds, against
+        tiktoken's own time to encode the same text on the gateway core."""
+        aigw = next((t for t in self.live() if isinstance(t, Aigw)), None)
+        direct = next((t for t in self.live() if t.name == "direct"), None)
+        if aigw is None or direct is None:
+            log("big prompt: needs aigw and direct; skipped")
+            return
+        self.guard(aigw, "big-prompt", self._big_prompt, aigw, direct)
+
+    def _encode_seconds(self, messages: list[dict], times: int = 7) -> float:
+        """Median wall time of o200k_base ``encode_ordinary`` over the message contents,
+        run by the harness moved onto the gateway core for the measurement."""
+        encoding = load_o200k()
+        texts = [m["content"] for m in messages]
+        encoding.encode_ordinary(texts[0][:1000])
+        if self.gateway_cpu is not None:
+            os.sched_setaffinity(0, {self.gateway_cpu})
+        try:
+            samples = []
+            for _ in range(times):
+                t0 = time.perf_counter()
+                for text in texts:
+                    encoding.encode_ordinary(text)
+                samples.append(time.perf_counter() - t0)
+        finally:
+            if self.load_cpu is not None:
+                os.sched_setaffinity(0, {self.load_cpu})
+        return statistics.median(samples)
+
+    def _big_prompt(self, aigw: Aigw, direct: Target) -> None:
+        plan = self.plan
+        messages = big(plan.big_tokens)
+        tokens = prompt_tokens(messages)
+        raw = body(messages, stream=True)
+        # The byte bound proves a request within a limit of at least its UTF-8 bytes
+        # (a token is at least one byte); the other key's limit is below the byte
+        # count, so only an exact count can admit the prompt.
+        bound_limit = max(len(raw), 1_000_000)
+        count_limit = int(tokens * 1.2)
+        assert count_limit < len(raw), "the counted case needs a limit under the byte count"
+        cases = {
+            "direct": direct.call(raw),
+            "aigw, limit >= bytes (bound)": _call_as(
+                aigw, aigw.create_key("bench-big-bound", bound_limit), raw
+            ),
+            "aigw, limit < bytes (counted)": _call_as(
+                aigw, aigw.create_key("bench-big-count", count_limit), raw
+            ),
+        }
+        for name, call in cases.items():  # keys reach the gateway's cache within a moment
+            deadline = time.monotonic() + 10
+            while True:
+                first = self.aio(load.sequential(call, 1, sse=True))[0]
+                if first.status != 401 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            if not _expect_stream(first):
+                raise RuntimeError(f"{name}: {first.status} {first.body[:300]!r}")
+            counted = first.header("x-aigw-input-tokens")
+            if "counted" in name and counted != str(tokens):
+                raise RunInvalid(
+                    f"aigw counted {counted} input tokens for the big prompt, the harness {tokens}"
+                )
+        encode_s = self._encode_seconds(messages)
+        log(
+            f"big prompt: {tokens:,} tokens, {len(raw):,} bytes; tiktoken encode "
+            f"{encode_s * 1000:.1f} ms on the gateway core; {plan.big_rounds} rounds x "
+            f"{plan.big_per_round} streams"
+        )
+        ttfb: dict[str, list[float]] = {name: [] for name in cases}
+        for r in range(plan.big_rounds):
+            names = list(cases)
+            names = names[r % len(names) :] + names[: r % len(names)]
+            for name in names:
+                self.settle(direct if name == "direct" else aigw)
+                responses = self.aio(load.sequential(cases[name], plan.big_per_round, sse=True))
+                if not all(_expect_stream(x) for x in responses):
+                    raise RuntimeError(f"{name}: a bad response in round {r}")
+                ttfb[name] += [x.ttfb * 1000 for x in responses]
+        base = statistics.median(ttfb["direct"])
+        out: dict = {
+            "tokens": tokens,
+            "bytes": len(raw),
+            "encode_ms": encode_s * 1000,
+            "bound_limit": bound_limit,
+            "count_limit": count_limit,
+            "cases": {},
+        }
+        for name, values in ttfb.items():
+            p50 = statistics.median(values)
+            row = {"ttfb_p50_ms": p50, "samples": len(values)}
+            if name != "direct":
+                row["added_ms"] = p50 - base
+                row["added_vs_encode"] = (p50 - base) / (encode_s * 1000)
+            out["cases"][name] = row
+            log(
+                f"  {name:32} TTFB p50 {p50:8.2f} ms"
+                + (
+                    f"  added {row['added_ms']:+8.2f} ms = {row['added_vs_encode']:.2f}x encode"
+                    if name != "direct"
+                    else ""
+                )
+            )
+        self.results[aigw.name].big_prompt = out
 
     # --- the whole run -----------------------------------------------------
 
@@ -737,6 +932,7 @@ class Bench:
             "chunk": self.per_chunk,
             "memory": self.slow_streams,
             "search": self.search,
+            "bigprompt": self.big_prompt,
         }
         self.warm_up()
         self.timings["setup+warm-up"] = round(time.time() - self.started, 1)
@@ -762,6 +958,7 @@ class Bench:
             "pinning": {"gateway_cpu": self.gateway_cpu, "load_cpu": self.load_cpu},
             "loadgen": "wrk" if self.wrk else "asyncio client",
             "nice": self.args.nice,
+            "access_log": ACCESS_LOG,
             "cpu_busy_before_start": self.background,
             "cpu_busy_during_run": core_busy(self.stat0, stat1),
             "cpu_steal_during_run": core_steal(self.stat0, stat1),
@@ -785,7 +982,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated phases to skip: throughput,latency,ttfb,chunk,memory,search",
+        help="comma-separated phases to skip: "
+        "throughput,latency,ttfb,chunk,memory,search,bigprompt",
     )
     parser.add_argument(
         "--loadgen",
@@ -797,6 +995,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--install-litellm",
         action="store_true",
         help="install LiteLLM's proxy when missing, also with --quick (the full run always does)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds every target serves before measuring (full run 30, --quick 10)",
     )
     parser.add_argument(
         "--nice",
@@ -829,6 +1033,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = Plan.quick() if args.quick else Plan.full()
+    if args.warmup is not None:
+        plan.warmup_s = args.warmup
+    committed = args.out.resolve() == (ROOT / "benchmarks").resolve()
+    if committed and (dirty := dirty_paths()):
+        log(
+            "refusing to write the committed results from a tree with uncommitted changes "
+            f"({', '.join(dirty[:5])}{', …' if len(dirty) > 5 else ''}): commit first, "
+            "or pass --out DIR to write elsewhere"
+        )
+        return 2
 
     def terminate(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -847,8 +1061,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
         return 130
+    except RunInvalid as exc:
+        log(f"run invalid, nothing written: {exc}")
+        return 1
     finally:
         bench.shutdown()
+    if committed and (dirty := dirty_paths()):
+        log(f"the tree changed during the run ({', '.join(dirty[:5])}): nothing written")
+        return 2
     written = report.write(results, args.out)
     log("")
     log(report.summary_text(results))

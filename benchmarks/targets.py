@@ -27,6 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work"
 MODEL = "gpt-4o-mini"
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Every target runs with its per-request access log off (the reference never
+# writes one; aigw's JSON line is INFO; LiteLLM's is uvicorn's), warnings and
+# errors still logged: the figures are each gateway's own work, not its logging.
+ACCESS_LOG = "off for every target (warnings and errors still logged)"
 
 
 class Unavailable(Exception):
@@ -228,6 +232,7 @@ class Aigw(Target):
         server_env = {
             "AIGW_ADMIN_TOKEN": self.admin_token,
             "AIGW_DATA_DIR": str(data_dir),
+            "AIGW_LOG_LEVEL": "WARNING",  # the aigw.access line is INFO: ACCESS_LOG
         }
         self.database = "aigw_bench_" + secrets.token_hex(4)
         try:
@@ -267,16 +272,23 @@ class Aigw(Target):
         )
         if status not in (200, 201):
             raise Unavailable(f"POST /providers answered {status}: {body}")
+        self.token = self.create_key("bench-key", self.INPUT_LIMIT)
+        self.info["key"] = (
+            f"input_limit={self.INPUT_LIMIT}, output_limit={self.OUTPUT_LIMIT}, usage_limit=reject"
+        )
+
+    def create_key(self, alias: str, input_limit: int) -> str:
+        """An enabled key on the fake upstream's model; returns its client token."""
         status, body = _http_json(
             "POST",
-            f"{base}/apikeys",
+            f"http://127.0.0.1:{self.port}/apikeys",
             {
-                "alias": "bench-key",
+                "alias": alias,
                 "provider": self.provider_name,
                 "model": MODEL,
                 "status": "enabled",
                 "key_code": "sk-bench-" + secrets.token_urlsafe(12),
-                "input_limit": self.INPUT_LIMIT,
+                "input_limit": input_limit,
                 "output_limit": self.OUTPUT_LIMIT,
                 "usage_limit": "reject",
             },
@@ -284,10 +296,7 @@ class Aigw(Target):
         )
         if status not in (200, 201) or "token" not in body:
             raise Unavailable(f"POST /apikeys answered {status}: {body}")
-        self.token = body["token"]
-        self.info["key"] = (
-            f"input_limit={self.INPUT_LIMIT}, output_limit={self.OUTPUT_LIMIT}, usage_limit=reject"
-        )
+        return str(body["token"])
 
     def side_cpu(self) -> CpuReading | None:
         """The PostgreSQL backends serving aigw's database (their titles name it)."""
@@ -366,6 +375,18 @@ def install_litellm(log: callable) -> None:  # type: ignore[valid-type]
     log(f"  litellm {litellm_version()} installed in {time.monotonic() - t0:.0f}s")
 
 
+LITELLM_LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "uvicorn": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        "uvicorn.error": {"level": "WARNING"},
+        "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+    },
+}
+
+
 class LiteLLM(Target):
     """LiteLLM's proxy, stock, offline cost map, master-key auth, no database."""
 
@@ -397,10 +418,13 @@ class LiteLLM(Target):
             "general_settings:\n"
             f"  master_key: {self.token}\n"
         )
+        # uvicorn's access log off, as for the other targets (ACCESS_LOG).
+        log_config = home / "log_config.json"
+        log_config.write_text(json.dumps(LITELLM_LOG_CONFIG))
         server_env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "HOME": str(home)}
         argv = [
             str(litellm_bin()), "--config", str(config), "--host", "127.0.0.1",
-            "--port", str(self.port), "--num_workers", "1",
+            "--port", str(self.port), "--num_workers", "1", "--log_config", str(log_config),
         ]  # fmt: skip
         self.server = env.procs.start("litellm", argv, cpu=None, env=server_env, cwd=home)
 

@@ -140,6 +140,19 @@ def realistic(target_tokens: int = 2000, seed: int = 7) -> list[dict]:
         document.append(_paragraph(rng, 4))
 
 
+def big(target_tokens: int = 100_000, seed: int = 11) -> list[dict]:
+    """One user message of about *target_tokens* tokens (a long document to read)."""
+    rng = random.Random(seed)
+    encode = load_o200k().encode_ordinary
+    parts: list[str] = []
+    tokens = 0
+    while tokens < target_tokens:
+        paragraph = _paragraph(rng, 6)
+        parts.append(paragraph)
+        tokens += len(encode(paragraph)) + 1
+    return [{"role": "user", "content": "Summarize this:\n\n" + "\n\n".join(parts)}]
+
+
 def body(messages: list[dict], stream: bool, knobs: str = "") -> bytes:
     """A Chat Completions body; ``knobs`` (``bench:chunks=…``) steer the fake upstream."""
     if knobs:

@@ -187,7 +187,7 @@ async def search_api_keys(
     session: AsyncSession, filters: KeyFilters, *, sort: str, limit: int, cursor: str | None
 ) -> ApiKeyPage:
     repo = ApiKeyRepository(session)
-    where = repo.conditions(await _conditions(session, filters))
+    conditions = await _conditions(session, filters)
     after: tuple[object, uuid.UUID] | None = None
     if cursor:
         payload = decode_cursor(cursor, {"s", "v", "id"})
@@ -197,8 +197,9 @@ async def search_api_keys(
             after = (_cursor_value(sort, payload["v"]), uuid.UUID(str(payload["id"])))
         except (TypeError, ValueError):
             raise InvalidCursor("malformed cursor") from None
-    rows = await repo.page(where, sort=sort, after=after, limit=limit + 1)
-    total = await repo.count(where)
+    # The count first: the page uses it to choose how to find the matches.
+    total = await repo.count(conditions)
+    rows = await repo.page(conditions, matches=total, sort=sort, after=after, limit=limit + 1)
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
