@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     # aigw.httpserver): idle and half-sent heads are closed, not held forever.
     request_head_timeout: float = Field(default=30.0, gt=0)
 
+    # Budgets and rates (aigw.budgets, docs/budgets.md).
+    budget_timezone: str = "UTC"
+    budget_output_slice: int = Field(default=256, ge=1, le=1_000_000)
+    budget_lease_seconds: float = Field(default=30.0, ge=1.0, le=3600.0)
+    budget_store_timeout: float = Field(default=2.0, gt=0, le=60.0)
+
     metrics_token: SecretStr | None = None
     # Distinct key aliases given their own metrics label; later ones share "other".
     metrics_max_aliases: int = Field(default=100, ge=1)
@@ -85,6 +91,17 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as UTC)") from None
         return value
 
     @field_validator("admin_token", "token_pepper")
