@@ -69,7 +69,7 @@ class BudgetStore:
         dsn: str,
         *,
         lease_seconds: float = 30.0,
-        timeout: float = 2.0,
+        timeout: float = 5.0,
         max_connections: int = 10,
     ) -> None:
         self._dsn = dsn
