@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-reliability lint openapi bench bench-quick clean
+.PHONY: serve test test-reliability lint openapi bench bench-quick clean replicas
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,6 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+replicas: $(STAMP)  ## three gateways on one PostgreSQL behind HAProxy: budget, rolling restart, key change (tests/deploy/replicas.py)
+	$(BIN)/python -m tests.deploy.replicas

@@ -70,9 +70,17 @@ class Settings(BaseSettings):
     usage_batch_size: int = Field(default=500, ge=1)
     usage_buffer_limit: int = Field(default=100_000, ge=1)
     shutdown_grace: float = Field(default=30.0, ge=0)
+    # Seconds /readyz answers 503 after SIGTERM before the listener closes (aigw.drain).
+    shutdown_drain: float = Field(default=0.0, ge=0, le=300)
     # Seconds a connection may take to send a request's line and headers (see
     # aigw.httpserver): idle and half-sent heads are closed, not held forever.
     request_head_timeout: float = Field(default=30.0, gt=0)
+
+    # Budgets and rates (aigw.budgets, docs/budgets.md).
+    budget_timezone: str = "UTC"
+    budget_output_slice: int = Field(default=256, ge=1, le=1_000_000)
+    budget_lease_seconds: float = Field(default=30.0, ge=1.0, le=3600.0)
+    budget_store_timeout: float = Field(default=5.0, gt=0, le=60.0)
 
     metrics_token: SecretStr | None = None
     # Distinct key aliases given their own metrics label; later ones share "other".
@@ -85,6 +93,17 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as UTC)") from None
         return value
 
     @field_validator("admin_token", "token_pepper")

@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from aigw.drain import DRAIN
+
 router = APIRouter(tags=["health"])
 
 
@@ -53,6 +55,9 @@ async def readyz(request: Request) -> Readiness | JSONResponse:
         encodings="ok" if encoders is not None and encoders.names else "missing",
         key_cache="listening" if keys is not None and keys.listening else "stale",
     )
+    if DRAIN.draining:  # SIGTERM: let the balancer stop sending before we close
+        readiness.status = "draining"
+        return JSONResponse(readiness.model_dump(), status_code=503, headers={"Retry-After": "2"})
     if readiness.database != "ok" or readiness.encodings != "ok":
         readiness.status = "unavailable"
         return JSONResponse(readiness.model_dump(), status_code=503, headers={"Retry-After": "2"})

@@ -49,6 +49,9 @@ REASON_BY_ERROR = {
     "output_token_limit_exceeded": "output_limit",
     "key_disabled": "disabled",
     "invalid_api_key": "bad_token",
+    "budget_exceeded": "budget",
+    "rate_limited": "rate",
+    "budget_store_unavailable": "budget_store",
 }
 
 
@@ -154,6 +157,10 @@ class Metrics:
                 self.over_limit.labels(series.alias, series.model, "input").inc()
             if entry.output_limit_exceeded:
                 self.over_limit.labels(series.alias, series.model, "output").inc()
+            if entry.budget_exceeded:
+                self.over_limit.labels(series.alias, series.model, "budget").inc()
+            if entry.rate_exceeded:
+                self.over_limit.labels(series.alias, series.model, "rate").inc()
         series.latency.observe(entry.latency_ms / 1000.0)
         if entry.ttfb_ms is not None:
             series.ttfb.observe(entry.ttfb_ms / 1000.0)

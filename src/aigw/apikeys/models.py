@@ -4,6 +4,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -23,6 +24,9 @@ from aigw.providers.models import Provider, ProviderModel
 MAX_LIMIT = 10_000_000
 STATUSES = ("enabled", "disabled")
 USAGE_LIMITS = ("reject", "use_anyway")
+BUDGET_PERIODS = ("day", "week", "month", "total")
+MAX_BUDGET = 1_000_000_000_000
+MAX_RPM = 10_000_000
 
 
 class ApiKey(TimestampedMixin, Base):
@@ -35,6 +39,10 @@ class ApiKey(TimestampedMixin, Base):
         CheckConstraint(f"usage_limit IN {USAGE_LIMITS!r}", name="usage_limit"),
         CheckConstraint(f"input_limit BETWEEN 0 AND {MAX_LIMIT}", name="input_limit"),
         CheckConstraint(f"output_limit BETWEEN 0 AND {MAX_LIMIT}", name="output_limit"),
+        CheckConstraint(f"budget_tokens BETWEEN 0 AND {MAX_BUDGET}", name="budget_tokens"),
+        CheckConstraint(f"budget_period IN {BUDGET_PERIODS!r}", name="budget_period"),
+        CheckConstraint(f"rpm_limit BETWEEN 0 AND {MAX_RPM}", name="rpm_limit"),
+        CheckConstraint(f"tpm_limit BETWEEN 0 AND {MAX_BUDGET}", name="tpm_limit"),
         # Case-insensitive uniqueness, and the order of `sort=alias`.
         Index("uq_api_keys_lower_alias", text("lower(alias)"), unique=True),
         # Serves `q` (substring search) through pg_trgm.
@@ -64,6 +72,11 @@ class ApiKey(TimestampedMixin, Base):
     input_limit: Mapped[int] = mapped_column(nullable=False)
     output_limit: Mapped[int] = mapped_column(nullable=False, server_default="0")
     usage_limit: Mapped[str] = mapped_column(String(16), nullable=False, server_default="reject")
+    # Budgets and rates (aigw.budgets); 0 = none.
+    budget_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    budget_period: Mapped[str] = mapped_column(String(8), nullable=False, server_default="month")
+    rpm_limit: Mapped[int] = mapped_column(nullable=False, server_default="0")
+    tpm_limit: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
 
     provider: Mapped[Provider] = relationship(lazy="joined", innerjoin=True)
     model: Mapped[ProviderModel] = relationship(lazy="joined", innerjoin=True)

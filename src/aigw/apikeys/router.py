@@ -17,7 +17,7 @@ from aigw.apikeys.schemas import (
     Status,
     UsageLimit,
 )
-from aigw.deps import AdminDep, HasherDep, IfMatchDep, KeyRingDep, SessionDep
+from aigw.deps import AdminDep, HasherDep, IfMatchDep, KeyRingDep, SessionDep, SettingsDep
 from aigw.etag import with_etag
 from aigw.routing import AdminRoute, problem_responses
 
@@ -38,6 +38,7 @@ async def create_api_key(
     keyring: KeyRingDep,
     hasher: HasherDep,
     response: Response,
+    settings: SettingsDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -52,6 +53,7 @@ async def create_api_key(
     created, replayed = await service.create_api_key(
         session, body, keyring=keyring, hasher=hasher, actor=actor, idempotency_key=idempotency_key
     )
+    await service.add_budget_usage(session, [created], settings.budget_timezone)
     response.headers["Location"] = f"/apikeys/{created.id}"
     with_etag(response, created)
     response.headers["Cache-Control"] = "no-store"
@@ -64,6 +66,7 @@ async def create_api_key(
 async def search_api_keys(
     session: SessionDep,
     _admin: AdminDep,
+    settings: SettingsDep,
     q: Annotated[
         str | None,
         Query(
@@ -83,15 +86,22 @@ async def search_api_keys(
     filters = KeyFilters(
         q=q, status=status_, provider=provider, model=model, usage_limit=usage_limit
     )
-    return await service.search_api_keys(session, filters, sort=sort, limit=limit, cursor=cursor)
+    page = await service.search_api_keys(session, filters, sort=sort, limit=limit, cursor=cursor)
+    await service.add_budget_usage(session, page.items, settings.budget_timezone)
+    return page
 
 
 @router.get("/{key_id}", response_model=ApiKeyRead, responses=problem_responses(404))
 async def get_api_key(
-    key_id: uuid.UUID, session: SessionDep, _admin: AdminDep, response: Response
+    key_id: uuid.UUID,
+    session: SessionDep,
+    _admin: AdminDep,
+    response: Response,
+    settings: SettingsDep,
 ) -> ApiKeyRead:
-    key = await service.get_api_key(session, key_id)
-    return with_etag(response, service.to_read(key))
+    key = service.to_read(await service.get_api_key(session, key_id))
+    await service.add_budget_usage(session, [key], settings.budget_timezone)
+    return with_etag(response, key)
 
 
 @router.patch(
@@ -108,11 +118,14 @@ async def update_api_key(
     keyring: KeyRingDep,
     if_match: IfMatchDep,
     response: Response,
+    settings: SettingsDep,
 ) -> ApiKeyRead:
     key = await service.update_api_key(
         session, key_id, body, if_match=if_match, keyring=keyring, actor=actor
     )
-    return with_etag(response, service.to_read(key))
+    read = service.to_read(key)
+    await service.add_budget_usage(session, [read], settings.budget_timezone)
+    return with_etag(response, read)
 
 
 @router.delete(
@@ -141,10 +154,12 @@ async def rotate_api_key_token(
     hasher: HasherDep,
     if_match: IfMatchDep,
     response: Response,
+    settings: SettingsDep,
 ) -> ApiKeyWithToken:
     rotated = await service.rotate_token(
         session, key_id, if_match=if_match, hasher=hasher, actor=actor
     )
+    await service.add_budget_usage(session, [rotated], settings.budget_timezone)
     with_etag(response, rotated)
     response.headers["Cache-Control"] = "no-store"
     return rotated

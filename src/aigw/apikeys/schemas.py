@@ -6,13 +6,19 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from aigw.apikeys.models import MAX_LIMIT
+from aigw.apikeys.models import MAX_BUDGET, MAX_LIMIT, MAX_RPM
 from aigw.schemas import PartialUpdate, StrictInput
 
 Status = Literal["enabled", "disabled"]
 UsageLimit = Literal["reject", "use_anyway"]
 SortField = Literal["alias", "-alias", "created_at", "-created_at", "updated_at", "-updated_at"]
 TokenLimit = Annotated[int, Field(ge=0, le=MAX_LIMIT)]
+BudgetPeriod = Literal["day", "week", "month", "total"]
+BudgetTokens = Annotated[
+    int, Field(ge=0, le=MAX_BUDGET, description="Tokens (input + output) per period; 0 = none")
+]
+RpmLimit = Annotated[int, Field(ge=0, le=MAX_RPM, description="Requests per minute; 0 = none")]
+TpmLimit = Annotated[int, Field(ge=0, le=MAX_BUDGET, description="Tokens per minute; 0 = none")]
 
 
 def _no_control_chars(value: str) -> str:
@@ -46,6 +52,10 @@ class ApiKeyCreate(StrictInput):
     input_limit: TokenLimit
     output_limit: TokenLimit = 0
     usage_limit: UsageLimit = "reject"
+    budget_tokens: BudgetTokens = 0
+    budget_period: BudgetPeriod = "month"
+    rpm_limit: RpmLimit = 0
+    tpm_limit: TpmLimit = 0
 
 
 class ApiKeyUpdate(PartialUpdate):
@@ -59,6 +69,10 @@ class ApiKeyUpdate(PartialUpdate):
     input_limit: TokenLimit | None = None
     output_limit: TokenLimit | None = None
     usage_limit: UsageLimit | None = None
+    budget_tokens: BudgetTokens | None = None
+    budget_period: BudgetPeriod | None = None
+    rpm_limit: RpmLimit | None = None
+    tpm_limit: TpmLimit | None = None
 
 
 class ApiKeyRead(BaseModel):
@@ -74,6 +88,17 @@ class ApiKeyRead(BaseModel):
     input_limit: int
     output_limit: int
     usage_limit: UsageLimit
+    budget_tokens: int = 0
+    budget_period: BudgetPeriod = "month"
+    rpm_limit: int = 0
+    tpm_limit: int = 0
+    budget_used: int = Field(
+        default=0, description="Tokens charged to the budget in the current period"
+    )
+    budget_resets_at: datetime | None = Field(
+        default=None,
+        description="When the current budget period ends (none for a `total` budget or no budget)",
+    )
     created_at: datetime
     updated_at: datetime
     version: int

@@ -7,6 +7,7 @@ import hashlib
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy import func
@@ -17,6 +18,7 @@ from aigw.apikeys.models import ApiKey, IdempotencyRecord
 from aigw.apikeys.repository import ApiKeyRepository, KeyConditions, KeyFilters
 from aigw.apikeys.schemas import ApiKeyCreate, ApiKeyPage, ApiKeyRead, ApiKeyUpdate, ApiKeyWithToken
 from aigw.audit import service as audit
+from aigw.budgets import service as budgets
 from aigw.crypto import (
     KeyRing,
     TokenHasher,
@@ -44,6 +46,10 @@ def to_read(key: ApiKey) -> ApiKeyRead:
         input_limit=key.input_limit,
         output_limit=key.output_limit,
         usage_limit=key.usage_limit,  # type: ignore[arg-type]
+        budget_tokens=key.budget_tokens,
+        budget_period=key.budget_period,  # type: ignore[arg-type]
+        rpm_limit=key.rpm_limit,
+        tpm_limit=key.tpm_limit,
         created_at=key.created_at,
         updated_at=key.updated_at,
         version=key.version,
@@ -51,7 +57,19 @@ def to_read(key: ApiKey) -> ApiKeyRead:
 
 
 def _snapshot(key: ApiKey) -> dict[str, Any]:
-    return to_read(key).model_dump(mode="json")
+    return to_read(key).model_dump(mode="json", exclude={"budget_used", "budget_resets_at"})
+
+
+async def add_budget_usage(session: AsyncSession, reads: list[ApiKeyRead], zone: str) -> None:
+    """Fill in ``budget_used`` and ``budget_resets_at`` of *reads* (one query)."""
+    status = await budgets.current_usage(
+        session,
+        [(read.id, read.budget_period) for read in reads if read.budget_tokens],
+        ZoneInfo(zone),
+    )
+    for read in reads:
+        if read.budget_tokens:
+            read.budget_used, read.budget_resets_at = status[read.id]
 
 
 def _alias_taken(alias: str | None) -> dict[str, Any]:
@@ -135,6 +153,10 @@ async def create_api_key(
         input_limit=data.input_limit,
         output_limit=data.output_limit,
         usage_limit=data.usage_limit,
+        budget_tokens=data.budget_tokens,
+        budget_period=data.budget_period,
+        rpm_limit=data.rpm_limit,
+        tpm_limit=data.tpm_limit,
     )
     _seal_key_code(key, data.key_code, keyring)
     session.add(key)
@@ -244,7 +266,17 @@ async def update_api_key(
             session, data.provider or key.provider.name, data.model or key.model.name
         )
         key.provider_id, key.model_id = provider.id, model.id
-    for field in ("alias", "status", "input_limit", "output_limit", "usage_limit"):
+    for field in (
+        "alias",
+        "status",
+        "input_limit",
+        "output_limit",
+        "usage_limit",
+        "budget_tokens",
+        "budget_period",
+        "rpm_limit",
+        "tpm_limit",
+    ):
         if field in changes:
             setattr(key, field, changes[field])
     secret_replaced = data.key_code is not None

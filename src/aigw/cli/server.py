@@ -87,8 +87,7 @@ def serve(
         # exit so the embedded PostgreSQL above is stopped on the way out.
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _exit_after_shutdown)
-        uvicorn.run(
-            "aigw.main:create_app",
+        options = dict(
             factory=True,
             host=host,
             port=port,
@@ -100,6 +99,15 @@ def serve(
             server_header=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace),
         )
+        if workers == 1 and settings.shutdown_drain > 0:
+            # Not ready first, then close (aigw.drain); several workers share one
+            # socket under uvicorn's supervisor, where the balancer or preStop drains.
+            from aigw.drain import DrainingServer
+
+            config = uvicorn.Config("aigw.main:create_app", **options)  # type: ignore[arg-type]
+            DrainingServer(config, settings.shutdown_drain).run()
+        else:
+            uvicorn.run("aigw.main:create_app", **options)  # type: ignore[arg-type]
 
 
 def _migrate_in_child(url: str) -> None:

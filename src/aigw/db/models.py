@@ -2,6 +2,7 @@
 
 from aigw.apikeys.models import ApiKey, IdempotencyRecord
 from aigw.audit.models import AuditEntry
+from aigw.budgets.models import BudgetCounter, BudgetLease, RateWindow
 from aigw.db.base import Base
 from aigw.providers.models import Provider, ProviderModel
 from aigw.usage.models import UsageRecord
@@ -11,9 +12,12 @@ metadata = Base.metadata
 __all__ = [
     "ApiKey",
     "AuditEntry",
+    "BudgetCounter",
+    "BudgetLease",
     "IdempotencyRecord",
     "Provider",
     "ProviderModel",
+    "RateWindow",
     "UsageRecord",
     "metadata",
 ]

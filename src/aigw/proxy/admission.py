@@ -20,6 +20,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive
 
+from aigw.budgets.guard import Hold, Limiter
 from aigw.errors import PayloadTooLarge, UnsupportedMediaType
 from aigw.proxy import counting
 from aigw.proxy.adapters.base import Adapter
@@ -161,6 +162,8 @@ class Admitted:
     decision: Decision
     injected_max: bool
     response_headers: list[tuple[bytes, bytes]]
+    # The request's budget/rate standing (aigw.budgets); the pipeline settles it.
+    hold: Hold | None = None
 
 
 @dataclass(slots=True)
@@ -169,6 +172,7 @@ class Admission:
 
     encoders: counting.Encoders
     max_tokenize_chars: int
+    limiter: Limiter | None = None
 
     async def admit(
         self,
@@ -248,16 +252,30 @@ class Admission:
             if not client_wants_usage:
                 body["stream_options"] = {**(options or {}), "include_usage": True}
                 modified = True
-        response_headers = key_headers(key, entry)
+        upstream_body = adapter.encode_request(body, raw, modified)
         exceeded = decision.exceeded_header()
+        # Budgets and rates (aigw.budgets): checked and reserved last, once nothing
+        # else can refuse the request; the pipeline settles the hold.
+        hold = None
+        if key.budget is not None and self.limiter is not None:
+            hold = await self.limiter.admit(
+                key.id,
+                key.budget,
+                entry,
+                enforce=not key.limits.use_anyway,
+                output_hint=requested_max or decision.inject_max_tokens,
+            )
+            exceeded = ",".join(part for part in (exceeded, hold.exceeded) if part) or None
+        response_headers = key_headers(key, entry)
         if exceeded:
             response_headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
         return Admitted(
             body=body,
-            upstream_body=adapter.encode_request(body, raw, modified),
+            upstream_body=upstream_body,
             stream=stream,
             client_wants_usage=client_wants_usage,
             decision=decision,
             injected_max=injected,
             response_headers=response_headers,
+            hold=hold,
         )

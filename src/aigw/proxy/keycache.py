@@ -31,6 +31,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aigw.apikeys.models import ApiKey
+from aigw.budgets.rules import KeyBudget
 from aigw.crypto import CryptoError, KeyRing, key_code_aad
 from aigw.db import notify
 from aigw.netpolicy import UpstreamRefused, check_upstream_url
@@ -67,6 +68,8 @@ class ResolvedKey:
     # and the operator may have tightened AIGW_ALLOW_PRIVATE_UPSTREAMS since the
     # provider was written.
     upstream_allowed: bool = True
+    # Budget and rates (aigw.budgets); None: neither, and nothing to check per request.
+    budget: KeyBudget | None = None
 
 
 def _policy_allows(base_url: str, allow_private: bool) -> bool:
@@ -97,6 +100,7 @@ def _resolved(row: Any, key_code: str | None, allow_private: bool) -> ResolvedKe
             (b"x-aigw-usage-limit", limits.usage_limit.encode()),
         ),
         upstream_allowed=_policy_allows(row.base_url, allow_private),
+        budget=KeyBudget.of(row.budget_tokens, row.budget_period, row.rpm_limit, row.tpm_limit),
     )
 
 
@@ -111,6 +115,10 @@ def _key_rows() -> Select:
             ApiKey.input_limit,
             ApiKey.output_limit,
             ApiKey.usage_limit,
+            ApiKey.budget_tokens,
+            ApiKey.budget_period,
+            ApiKey.rpm_limit,
+            ApiKey.tpm_limit,
             ApiKey.provider_id,
             Provider.name.label("provider_name"),
             Provider.kind.label("provider_kind"),

@@ -24,6 +24,7 @@ import aiohttp
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from aigw.budgets.guard import Limiter
 from aigw.config import Settings
 from aigw.crypto import TokenHasher
 from aigw.errors import AigwError, openai_error_response
@@ -83,6 +84,8 @@ async def _send_error(
         response.headers["www-authenticate"] = "Bearer"
     elif exc.status_code == 413:
         response.headers["connection"] = "close"  # rather than drain a huge body
+    for name, value in exc.headers.items():  # e.g. Retry-After on a 429
+        response.headers[name] = value
     response.raw_headers.extend(headers)
     await response(scope, receive, send)
 
@@ -100,6 +103,7 @@ class Pipeline:
         session: aiohttp.ClientSession,
         recorder: UsageRecorder,
         metrics: Metrics,
+        limiter: Limiter | None = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -108,7 +112,7 @@ class Pipeline:
         self.session = session
         self.recorder = recorder
         self.metrics = metrics
-        self.admission = Admission(encoders, settings.max_tokenize_chars)
+        self.admission = Admission(encoders, settings.max_tokenize_chars, limiter)
         self.adapters: dict[str, Adapter] = {
             "openai": OpenAIAdapter(),
             "anthropic": AnthropicAdapter(),
@@ -156,6 +160,7 @@ class Pipeline:
             usage_limit=limits.usage_limit,
         )
         downstream = Downstream(send)
+        admitted: Admitted | None = None
         try:
             adapter = self.adapters.get(key.provider_kind)
             try:
@@ -195,6 +200,11 @@ class Pipeline:
             entry.latency_ms = (time.perf_counter() - started) * 1000.0
             if downstream.first_byte_at is not None:
                 entry.ttfb_ms = (downstream.first_byte_at - started) * 1000.0
+            # Budgets (aigw.budgets): charge what was counted, return the rest.
+            if admitted is not None and admitted.hold is not None:
+                hold = admitted.hold
+                if hold.settle(entry.outcome, entry.input_tokens, entry.output_tokens):
+                    entry.budget_exceeded = True
             self.recorder.record(entry)
 
     async def _forward(
@@ -215,7 +225,9 @@ class Pipeline:
             _WATCH_AFTER,
             lambda: watcher.append(loop.create_task(_watch_disconnect(receive, clock))),
         )
-        output = Output(await self.encoders.aget(key.encoding), admitted.decision.cut_output_at)
+        output = Output(
+            await self.encoders.aget(key.encoding), admitted.decision.cut_output_at, admitted.hold
+        )
         relay = Relay(adapter, admitted, key.limits, entry, downstream, clock, output)
         response: aiohttp.ClientResponse | None = None
         complete = False

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from starlette.types import Send
 
+from aigw.budgets.guard import Hold, text_bytes
 from aigw.errors import AigwError, openai_error_body
 from aigw.proxy import counting
 from aigw.proxy.adapters.base import Adapter, StreamItem
@@ -88,13 +89,31 @@ class Output:
     """Output accounting for one response, per choice (the limit is per choice,
     as ``max_tokens`` is): counts what is relayed and trims at the cut-off."""
 
-    __slots__ = ("_choices", "_cut_at", "_encoding", "any_cut")
+    __slots__ = ("_cap", "_choices", "_cut_at", "_encoding", "any_cut", "budget")
 
-    def __init__(self, encoding: Any, cut_at: int | None) -> None:
+    def __init__(self, encoding: Any, cut_at: int | None, budget: Hold | None = None) -> None:
         self._encoding = encoding
         self._cut_at = cut_at
         self._choices: dict[int, _Choice] = {}
         self.any_cut = False
+        # A budget reservation bounds all choices together (aigw.budgets.guard).
+        self.budget = budget if budget is not None and budget.caps_output else None
+        self._cap = self.budget.output_reserved if self.budget is not None else None
+
+    def cap_total(self, cap: int) -> None:
+        """Bound the output of all choices together to *cap* tokens."""
+        self._cap = cap
+
+    def _apply_cap(self, state: _Choice, cap: int) -> bool:
+        """Bound *state*'s counter to what the cap leaves it; False when nothing is left."""
+        room = cap
+        if len(self._choices) > 1:
+            room -= sum(s.counter.count for s in self._choices.values() if s is not state)
+        room = min(room, self._cut_at) if self._cut_at else room
+        if room <= 0:
+            return False
+        state.counter.limit = room
+        return True
 
     def choice(self, index: Any) -> _Choice:
         """The state of choice *index* (anything but an int counts as choice 0)."""
@@ -129,6 +148,8 @@ class Output:
     def take_message(self, state: _Choice, message: dict[str, Any]) -> bool:
         """Count a message (or a delta) of one choice; trim it where the output
         reaches the limit. Returns whether the message was changed."""
+        if self._cap is not None and not state.cut and not self._apply_cap(state, self._cap):
+            state.cut = self.any_cut = True
         if state.cut:
             return _clear_message(message)
         counter = state.counter
@@ -233,9 +254,11 @@ class Relay:
             self.clock.event()
             parts.append(chunk)
         raw = b"".join(parts)
-        completion = self.adapter.parse_response(raw)
-        changed = not self.adapter.relays_raw
         output, entry = self.output, self.entry
+        completion = self.adapter.parse_response(raw)
+        if output.budget is not None:
+            await output.budget.prepare(text_bytes(completion, "message"), output)
+        changed = not self.adapter.relays_raw
         choices = completion.get("choices")
         if isinstance(choices, list):
             for choice in choices:
@@ -294,6 +317,8 @@ class Relay:
                             out.append(item.raw or b"")  # a comment: relayed, not progress
                             continue
                         self.clock.event()
+                        if output.budget is not None:
+                            await output.budget.prepare(text_bytes(chunk, "delta"), output)
                         relay = self._take_chunk(chunk, item)
                         last_chunk = chunk
                         if relay:

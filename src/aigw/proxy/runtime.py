@@ -16,7 +16,11 @@ import functools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from aigw.budgets.guard import Limiter
+from aigw.budgets.periods import PeriodClock
+from aigw.budgets.store import BudgetStore
 from aigw.config import Settings
 from aigw.db.engine import libpq_url
 from aigw.metrics import Metrics
@@ -72,6 +76,22 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
         stack.push_async_callback(session.close)
         state.upstream = session
 
+        # Budgets and rates: the store opens connections on first use only.
+        budget_store = BudgetStore(
+            libpq_url(settings.database_url),
+            lease_seconds=settings.budget_lease_seconds,
+            timeout=settings.budget_store_timeout,
+            max_connections=settings.db_pool_size,
+        )
+        budget_store.start()
+        stack.push_async_callback(budget_store.aclose, settings.shutdown_grace)
+        state.budget_store = budget_store
+        limiter = Limiter(
+            budget_store,
+            PeriodClock(ZoneInfo(settings.budget_timezone)),
+            output_slice=settings.budget_output_slice,
+        )
+
         pipeline = Pipeline(
             settings=settings,
             keys=keys,
@@ -80,6 +100,7 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
             session=session,
             recorder=recorder,
             metrics=metrics,
+            limiter=limiter,
         )
         state.proxy = pipeline
         yield pipeline

@@ -51,5 +51,8 @@ class UsageRecord(Base):
     input_limit_exceeded: Mapped[bool] = mapped_column(nullable=False, default=False)
     output_limit_exceeded: Mapped[bool] = mapped_column(nullable=False, default=False)
     stream: Mapped[bool] = mapped_column(nullable=False, default=False)
+    # A budget or rate limit was reached: rejected, cut, or (use_anyway) passed.
+    budget_exceeded: Mapped[bool] = mapped_column(nullable=False, server_default="false")
+    rate_exceeded: Mapped[bool] = mapped_column(nullable=False, server_default="false")
     latency_ms: Mapped[float] = mapped_column(nullable=False)
     ttfb_ms: Mapped[float | None] = mapped_column()

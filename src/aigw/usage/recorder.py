@@ -54,6 +54,8 @@ class UsageEntry:
     input_limit_exceeded: bool = False
     output_limit_exceeded: bool = False
     stream: bool = False
+    budget_exceeded: bool = False
+    rate_exceeded: bool = False
     latency_ms: float = 0.0
     ttfb_ms: float | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
@@ -84,6 +86,8 @@ class UsageEntry:
             self.stream,
             self.latency_ms,
             self.ttfb_ms,
+            self.budget_exceeded,
+            self.rate_exceeded,
         )
 
 
@@ -111,6 +115,8 @@ _COLUMNS = (
     ("stream", "bool"),
     ("latency_ms", "float8"),
     ("ttfb_ms", "float8"),
+    ("budget_exceeded", "bool"),
+    ("rate_exceeded", "bool"),
 )
 
 

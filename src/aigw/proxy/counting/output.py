@@ -110,6 +110,14 @@ class OutputCounter:
     def limit(self) -> int | None:
         return self._limit
 
+    @limit.setter
+    def limit(self, value: int | None) -> None:
+        """Move the limit (a budget reservation that grew or must bound the next
+        text); text already accepted stays accepted."""
+        if value is not None and value < 0:
+            raise ValueError("limit must be >= 0 (0 or None: unlimited)")
+        self._limit = value or None
+
     @property
     def exhausted(self) -> bool:
         """Whether text was cut: the response must end here (``length``)."""

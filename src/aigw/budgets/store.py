@@ -1,0 +1,231 @@
+"""The shared counters, in PostgreSQL: one statement per decision.
+
+Reservations, extensions and rate checks are each one call of a SQL function
+(migration 0005) that takes the key's counter row lock, so any number of
+gateway processes on one database admit together no more than a budget.
+Settlements are queued and written in batches by one task (a client that
+leaves cannot cancel them); until written, their leases stay renewed.
+
+Leases: every reservation is a row in ``budget_leases`` with an expiry a
+heartbeat task pushes forward every third of ``lease_seconds`` for all the
+leases this process holds. A process that dies (SIGKILL, OOM, a lost host)
+stops renewing; once its leases expire, the next reservation for the key
+returns their tokens.
+
+A call that fails or takes longer than ``timeout`` raises
+:class:`StoreUnavailable`; :mod:`aigw.budgets.guard` decides what that means
+per policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+log = logging.getLogger("aigw.budgets")
+
+_RESERVE = "SELECT granted, free FROM aigw_budget_reserve($1, $2, $3, $4, $5, $6, $7)"
+_RATE = "SELECT allowed, requests, tokens FROM aigw_rate_take($1, $2, $3, $4, $5, $6)"
+_SETTLE = (
+    "SELECT aigw_budget_settle($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int8[], "
+    "$5::timestamptz[], $6::int8[])"
+)
+_RENEW = (
+    "UPDATE budget_leases SET expires_at = clock_timestamp() + make_interval(secs => $2) "
+    "WHERE id = ANY($1::uuid[])"
+)
+_SETTLE_BATCH = 500
+
+
+class StoreUnavailable(Exception):
+    """The shared store did not answer (down, unreachable, or too slow)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What one finished request owes: ``charge`` tokens to its budget period (and
+    its lease, if it held one, released), ``window_tokens`` to its rate window."""
+
+    api_key_id: uuid.UUID
+    lease: uuid.UUID | None
+    period_start: datetime | None
+    charge: int
+    window_start: datetime | None
+    window_tokens: int
+
+
+class BudgetStore:
+    """The PostgreSQL store; one per process. Connections open on first use, so a
+    gateway whose keys have no budgets never opens one."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        lease_seconds: float = 30.0,
+        timeout: float = 5.0,
+        max_connections: int = 10,
+    ) -> None:
+        self._dsn = dsn
+        self.lease_seconds = lease_seconds
+        self.timeout = timeout
+        self._max_connections = max_connections
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._live: set[uuid.UUID] = set()
+        self._queue: list[Settlement] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.settled = 0
+
+    def __repr__(self) -> str:
+        return f"BudgetStore(live_leases={len(self._live)}, queued={len(self._queue)})"
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=0,
+                        max_size=self._max_connections,
+                        timeout=self.timeout,
+                        server_settings={"application_name": "aigw-budgets"},
+                    )
+        return self._pool
+
+    async def _call(self, sql: str, *args: object) -> asyncpg.Record | None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                pool = await self._get_pool()
+                return await pool.fetchrow(sql, *args)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._settle_forever(), name="aigw-budget-settle"),
+            asyncio.create_task(self._renew_forever(), name="aigw-budget-leases"),
+        ]
+
+    async def reserve(
+        self,
+        api_key_id: uuid.UUID,
+        period_start: datetime,
+        budget: int,
+        lease: uuid.UUID,
+        want: int,
+        minimum: int,
+    ) -> tuple[int, int]:
+        """Reserve up to *want* tokens (at least *minimum*, else nothing) under
+        *lease*; returns ``(granted, free before)``. Calling again with the same
+        lease extends it."""
+        row = await self._call(
+            _RESERVE, api_key_id, period_start, budget, lease, want, minimum, self.lease_seconds
+        )
+        assert row is not None
+        granted, free = int(row["granted"]), int(row["free"])
+        if granted:
+            self._live.add(lease)
+        return granted, free
+
+    async def free(self, api_key_id: uuid.UUID, period_start: datetime, budget: int) -> int:
+        """What is left of the budget now (reserving nothing)."""
+        row = await self._call(_RESERVE, api_key_id, period_start, budget, None, 0, 0, 0.0)
+        assert row is not None
+        return int(row["free"])
+
+    async def take_rate(
+        self,
+        api_key_id: uuid.UUID,
+        window_start: datetime,
+        rpm: int,
+        tpm: int,
+        tokens: int,
+        *,
+        enforce: bool,
+    ) -> bool:
+        """Count one request of *tokens* input tokens in the window; returns whether
+        it was within the rates (when *enforce* and it was not, nothing is counted)."""
+        row = await self._call(_RATE, api_key_id, window_start, rpm, tpm, tokens, enforce)
+        assert row is not None
+        return bool(row["allowed"])
+
+    def settle(self, settlement: Settlement) -> None:
+        """Queue a settlement; it cannot fail or block (written by the settle task)."""
+        self._queue.append(settlement)
+        self._wake.set()
+
+    async def _write(self, batch: list[Settlement]) -> None:
+        batch.sort(key=lambda s: (s.api_key_id, s.period_start or datetime.min))
+        await self._call(
+            _SETTLE,
+            [s.lease for s in batch],
+            [s.api_key_id for s in batch],
+            [s.period_start for s in batch],
+            [s.charge for s in batch],
+            [s.window_start for s in batch],
+            [s.window_tokens for s in batch],
+        )
+
+    async def _settle_forever(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = self._queue[:_SETTLE_BATCH]
+                try:
+                    await self._write(batch)
+                except StoreUnavailable as exc:
+                    # The leases stay renewed meanwhile; nothing is lost unless the
+                    # process dies too (then the leases expire and give back).
+                    log.warning("budget settlement failed (%s); retrying in %.2fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.05
+                del self._queue[: len(batch)]
+                for s in batch:
+                    if s.lease is not None:
+                        self._live.discard(s.lease)
+                self.settled += len(batch)
+
+    async def _renew_forever(self) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not self._live:
+                continue
+            try:
+                await self._call(_RENEW, list(self._live), self.lease_seconds)
+            except StoreUnavailable as exc:
+                log.warning("budget lease renewal failed (%s)", exc)
+
+    async def flush(self, grace: float) -> None:
+        """Wait until every queued settlement is written (or *grace* seconds pass)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while self._queue:
+                    self._wake.set()
+                    await asyncio.sleep(0.01)
+
+    async def aclose(self, grace: float) -> None:
+        await self.flush(grace)
+        if self._queue:
+            log.error("%d budget settlements not written at shutdown", len(self._queue))
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 5.0)
