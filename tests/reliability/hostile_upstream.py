@@ -145,6 +145,9 @@ class HostileUpstream:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -74,12 +74,13 @@ class EventTooLarge(Exception):
 class SSEDecoder:
     """Incremental decoder: feed it chunks, get complete events back."""
 
-    __slots__ = ("_buffer", "_held_cr", "_max_event")
+    __slots__ = ("_buffer", "_held_cr", "_max_event", "_overflowed")
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._buffer = bytearray()
         self._held_cr = False
         self._max_event = max_event_bytes
+        self._overflowed = False
 
     def _normalise(self, chunk: bytes) -> bytes:
         if self._held_cr:
@@ -91,39 +92,47 @@ class SSEDecoder:
         return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._overflowed:
+            raise EventTooLarge()
         if self._held_cr or b"\r" in chunk:
             chunk = self._normalise(chunk)
         held = self._buffer
+        limit = self._max_event
         if held:
             # Only the new bytes (and the last held one, the first half of a
-            # possible "\n\n") are searched: the held ones were searched before.
+            # possible "\n\n") are searched until an event ends: an event that
+            # arrives in many small reads costs linear time, not quadratic.
             scan = len(held) - 1
             held += chunk
-            buffer: bytes | bytearray = held
+            if held.find(b"\n\n", scan) < 0:
+                if len(held) > limit:
+                    raise EventTooLarge()
+                return []
+            buffer = bytes(held)
+            held.clear()
         else:
-            scan = 0
             buffer = chunk
         events: list[SSEEvent] = []
         start = 0
-        limit = self._max_event
-        while True:
-            end = buffer.find(b"\n\n", max(start, scan))
-            if end < 0:
-                break
+        find = buffer.find
+        end = find(b"\n\n")
+        while end >= 0:
             if end - start > limit:
                 raise EventTooLarge()
-            raw = bytes(buffer[start : end + 2])
+            block = buffer[start:end]
+            raw = buffer[start : end + 2]
             start = end + 2
             # Extra blank lines between events carry nothing.
-            block = raw[:-2].lstrip(b"\n")
+            block = block.lstrip(b"\n")
             if block:
                 events.append(_parse_block(block, raw))
-        if buffer is held:
-            del held[:start]
-        elif start < len(chunk):
-            held += memoryview(chunk)[start:]
-        if len(held) > limit:
-            raise EventTooLarge()
+            end = find(b"\n\n", start)
+        if start < len(buffer):
+            held += memoryview(buffer)[start:]
+            if len(held) > limit:
+                if not events:
+                    raise EventTooLarge()
+                self._overflowed = True  # the complete events before it are relayed first
         return events
 
     def close(self) -> list[SSEEvent]:
