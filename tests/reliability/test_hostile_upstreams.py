@@ -615,3 +615,48 @@ def test_apply_refuses_gateway_settings_as_key_codes(gateway: Gateway, tmp_path:
     assert gateway.admin_token not in result.stdout + result.stderr
     with gateway.admin() as admin:
         assert admin.get("/providers/steal").status_code == 404
+
+
+# --- 12: a frozen (not dead) database -----------------------------------------------------
+
+
+def _through(proxy_port: int, database_url: str) -> tuple[str, tuple[str, int] | str]:
+    """(the URL of the same database through the forwarder, the forwarder's target)."""
+    url = httpx.URL(database_url.replace("postgresql://", "http://", 1))
+    socket_dir = url.params.get("host")
+    port = url.port or 5432
+    target: tuple[str, int] | str = (
+        f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else (url.host, port)
+    )
+    name = url.path.lstrip("/")
+    user = url.username or "postgres"
+    password = f":{url.password}" if url.password else ""
+    return f"postgresql://{user}{password}@127.0.0.1:{proxy_port}/{name}", target
+
+
+async def test_a_frozen_database_answers_503_within_the_db_timeout(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Before: the admin API hung ~10 s (30 s command timeout) instead of 503."""
+    from tests.reliability.tcp_freezer import FreezingProxy
+
+    _, target = _through(0, database_url)
+    proxy = FreezingProxy(target)
+    url, _ = _through(proxy.port, database_url)
+    env = gateway_environment(url, tmp_path / "data", AIGW_DB_TIMEOUT="2")
+    gateway = start_gateway(env, tmp_path / "gateway.log")
+    try:
+        with gateway.admin() as admin:
+            assert admin.get("/providers").status_code == 200
+            proxy.frozen.set()
+            timings = []
+            for _ in range(3):
+                started = time.monotonic()
+                response = admin.get("/providers", timeout=30)
+                timings.append(time.monotonic() - started)
+                assert response.status_code == 503, response.text
+            assert max(timings) < 2 * 2 + 1, timings  # AIGW_DB_TIMEOUT=2, plus slack
+            proxy.frozen.clear()
+    finally:
+        gateway.stop(grace=5)
+        proxy.close()
