@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     upstream_idle_timeout: float = Field(default=60.0, gt=0)
     upstream_total_timeout: float = Field(default=600.0, gt=0)
     upstream_max_connections: int = Field(default=1000, ge=1)
+    # Bytes of one non-streamed upstream answer, and of one SSE event: past either
+    # the exchange fails with 502 (or a final error event), rather than the
+    # gateway buffering without end.
+    upstream_max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    upstream_max_event_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Seconds one write to a client may wait (a client that stops reading): past
+    # it the client is dropped and its upstream request closed at once.
+    client_write_timeout: float = Field(default=30.0, gt=0)
 
     # Counting: bodies beyond this many characters of text are not tokenized
     # exactly (the count is bounded from below and the request is rejected or
@@ -69,12 +77,19 @@ class Settings(BaseSettings):
     usage_flush_interval: float = Field(default=0.5, gt=0)
     usage_batch_size: int = Field(default=500, ge=1)
     usage_buffer_limit: int = Field(default=100_000, ge=1)
+    # Bytes the local usage spool (aigw.usage.spool) may hold on disk; 0 turns it off.
+    usage_spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
     # Seconds /readyz answers 503 after SIGTERM before the listener closes (aigw.drain).
     shutdown_drain: float = Field(default=0.0, ge=0, le=300)
     # Seconds a connection may take to send a request's line and headers (see
     # aigw.httpserver): idle and half-sent heads are closed, not held forever.
     request_head_timeout: float = Field(default=30.0, gt=0)
+    # Seconds a connection may go without a byte while the gateway waits on it (a
+    # request body, or the next request after an answer); see aigw.httpserver.
+    request_body_timeout: float = Field(default=30.0, gt=0)
+    # Open client connections per process; 0: half the file-descriptor limit.
+    max_connections: int = Field(default=0, ge=0)
 
     # Budgets and rates (aigw.budgets, docs/budgets.md).
     budget_timezone: str = "UTC"

@@ -10,12 +10,27 @@ them open. This protocol answers 431 and closes the connection once a request
 head passes :data:`MAX_HEAD_BYTES`, and 408 once a head has taken longer than
 ``AIGW_REQUEST_HEAD_TIMEOUT`` seconds (between requests uvicorn's keep-alive
 timeout applies).
+
+Two more bounds hold once the head is in (issue 10):
+
+- **idle while the gateway waits on the client** — a request body with no byte
+  for ``AIGW_REQUEST_BODY_TIMEOUT`` seconds, or a connection whose answer is
+  complete and that sends neither the rest of its body nor a new request for as
+  long: closed. uvicorn cancels its keep-alive timer on *any* byte received, so a
+  client that read its 401, sent one more body byte and went silent was held
+  forever; this timer re-arms on every byte, and after the answer it runs from
+  the answer's end, whatever arrives.
+- **open connections per process** — past ``AIGW_MAX_CONNECTIONS`` (by default
+  half the process's file-descriptor limit), a new connection is answered 503
+  and closed at once, so idle clients cannot exhaust descriptors that
+  everyone else's requests, the upstream pool and the database need.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import resource
 from typing import Any
 
 import orjson
@@ -57,11 +72,44 @@ _TIMED_OUT = _problem_response(
 )
 
 
+_BUSY = _problem_response(
+    b"HTTP/1.1 503 Service Unavailable",
+    {
+        "type": "urn:aigw:problem:too_many_connections",
+        "title": "Too many open connections",
+        "status": 503,
+        "code": "too_many_connections",
+        "detail": "this gateway process holds as many connections as it allows; retry shortly",
+    },
+)
+
+
 @functools.lru_cache(maxsize=1)
 def head_timeout() -> float:
     from aigw.config import Settings
 
     return Settings().request_head_timeout
+
+
+@functools.lru_cache(maxsize=1)
+def body_timeout() -> float:
+    from aigw.config import Settings
+
+    return Settings().request_body_timeout
+
+
+def _default_max_connections() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(16, soft // 2)
+
+
+@functools.lru_cache(maxsize=1)
+def max_connections() -> int:
+    from aigw.config import Settings
+
+    return Settings().max_connections or _default_max_connections()
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -71,21 +119,69 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _in_head = True  # a connection starts in the head of its first request
     _head_bytes = 0
     _head_timer: asyncio.TimerHandle | None = None
+    _body_done = True
+    _last_data = 0.0
+    _answered_at: float | None = None
+    _idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        if len(self.connections) > max_connections():
+            self.transport.write(_BUSY)
+            self.transport.close()
+            return
         self._arm_head_timer()
+        self._last_data = self.loop.time()
+        self._idle_timer = self.loop.call_later(body_timeout(), self._idle_check)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         self._in_head = True
         self._head_bytes = 0
+        self._body_done = False
+        self._answered_at = None
         if self._head_timer is None:
             self._arm_head_timer()
         super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        self._body_done = True
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._answered_at = self.loop.time()
+        super().on_response_complete()
+
+    def _waiting_since(self) -> float | None:
+        """Since when the gateway has been waiting on the client (``None``: it is not,
+        the app is working or answering)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            # Answered (or nothing asked yet): a new request or the rest of the
+            # body is due; bytes that nobody reads do not keep the connection.
+            return self._answered_at if self._answered_at is not None else self._last_data
+        if not self._body_done and not self.flow.read_paused:
+            return self._last_data
+        return None
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self.transport.is_closing():
+            return
+        limit = body_timeout()
+        since = self._waiting_since()
+        now = self.loop.time()
+        if since is not None and now - since >= limit:
+            self._refuse(None)
+            return
+        when = (since + limit - now) if since is not None else limit
+        self._idle_timer = self.loop.call_later(max(when, 0.05), self._idle_check)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -93,6 +189,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
+        self._last_data = self.loop.time()
         super().data_received(data)
         if not self._in_head or self.transport.is_closing():
             return

@@ -133,6 +133,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.usage_rejected = Counter(
+            "aigw_usage_records_rejected",
+            "Usage records the database refused even one by one, kept aside in the spool folder",
+            registry=self.registry,
+        )
+
     def observe(self, entry: UsageEntry) -> None:
         series = self._series.get((entry.alias, entry.model))
         if series is None:

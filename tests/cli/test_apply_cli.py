@@ -222,12 +222,12 @@ def test_apply_rejects_literal_key_codes_and_unset_variables(
             provider: openai-main
             model: gpt-4o-mini
             input_limit: 1
-            key_code_env: AIGW_TEST_SURELY_UNSET
+            key_code_env: TEST_SURELY_UNSET_KEY
     """)  # fmt: skip
     result = offline_cli("apply", "-f", unset, "--json")
     assert result.exit_code == 2
     assert (
-        "AIGW_TEST_SURELY_UNSET is unset or empty"
+        "TEST_SURELY_UNSET_KEY is unset or empty"
         in json.loads(result.stderr)["error"]["errors"][0]["message"]
     )
 

@@ -118,6 +118,22 @@ CASES: dict[str, tuple[bytes, str | None, int, str]] = {
     "text_plain": (chat(), "text/plain", 415, "unsupported_media_type"),
     "form": (b"messages=x", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
     "multipart": (b"--b--", "multipart/form-data; boundary=b", 415, "unsupported_media_type"),
+    # Issue 10: names an upstream could read differently from the gateway.
+    "duplicate_model": (
+        b'{"model":"gpt-4o-mini","model":"gpt-4o","messages":' + MSG + b"}",
+        JSON,
+        400,
+        "ambiguous_field",
+    ),
+    "case_variant_model": (chat(MODEL=b'"gpt-4o"'), JSON, 400, "ambiguous_field"),
+    "case_variant_max_tokens": (
+        chat(max_tokens=b"1", Max_Tokens=b"100000"),
+        JSON,
+        400,
+        "ambiguous_field",
+    ),
+    "kelvin_sign_stream": (chat(**{"\u017ftream": b"true"}), JSON, 400, "ambiguous_field"),
+    "duplicate_deep": (chat(metadata=b'{"a":"1","a":"2"}'), JSON, 400, "ambiguous_field"),
 }
 
 

@@ -47,6 +47,10 @@ from aigw.apikeys.schemas import Alias, ModelRef, ProviderRef, Status, TokenLimi
 from aigw.providers.schemas import BaseUrl, Encoding, ModelName, ProviderKind, ProviderName
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
+# The gateway's own settings (the admin token, the encryption keys, the database
+# URL) live in AIGW_* variables: a file must not be able to send one of them, as
+# a key code, to a base_url the same file chooses.
+_RESERVED_ENV_PREFIX = "AIGW_"
 _KEY_CODE = re.compile(r"[\x20-\x7e]{1,4096}")
 
 
@@ -99,6 +103,16 @@ class KeySpec(_Spec):
     output_limit: TokenLimit = 0
     usage_limit: UsageLimit = "reject"
     key_code_env: EnvVarName
+
+    @field_validator("key_code_env")
+    @classmethod
+    def _not_a_gateway_setting(cls, value: str) -> str:
+        if value.upper().startswith(_RESERVED_ENV_PREFIX):
+            raise ValueError(
+                f"{value} is one of the gateway's own settings ({_RESERVED_ENV_PREFIX}*), "
+                "never a key code; put the upstream secret in a variable of its own"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -39,7 +39,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=True,
         connect_args={
             "timeout": settings.db_timeout,
-            "command_timeout": max(settings.db_timeout, 30.0),
+            # Every statement, the pool's pre-ping and rollbacks included, within
+            # AIGW_DB_TIMEOUT: a frozen (not dead) server must make the admin API
+            # answer 503 in that time, not hang.
+            "command_timeout": settings.db_timeout,
             "server_settings": {"application_name": "aigw"},
         },
     )

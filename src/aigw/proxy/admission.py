@@ -8,10 +8,19 @@ refused), checked just enough to count it, counted, and judged by
 :class:`Admitted` request: the body unchanged except for the gateway's edits
 (the key's model when omitted, an output bound when the policy asks for one,
 and ``stream_options.include_usage`` on streams).
+
+What the upstream receives is exactly what was checked: upstreams differ in how
+they read JSON (Go's ``encoding/json``, used by Ollama and others, matches
+member names case-insensitively; parsers disagree on which duplicate wins), so
+a body with a duplicate member name anywhere, or a case variant of a field the
+gateway reads (``"MODEL"``, ``"Max_Tokens"``, two names equal under Unicode
+case folding), is refused with 400 ``ambiguous_field`` (:func:`ambiguous_names`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +34,7 @@ from aigw.errors import PayloadTooLarge, UnsupportedMediaType
 from aigw.proxy import counting
 from aigw.proxy.adapters.base import Adapter
 from aigw.proxy.errors import (
+    AmbiguousField,
     ClientGone,
     InputTokenLimitExceeded,
     InvalidJson,
@@ -45,6 +55,132 @@ MAX_OUTPUT_TOKENS = 10_000_000
 # Models that take only ``max_completion_tokens`` (OpenAI reasoning models).
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
 _JSON = b"application/json"
+# Bodies up to this size are checked for ambiguous names inline; larger ones on
+# the counting executor (a second parse grows with the body).
+_INLINE_NAME_CHECK = 64 * 1024
+
+# Member names the gateway (or a provider translation) reads, per object it reads
+# them in: a case variant of one of these could be read by an upstream in its place.
+_TOP_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "stream",
+        "stream_options",
+        "n",
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "parallel_tool_calls",
+        "response_format",
+        "stop",
+        "user",
+        "metadata",
+        "temperature",
+        "top_p",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "prediction",
+        "audio",
+        "modalities",
+        "reasoning_effort",
+        "store",
+        "service_tier",
+        "web_search_options",
+        "chat_template",
+        "chat_template_kwargs",
+        "documents",
+    }
+)
+_MESSAGE_FIELDS = frozenset(
+    {"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "refusal", "audio"}
+)
+_PART_FIELDS = frozenset(
+    {"type", "text", "image_url", "input_audio", "file", "refusal", "url", "detail", "data"}
+)
+_OPTION_FIELDS = frozenset({"include_usage", "include_obfuscation"})
+_TOOL_FIELDS = frozenset({"type", "function", "custom", "name", "description", "parameters"})
+_CALL_FIELDS = frozenset({"id", "type", "function", "custom", "name", "arguments", "input"})
+
+
+class _Duplicate(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _Duplicate(name)
+            seen.add(name)
+    return result
+
+
+def _check_names(obj: Any, known: frozenset[str], where: str) -> str | None:
+    if not isinstance(obj, dict):
+        return None
+    seen: set[str] = set()
+    for name in obj:
+        folded = name.casefold()
+        if folded in seen or (folded != name and folded in known):
+            return f"{where}{name}"
+        seen.add(folded)
+    return None
+
+
+def _objects(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def ambiguous_names(raw: bytes, body: dict[str, Any]) -> str | None:
+    """The first member name an upstream could read differently from the gateway:
+    a duplicate anywhere in *raw*, or a case variant among the names the gateway
+    reads in *body* (parsed from *raw*). ``None``: nothing ambiguous."""
+    try:
+        json.loads(raw, object_pairs_hook=_unique_pairs)
+    except _Duplicate as exc:
+        return exc.name
+    except (ValueError, RecursionError):
+        pass  # orjson accepted the body; the stdlib parser's own limits are not ours
+    found = _check_names(body, _TOP_FIELDS, "") or _check_names(
+        body.get("stream_options"), _OPTION_FIELDS, "stream_options."
+    )
+    if found:
+        return found
+    for index, message in enumerate(_objects(body.get("messages"))):
+        where = f"messages.{index}."
+        found = _check_names(message, _MESSAGE_FIELDS, where)
+        if found or not isinstance(message, dict):
+            if found:
+                return found
+            continue
+        for part in _objects(message.get("content")):
+            found = _check_names(part, _PART_FIELDS, where + "content.")
+            if found:
+                return found
+        for call in _objects(message.get("tool_calls")):
+            found = _check_names(call, _CALL_FIELDS, where + "tool_calls.") or (
+                _check_names(call.get("function"), _CALL_FIELDS, where + "tool_calls.function.")
+                if isinstance(call, dict)
+                else None
+            )
+            if found:
+                return found
+    for tool in _objects(body.get("tools")):
+        found = _check_names(tool, _TOOL_FIELDS, "tools.")
+        if not found and isinstance(tool, dict):
+            found = _check_names(tool.get("function"), _TOOL_FIELDS, "tools.function.")
+        if found:
+            return found
+    return None
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -198,6 +334,19 @@ class Admission:
         except orjson.JSONDecodeError:
             raise InvalidJson() from None
         _validate(body)
+        if len(raw) <= _INLINE_NAME_CHECK:
+            ambiguous = ambiguous_names(raw, body)
+        else:
+            loop = asyncio.get_running_loop()
+            ambiguous = await loop.run_in_executor(
+                self.encoders.executor, ambiguous_names, raw, body
+            )
+        if ambiguous is not None:
+            raise AmbiguousField(
+                f"The member name '{ambiguous[:100]}' is a duplicate or a case variant of "
+                "a field this gateway checks; send each field once, spelled exactly",
+                param=ambiguous[:100],
+            )
         model = body.get("model")
         if model is None:
             body["model"] = key.model
@@ -269,6 +418,15 @@ class Admission:
         response_headers = key_headers(key, entry)
         if exceeded:
             response_headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
+        try:
+            upstream_body = adapter.encode_request(body, raw, modified)
+        except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
+            # A shape the provider translation cannot take (e.g. "tool_calls" as an
+            # object on an Anthropic key) is the client's to fix: 400, never 500.
+            raise InvalidRequest(
+                "The request cannot be translated for this key's provider: a field has "
+                f"an unexpected shape ({type(exc).__name__})"
+            ) from None
         return Admitted(
             body=body,
             upstream_body=upstream_body,

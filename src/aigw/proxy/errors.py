@@ -31,6 +31,11 @@ class InvalidJson(InvalidRequest):
     title = "The request body is not valid JSON"
 
 
+class AmbiguousField(InvalidRequest):
+    code = "ambiguous_field"
+    title = "A member name is duplicated or a case variant of a checked field"
+
+
 class ModelNotAllowed(InvalidRequest):
     code = "model_not_allowed"
     title = "This key may not use the requested model"
@@ -97,6 +102,51 @@ class UpstreamProtocolError(UpstreamError):
     title = "The upstream provider sent a malformed response"
 
 
+class UpstreamRedirected(UpstreamError):
+    """Redirects are never followed: the target could be any address (a metadata
+    service, a host the network policy refuses), chosen by the upstream."""
+
+    title = "The upstream provider answered with a redirect, which this gateway does not follow"
+
+
+class UpstreamResponseTooLarge(UpstreamProtocolError):
+    title = "The upstream response exceeded this gateway's size bound"
+
+
+class UpstreamEventTooLarge(UpstreamProtocolError):
+    title = "An upstream stream event exceeded this gateway's size bound"
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The upstream refused the gateway's credentials (HTTP 401/403): the key code
+    is the administrator's to fix, not the client's token."""
+
+    code = "upstream_auth_failed"
+    title = "The upstream provider refused this key's credentials"
+
+    def __init__(self, status: int, provider: str | None = None) -> None:
+        self.upstream_status = status
+        super().__init__(self.message(status, provider))
+
+    @staticmethod
+    def message(status: int, provider: str | None) -> str:
+        name = f" '{provider}'" if provider else ""
+        return (
+            f"The upstream provider{name} refused the gateway's credentials for this key "
+            f"(HTTP {status}); an administrator must check the key's key code"
+        )
+
+
+class UpstreamMidStreamError(UpstreamError):
+    """An error event in the upstream's stream. Its message reaches the client only
+    through :func:`aigw.proxy.upstream.redact_key_code`, which masks the key code
+    in it before cutting it to length."""
+
+    def __init__(self, upstream_message: str | None) -> None:
+        super().__init__("The upstream provider failed mid-stream")
+        self.upstream_message = upstream_message
+
+
 class UpstreamStatusError(UpstreamError):
     """The upstream answered with an error status (4xx are passed through, with
     *relayed_headers*)."""
@@ -106,6 +156,7 @@ class UpstreamStatusError(UpstreamError):
         self.upstream_status = status
         self.body = body
         self.relayed_headers = relayed_headers
+        self.cut = False  # the body was read only in part
 
 
 class UpstreamTimeout(UpstreamError):

@@ -159,7 +159,7 @@ class Pipeline:
             output_limit=limits.output_limit,
             usage_limit=limits.usage_limit,
         )
-        downstream = Downstream(send)
+        downstream = Downstream(send, self.settings.client_write_timeout)
         admitted: Admitted | None = None
         try:
             adapter = self.adapters.get(key.provider_kind)
@@ -249,7 +249,7 @@ class Pipeline:
             except (aiohttp.ClientError, OSError) as exc:
                 raise map_client_error(exc) from None
         except UpstreamError as exc:
-            redact_key_code(exc, key.key_code)
+            redact_key_code(exc, key.key_code, key.provider_name)
             await relay.fail(exc)
         except ClientGone:
             entry.output_tokens = output.tokens

@@ -11,12 +11,13 @@ waiting for ``[DONE]`` sees an incomplete stream, which is what it is).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import aiohttp
 import orjson
-from starlette.types import Send
+from starlette.types import Message, Send
 
 from aigw.budgets.guard import Hold, text_bytes
 from aigw.errors import AigwError, openai_error_body
@@ -24,15 +25,17 @@ from aigw.proxy import counting
 from aigw.proxy.adapters.base import Adapter, StreamItem
 from aigw.proxy.admission import Admitted
 from aigw.proxy.errors import (
+    ClientGone,
     UpstreamConnectionLost,
     UpstreamError,
+    UpstreamMidStreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
     error_event,
 )
 from aigw.proxy.policy import Limits, flags_output
-from aigw.proxy.sse import DONE_EVENT, SSEDecoder, encode_json
-from aigw.proxy.upstream import UpstreamClock
+from aigw.proxy.sse import DONE_EVENT, encode_json
+from aigw.proxy.upstream import UpstreamClock, UpstreamSSEDecoder, read_whole
 from aigw.usage.recorder import UsageEntry
 
 _JSON = b"application/json"
@@ -44,30 +47,93 @@ _SSE_HEADERS = (
 
 
 class Downstream:
-    """The client side of an exchange: raw ASGI messages, one send per relayed read."""
+    """The client side of an exchange: raw ASGI messages, one send per relayed read.
 
-    __slots__ = ("_send", "ended", "first_byte_at", "started")
+    Writes have a timeout (``AIGW_CLIENT_WRITE_TIMEOUT``): a client that stops
+    reading fills its socket buffer and the server's send waits; past the bound the
+    write is abandoned with :class:`ClientGone`, so the caller closes the upstream
+    request at once. One lazily re-armed timer per exchange, not one per write.
+    """
 
-    def __init__(self, send: Send) -> None:
+    # --- issue 10 (write timeout): _timeout.._timed_out and _guarded ----------------
+    __slots__ = (
+        "_send",
+        "_task",
+        "_timed_out",
+        "_timeout",
+        "_timer",
+        "_writing_since",
+        "ended",
+        "first_byte_at",
+        "started",
+    )
+
+    def __init__(self, send: Send, write_timeout: float | None = None) -> None:
         self._send = send
+        self._timeout = write_timeout
+        self._writing_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._timed_out = False
         self.started = False
         self.ended = False
         self.first_byte_at: float | None = None
 
+    async def _guarded(self, message: Message) -> None:
+        if self._timeout is None:
+            await self._send(message)
+            return
+        loop = asyncio.get_running_loop()
+        self._writing_since = loop.time()
+        if self._timer is None:
+            self._task = asyncio.current_task()
+            self._timer = loop.call_at(self._writing_since + self._timeout, self._check)
+        try:
+            await self._send(message)
+        except asyncio.CancelledError:
+            if self._timed_out and self._task is not None:
+                self._task.uncancel()
+                raise ClientGone() from None
+            raise
+        finally:
+            self._writing_since = None
+
+    def _check(self) -> None:
+        self._timer = None
+        since = self._writing_since
+        if since is None or self._timeout is None or self._task is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - since >= self._timeout:
+            self._timed_out = True
+            self._task.cancel()
+        else:
+            self._timer = loop.call_at(since + self._timeout, self._check)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # --- end issue 10 ----------------------------------------------------------------
+
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._guarded({"type": "http.response.start", "status": status, "headers": headers})
 
     async def write(self, data: bytes) -> None:
         if self.first_byte_at is None:
             self.first_byte_at = time.perf_counter()
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        await self._guarded({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, data: bytes = b"") -> None:
         if data and self.first_byte_at is None:
             self.first_byte_at = time.perf_counter()
         self.ended = True
-        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+        try:
+            await self._guarded({"type": "http.response.body", "body": data, "more_body": False})
+        finally:
+            self._disarm()
 
     async def answer(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """A whole JSON answer."""
@@ -248,12 +314,7 @@ class Relay:
 
     async def whole(self, response: aiohttp.ClientResponse) -> bool:
         """Relay a non-streamed answer; returns whether its body was read to the end."""
-        parts = []
-        read = response.content.readany
-        while chunk := await read():
-            self.clock.event()
-            parts.append(chunk)
-        raw = b"".join(parts)
+        raw = await read_whole(response, self.clock)  # issue 10: bounded
         output, entry = self.output, self.entry
         completion = self.adapter.parse_response(raw)
         if output.budget is not None:
@@ -293,7 +354,7 @@ class Relay:
         """Relay SSE until ``[DONE]`` (or the cut-off); returns whether the upstream
         body was read to its end (the connection can be reused)."""
         translator = self.adapter.new_stream()
-        decoder = SSEDecoder()
+        decoder = UpstreamSSEDecoder(self.clock.max_event_bytes)  # issue 10: bounded
         read = response.content.readany
         output, downstream = self.output, self.downstream
         last_chunk: dict[str, Any] | None = None
@@ -365,11 +426,8 @@ class Relay:
         if "error" in chunk and not chunk.get("choices"):
             error = chunk.get("error")
             message = error.get("message") if isinstance(error, dict) else None
-            raise UpstreamError(
-                f"The upstream provider failed mid-stream: {str(message)[:500]}"
-                if message
-                else None
-            )
+            # issue 10: redacted, then cut to length, by upstream.redact_key_code
+            raise UpstreamMidStreamError(str(message) if message else None)
         output = self.output
         changed = item.raw is None
         choices = chunk.get("choices")

@@ -29,6 +29,7 @@ from aigw.proxy.keycache import KeyCache
 from aigw.proxy.pipeline import Pipeline
 from aigw.proxy.upstream import create_upstream_session
 from aigw.usage.recorder import UsageRecorder
+from aigw.usage.spool import SPOOL_DIR, Spool
 
 # Parsed once per process and shared: encodings are immutable, and an app built
 # twice in one process (as tests do) should not parse them twice.
@@ -48,6 +49,10 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
             batch_size=settings.usage_batch_size,
             buffer_limit=settings.usage_buffer_limit,
             on_record=metrics.observe,
+            on_rejected=metrics.usage_rejected.inc,
+            spool=Spool(settings.data_dir / SPOOL_DIR, max_bytes=settings.usage_spool_max_bytes)
+            if settings.usage_spool_max_bytes
+            else None,
         )
         recorder.start()
         stack.push_async_callback(recorder.aclose, settings.shutdown_grace)

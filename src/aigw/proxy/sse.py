@@ -9,6 +9,11 @@ Line endings: the SSE grammar allows CRLF, CR and LF. Upstreams almost always
 send LF; a chunk holding a CR is normalised to LF before splitting (a CR at
 the very end of a chunk is held back, since it may be the first half of a
 CRLF), which changes only line terminators, never an event's meaning.
+
+Bounded: an event (or an unfinished one) past ``max_event_bytes`` raises
+:class:`aigw.proxy.errors.UpstreamEventTooLarge`; and each byte is scanned for
+the end of its event once (a search resumes where the last one stopped), so an
+event that arrives in many small reads costs linear, not quadratic, time.
 """
 
 from __future__ import annotations
@@ -58,14 +63,24 @@ def _parse_block(block: bytes, raw: bytes) -> SSEEvent:
     return SSEEvent(raw, b"\n".join(data_lines) if data_lines else None, event)
 
 
+# The default bound on one event (AIGW_UPSTREAM_MAX_EVENT_BYTES sets the relay's).
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+class EventTooLarge(Exception):
+    """An event (or the unfinished start of one) is longer than the decoder's bound."""
+
+
 class SSEDecoder:
     """Incremental decoder: feed it chunks, get complete events back."""
 
-    __slots__ = ("_buffer", "_held_cr")
+    __slots__ = ("_buffer", "_held_cr", "_max_event", "_overflowed")
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._buffer = bytearray()
         self._held_cr = False
+        self._max_event = max_event_bytes
+        self._overflowed = False
 
     def _normalise(self, chunk: bytes) -> bytes:
         if self._held_cr:
@@ -77,15 +92,33 @@ class SSEDecoder:
         return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._overflowed:
+            raise EventTooLarge()
         if self._held_cr or b"\r" in chunk:
             chunk = self._normalise(chunk)
-        buffer = self._buffer + chunk if self._buffer else chunk
+        held = self._buffer
+        limit = self._max_event
+        if held:
+            # Only the new bytes (and the last held one, the first half of a
+            # possible "\n\n") are searched until an event ends: an event that
+            # arrives in many small reads costs linear time, not quadratic.
+            scan = len(held) - 1
+            held += chunk
+            if held.find(b"\n\n", scan) < 0:
+                if len(held) > limit:
+                    raise EventTooLarge()
+                return []
+            buffer = bytes(held)
+            held.clear()
+        else:
+            buffer = chunk
         events: list[SSEEvent] = []
         start = 0
-        while True:
-            end = buffer.find(b"\n\n", start)
-            if end < 0:
-                break
+        find = buffer.find
+        end = find(b"\n\n")
+        while end >= 0:
+            if end - start > limit:
+                raise EventTooLarge()
             block = buffer[start:end]
             raw = buffer[start : end + 2]
             start = end + 2
@@ -93,14 +126,20 @@ class SSEDecoder:
             block = block.lstrip(b"\n")
             if block:
                 events.append(_parse_block(block, raw))
-        self._buffer = buffer[start:] if start else buffer
+            end = find(b"\n\n", start)
+        if start < len(buffer):
+            held += memoryview(buffer)[start:]
+            if len(held) > limit:
+                if not events:
+                    raise EventTooLarge()
+                self._overflowed = True  # the complete events before it are relayed first
         return events
 
     def close(self) -> list[SSEEvent]:
         """At end of stream: an unterminated last event is dispatched if it has data
         (lenient: some servers omit the final blank line after ``[DONE]``)."""
-        rest = self._buffer.strip(b"\n")
-        self._buffer = b""
+        rest = bytes(self._buffer).strip(b"\n")
+        self._buffer.clear()
         if self._held_cr:
             self._held_cr = False
         if not rest:

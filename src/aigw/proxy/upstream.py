@@ -22,35 +22,62 @@ comments do not reset it); the total deadline covers the whole exchange.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from types import TracebackType
 from typing import Any
 
 import aiohttp
-import orjson
 from yarl import URL
 
 from aigw.config import Settings
-from aigw.crypto import mask_secret
 from aigw.netpolicy import UpstreamRefused, check_upstream_url
 from aigw.proxy.errors import (
     ClientGone,
+    UpstreamAuthFailed,
     UpstreamConnectError,
     UpstreamConnectionLost,
     UpstreamConnectTimeout,
     UpstreamDeadlineExceeded,
     UpstreamError,
+    UpstreamEventTooLarge,
     UpstreamFirstByteTimeout,
     UpstreamIdleTimeout,
+    UpstreamMidStreamError,
     UpstreamProtocolError,
+    UpstreamRedirected,
     UpstreamRefusedAddress,
+    UpstreamResponseTooLarge,
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from aigw.proxy.redaction import quotes_secret, redact_body, redact_text
+from aigw.proxy.sse import EventTooLarge, SSEDecoder, SSEEvent
 
-# Upstream response headers worth relaying to the client.
-_RELAYED_HEADER_PREFIXES = (b"x-ratelimit-", b"retry-after", b"openai-processing-ms")
+# Upstream response headers relayed to the client with an upstream 4xx: an
+# allow-list (a header can carry anything, the key code included), and only
+# values of the shape these headers have (numbers, durations, HTTP dates).
+_RELAYED_HEADERS = frozenset(
+    {
+        "retry-after",
+        "retry-after-ms",
+        "openai-processing-ms",
+        *(
+            f"x-ratelimit-{kind}-{unit}"
+            for kind in ("limit", "remaining", "reset")
+            for unit in ("requests", "tokens")
+        ),
+        *(
+            f"anthropic-ratelimit-{unit}-{kind}"
+            for kind in ("limit", "remaining", "reset")
+            for unit in ("requests", "tokens", "input-tokens", "output-tokens")
+        ),
+    }
+)
+_HEADER_VALUE = re.compile(r"[A-Za-z0-9 .,:+-]{1,64}")
 _MAX_ERROR_BODY = 64 * 1024
+# How much of an upstream's mid-stream error message reaches the client.
+_MAX_STREAM_MESSAGE = 500
 
 
 def map_client_error(exc: BaseException) -> UpstreamError:
@@ -88,50 +115,113 @@ def _is_retryable_before_send(exc: BaseException) -> bool:
 async def post_upstream(
     session: aiohttp.ClientSession, url: URL, body: bytes, headers: dict[str, str]
 ) -> aiohttp.ClientResponse:
-    """Send the request; one retry, and only when the upstream never saw it."""
+    """Send the request; one retry, and only when the upstream never saw it.
+
+    Redirects are never followed (the target is the upstream's choice, past the
+    network policy): a 3xx is :class:`UpstreamRedirected`, a 502."""
     try:
-        return await session.post(url, data=body, headers=headers)
+        response = await session.post(url, data=body, headers=headers, allow_redirects=False)
     except aiohttp.ClientError as exc:
         if not _is_retryable_before_send(exc):
             raise map_client_error(exc) from None
-    try:
-        return await session.post(url, data=body, headers=headers)
-    except aiohttp.ClientError as exc:
-        raise map_client_error(exc) from None
+        try:
+            response = await session.post(url, data=body, headers=headers, allow_redirects=False)
+        except aiohttp.ClientError as exc:
+            raise map_client_error(exc) from None
+    if 300 <= response.status < 400:
+        response.close()
+        raise UpstreamRedirected()
+    return response
+
+
+class UpstreamSSEDecoder(SSEDecoder):
+    """The SSE decoder for an upstream stream: an event past its bound is
+    :class:`UpstreamEventTooLarge` (a final error event for the client)."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        try:
+            return super().feed(chunk)
+        except EventTooLarge:
+            raise UpstreamEventTooLarge() from None
+
+
+async def read_whole(response: aiohttp.ClientResponse, clock: UpstreamClock) -> bytes:
+    """A non-streamed body, read to its end; :class:`UpstreamResponseTooLarge` past
+    ``AIGW_UPSTREAM_MAX_RESPONSE_BYTES`` (an endless body must not grow the gateway)."""
+    limit = clock.max_response_bytes
+    parts: list[bytes] = []
+    size = 0
+    read = response.content.readany
+    while chunk := await read():
+        clock.event()
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamResponseTooLarge()
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def read_status_error(
     response: aiohttp.ClientResponse, clock: UpstreamClock
-) -> UpstreamStatusError:
+) -> UpstreamError:
     """The error an upstream error status stands for, with (the start of) its body and
-    the headers worth relaying."""
+    the allowed headers. A 401/403 is the gateway's credentials failing, not the
+    client's: :class:`UpstreamAuthFailed`, a 502 (its body is not read)."""
+    if response.status in (401, 403):
+        return UpstreamAuthFailed(response.status)
     parts: list[bytes] = []
     size = 0
+    cut = True
     while size < _MAX_ERROR_BODY:
         chunk = await response.content.readany()
         if not chunk:
+            cut = False
             break
         clock.event()
         parts.append(chunk)
         size += len(chunk)
-    relayed = {
-        name: value
-        for name, value in response.headers.items()
-        if name.lower().encode().startswith(_RELAYED_HEADER_PREFIXES)
-    }
-    return UpstreamStatusError(response.status, b"".join(parts)[:_MAX_ERROR_BODY], relayed)
+    relayed: dict[str, str] = {}
+    for name, value in response.headers.items():
+        lower = name.lower()
+        if lower in _RELAYED_HEADERS and lower not in relayed and _HEADER_VALUE.fullmatch(value):
+            relayed[lower] = value
+    error = UpstreamStatusError(response.status, b"".join(parts), relayed)
+    # Cut to length only after redaction (redact_key_code), or a key straddling the
+    # cut would leave its first part unmasked.
+    error.cut = cut
+    return error
 
 
-def redact_key_code(exc: UpstreamError, key_code: str | None) -> None:
-    """Some upstreams repeat the API key they were sent in an error message; the
-    client holds a gateway token, not that secret, so it is masked before relaying."""
+def redact_key_code(exc: UpstreamError, key_code: str | None, provider: str | None = None) -> None:
+    """Make *exc* fit for the client: no decoded form of the key code in its message,
+    body or headers (:mod:`aigw.proxy.redaction`), an upstream's mid-stream message
+    redacted *before* it is cut to length, and an auth failure naming *provider*."""
+    if isinstance(exc, UpstreamAuthFailed):
+        exc.detail = UpstreamAuthFailed.message(exc.upstream_status, provider)
+    if isinstance(exc, UpstreamMidStreamError) and exc.upstream_message:
+        message = exc.upstream_message
+        if key_code:
+            message = redact_text(message, key_code)
+        exc.detail = f"The upstream provider failed mid-stream: {message[:_MAX_STREAM_MESSAGE]}"
     if not key_code:
+        if isinstance(exc, UpstreamStatusError):
+            exc.body = exc.body[:_MAX_ERROR_BODY]
         return
-    masked = mask_secret(key_code)
-    exc.detail = exc.detail.replace(key_code, masked)
+    exc.detail = redact_text(exc.detail, key_code)
     if isinstance(exc, UpstreamStatusError):
-        for spelling in {key_code.encode(), orjson.dumps(key_code)[1:-1]}:
-            exc.body = exc.body.replace(spelling, masked.encode())
+        body = redact_body(exc.body, key_code)
+        if exc.cut:
+            # The read stopped mid-body: its tail may hold the start of a key code
+            # (in any spelling: up to 6 bytes a character), which no redaction sees.
+            body = body[: max(0, min(len(body), _MAX_ERROR_BODY) - 6 * len(key_code))]
+        exc.body = body
+        exc.relayed_headers = {
+            name: value
+            for name, value in exc.relayed_headers.items()
+            if not quotes_secret(value, key_code)
+        }
 
 
 async def finish_upstream(response: aiohttp.ClientResponse, complete: bool) -> None:
@@ -234,6 +324,8 @@ class UpstreamClock:
         "_loop",
         "_task",
         "deadline",
+        "max_event_bytes",
+        "max_response_bytes",
         "started",
     )
 
@@ -243,6 +335,8 @@ class UpstreamClock:
         self.deadline = self.started + settings.upstream_total_timeout
         self._first_byte = settings.upstream_first_byte_timeout
         self._idle = settings.upstream_idle_timeout
+        self.max_response_bytes = settings.upstream_max_response_bytes
+        self.max_event_bytes = settings.upstream_max_event_bytes
         self._last_event: float | None = None
         self._first_event_at: float | None = None
         self._handle: asyncio.TimerHandle | None = None

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, SmallInteger, String, func
+from sqlalchemy import BigInteger, DateTime, Index, SmallInteger, String, func
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -41,12 +41,12 @@ class UsageRecord(Base):
     outcome: Mapped[str] = mapped_column(String(32), nullable=False)
     error_code: Mapped[str | None] = mapped_column(String(64))
     status_code: Mapped[int] = mapped_column(SmallInteger, nullable=False)
-    input_tokens: Mapped[int] = mapped_column(nullable=False)
-    output_tokens: Mapped[int] = mapped_column(nullable=False)
-    upstream_input_tokens: Mapped[int | None] = mapped_column()
-    upstream_output_tokens: Mapped[int | None] = mapped_column()
-    input_limit: Mapped[int] = mapped_column(nullable=False)
-    output_limit: Mapped[int] = mapped_column(nullable=False)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    upstream_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    upstream_output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    input_limit: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    output_limit: Mapped[int] = mapped_column(BigInteger, nullable=False)
     usage_limit: Mapped[str] = mapped_column(String(16), nullable=False)
     input_limit_exceeded: Mapped[bool] = mapped_column(nullable=False, default=False)
     output_limit_exceeded: Mapped[bool] = mapped_column(nullable=False, default=False)
