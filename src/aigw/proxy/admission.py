@@ -401,7 +401,15 @@ class Admission:
             if not client_wants_usage:
                 body["stream_options"] = {**(options or {}), "include_usage": True}
                 modified = True
-        upstream_body = adapter.encode_request(body, raw, modified)
+        try:
+            upstream_body = adapter.encode_request(body, raw, modified)
+        except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
+            # A shape the provider translation cannot take (e.g. "tool_calls" as an
+            # object on an Anthropic key) is the client's to fix: 400, never 500.
+            raise InvalidRequest(
+                "The request cannot be translated for this key's provider: a field has "
+                f"an unexpected shape ({type(exc).__name__})"
+            ) from None
         exceeded = decision.exceeded_header()
         # Budgets and rates (aigw.budgets): checked and reserved last, once nothing
         # else can refuse the request; the pipeline settles the hold.
@@ -418,15 +426,6 @@ class Admission:
         response_headers = key_headers(key, entry)
         if exceeded:
             response_headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
-        try:
-            upstream_body = adapter.encode_request(body, raw, modified)
-        except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
-            # A shape the provider translation cannot take (e.g. "tool_calls" as an
-            # object on an Anthropic key) is the client's to fix: 400, never 500.
-            raise InvalidRequest(
-                "The request cannot be translated for this key's provider: a field has "
-                f"an unexpected shape ({type(exc).__name__})"
-            ) from None
         return Admitted(
             body=body,
             upstream_body=upstream_body,
