@@ -53,3 +53,7 @@ class UsageRecord(Base):
     stream: Mapped[bool] = mapped_column(nullable=False, default=False)
     latency_ms: Mapped[float] = mapped_column(nullable=False)
     ttfb_ms: Mapped[float | None] = mapped_column()
+    # The /v1 endpoint: chat.completions, responses or embeddings.
+    endpoint: Mapped[str] = mapped_column(
+        String(32), nullable=False, server_default="chat.completions"
+    )

@@ -56,6 +56,7 @@ class UsageEntry:
     stream: bool = False
     latency_ms: float = 0.0
     ttfb_ms: float | None = None
+    endpoint: str = "chat.completions"
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -84,6 +85,7 @@ class UsageEntry:
             self.stream,
             self.latency_ms,
             self.ttfb_ms,
+            self.endpoint,
         )
 
 
@@ -111,6 +113,7 @@ _COLUMNS = (
     ("stream", "bool"),
     ("latency_ms", "float8"),
     ("ttfb_ms", "float8"),
+    ("endpoint", "text"),
 )
 
 
