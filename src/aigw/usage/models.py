@@ -18,6 +18,9 @@ OUTCOMES = (
     "interrupted",  # cut by the gateway itself: a shutdown's grace period ended
 )
 
+# The /v1 endpoints a record can come from (usage_records.endpoint).
+ENDPOINTS = ("chat.completions", "responses", "embeddings")
+
 
 class UsageRecord(Base):
     """One row per proxied request. No foreign key: history outlives a deleted key.
