@@ -39,6 +39,7 @@ from openai.types.responses import (
     ResponseContentPartAddedEvent,
     ResponseContentPartDoneEvent,
     ResponseCreatedEvent,
+    ResponseErrorEvent,
     ResponseFunctionCallArgumentsDeltaEvent,
     ResponseFunctionCallArgumentsDoneEvent,
     ResponseFunctionToolCall,
@@ -88,6 +89,10 @@ class ResponsesScript:
     honour_max: bool = True
     status: int = 200
     chunk_delay: float = 0.0
+    # Streams: after this many deltas, "reset" drops the connection and "error"
+    # sends OpenAI's `error` event and ends.
+    fail_after: int | None = None
+    failure: str = "reset"
 
 
 @dataclass
@@ -365,7 +370,23 @@ async def _stream(
                     part=empty,
                 )
             )
-            for word in plan.main:
+            for position, word in enumerate(plan.main):
+                if position == script.fail_after:
+                    if script.failure == "error":
+                        await send(
+                            ResponseErrorEvent(
+                                type="error",
+                                sequence_number=next(seq),
+                                code="server_error",
+                                message="The model failed",
+                                param=None,
+                            )
+                        )
+                        await response.write_eof()
+                        return response
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
                 if refusal:
                     await send(
                         ResponseRefusalDeltaEvent(

@@ -423,3 +423,27 @@ async def test_counts_instructions_tools_and_history_like_chat(
         )  # fmt: skip
     assert answer.status_code == 200
     assert answer.headers["x-aigw-input-tokens"] == str(expected)
+
+
+@pytest.mark.parametrize("failure", ["reset", "error"])
+async def test_a_stream_failing_midway_ends_with_an_error_and_is_recorded(
+    app: Any, fake: FakeResponses, db: str, failure: str
+) -> None:
+    key = await ready_key(app)
+    fake.script.output_tokens = 10
+    fake.script.fail_after = 4
+    fake.script.failure = failure
+    stream = await sdk(app, key["token"]).responses.create(model=MODEL, input="hi", stream=True)
+    seen: list[Any] = []
+    if failure == "reset":
+        with pytest.raises(openai.APIError):
+            async for event in stream:
+                seen.append(event)
+    else:
+        seen = [event async for event in stream]
+        assert seen[-1].type == "error" and seen[-1].code == "server_error"
+    deltas = [e for e in seen if e.type == "response.output_text.delta"]
+    assert len(deltas) == 4
+    (row,) = await usage_rows(db)
+    assert row["outcome"] == "upstream_error" and row["output_tokens"] == 4
+    assert row["error_code"] == ("upstream_error" if failure == "reset" else "server_error")
