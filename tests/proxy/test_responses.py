@@ -447,3 +447,21 @@ async def test_a_stream_failing_midway_ends_with_an_error_and_is_recorded(
     (row,) = await usage_rows(db)
     assert row["outcome"] == "upstream_error" and row["output_tokens"] == 4
     assert row["error_code"] == ("upstream_error" if failure == "reset" else "server_error")
+
+
+async def test_input_too_deeply_nested_to_count_fails_closed(app: Any, fake: FakeResponses) -> None:
+    """An unknown item is counted as its JSON text; one nested too deeply to write
+    must not count as nothing (that would slip past the input limit)."""
+    action = b"[" * 1000 + b'"' + b"x" * 5000 + b'"' + b"]" * 1000
+    body = b'{"input":[{"type":"web_search_call","action":' + action + b"}]}"
+    key = await ready_key(app, input_limit=L)
+    async with httpx.AsyncClient(base_url=app.url) as http:
+        answer = await http.post(
+            "/v1/responses",
+            content=body,
+            headers={"Authorization": f"Bearer {key['token']}", "content-type": "application/json"},
+        )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "input_not_countable"
+    assert answer.json()["error"]["param"] == "input"
+    assert not fake.requests

@@ -147,6 +147,8 @@ async def test_other_v1_paths_answer_404_listing_what_is_served(app: Any) -> Non
             assert error["code"] == "not_found" and error["type"] == "invalid_request_error"
             for served in ("POST /v1/responses", "POST /v1/embeddings", "GET /v1/models/{model}"):
                 assert served in error["message"]
+        answer = await http.post("/v1/completions", json={})
+        assert answer.status_code == 404  # the same answer without a token
         answer = await http.get("/v1/chat/completions", headers=auth)
         assert answer.status_code == 405 and answer.headers["allow"] == "POST"
         assert answer.json()["error"]["code"] == "method_not_allowed"

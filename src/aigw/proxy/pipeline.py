@@ -164,7 +164,8 @@ class Pipeline:
         await exchange.run(self, _EMBEDDINGS, scope, receive, send)
 
     async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Every other ``/v1`` path: 404 (405 for a served path) listing what is served."""
+        """Every other ``/v1`` path: 404 (405 for a served path) listing what is served,
+        the same answer with or without a token (probing reveals nothing more to one)."""
         exc = exchange.unknown_endpoint(scope)
         headers = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
         await _send_error(scope, receive, send, exc, headers)

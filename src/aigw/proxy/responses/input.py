@@ -83,7 +83,8 @@ def chat_view(request: Mapping[str, Any]) -> ChatView:
             if tool.get("type") == "function" and isinstance(tool.get("name"), str):
                 functions.append({"type": "function", "function": _function_definition(tool)})
             else:
-                extra_tools.append({"role": "user", "content": compact_json(tool)})
+                text = _json_text(tool, "tools", uncountable)
+                extra_tools.append({"role": "user", "content": text})
         if functions:
             chat["tools"] = functions
             choice = request.get("tool_choice")
@@ -92,9 +93,10 @@ def chat_view(request: Mapping[str, Any]) -> ChatView:
             elif choice == "none":
                 chat["tool_choice"] = "none"
     messages.extend(extra_tools)
-    text = request.get("text")
-    fmt = text.get("format") if isinstance(text, Mapping) else None
+    text_config = request.get("text")
+    fmt = text_config.get("format") if isinstance(text_config, Mapping) else None
     if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+        _json_text(fmt, "text", uncountable)  # only to learn whether it can be written
         chat["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": fmt.get("name"), "schema": fmt.get("schema")},
@@ -151,7 +153,15 @@ def _item_messages(
     # Hosted tool calls and outputs, custom tools, MCP, …: their JSON text, which is
     # more than the model is shown of them.
     shown = {name: value for name, value in item.items() if name not in ("id", "status")}
-    return [{"role": "assistant", "content": compact_json(shown)}]
+    return [{"role": "assistant", "content": _json_text(shown, where, uncountable)}]
+
+
+def _json_text(value: Mapping[str, Any], where: str, uncountable: list[str]) -> str:
+    """The compact JSON of *value*; one too deeply nested to write cannot be counted."""
+    text = compact_json(dict(value))
+    if not text:
+        uncountable.append(where)
+    return text
 
 
 def _content(content: object, where: str, uncountable: list[str]) -> str | list[dict[str, Any]]:
@@ -186,5 +196,6 @@ def _parts(parts: list[Any], where: str, uncountable: list[str]) -> list[dict[st
         elif kind == "input_file":
             uncountable.append(f"{where}.content[{index}]")
         else:
-            converted.append({"type": "text", "text": compact_json(dict(part))})
+            text = _json_text(part, f"{where}.content[{index}]", uncountable)
+            converted.append({"type": "text", "text": text})
     return converted
