@@ -9,6 +9,7 @@ content + 3 priming the reply), evaluated with tiktoken directly.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -465,3 +466,27 @@ async def test_input_too_deeply_nested_to_count_fails_closed(app: Any, fake: Fak
     assert answer.json()["error"]["code"] == "input_not_countable"
     assert answer.json()["error"]["param"] == "input"
     assert not fake.requests
+
+
+async def test_client_leaving_mid_stream_is_recorded_and_closes_the_upstream(
+    app: Any, fake: FakeResponses, db: str
+) -> None:
+    key = await ready_key(app)
+    fake.script.output_tokens = 200
+    fake.script.chunk_delay = 0.02
+    stream = await sdk(app, key["token"]).responses.create(model=MODEL, input="hi", stream=True)
+    deltas = 0
+    async for event in stream:
+        if event.type == "response.output_text.delta":
+            deltas += 1
+            if deltas == 5:
+                break
+    await stream.close()
+    (row,) = await usage_rows(db)
+    assert row["outcome"] == "client_disconnected" and row["status_code"] == 200
+    assert 5 <= row["output_tokens"] < 200
+    for _ in range(100):
+        if fake.disconnects:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.disconnects == 1
