@@ -183,3 +183,16 @@ async def test_usage_report_breaks_down_by_endpoint(
     chat = (await app.admin.get(f"/apikeys/{chat_key['id']}/usage")).json()
     assert chat["totals"]["by_endpoint"]["chat.completions"]["requests"] == 1
     assert chat["totals"]["by_endpoint"]["chat.completions"]["output_tokens"] == 3
+
+
+async def test_models_retrieve_takes_names_with_slashes(app: Any, fake: FakeResponses) -> None:
+    slashed = "meta-llama/Llama-3.1-8B-Instruct"
+    await create_provider(app.admin, fake.url, name="vllm", models=(slashed,))
+    key = await ready_key(app, provider="vllm", model=slashed)
+    client = sdk(app, key["token"])
+    assert (await client.models.retrieve(slashed)).id == slashed
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("meta-llama/other")
+    async with httpx.AsyncClient(base_url=app.url) as http:
+        answer = await http.delete(f"/v1/models/{slashed}")
+        assert answer.status_code == 405 and answer.headers["allow"] == "GET"

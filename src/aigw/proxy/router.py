@@ -246,8 +246,9 @@ async def list_models() -> ModelList:
     raise NotImplementedError  # documents Pipeline.list_models
 
 
+# {model:path}: model names may hold slashes (meta-llama/Llama-3.1-8B-Instruct).
 @router.get(
-    "/v1/models/{model}",
+    "/v1/models/{model:path}",
     summary="The model this client token may use, by name",
     response_model=Model,
     responses={
