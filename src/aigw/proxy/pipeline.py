@@ -29,11 +29,12 @@ from aigw.config import Settings
 from aigw.crypto import TokenHasher
 from aigw.errors import AigwError, openai_error_response
 from aigw.metrics import Metrics
-from aigw.proxy import counting
+from aigw.proxy import counting, exchange
 from aigw.proxy.adapters.anthropic import AnthropicAdapter
 from aigw.proxy.adapters.base import Adapter
 from aigw.proxy.adapters.openai import OpenAIAdapter
 from aigw.proxy.admission import Admission, Admitted, bearer_token, key_headers
+from aigw.proxy.embeddings import EmbeddingsEndpoint
 from aigw.proxy.errors import (
     ClientGone,
     InvalidApiKey,
@@ -42,9 +43,11 @@ from aigw.proxy.errors import (
     UpstreamRefusedAddress,
     error_event,
 )
+from aigw.proxy.exchange import ModelNotFound
 from aigw.proxy.keycache import KeyCache, ResolvedKey
 from aigw.proxy.policy import flags_output
 from aigw.proxy.relay import Downstream, Output, Relay
+from aigw.proxy.responses.endpoint import ResponsesEndpoint
 from aigw.proxy.upstream import (
     UpstreamClock,
     finish_upstream,
@@ -88,6 +91,10 @@ async def _send_error(
         response.headers[name] = value
     response.raw_headers.extend(headers)
     await response(scope, receive, send)
+
+
+_RESPONSES = ResponsesEndpoint()
+_EMBEDDINGS = EmbeddingsEndpoint()
 
 
 class Pipeline:
@@ -137,6 +144,35 @@ class Pipeline:
             return
         model = {"id": key.model, "object": "model", "created": 0, "owned_by": key.provider_name}
         await Downstream(send).answer(200, orjson.dumps({"object": "list", "data": [model]}), [])
+
+    async def retrieve_model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1/models/{model}``: the key's model; any other is 404 ``model_not_found``."""
+        try:
+            key = self.authenticate(scope["headers"])
+            if not key.enabled:
+                raise KeyDisabled()
+            if scope.get("path_params", {}).get("model") != key.model:
+                raise ModelNotFound(f"This key may use model '{key.model}' only")
+        except AigwError as exc:
+            await _send_error(scope, receive, send, exc, [])
+            return
+        model = {"id": key.model, "object": "model", "created": 0, "owned_by": key.provider_name}
+        await Downstream(send).answer(200, orjson.dumps(model), [])
+
+    async def create_response(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/responses`` (:mod:`aigw.proxy.responses`)."""
+        await exchange.run(self, _RESPONSES, scope, receive, send)
+
+    async def create_embedding(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/embeddings`` (:mod:`aigw.proxy.embeddings`)."""
+        await exchange.run(self, _EMBEDDINGS, scope, receive, send)
+
+    async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every other ``/v1`` path: 404 (405 for a served path) listing what is served,
+        the same answer with or without a token (probing reveals nothing more to one)."""
+        exc = exchange.unknown_endpoint(scope)
+        headers = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
+        await _send_error(scope, receive, send, exc, headers)
 
     async def create_chat_completion(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v1/chat/completions``."""

@@ -244,3 +244,176 @@ async def create_chat_completion(body: ChatCompletionRequest) -> ChatCompletion:
 )
 async def list_models() -> ModelList:
     raise NotImplementedError  # documents Pipeline.list_models
+
+
+# {model:path}: model names may hold slashes (meta-llama/Llama-3.1-8B-Instruct).
+@router.get(
+    "/v1/models/{model:path}",
+    summary="The model this client token may use, by name",
+    response_model=Model,
+    responses={
+        401: _error("invalid_api_key"),
+        403: _error("key_disabled"),
+        404: _error("model_not_found: not the key's model"),
+    },
+    dependencies=[Depends(_client_token)],
+)
+async def retrieve_model(model: str) -> Model:
+    raise NotImplementedError  # documents Pipeline.retrieve_model
+
+
+class ResponseCreateRequest(BaseModel):
+    """OpenAI's Responses request. Every field is forwarded unchanged (unknown ones
+    too), except: ``model`` defaults to the key's model and must be it; with a
+    ``reject`` key and an output limit, a missing ``max_output_tokens`` is set to
+    the limit. ``previous_response_id``, ``conversation``, a stored ``prompt``,
+    ``item_reference`` items and ``input_file`` parts cannot be counted: refused
+    (400 ``input_not_countable``) for a ``reject`` key with an input limit."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = Field(default=None, description="The key's model; omit to use it")
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    stream: bool | None = False
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    previous_response_id: str | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class ResponseObject(BaseModel):
+    """OpenAI's response object, as the upstream sent it; ``status: "incomplete"``
+    with ``incomplete_details.reason: "max_output_tokens"`` where the gateway cut
+    the output."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: str = "response"
+    created_at: float
+    status: str | None = None
+    incomplete_details: dict[str, Any] | None = None
+    model: str
+    output: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+# One typed event of a Responses stream: `event: <type>` and its JSON in `data`.
+_RESPONSES_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "The event's type, e.g. response.completed"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "title": "ResponseStreamEvent",
+                        "required": ["type", "sequence_number"],
+                        "properties": {
+                            "type": {"type": "string"},
+                            "sequence_number": {"type": "integer"},
+                        },
+                        "additionalProperties": True,
+                    },
+                    {
+                        "type": "object",
+                        "title": "StreamError",
+                        "required": ["error"],
+                        "properties": {"error": {"type": "object"}},
+                    },
+                ]
+            },
+        },
+    },
+}
+
+
+@router.post(
+    "/v1/responses",
+    summary="Create a model response through the key's provider (OpenAI Responses API)",
+    response_model=ResponseObject,
+    responses={
+        200: {
+            "description": "A response object, or with `stream: true` an SSE stream of typed "
+            "events (`response.created` … `response.completed`; `response.incomplete` "
+            "where the gateway cut the output at the key's limit). A failure after the "
+            'stream started is a final `data: {"error": …}` event.',
+            "content": {"text/event-stream": {"schema": _RESPONSES_SSE_EVENT}},
+            "headers": _HEADERS,
+        },
+        400: _error(
+            "Bad input (invalid_json, invalid_request), model_not_allowed, "
+            "input_token_limit_exceeded, output_token_limit_exceeded, input_not_countable, "
+            "endpoint_not_supported (the key's provider kind has no Responses API)"
+        ),
+        401: _error("invalid_api_key"),
+        403: _error("key_disabled"),
+        404: _error("The upstream's own 404, passed through (a provider without this API)"),
+        413: _error("payload_too_large"),
+        415: _error("unsupported_media_type"),
+        429: _error("The upstream's own 429, passed through"),
+        502: _error("upstream_error: the upstream failed or could not be reached"),
+        504: _error("upstream_timeout: first byte, idle or total deadline passed"),
+    },
+    dependencies=[Depends(_client_token)],
+)
+async def create_response(body: ResponseCreateRequest) -> ResponseObject:
+    raise NotImplementedError  # documents Pipeline.create_response
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request, forwarded unchanged except that ``model``
+    defaults to the key's model and must be it. The key's input limit applies to
+    the whole ``input``; no output limit applies."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = Field(default=None, description="The key's model; omit to use it")
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: str | None = None
+    dimensions: int | None = None
+
+
+class EmbeddingList(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    object: str = "list"
+    data: list[dict[str, Any]]
+    model: str
+    usage: dict[str, Any] | None = None
+
+
+@router.post(
+    "/v1/embeddings",
+    summary="Create embeddings through the key's provider (OpenAI-compatible)",
+    response_model=EmbeddingList,
+    responses={
+        200: {"description": "The embeddings, as the upstream sent them", "headers": _HEADERS},
+        400: _error(
+            "Bad input (invalid_json, invalid_request), model_not_allowed, "
+            "input_token_limit_exceeded, endpoint_not_supported"
+        ),
+        401: _error("invalid_api_key"),
+        403: _error("key_disabled"),
+        404: _error("The upstream's own 404, passed through (a provider without this API)"),
+        413: _error("payload_too_large"),
+        415: _error("unsupported_media_type"),
+        429: _error("The upstream's own 429, passed through"),
+        502: _error("upstream_error: the upstream failed or could not be reached"),
+        504: _error("upstream_timeout: first byte, idle or total deadline passed"),
+    },
+    dependencies=[Depends(_client_token)],
+)
+async def create_embedding(body: EmbeddingRequest) -> EmbeddingList:
+    raise NotImplementedError  # documents Pipeline.create_embedding
+
+
+# Last: any other /v1 path (every method) answers 404 in OpenAI's envelope listing
+# what is served (405 with Allow for a served path asked with another method).
+@router.api_route(
+    "/v1/{path:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+    include_in_schema=False,
+)
+async def not_found(path: str) -> None:
+    raise NotImplementedError  # documents Pipeline.not_found

@@ -18,6 +18,9 @@ OUTCOMES = (
     "interrupted",  # cut by the gateway itself: a shutdown's grace period ended
 )
 
+# The /v1 endpoints a record can come from (usage_records.endpoint).
+ENDPOINTS = ("chat.completions", "responses", "embeddings")
+
 
 class UsageRecord(Base):
     """One row per proxied request. No foreign key: history outlives a deleted key.
@@ -56,3 +59,7 @@ class UsageRecord(Base):
     rate_exceeded: Mapped[bool] = mapped_column(nullable=False, server_default="false")
     latency_ms: Mapped[float] = mapped_column(nullable=False)
     ttfb_ms: Mapped[float | None] = mapped_column()
+    # The /v1 endpoint: chat.completions, responses or embeddings.
+    endpoint: Mapped[str] = mapped_column(
+        String(32), nullable=False, server_default="chat.completions"
+    )

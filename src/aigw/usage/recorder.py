@@ -69,6 +69,7 @@ class UsageEntry:
     rate_exceeded: bool = False
     latency_ms: float = 0.0
     ttfb_ms: float | None = None
+    endpoint: str = "chat.completions"
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -100,6 +101,7 @@ class UsageEntry:
             _float(self.ttfb_ms),
             self.budget_exceeded is True,
             self.rate_exceeded is True,
+            _text(self.endpoint, 32) or "chat.completions",
         )
 
 
@@ -155,6 +157,7 @@ COLUMNS = (
     ("ttfb_ms", "float8"),
     ("budget_exceeded", "bool"),
     ("rate_exceeded", "bool"),
+    ("endpoint", "text"),
 )
 
 

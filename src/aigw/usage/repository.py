@@ -20,12 +20,13 @@ def _day() -> Any:
 async def daily_totals(
     session: AsyncSession, api_key_id: uuid.UUID, start: datetime, end: datetime
 ) -> Sequence[Row[Any]]:
-    """Sums per (UTC day, outcome) for one key over ``[start, end)``, by day."""
+    """Sums per (UTC day, outcome, endpoint) for one key over ``[start, end)``, by day."""
     day = _day().label("day")
     stmt = (
         select(
             day,
             UsageRecord.outcome,
+            UsageRecord.endpoint,
             func.count().label("requests"),
             func.coalesce(func.sum(UsageRecord.input_tokens), 0).label("input_tokens"),
             func.coalesce(func.sum(UsageRecord.output_tokens), 0).label("output_tokens"),
@@ -43,7 +44,7 @@ async def daily_totals(
             UsageRecord.created_at >= start,
             UsageRecord.created_at < end,
         )
-        .group_by(literal_column("day"), UsageRecord.outcome)
+        .group_by(literal_column("day"), UsageRecord.outcome, UsageRecord.endpoint)
         .order_by(literal_column("day"))
     )
     return (await session.execute(stmt)).all()

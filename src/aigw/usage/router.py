@@ -18,7 +18,7 @@ router = APIRouter(prefix="/apikeys", tags=["usage"], route_class=AdminRoute)
     "/{key_id}/usage",
     response_model=KeyUsage,
     response_model_by_alias=True,
-    summary="Token usage and outcomes of one AI API key: totals and per-day buckets",
+    summary="Token usage of one AI API key by outcome and endpoint: totals and per-day buckets",
     description="Over `[from, to)` (ISO 8601; naive times are UTC; default: the last 30 "
     "days; at most 366 days). Keeps working after the key is deleted.",
     responses=problem_responses(404, 422),

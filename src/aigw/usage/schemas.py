@@ -7,7 +7,7 @@ import uuid
 
 from pydantic import BaseModel, Field
 
-from aigw.usage.models import OUTCOMES
+from aigw.usage.models import ENDPOINTS, OUTCOMES
 
 
 class OutcomeUsage(BaseModel):
@@ -31,6 +31,10 @@ class UsageFigures(BaseModel):
     by_outcome: dict[str, OutcomeUsage] = Field(
         default_factory=lambda: {outcome: OutcomeUsage() for outcome in OUTCOMES},
         description="Per outcome: " + ", ".join(OUTCOMES),
+    )
+    by_endpoint: dict[str, OutcomeUsage] = Field(
+        default_factory=lambda: {endpoint: OutcomeUsage() for endpoint in ENDPOINTS},
+        description="Per /v1 endpoint: " + ", ".join(ENDPOINTS),
     )
 
 

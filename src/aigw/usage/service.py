@@ -1,4 +1,4 @@
-"""Usage reports: totals by outcome and per-day buckets for one key."""
+"""Usage reports: totals by outcome and by endpoint, and per-day buckets, for one key."""
 
 from __future__ import annotations
 
@@ -49,10 +49,14 @@ def resolve_period(start: datetime | None, end: datetime | None) -> tuple[dateti
 def _add(figures: UsageFigures, row: object) -> None:
     for name in _SUMMED:
         setattr(figures, name, getattr(figures, name) + int(getattr(row, name)))
-    outcome = figures.by_outcome.setdefault(row.outcome, OutcomeUsage())  # type: ignore[attr-defined]
-    outcome.requests += int(row.requests)  # type: ignore[attr-defined]
-    outcome.input_tokens += int(row.input_tokens)  # type: ignore[attr-defined]
-    outcome.output_tokens += int(row.output_tokens)  # type: ignore[attr-defined]
+    for group, name in (
+        (figures.by_outcome, row.outcome),  # type: ignore[attr-defined]
+        (figures.by_endpoint, row.endpoint),  # type: ignore[attr-defined]
+    ):
+        bucket = group.setdefault(name, OutcomeUsage())
+        bucket.requests += int(row.requests)  # type: ignore[attr-defined]
+        bucket.input_tokens += int(row.input_tokens)  # type: ignore[attr-defined]
+        bucket.output_tokens += int(row.output_tokens)  # type: ignore[attr-defined]
 
 
 async def key_usage(

@@ -332,6 +332,7 @@ function usageCard(key, ctx) {
           ? h("li", {}, h("span", { class: "badge badge--warn badge--plain" }, `${fmtInt(exceeded)} over a limit`))
           : null,
       ),
+      endpointTable(totals.by_endpoint || {}),
       usageChart(bucketDays, { width: innerWidth(content) }),
       h("details", { class: "table-alt" }, h("summary", {}, "Show as a table"), usageTable(bucketDays)),
     );
@@ -339,6 +340,52 @@ function usageCard(key, ctx) {
 
   period.addEventListener("change", load);
   return { card, load };
+}
+
+const ENDPOINT_LABELS = [
+  ["chat.completions", "Chat Completions"],
+  ["responses", "Responses"],
+  ["embeddings", "Embeddings"],
+];
+
+/** Requests and tokens per /v1 endpoint (endpoints with no request are left out). */
+function endpointTable(byEndpoint) {
+  const known = new Map(ENDPOINT_LABELS);
+  const names = [...ENDPOINT_LABELS.map(([name]) => name), ...Object.keys(byEndpoint).filter((n) => !known.has(n))];
+  const rows = names.filter((name) => byEndpoint[name] && byEndpoint[name].requests);
+  if (!rows.length) return null;
+  return h(
+    "table",
+    { class: "data", "data-testid": "usage-by-endpoint" },
+    h("caption", { class: "visually-hidden" }, "Requests and tokens by endpoint"),
+    h(
+      "thead",
+      {},
+      h(
+        "tr",
+        {},
+        h("th", { scope: "col" }, "Endpoint"),
+        h("th", { scope: "col", class: "num" }, "Requests"),
+        h("th", { scope: "col", class: "num" }, "Input tokens"),
+        h("th", { scope: "col", class: "num" }, "Output tokens"),
+      ),
+    ),
+    h(
+      "tbody",
+      {},
+      rows.map((name) => {
+        const figures = byEndpoint[name];
+        return h(
+          "tr",
+          { "data-endpoint": name },
+          h("th", { scope: "row" }, known.get(name) || name),
+          h("td", { class: "num" }, fmtInt(figures.requests || 0)),
+          h("td", { class: "num" }, fmtInt(figures.input_tokens || 0)),
+          h("td", { class: "num" }, fmtInt(figures.output_tokens || 0)),
+        );
+      }),
+    ),
+  );
 }
 
 function innerWidth(el) {

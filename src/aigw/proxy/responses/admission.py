@@ -1,0 +1,131 @@
+"""Admission of a Responses request: body checks, counting, the policy decision.
+
+The output field is ``max_output_tokens``: over the key's output limit it is
+refused under ``reject``; absent, with a ``reject`` key and an output limit
+``L``, it is set to ``L``. Input that refers to context the gateway cannot see
+(``previous_response_id``, ``conversation``, a stored ``prompt``, item
+references, files) cannot be counted: under ``reject`` with an input limit the
+request is refused (``input_not_countable``); otherwise it is forwarded,
+counted as what the gateway sees, and the upstream's count is recorded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aigw.proxy import counting
+from aigw.proxy.admission import MAX_OUTPUT_TOKENS
+from aigw.proxy.errors import InputTokenLimitExceeded, InvalidRequest, OutputTokenLimitExceeded
+from aigw.proxy.exchange import Prepared, apply_model_rule, encode_body, response_headers
+from aigw.proxy.keycache import ResolvedKey
+from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide
+from aigw.proxy.responses.input import chat_view
+from aigw.usage.recorder import UsageEntry
+
+if TYPE_CHECKING:
+    from aigw.proxy.pipeline import Pipeline
+
+OUTPUT_FIELD = "max_output_tokens"
+
+
+class InputNotCountable(InvalidRequest):
+    code = "input_not_countable"
+    title = "The request's input cannot be counted by the gateway"
+
+
+def _validate(body: dict[str, Any]) -> int | None:
+    """Just enough shape to count and forward safely; the upstream judges the rest.
+    Returns ``max_output_tokens``."""
+    items = body.get("input")
+    if items is not None and not isinstance(items, str | list):
+        raise InvalidRequest("'input' must be a string or an array", param="input")
+    if isinstance(items, list):
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise InvalidRequest(f"input[{index}] must be an object", param=f"input.{index}")
+    for field in ("instructions", "previous_response_id"):
+        value = body.get(field)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"'{field}' must be a string", param=field)
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array", param="tools")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    value = body.get(OUTPUT_FIELD)
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise InvalidRequest(f"'{OUTPUT_FIELD}' must be an integer", param=OUTPUT_FIELD)
+    if not 1 <= value <= MAX_OUTPUT_TOKENS:
+        raise InvalidRequest(
+            f"'{OUTPUT_FIELD}' must be between 1 and {MAX_OUTPUT_TOKENS}", param=OUTPUT_FIELD
+        )
+    return value
+
+
+class ResponsesAdmission:
+    """Counting and judging ``POST /v1/responses`` bodies (see the module docstring)."""
+
+    async def admit(
+        self,
+        pipeline: Pipeline,
+        raw: bytes,
+        body: dict[str, Any],
+        key: ResolvedKey,
+        entry: UsageEntry,
+    ) -> Prepared:
+        modified = apply_model_rule(body, key)
+        requested = _validate(body)
+        stream = entry.stream = body.get("stream") is True
+        view = chat_view(body)
+        limits = key.limits
+        if view.uncountable is not None and limits.input_limit > 0 and not limits.use_anyway:
+            raise InputNotCountable(
+                f"'{view.uncountable}' brings in context the gateway cannot see, so it cannot "
+                f"check this key's input limit ({limits.input_limit} tokens); send the whole "
+                "conversation in 'input' instead",
+                param=view.uncountable.split("[", 1)[0].split(".", 1)[0],
+            )
+        encoders = pipeline.encoders
+        counted = await counting.count_chat_input_async(
+            view.body,
+            await encoders.aget(key.encoding),
+            max_chars=pipeline.settings.max_tokenize_chars,
+            executor=encoders.executor,
+        )
+        input_tokens = entry.input_tokens = counted.tokens
+        decision = decide(limits, input_tokens, requested, input_exact=counted.exact)
+        entry.input_limit_exceeded = decision.input_exceeded
+        entry.output_limit_exceeded = decision.output_exceeded
+        if decision.rejection == INPUT_LIMIT_EXCEEDED:
+            counted_as = (
+                f"{input_tokens}"
+                if counted.exact
+                else f"at least {input_tokens} (too large to count exactly)"
+            )
+            raise InputTokenLimitExceeded(
+                f"The input is {counted_as} tokens; this key allows "
+                f"{limits.input_limit} per request",
+                param="input",
+            )
+        if decision.rejection is not None:
+            raise OutputTokenLimitExceeded(
+                f"The request asks for up to {requested} output tokens; this key "
+                f"allows {limits.output_limit}",
+                param=OUTPUT_FIELD,
+            )
+        injected = decision.inject_max_tokens is not None
+        if injected:
+            body[OUTPUT_FIELD] = decision.inject_max_tokens
+            modified = True
+        return Prepared(
+            body=body,
+            upstream_body=encode_body(body) if modified else raw,
+            stream=stream,
+            decision=decision,
+            injected_max=injected,
+            response_headers=response_headers(key, entry, decision),
+            uncountable=view.uncountable is not None,
+        )

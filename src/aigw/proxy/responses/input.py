@@ -1,0 +1,201 @@
+"""A Responses request seen as a Chat Completions request, for counting its input.
+
+OpenAI publishes no token formula for the Responses API; the model sees the
+same conversation either way, so the gateway converts the request and counts
+it with the chat rules (:mod:`aigw.proxy.counting.prompt`). Where the mapping
+is not exact it errs high, never low:
+
+* ``instructions`` count as a first ``developer`` message;
+* ``input`` as a string is one user message; message items keep their role,
+  and their text parts (``input_text``, ``output_text``, ``refusal``) count as
+  chat text parts; ``input_image`` is priced like a chat image (a ``file_id``
+  image as one of unknown size, 1024x1024);
+* ``function_call`` items count as an assistant ``tool_calls`` entry,
+  ``function_call_output`` items as the matching ``tool`` message;
+* ``reasoning`` items count their summary and content text, and their
+  ``encrypted_content`` as if it were text (it is ciphertext in base64 of the
+  reasoning, which tokenizes into more tokens than the reasoning it holds);
+* any other item kind (hosted tool calls and their outputs, custom tools, MCP
+  …) and any unknown content part count as the compact JSON text of the item
+  or part, an assistant message of its own;
+* ``function`` tools count as chat function tools; any other tool (hosted
+  tools, MCP servers, custom tools) as the compact JSON of its definition in
+  a message of its own; ``tool_choice`` naming a function and
+  ``text.format`` with a JSON schema count as their chat equivalents.
+
+What the gateway cannot see, it cannot count: ``previous_response_id``,
+``conversation``, a stored ``prompt`` template, ``item_reference`` items and
+``input_file`` parts (a file's text and page images are priced by the
+upstream after extraction). :attr:`ChatView.uncountable` names the first such
+field; admission refuses the request under ``reject`` with an input limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aigw.proxy.counting.functions import compact_json
+
+__all__ = ["ChatView", "chat_view"]
+
+_MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
+# Fields that make the upstream add context the gateway never sees.
+_STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatView:
+    """The Chat Completions body to count, and the first input the gateway cannot
+    count (``None``: everything the upstream will see is in ``body``)."""
+
+    body: dict[str, Any]
+    uncountable: str | None = None
+
+
+def chat_view(request: Mapping[str, Any]) -> ChatView:
+    """The chat-shaped equivalent of a Responses *request* (see the module docstring).
+    Never raises: shapes it does not know count as their JSON text."""
+    uncountable: list[str] = [
+        field for field in _STORED_CONTEXT if request.get(field) not in (None, "", {})
+    ]
+    messages: list[dict[str, Any]] = []
+    instructions = request.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "developer", "content": instructions})
+    items = request.get("input")
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+    elif isinstance(items, list):
+        for index, item in enumerate(items):
+            if isinstance(item, Mapping):
+                messages.extend(_item_messages(item, f"input[{index}]", uncountable))
+    extra_tools: list[dict[str, Any]] = []
+    chat: dict[str, Any] = {"model": request.get("model"), "messages": messages}
+    tools = request.get("tools")
+    if isinstance(tools, list):
+        functions = []
+        for tool in tools:
+            if not isinstance(tool, Mapping):
+                continue
+            if tool.get("type") == "function" and isinstance(tool.get("name"), str):
+                functions.append({"type": "function", "function": _function_definition(tool)})
+            else:
+                text = _json_text(tool, "tools", uncountable)
+                extra_tools.append({"role": "user", "content": text})
+        if functions:
+            chat["tools"] = functions
+            choice = request.get("tool_choice")
+            if isinstance(choice, Mapping) and choice.get("type") == "function":
+                chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+            elif choice == "none":
+                chat["tool_choice"] = "none"
+    messages.extend(extra_tools)
+    text_config = request.get("text")
+    fmt = text_config.get("format") if isinstance(text_config, Mapping) else None
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+        _json_text(fmt, "text", uncountable)  # only to learn whether it can be written
+        chat["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": fmt.get("name"), "schema": fmt.get("schema")},
+        }
+    return ChatView(chat, uncountable[0] if uncountable else None)
+
+
+def _function_definition(tool: Mapping[str, Any]) -> dict[str, Any]:
+    definition = {"name": tool["name"]}
+    for field in ("description", "parameters"):
+        if tool.get(field) is not None:
+            definition[field] = tool[field]
+    return definition
+
+
+def _item_messages(
+    item: Mapping[str, Any], where: str, uncountable: list[str]
+) -> list[dict[str, Any]]:
+    kind = item.get("type")
+    if kind is None and "role" in item:
+        kind = "message"
+    if kind == "message":
+        role = item.get("role")
+        return [
+            {
+                "role": role if role in _MESSAGE_ROLES else "user",
+                "content": _content(item.get("content"), where, uncountable),
+            }
+        ]
+    if kind == "function_call":
+        call = {
+            "id": item.get("call_id"),
+            "type": "function",
+            "function": {"name": item.get("name"), "arguments": item.get("arguments")},
+        }
+        return [{"role": "assistant", "content": None, "tool_calls": [call]}]
+    if kind == "function_call_output":
+        output = item.get("output")
+        content = output if isinstance(output, str) else _content(output, where, uncountable)
+        return [{"role": "tool", "tool_call_id": item.get("call_id"), "content": content}]
+    if kind == "reasoning":
+        parts: list[dict[str, Any]] = []
+        for field in ("summary", "content"):
+            value = item.get(field)
+            if isinstance(value, list):
+                parts.extend(_parts(value, where, uncountable))
+        secret = item.get("encrypted_content")
+        if isinstance(secret, str) and secret:
+            parts.append({"type": "text", "text": secret})
+        return [{"role": "assistant", "content": parts}]
+    if kind == "item_reference":
+        uncountable.append(where)
+        return []
+    # Hosted tool calls and outputs, custom tools, MCP, …: their JSON text, which is
+    # more than the model is shown of them.
+    shown = {name: value for name, value in item.items() if name not in ("id", "status")}
+    return [{"role": "assistant", "content": _json_text(shown, where, uncountable)}]
+
+
+def _json_text(value: Mapping[str, Any], where: str, uncountable: list[str]) -> str:
+    """The compact JSON of *value*; one too deeply nested to write cannot be counted."""
+    text = compact_json(dict(value))
+    if not text:
+        uncountable.append(where)
+    return text
+
+
+def _content(content: object, where: str, uncountable: list[str]) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return _parts(content, where, uncountable)
+    return []
+
+
+def _parts(parts: list[Any], where: str, uncountable: list[str]) -> list[dict[str, Any]]:
+    converted: list[dict[str, Any]] = []
+    for index, part in enumerate(parts):
+        if not isinstance(part, Mapping):
+            continue
+        kind = part.get("type")
+        if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
+            converted.append({"type": "text", "text": part["text"]})
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            converted.append({"type": "refusal", "refusal": part["refusal"]})
+        elif kind == "input_image":
+            url = part.get("image_url")
+            converted.append(
+                {
+                    "type": "image_url",
+                    "image_url": {
+                        "url": url if isinstance(url, str) else "",
+                        "detail": part.get("detail") or "auto",
+                    },
+                }
+            )
+        elif kind == "input_file":
+            uncountable.append(f"{where}.content[{index}]")
+        else:
+            text = _json_text(part, f"{where}.content[{index}]", uncountable)
+            converted.append({"type": "text", "text": text})
+    return converted
