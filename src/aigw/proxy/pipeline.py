@@ -42,6 +42,7 @@ from aigw.proxy.errors import (
     error_event,
 )
 from aigw.proxy.keycache import KeyCache, ResolvedKey
+from aigw.proxy.messages.ingress import MessagesIngress
 from aigw.proxy.policy import flags_output
 from aigw.proxy.relay import Downstream, Output, Relay
 from aigw.proxy.upstream import (
@@ -113,6 +114,7 @@ class Pipeline:
             "openai": OpenAIAdapter(),
             "anthropic": AnthropicAdapter(),
         }
+        self.messages = MessagesIngress(self)
 
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> ResolvedKey:
         token = bearer_token(headers)
@@ -133,6 +135,14 @@ class Pipeline:
             return
         model = {"id": key.model, "object": "model", "created": 0, "owned_by": key.provider_name}
         await Downstream(send).answer(200, orjson.dumps({"object": "list", "data": [model]}), [])
+
+    async def create_message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/messages`` (Anthropic's Messages API): :mod:`aigw.proxy.messages`."""
+        await self.messages.create(scope, receive, send)
+
+    async def count_message_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/messages/count_tokens``."""
+        await self.messages.count_tokens(scope, receive, send)
 
     async def create_chat_completion(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v1/chat/completions``."""
