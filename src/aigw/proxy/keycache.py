@@ -67,6 +67,11 @@ class ResolvedKey:
     # and the operator may have tightened AIGW_ALLOW_PRIVATE_UPSTREAMS since the
     # provider was written.
     upstream_allowed: bool = True
+    # Provider settings some kinds take (aigw.providers.schemas.ProviderSettings).
+    api_version: str | None = None
+    deployment: str | None = None  # azure_openai: the model's deployment
+    input_counting: str = "tiktoken"
+    counting_margin: int = 10
 
 
 def _policy_allows(base_url: str, allow_private: bool) -> bool:
@@ -97,6 +102,10 @@ def _resolved(row: Any, key_code: str | None, allow_private: bool) -> ResolvedKe
             (b"x-aigw-usage-limit", limits.usage_limit.encode()),
         ),
         upstream_allowed=_policy_allows(row.base_url, allow_private),
+        api_version=row.api_version,
+        deployment=row.deployment,
+        input_counting=row.input_counting,
+        counting_margin=row.counting_margin,
     )
 
 
@@ -117,6 +126,10 @@ def _key_rows() -> Select:
             Provider.base_url,
             ProviderModel.name.label("model_name"),
             ProviderModel.encoding,
+            Provider.api_version,
+            Provider.input_counting,
+            Provider.counting_margin,
+            ProviderModel.deployment,
         )
         .join(Provider, Provider.id == ApiKey.provider_id)
         .join(ProviderModel, ProviderModel.id == ApiKey.model_id)

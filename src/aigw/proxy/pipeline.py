@@ -29,9 +29,8 @@ from aigw.crypto import TokenHasher
 from aigw.errors import AigwError, openai_error_response
 from aigw.metrics import Metrics
 from aigw.proxy import counting
-from aigw.proxy.adapters.anthropic import AnthropicAdapter
+from aigw.proxy.adapters import ADAPTERS
 from aigw.proxy.adapters.base import Adapter
-from aigw.proxy.adapters.openai import OpenAIAdapter
 from aigw.proxy.admission import Admission, Admitted, bearer_token, key_headers
 from aigw.proxy.errors import (
     ClientGone,
@@ -110,10 +109,7 @@ class Pipeline:
         self.recorder = recorder
         self.metrics = metrics
         self.admission = Admission(encoders, settings.max_tokenize_chars)
-        self.adapters: dict[str, Adapter] = {
-            "openai": OpenAIAdapter(),
-            "anthropic": AnthropicAdapter(),
-        }
+        self.adapters: dict[str, Adapter] = ADAPTERS
         self.messages = MessagesIngress(self)
 
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> ResolvedKey:
@@ -236,7 +232,10 @@ class Pipeline:
                         raise UpstreamRefusedAddress()
                     headers = adapter.headers(key, entry.request_id, admitted.stream)
                     response = await post_upstream(
-                        self.session, adapter.url(key), admitted.upstream_body, headers
+                        self.session,
+                        adapter.url(key, admitted.stream),
+                        admitted.upstream_body,
+                        headers,
                     )
                     if response.status >= 400:
                         raise await read_status_error(response, clock)
