@@ -52,6 +52,7 @@ from aigw.proxy.upstream import (
     read_status_error,
     redact_key_code,
 )
+from aigw.proxy.upstream_count import UpstreamCounter
 from aigw.usage.recorder import UsageEntry, UsageRecorder
 
 log = logging.getLogger("aigw.proxy")
@@ -108,7 +109,14 @@ class Pipeline:
         self.session = session
         self.recorder = recorder
         self.metrics = metrics
-        self.admission = Admission(encoders, settings.max_tokenize_chars)
+        self.upstream_counter = UpstreamCounter(
+            session,
+            timeout=settings.upstream_count_timeout,
+            cache_size=settings.upstream_count_cache_size,
+        )
+        self.admission = Admission(
+            encoders, settings.max_tokenize_chars, upstream_counter=self.upstream_counter
+        )
         self.adapters: dict[str, Adapter] = ADAPTERS
         self.messages = MessagesIngress(self)
 

@@ -53,3 +53,5 @@ class UsageRecord(Base):
     stream: Mapped[bool] = mapped_column(nullable=False, default=False)
     latency_ms: Mapped[float] = mapped_column(nullable=False)
     ttfb_ms: Mapped[float | None] = mapped_column()
+    # tiktoken, upstream (the provider's counter) or fallback (its estimate + margin).
+    input_counter: Mapped[str | None] = mapped_column(String(16))

@@ -56,6 +56,8 @@ class UsageEntry:
     stream: bool = False
     latency_ms: float = 0.0
     ttfb_ms: float | None = None
+    # Which counter decided the input limit: tiktoken, upstream or fallback.
+    input_counter: str = "tiktoken"
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -84,6 +86,7 @@ class UsageEntry:
             self.stream,
             self.latency_ms,
             self.ttfb_ms,
+            self.input_counter,
         )
 
 
@@ -111,6 +114,7 @@ _COLUMNS = (
     ("stream", "bool"),
     ("latency_ms", "float8"),
     ("ttfb_ms", "float8"),
+    ("input_counter", "text"),
 )
 
 

@@ -172,6 +172,23 @@ def validate(body: Any, *, require_max_tokens: bool) -> int | None:
     return max_tokens
 
 
+def _scratch_entry(scope: Scope, key: ResolvedKey) -> UsageEntry:
+    """An entry nobody records (count_tokens is not a generation)."""
+    limits = key.limits
+    return UsageEntry(
+        request_id=scope.get("state", {}).get("request_id", "-"),
+        api_key_id=key.id,
+        alias=key.alias,
+        provider=key.provider_name,
+        model=key.model,
+        outcome="counted",
+        status_code=200,
+        input_limit=limits.input_limit,
+        output_limit=limits.output_limit,
+        usage_limit=limits.usage_limit,
+    )
+
+
 class MessagesIngress:
     """The Messages API endpoints of one :class:`Pipeline`."""
 
@@ -207,9 +224,10 @@ class MessagesIngress:
         return raw, body
 
     async def _count(
-        self, key: ResolvedKey, body: dict[str, Any]
+        self, key: ResolvedKey, body: dict[str, Any], entry: UsageEntry
     ) -> tuple[dict[str, Any], InputCount]:
-        """The Chat Completions form of *body* and the gateway's count of it."""
+        """The Chat Completions form of *body* and the count its input limit is
+        judged by (tiktoken, or the provider's counter: :mod:`aigw.proxy.upstream_count`)."""
         chat = wire.to_chat_request(body, _max_tokens_field(key.model))
         pipeline = self.pipeline
         counted = await counting.count_chat_input_async(
@@ -218,6 +236,12 @@ class MessagesIngress:
             max_chars=pipeline.settings.max_tokenize_chars,
             executor=pipeline.encoders.executor,
         )
+        adapter = pipeline.adapters.get(key.provider_kind)
+        if adapter is not None:
+            native = body if adapter.kind == "anthropic" else None
+            counted = await pipeline.upstream_counter.judge(
+                key, adapter, chat, counted, entry, native
+            )
         return chat, counted
 
     async def admit(
@@ -235,7 +259,7 @@ class MessagesIngress:
         elif body["model"] != key.model:
             raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
         stream = entry.stream = body.get("stream") is True
-        chat, counted = await self._count(key, body)
+        chat, counted = await self._count(key, body, entry)
         entry.input_tokens = counted.tokens
         decision = decide(key.limits, counted.tokens, max_tokens, input_exact=counted.exact)
         entry.input_limit_exceeded = decision.input_exceeded
@@ -339,7 +363,7 @@ class MessagesIngress:
             validate(body, require_max_tokens=False)
             if body.get("model") not in (None, key.model):
                 raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
-            _, counted = await self._count(key, body)
+            _, counted = await self._count(key, body, _scratch_entry(scope, key))
         except AigwError as exc:
             await _send_error(send, exc, [], None)
             return
