@@ -9,7 +9,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
+    model_serializer,
     model_validator,
 )
 
@@ -160,7 +162,17 @@ class ProviderModelRead(BaseModel):
 
     name: str
     encoding: Encoding
-    deployment: str | None = None
+    deployment: str | None = Field(
+        default=None, description="azure_openai only; absent when the model has none"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_deployment(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Only Azure models have one: other kinds' model lists stay {name, encoding}.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("deployment") is None:
+            data.pop("deployment", None)
+        return data
 
 
 class ProviderRead(BaseModel):
