@@ -304,7 +304,22 @@ async def test_auth_and_errors(target: tuple[Any, Target], db: str) -> None:
         assert missing.status_code == 400
         assert missing.json()["error"]["type"] == "invalid_request_error"
         assert "max_tokens" in missing.json()["error"]["message"]
-        for bad in (b"{", b"[]", b'{"max_tokens": 5, "messages": [{"role": "system"}]}'):
+        # Readable (orjson reads 1024 levels) but not writable (it writes 255).
+        deep = b'{"a":' * 400 + b"{}" + b"}" * 400
+        nested = (
+            b'{"max_tokens": 5, "messages": [{"role": "assistant", "content": [{"type": '
+            b'"tool_use", "id": "t", "name": "f", "input": ' + deep + b"}]}, "
+            b'{"role": "user", "content": "hi"}]}'
+        )
+        for bad in (
+            b"{",
+            b"[]",
+            b'{"max_tokens": 5, "messages": [{"role": "system"}]}',
+            b'{"max_tokens": 5.5, "messages": [{"role": "user", "content": "x"}]}',
+            b'{"max_tokens": 5, "messages": [{"role": "user", "content": [1]}]}',
+            b'{"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tools": [1]}',
+            nested,
+        ):
             answer = await http.post("/v1/messages", content=bad, headers=headers)
             assert answer.status_code == 400, bad
             assert answer.json()["type"] == "error"

@@ -162,7 +162,10 @@ class UpstreamCounter:
         """The provider's count of the request; raises :class:`CounterFailed`."""
         if not key.upstream_allowed or key.key_code is None:
             raise CounterFailed("upstream not allowed")
-        url, body, headers = self._request(key, adapter, chat, native)
+        try:
+            url, body, headers = self._request(key, adapter, chat, native)
+        except TypeError:  # too deeply nested to write; the forward refuses it too
+            raise CounterFailed("request not encodable") from None
         cache_key = hashlib.sha256(
             key.provider_id.bytes + key.model.encode() + b"\0" + body
         ).digest()

@@ -60,7 +60,7 @@ from yarl import URL
 from aigw.errors import openai_error_body
 from aigw.proxy.adapters.base import DONE_ITEM, StreamItem
 from aigw.proxy.adapters.openai import _endpoint, wrap_error
-from aigw.proxy.errors import UpstreamProtocolError
+from aigw.proxy.errors import InvalidRequest, UpstreamProtocolError
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.sse import SSEEvent
 
@@ -394,7 +394,10 @@ class GeminiAdapter:
         }
 
     def encode_request(self, body: dict[str, Any], raw: bytes, modified: bool) -> bytes:
-        return orjson.dumps(to_gemini_request(body))
+        try:
+            return orjson.dumps(to_gemini_request(body))
+        except TypeError:  # orjson writes at most 255 levels but reads up to 1024
+            raise InvalidRequest("The request body is nested too deeply") from None
 
     def count_request(self, key: ResolvedKey, body: dict[str, Any]) -> bytes:
         """The ``countTokens`` body for a Chat Completions request: the whole

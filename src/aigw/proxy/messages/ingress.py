@@ -228,7 +228,10 @@ class MessagesIngress:
     ) -> tuple[dict[str, Any], InputCount]:
         """The Chat Completions form of *body* and the count its input limit is
         judged by (tiktoken, or the provider's counter: :mod:`aigw.proxy.upstream_count`)."""
-        chat = wire.to_chat_request(body, _max_tokens_field(key.model))
+        try:
+            chat = wire.to_chat_request(body, _max_tokens_field(key.model))
+        except TypeError:  # a tool_use input too deeply nested to write as JSON text
+            raise InvalidRequest("The request body is nested too deeply") from None
         pipeline = self.pipeline
         counted = await counting.count_chat_input_async(
             chat,
@@ -277,12 +280,15 @@ class MessagesIngress:
                 f"this key allows {key.limits.output_limit}",
                 param="max_tokens",
             )
-        if adapter.kind == "anthropic":
-            upstream_body = orjson.dumps(body) if modified else raw
-        else:
-            if stream:
-                chat["stream_options"] = {"include_usage": True}
-            upstream_body = adapter.encode_request(chat, b"", True)
+        try:
+            if adapter.kind == "anthropic":
+                upstream_body = orjson.dumps(body) if modified else raw
+            else:
+                if stream:
+                    chat["stream_options"] = {"include_usage": True}
+                upstream_body = adapter.encode_request(chat, b"", True)
+        except TypeError:  # orjson writes at most 255 levels but reads up to 1024
+            raise InvalidRequest("The request body is nested too deeply") from None
         headers = key_headers(key, entry)
         exceeded = decision.exceeded_header()
         if exceeded:
