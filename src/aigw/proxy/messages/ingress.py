@@ -101,7 +101,9 @@ async def _send_error(
     send: Send, exc: AigwError, headers: list[tuple[bytes, bytes]], downstream: Downstream | None
 ) -> None:
     extra: list[tuple[bytes, bytes]] = []
-    if exc.status_code == 413:
+    if isinstance(exc, InvalidApiKey):
+        extra.append((b"www-authenticate", b"Bearer"))  # RFC 9110: a 401 names a scheme
+    elif exc.status_code == 413:
         extra.append((b"connection", b"close"))  # rather than drain a huge body
     body = wire.error_body(exc.status_code, exc.detail, exc.code)
     await (downstream or Downstream(send)).answer(exc.status_code, body, [*extra, *headers])
