@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # exactly (the count is bounded from below and the request is rejected or
     # forwarded by policy); see aigw.proxy.counting.
     max_tokenize_chars: int = Field(default=2_000_000, ge=1000)
+    # Providers with input_counting "upstream": seconds to wait for the provider's
+    # token counter before falling back to the tiktoken estimate + margin, and how
+    # many counted requests to remember (see aigw.proxy.upstream_count).
+    upstream_count_timeout: float = Field(default=1.0, gt=0, le=30)
+    upstream_count_cache_size: int = Field(default=1024, ge=0, le=100_000)
 
     db_pool_size: int = Field(default=10, ge=1)
     db_timeout: float = Field(default=5.0, gt=0)

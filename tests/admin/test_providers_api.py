@@ -57,7 +57,7 @@ def test_default_encoding_follows_the_spec(model: str, encoding: str) -> None:
     [
         ({"name": "bad name"}, 422, "validation_error"),
         ({"name": "x" * 65}, 422, "validation_error"),
-        ({"kind": "gemini"}, 422, "validation_error"),
+        ({"kind": "bedrock"}, 422, "validation_error"),
         ({"base_url": "ftp://example.com"}, 422, "validation_error"),
         ({"base_url": "api.openai.com/v1"}, 422, "validation_error"),
         ({"base_url": "https://user:pw@api.example.com/v1"}, 422, "validation_error"),

@@ -82,7 +82,8 @@ def schema_class(schema: dict[str, Any], method: str, path: str) -> str | None:
     if operation is None:
         return None
     schemes = {name for requirement in operation.get("security", []) for name in requirement}
-    if schemes == {"ClientToken"}:
+    # The Messages API routes also take the client token as x-api-key (ClientApiKey).
+    if schemes in ({"ClientToken"}, {"ClientToken", "ClientApiKey"}):
         return "client"
     if schemes == {"HTTPBearer"}:
         return "admin"
@@ -152,6 +153,14 @@ async def test_auth_matrix_over_every_served_route(inproc: Any, fresh_fake: Fake
             assert response.status_code < 500, (method, path, token_kind, response.text[:300])
             if allowed:
                 assert response.status_code not in (401, 403), (method, path, token_kind)
+            elif expected_class == "client" and path.startswith("/v1/messages"):
+                # Anthropic's Messages API answers in Anthropic's error shape.
+                assert response.status_code == 401, (method, path, token_kind)
+                body = response.json()
+                assert body["type"] == "error"
+                assert body["error"]["type"] == "authentication_error"
+                assert body["error"]["code"] == "invalid_api_key"
+                assert response.headers["www-authenticate"].lower().startswith("bearer")
             elif expected_class == "client":
                 error = assert_openai_error(response, 401)
                 assert error["code"] == "invalid_api_key"

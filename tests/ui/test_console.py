@@ -644,3 +644,53 @@ def test_key_list_with_real_data_at_desktop_and_phone_width(console_factory: Any
 
     # Back on the desktop page: filters, sort and paging over the same data.
     _check_filters_sort_and_paging(desktop, keys)
+
+
+@pytest.mark.browser
+def test_provider_form_shows_only_the_fields_a_kind_needs(console: Console) -> None:
+    page = console.page
+    console.sign_in("#/providers")
+    page.get_by_role("button", name="Add provider").first.click()
+    dialog = page.get_by_role("dialog", name="Add a provider")
+    kind = page.get_by_role("combobox", name="Kind")
+    api_version = page.get_by_role("textbox", name="API version")
+    counting = page.get_by_role("combobox", name="Input limits counted by")
+    margin = page.get_by_role("spinbutton", name="Fallback margin (%)")
+    deployment = page.get_by_role("textbox", name="Model 1 deployment")
+    # openai: none of the kind-specific fields.
+    for hidden in (api_version, counting, margin, deployment):
+        expect(hidden).to_be_hidden()
+    # azure_openai: api-version and a deployment per model.
+    kind.select_option("azure_openai")
+    expect(api_version).to_be_visible()
+    expect(deployment).to_be_visible()
+    expect(counting).to_be_hidden()
+    page.get_by_role("textbox", name="Name", exact=True).fill("azure")
+    page.get_by_role("textbox", name="Base URL").fill("https://contoso.openai.azure.com")
+    page.get_by_role("textbox", name="Model 1 name").fill("gpt-4o-mini")
+    deployment.fill("prod-4o-mini")
+    dialog.get_by_role("button", name="Add provider").click()
+    expect(dialog).to_be_hidden()
+    azure = console.api.get("/providers").json()["items"][0]
+    assert azure["kind"] == "azure_openai" and azure["api_version"] == "2024-10-21"
+    assert azure["models"][0]["deployment"] == "prod-4o-mini"
+
+    # gemini: the counter choice, and the margin only when the provider counts.
+    page.get_by_role("button", name="Add provider").first.click()
+    kind.select_option("gemini")
+    expect(counting).to_be_visible()
+    expect(margin).to_be_hidden()
+    expect(api_version).to_be_hidden()
+    expect(deployment).to_be_hidden()
+    counting.select_option("upstream")
+    expect(margin).to_be_visible()
+    margin.fill("20")
+    page.get_by_role("textbox", name="Name", exact=True).fill("google")
+    page.get_by_role("textbox", name="Base URL").fill(
+        "https://generativelanguage.googleapis.com/v1beta"
+    )
+    page.get_by_role("textbox", name="Model 1 name").fill("gemini-2.5-flash")
+    dialog.get_by_role("button", name="Add provider").click()
+    expect(dialog).to_be_hidden()
+    google = next(p for p in console.api.get("/providers").json()["items"] if p["name"] == "google")
+    assert (google["input_counting"], google["counting_margin"]) == ("upstream", 20)

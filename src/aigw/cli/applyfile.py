@@ -9,12 +9,25 @@ end up in a CI log through an error message.
 
     providers:
       - name: openai-main
-        kind: openai                      # or anthropic; default openai
+        kind: openai                      # or anthropic, gemini, azure_openai; default openai
         base_url: https://api.openai.com/v1
         models:
           - gpt-4o-mini                   # shorthand for {name: gpt-4o-mini}
           - name: gpt-4
             encoding: cl100k_base         # optional; chosen from the name otherwise
+      - name: google
+        kind: gemini
+        base_url: https://generativelanguage.googleapis.com/v1beta
+        input_counting: upstream          # or tiktoken (default); gemini and anthropic
+        counting_margin: 10               # percent added to the fallback estimate
+        models: [gemini-2.5-flash]
+      - name: azure
+        kind: azure_openai
+        base_url: https://contoso.openai.azure.com
+        api_version: "2024-10-21"         # azure_openai only; this is the default
+        models:
+          - name: gpt-4o-mini
+            deployment: prod-4o-mini      # azure_openai only; default: the model's name
     keys:
       - alias: team-a
         provider: openai-main
@@ -44,7 +57,18 @@ from pydantic import (
 )
 
 from aigw.apikeys.schemas import Alias, ModelRef, ProviderRef, Status, TokenLimit, UsageLimit
-from aigw.providers.schemas import BaseUrl, Encoding, ModelName, ProviderKind, ProviderName
+from aigw.providers.schemas import (
+    ApiVersion,
+    BaseUrl,
+    CountingMargin,
+    Deployment,
+    Encoding,
+    InputCounting,
+    ModelName,
+    ProviderKind,
+    ProviderName,
+    check_kind_settings,
+)
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
 # The gateway's own settings (the admin token, the encryption keys, the database
@@ -69,6 +93,7 @@ class _Spec(BaseModel):
 class ModelSpec(_Spec):
     name: ModelName
     encoding: Encoding | None = None
+    deployment: Deployment | None = None
 
 
 class ProviderSpec(_Spec):
@@ -76,6 +101,19 @@ class ProviderSpec(_Spec):
     kind: ProviderKind = "openai"
     base_url: BaseUrl
     models: Annotated[list[ModelSpec], Field(min_length=1, max_length=500)]
+    api_version: ApiVersion | None = None
+    input_counting: InputCounting = "tiktoken"
+    counting_margin: CountingMargin = 10
+
+    @model_validator(mode="after")
+    def _settings_fit_kind(self) -> ProviderSpec:
+        check_kind_settings(
+            self.kind,
+            api_version=self.api_version,
+            input_counting=self.input_counting,
+            models=self.models,
+        )
+        return self
 
     @field_validator("models", mode="before")
     @classmethod

@@ -96,22 +96,39 @@ def _models_of(spec: ProviderSpec) -> list[dict[str, str]]:
 
     return [
         {"name": model.name, "encoding": model.encoding or default_encoding(model.name)}
+        | ({"deployment": model.deployment} if model.deployment else {})
         for model in spec.models
     ]
 
 
-def model_map(models: list[Any]) -> dict[str, str]:
-    return {model["name"]: model["encoding"] for model in models}
+def model_map(models: list[Any]) -> dict[str, tuple[str, str | None]]:
+    return {model["name"]: (model["encoding"], model.get("deployment")) for model in models}
+
+
+def _settings_of(spec: ProviderSpec) -> dict[str, Any]:
+    """The kind-specific settings the file means (omitted: the API's defaults)."""
+    from aigw.providers.schemas import DEFAULT_AZURE_API_VERSION
+
+    api_version = spec.api_version
+    if api_version is None and spec.kind == "azure_openai":
+        api_version = DEFAULT_AZURE_API_VERSION
+    return {
+        "api_version": api_version,
+        "input_counting": spec.input_counting,
+        "counting_margin": spec.counting_margin,
+    }
 
 
 def plan_provider(spec: ProviderSpec, current: Record | None) -> Step:
     desired_models = _models_of(spec)
+    settings = _settings_of(spec)
     if current is None:
         body = {
             "name": spec.name,
             "kind": spec.kind,
             "base_url": spec.base_url,
             "models": desired_models,
+            **{name: value for name, value in settings.items() if value is not None},
         }
         changes = {
             "kind": (None, spec.kind),
@@ -130,6 +147,13 @@ def plan_provider(spec: ProviderSpec, current: Record | None) -> Step:
         if before != after:
             step.changes[name] = (before, after)
             step.body[name] = after
+    defaults = {"api_version": None, "input_counting": "tiktoken", "counting_margin": 10}
+    for name, after in settings.items():
+        before = current.get(name, defaults[name])
+        if before != after:
+            step.changes[name] = (before, after)
+            if after is not None:  # leaving azure_openai clears api_version itself
+                step.body[name] = after
     have, want = model_map(current["models"]), model_map(desired_models)
     if have != want:
         step.changes["models"] = (current["models"], desired_models)

@@ -19,12 +19,14 @@ from aigw.cli.common import (
 )
 from aigw.cli.errors import UsageError
 from aigw.cli.output import Column, when
-from aigw.providers.schemas import Encoding, ProviderKind
+from aigw.providers.schemas import Encoding, InputCounting, ProviderKind
 
 if TYPE_CHECKING:
     KindChoice = ProviderKind
+    CountingChoice = InputCounting
 else:
     KindChoice = choices("KindChoice", ProviderKind)
+    CountingChoice = choices("CountingChoice", InputCounting)
 
 ENCODINGS: tuple[str, ...] = get_args(Encoding)
 
@@ -36,6 +38,8 @@ def _models_text(provider: Record) -> Text:
             models.append("\n")
         models.append(model["name"])
         models.append(f"  {model['encoding']}", style="dim")
+        if model.get("deployment"):
+            models.append(f"  deployment {model['deployment']}", style="dim")
     return models
 
 
@@ -47,6 +51,16 @@ def _details(provider: Record) -> list[tuple[str, Any]]:
             ("Name", provider["name"]),
             ("Kind", provider["kind"]),
             ("Base URL", provider["base_url"]),
+            ("API version", provider.get("api_version") or "-"),
+            (
+                "Input counting",
+                f"{provider.get('input_counting', 'tiktoken')}"
+                + (
+                    f" (fallback margin {provider.get('counting_margin', 10)}%)"
+                    if provider.get("input_counting") == "upstream"
+                    else ""
+                ),
+            ),
             ("Created", when(provider["created_at"])),
             ("Updated", when(provider["updated_at"])),
             ("Version", str(provider["version"])),
@@ -74,7 +88,9 @@ PROVIDERS = resource.Resource(
 )
 
 app = command_group(
-    "providers", "Register upstream providers (OpenAI-compatible or Anthropic) and their models."
+    "providers",
+    "Register upstream providers (OpenAI-compatible, Anthropic, Gemini, Azure OpenAI) "
+    "and their models.",
 )
 
 ProviderRef = Annotated[
@@ -89,6 +105,69 @@ ModelEncodingOption = Annotated[
         "Without it the gateway picks one from the model name.",
     ),
 ]
+
+
+ModelDeploymentOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-deployment",
+        metavar="MODEL=DEPLOYMENT",
+        help="azure_openai: the deployment serving a model (default: the model's name); "
+        "repeatable.",
+    ),
+]
+ApiVersionOption = Annotated[
+    str | None,
+    typer.Option("--api-version", help="azure_openai: the api-version of every call."),
+]
+InputCountingOption = Annotated[
+    CountingChoice | None,
+    typer.Option(
+        "--input-counting",
+        help="Who counts input for input limits: tiktoken, or upstream (the provider's "
+        "token-counting API; gemini and anthropic).",
+    ),
+]
+CountingMarginOption = Annotated[
+    int | None,
+    typer.Option(
+        "--counting-margin",
+        min=0,
+        max=100,
+        help="Percent added to the tiktoken estimate when the upstream counter fails.",
+    ),
+]
+
+
+def settings_body(
+    api_version: str | None, input_counting: str | None, counting_margin: int | None
+) -> dict[str, Any]:
+    return {
+        field: value
+        for field, value in (
+            ("api_version", api_version),
+            ("input_counting", input_counting),
+            ("counting_margin", counting_margin),
+        )
+        if value is not None
+    }
+
+
+def parse_deployments(values: list[str] | None, models: list[str]) -> dict[str, str]:
+    """``MODEL=DEPLOYMENT`` pairs, split off the right like encodings."""
+    deployments: dict[str, str] = {}
+    for value in values or []:
+        name, sep, deployment = value.rpartition("=")
+        if not sep or not name or not deployment:
+            raise typer.BadParameter(
+                f"{value!r}: expected MODEL=DEPLOYMENT", param_hint="--model-deployment"
+            )
+        if name not in models:
+            raise typer.BadParameter(
+                f"{name!r} is not one of the provider's models", param_hint="--model-deployment"
+            )
+        deployments[name] = deployment
+    return deployments
 
 
 def parse_encodings(values: list[str] | None, models: list[str]) -> dict[str, str]:
@@ -111,16 +190,23 @@ def parse_encodings(values: list[str] | None, models: list[str]) -> dict[str, st
 
 
 def model_list(
-    names: list[str], encodings: dict[str, str], keep: list[Record] | None = None
+    names: list[str],
+    encodings: dict[str, str],
+    keep: list[Record] | None = None,
+    deployments: dict[str, str] | None = None,
 ) -> list[dict[str, str]]:
-    """The ``models`` body: explicit encodings win, then the current ones (*keep*)."""
-    current = {model["name"]: model["encoding"] for model in keep or []}
+    """The ``models`` body: explicit encodings and deployments win, then the current
+    ones (*keep*)."""
+    current = {model["name"]: model for model in keep or []}
     out: list[dict[str, str]] = []
     for name in names:
         entry = {"name": name}
-        encoding = encodings.get(name) or current.get(name)
+        encoding = encodings.get(name) or current.get(name, {}).get("encoding")
         if encoding:
             entry["encoding"] = encoding
+        deployment = (deployments or {}).get(name) or current.get(name, {}).get("deployment")
+        if deployment:
+            entry["deployment"] = deployment
         out.append(entry)
     return out
 
@@ -170,9 +256,19 @@ def create_provider(
         list[str], typer.Option("--model", metavar="MODEL", help="A model it serves; repeatable.")
     ],
     kind: Annotated[
-        KindChoice, typer.Option("--kind", help="openai = any Chat Completions API.")
+        KindChoice,
+        typer.Option(
+            "--kind",
+            help="openai = any Chat Completions API; anthropic = the Messages API; gemini = "
+            "the Gemini API (base URL …/v1beta); azure_openai = an Azure OpenAI resource "
+            "(base URL https://<resource>.openai.azure.com).",
+        ),
     ] = "openai",
     model_encoding: ModelEncodingOption = None,
+    model_deployment: ModelDeploymentOption = None,
+    api_version: ApiVersionOption = None,
+    input_counting: InputCountingOption = None,
+    counting_margin: CountingMarginOption = None,
     json_output: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     admin_token_file: TokenFileOption = None,
@@ -180,14 +276,18 @@ def create_provider(
     """Register a provider.
 
     aigw providers create --name openai-main --kind openai --base-url https://api.openai.com/v1 --model gpt-4o-mini --model gpt-4.1
+
+    aigw providers create --name google --kind gemini --base-url https://generativelanguage.googleapis.com/v1beta --model gemini-2.5-flash --input-counting upstream
     """
     names = _unique(models)
     encodings = parse_encodings(model_encoding, names)
+    deployments = parse_deployments(model_deployment, names)
     body = {
         "name": name,
         "kind": kind,
         "base_url": base_url,
-        "models": model_list(names, encodings),
+        "models": model_list(names, encodings, deployments=deployments),
+        **settings_body(api_version, input_counting, counting_margin),
     }
     resource.create_command(
         PROVIDERS, body, json_output=json_output, url=url, token_file=admin_token_file
@@ -213,6 +313,10 @@ def update_provider(
         typer.Option("--remove-model", metavar="MODEL", help="Remove a model; repeatable."),
     ] = None,
     model_encoding: ModelEncodingOption = None,
+    model_deployment: ModelDeploymentOption = None,
+    api_version: ApiVersionOption = None,
+    input_counting: InputCountingOption = None,
+    counting_margin: CountingMarginOption = None,
     json_output: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     admin_token_file: TokenFileOption = None,
@@ -229,11 +333,16 @@ def update_provider(
         for field, value in (("name", name), ("kind", kind), ("base_url", base_url))
         if value is not None
     }
+    body.update(settings_body(api_version, input_counting, counting_margin))
 
     def set_models(current: Record, body: dict[str, Any]) -> None:
-        body["models"] = _new_models(current, models, add_models, remove_models, model_encoding)
+        body["models"] = _new_models(
+            current, models, add_models, remove_models, model_encoding, model_deployment
+        )
 
-    touches_models = bool(models or add_models or remove_models or model_encoding)
+    touches_models = bool(
+        models or add_models or remove_models or model_encoding or model_deployment
+    )
     resource.update_command(
         PROVIDERS,
         ref,
@@ -251,6 +360,7 @@ def _new_models(
     add_models: list[str] | None,
     remove_models: list[str] | None,
     model_encoding: list[str] | None,
+    model_deployment: list[str] | None = None,
 ) -> list[dict[str, str]]:
     existing = [model["name"] for model in current["models"]]
     if models:
@@ -266,7 +376,8 @@ def _new_models(
     if not names:
         raise UsageError("a provider needs at least one model", code="usage")
     encodings = parse_encodings(model_encoding, names)
-    return model_list(names, encodings, keep=current["models"])
+    deployments = parse_deployments(model_deployment, names)
+    return model_list(names, encodings, keep=current["models"], deployments=deployments)
 
 
 resource.add_delete_command(

@@ -8,8 +8,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from aigw.db.base import Base, TimestampedMixin
 
-PROVIDER_KINDS = ("openai", "anthropic")
+PROVIDER_KINDS = ("openai", "anthropic", "gemini", "azure_openai")
 ENCODINGS = ("o200k_base", "cl100k_base")
+INPUT_COUNTERS = ("tiktoken", "upstream")
 
 
 class Provider(TimestampedMixin, Base):
@@ -18,12 +19,23 @@ class Provider(TimestampedMixin, Base):
         CheckConstraint("name ~ '^[A-Za-z0-9._-]{1,64}$'", name="name_format"),
         CheckConstraint(f"kind IN {PROVIDER_KINDS!r}", name="kind"),
         CheckConstraint("base_url ~ '^https?://'", name="base_url_scheme"),
+        CheckConstraint(f"input_counting IN {INPUT_COUNTERS!r}", name="input_counting"),
+        CheckConstraint("counting_margin BETWEEN 0 AND 100", name="counting_margin"),
         Index("uq_providers_lower_name", text("lower(name)"), unique=True),
     )
 
     name: Mapped[str] = mapped_column(String(64), nullable=False)
     kind: Mapped[str] = mapped_column(String(16), nullable=False)
     base_url: Mapped[str] = mapped_column(String(2048), nullable=False)
+    # azure_openai: the api-version query parameter of every call.
+    api_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Which counter judges input limits: tiktoken, or the provider's own token
+    # counter (gemini, anthropic) with a tiktoken estimate + margin (percent) as
+    # the fallback when it cannot answer in time.
+    input_counting: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="tiktoken", server_default="tiktoken"
+    )
+    counting_margin: Mapped[int] = mapped_column(nullable=False, default=10, server_default="10")
     models: Mapped[list[ProviderModel]] = relationship(
         back_populates="provider",
         cascade="all, delete-orphan",
@@ -46,5 +58,7 @@ class ProviderModel(Base):
     )
     name: Mapped[str] = mapped_column(String(128), nullable=False)
     encoding: Mapped[str] = mapped_column(String(32), nullable=False)
+    # azure_openai: the deployment serving this model (None: named like the model).
+    deployment: Mapped[str | None] = mapped_column(String(64), nullable=True)
     position: Mapped[int] = mapped_column(nullable=False, default=0, server_default="0")
     provider: Mapped[Provider] = relationship(back_populates="models")

@@ -23,6 +23,7 @@ from aigw.errors import (
     UnknownModel,
     UnknownProvider,
     UpstreamNotAllowed,
+    ValidationFailed,
 )
 from aigw.netpolicy import UpstreamRefused, check_upstream_url
 from aigw.pagination import decode_cursor, encode_cursor
@@ -33,6 +34,7 @@ from aigw.providers.schemas import (
     ProviderModelIn,
     ProviderRead,
     ProviderUpdate,
+    check_kind_settings,
     default_encoding,
 )
 from aigw.schemas import Page
@@ -54,9 +56,30 @@ def _check_base_url(url: str, allow_private: bool) -> None:
 
 def _model_rows(models: list[ProviderModelIn]) -> list[ProviderModel]:
     return [
-        ProviderModel(name=m.name, encoding=m.encoding or default_encoding(m.name), position=i)
+        ProviderModel(
+            name=m.name,
+            encoding=m.encoding or default_encoding(m.name),
+            deployment=m.deployment,
+            position=i,
+        )
         for i, m in enumerate(models)
     ]
+
+
+def _check_settings(provider: Provider) -> None:
+    """The merged provider's settings fit its kind (a PATCH can change either side)."""
+    try:
+        check_kind_settings(
+            provider.kind,
+            api_version=provider.api_version,
+            input_counting=provider.input_counting,
+            models=provider.models,
+        )
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise ValidationFailed(
+            str(exc), errors=[{"field": field, "message": message, "type": "value_error"}]
+        ) from None
 
 
 def _name_taken(name: str | None) -> dict[str, Callable[[], Exception]]:
@@ -76,6 +99,9 @@ async def create_provider(
         name=data.name,
         kind=data.kind,
         base_url=data.base_url,
+        api_version=data.api_version,
+        input_counting=data.input_counting,
+        counting_margin=data.counting_margin,
         models=_model_rows(data.models),
     )
     session.add(provider)
@@ -169,8 +195,16 @@ async def update_provider(
         provider.base_url = changes["base_url"]
     if "name" in changes:
         provider.name = changes["name"]
-    if "kind" in changes:
+    if "kind" in changes and changes["kind"] != provider.kind:
         provider.kind = changes["kind"]
+        if provider.kind != "azure_openai":
+            # Settings only Azure takes mean nothing to the new kind.
+            provider.api_version = None
+            for model in provider.models:
+                model.deployment = None
+    for setting in ("api_version", "input_counting", "counting_margin"):
+        if setting in changes:
+            setattr(provider, setting, changes[setting])
     if data.models is not None:
         wanted = {m.name: m for m in data.models}
         removed = {m.name for m in provider.models} - set(wanted)
@@ -183,9 +217,11 @@ async def update_provider(
         for position, (name, spec) in enumerate(wanted.items()):
             row = by_name.get(name) or ProviderModel(name=name)
             row.encoding = spec.encoding or default_encoding(name)
+            row.deployment = spec.deployment
             row.position = position
             new_rows.append(row)
         provider.models = new_rows  # delete-orphan removes the dropped ones
+    _check_settings(provider)
     provider.version += 1
     provider.updated_at = func.now()
     await flush(

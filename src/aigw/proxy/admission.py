@@ -23,7 +23,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -48,6 +48,9 @@ from aigw.proxy.errors import (
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, Decision, decide
 from aigw.usage.recorder import UsageEntry
+
+if TYPE_CHECKING:
+    from aigw.proxy.upstream_count import UpstreamCounter
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Beyond any model's real output; also the largest limit a key can hold.
@@ -309,6 +312,8 @@ class Admission:
     encoders: counting.Encoders
     max_tokenize_chars: int
     limiter: Limiter | None = None
+    # Asks the provider's own counter where it is set to (input_counting: upstream).
+    upstream_counter: UpstreamCounter | None = None
 
     async def admit(
         self,
@@ -369,6 +374,8 @@ class Admission:
             max_chars=self.max_tokenize_chars,
             executor=self.encoders.executor,
         )
+        if self.upstream_counter is not None:
+            counted = await self.upstream_counter.judge(key, adapter, body, counted, entry)
         input_tokens = entry.input_tokens = counted.tokens
         decision = decide(key.limits, input_tokens, requested_max, input_exact=counted.exact)
         entry.input_limit_exceeded = decision.input_exceeded

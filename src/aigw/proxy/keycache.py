@@ -70,6 +70,11 @@ class ResolvedKey:
     upstream_allowed: bool = True
     # Budget and rates (aigw.budgets); None: neither, and nothing to check per request.
     budget: KeyBudget | None = None
+    # Provider settings some kinds take (aigw.providers.schemas.ProviderSettings).
+    api_version: str | None = None
+    deployment: str | None = None  # azure_openai: the model's deployment
+    input_counting: str = "tiktoken"
+    counting_margin: int = 10
 
 
 def _policy_allows(base_url: str, allow_private: bool) -> bool:
@@ -101,6 +106,10 @@ def _resolved(row: Any, key_code: str | None, allow_private: bool) -> ResolvedKe
         ),
         upstream_allowed=_policy_allows(row.base_url, allow_private),
         budget=KeyBudget.of(row.budget_tokens, row.budget_period, row.rpm_limit, row.tpm_limit),
+        api_version=row.api_version,
+        deployment=row.deployment,
+        input_counting=row.input_counting,
+        counting_margin=row.counting_margin,
     )
 
 
@@ -125,6 +134,10 @@ def _key_rows() -> Select:
             Provider.base_url,
             ProviderModel.name.label("model_name"),
             ProviderModel.encoding,
+            Provider.api_version,
+            Provider.input_counting,
+            Provider.counting_margin,
+            ProviderModel.deployment,
         )
         .join(Provider, Provider.id == ApiKey.provider_id)
         .join(ProviderModel, ProviderModel.id == ApiKey.model_id)

@@ -30,9 +30,8 @@ from aigw.crypto import TokenHasher
 from aigw.errors import AigwError, openai_error_response
 from aigw.metrics import Metrics
 from aigw.proxy import counting, exchange
-from aigw.proxy.adapters.anthropic import AnthropicAdapter
+from aigw.proxy.adapters import ADAPTERS
 from aigw.proxy.adapters.base import Adapter
-from aigw.proxy.adapters.openai import OpenAIAdapter
 from aigw.proxy.admission import Admission, Admitted, bearer_token, key_headers
 from aigw.proxy.embeddings import EmbeddingsEndpoint
 from aigw.proxy.errors import (
@@ -45,6 +44,7 @@ from aigw.proxy.errors import (
 )
 from aigw.proxy.exchange import ModelNotFound
 from aigw.proxy.keycache import KeyCache, ResolvedKey
+from aigw.proxy.messages.ingress import MessagesIngress
 from aigw.proxy.policy import flags_output
 from aigw.proxy.relay import Downstream, Output, Relay
 from aigw.proxy.responses.endpoint import ResponsesEndpoint
@@ -56,6 +56,7 @@ from aigw.proxy.upstream import (
     read_status_error,
     redact_key_code,
 )
+from aigw.proxy.upstream_count import UpstreamCounter
 from aigw.usage.recorder import UsageEntry, UsageRecorder
 
 log = logging.getLogger("aigw.proxy")
@@ -119,11 +120,19 @@ class Pipeline:
         self.session = session
         self.recorder = recorder
         self.metrics = metrics
-        self.admission = Admission(encoders, settings.max_tokenize_chars, limiter)
-        self.adapters: dict[str, Adapter] = {
-            "openai": OpenAIAdapter(),
-            "anthropic": AnthropicAdapter(),
-        }
+        self.upstream_counter = UpstreamCounter(
+            session,
+            timeout=settings.upstream_count_timeout,
+            cache_size=settings.upstream_count_cache_size,
+        )
+        self.admission = Admission(
+            encoders,
+            settings.max_tokenize_chars,
+            limiter,
+            upstream_counter=self.upstream_counter,
+        )
+        self.adapters: dict[str, Adapter] = ADAPTERS
+        self.messages = MessagesIngress(self)
 
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> ResolvedKey:
         token = bearer_token(headers)
@@ -173,6 +182,14 @@ class Pipeline:
         exc = exchange.unknown_endpoint(scope)
         headers = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
         await _send_error(scope, receive, send, exc, headers)
+
+    async def create_message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/messages`` (Anthropic's Messages API): :mod:`aigw.proxy.messages`."""
+        await self.messages.create(scope, receive, send)
+
+    async def count_message_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/messages/count_tokens``."""
+        await self.messages.count_tokens(scope, receive, send)
 
     async def create_chat_completion(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v1/chat/completions``."""
@@ -274,7 +291,10 @@ class Pipeline:
                         raise UpstreamRefusedAddress()
                     headers = adapter.headers(key, entry.request_id, admitted.stream)
                     response = await post_upstream(
-                        self.session, adapter.url(key), admitted.upstream_body, headers
+                        self.session,
+                        adapter.url(key, admitted.stream),
+                        admitted.upstream_body,
+                        headers,
                     )
                     if response.status >= 400:
                         raise await read_status_error(response, clock)

@@ -14,12 +14,19 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
+from aigw.proxy.messages.docs import (
+    AnthropicError,
+    CountTokensRequest,
+    Message,
+    MessageCreateRequest,
+    MessageTokensCount,
+)
 from aigw.proxy.pipeline import Pipeline
 
 
@@ -406,6 +413,64 @@ class EmbeddingList(BaseModel):
 )
 async def create_embedding(body: EmbeddingRequest) -> EmbeddingList:
     raise NotImplementedError  # documents Pipeline.create_embedding
+
+
+# Anthropic's Messages API (aigw.proxy.messages).
+
+_client_api_key = APIKeyHeader(
+    name="x-api-key",
+    scheme_name="ClientApiKey",
+    description="The AI API key's client token, as an Anthropic SDK api_key "
+    "(Authorization: Bearer works too).",
+    auto_error=False,
+)
+
+
+def _anthropic_error(description: str) -> dict[str, Any]:
+    return {"model": AnthropicError, "description": description, "headers": _HEADERS}
+
+
+@router.post(
+    "/v1/messages",
+    summary="Create a message through the key's provider (Anthropic Messages API)",
+    response_model=Message,
+    responses={
+        200: {
+            "description": "A Message, or with `stream: true` the Messages SSE stream "
+            "(message_start, content_block_start/delta/stop, message_delta, message_stop); "
+            "a failure after it started is a final `error` event.",
+            "content": {"text/event-stream": {"schema": {"type": "object"}}},
+            "headers": _HEADERS,
+        },
+        400: _anthropic_error(
+            "invalid_request_error: bad input, model_not_allowed, "
+            "input_token_limit_exceeded, output_token_limit_exceeded (max_tokens over the limit)"
+        ),
+        401: _anthropic_error("authentication_error: invalid_api_key"),
+        403: _anthropic_error("permission_error: key_disabled"),
+        413: _anthropic_error("request_too_large"),
+        502: _anthropic_error("api_error: upstream_error"),
+        504: _anthropic_error("api_error: upstream_timeout"),
+    },
+    dependencies=[Depends(_client_api_key), Depends(_client_token)],
+)
+async def create_message(body: MessageCreateRequest) -> Message:
+    raise NotImplementedError  # documents Pipeline.create_message
+
+
+@router.post(
+    "/v1/messages/count_tokens",
+    summary="Count a Messages request's input tokens as the gateway judges them",
+    response_model=MessageTokensCount,
+    responses={
+        400: _anthropic_error("invalid_request_error"),
+        401: _anthropic_error("authentication_error: invalid_api_key"),
+        403: _anthropic_error("permission_error: key_disabled"),
+    },
+    dependencies=[Depends(_client_api_key), Depends(_client_token)],
+)
+async def count_message_tokens(body: CountTokensRequest) -> MessageTokensCount:
+    raise NotImplementedError  # documents Pipeline.count_message_tokens
 
 
 # Last: any other /v1 path (every method) answers 404 in OpenAI's envelope listing

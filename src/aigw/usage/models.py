@@ -63,3 +63,5 @@ class UsageRecord(Base):
     endpoint: Mapped[str] = mapped_column(
         String(32), nullable=False, server_default="chat.completions"
     )
+    # tiktoken, upstream (the provider's counter) or fallback (its estimate + margin).
+    input_counter: Mapped[str | None] = mapped_column(String(16))

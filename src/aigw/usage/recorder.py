@@ -70,6 +70,8 @@ class UsageEntry:
     latency_ms: float = 0.0
     ttfb_ms: float | None = None
     endpoint: str = "chat.completions"
+    # Which counter decided the input limit: tiktoken, upstream or fallback.
+    input_counter: str = "tiktoken"
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -102,6 +104,7 @@ class UsageEntry:
             self.budget_exceeded is True,
             self.rate_exceeded is True,
             _text(self.endpoint, 32) or "chat.completions",
+            _text(self.input_counter, 16) or "tiktoken",
         )
 
 
@@ -158,6 +161,7 @@ COLUMNS = (
     ("budget_exceeded", "bool"),
     ("rate_exceeded", "bool"),
     ("endpoint", "text"),
+    ("input_counter", "text"),
 )
 
 

@@ -303,7 +303,7 @@ class AnthropicAdapter:
     kind = "anthropic"
     relays_raw = False
 
-    def url(self, key: ResolvedKey) -> URL:
+    def url(self, key: ResolvedKey, stream: bool = False) -> URL:
         return _endpoint(key.base_url, "/messages")
 
     def headers(self, key: ResolvedKey, request_id: str, stream: bool) -> dict[str, str]:

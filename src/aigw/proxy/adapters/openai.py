@@ -33,7 +33,7 @@ class OpenAIAdapter:
     kind = "openai"
     relays_raw = True
 
-    def url(self, key: ResolvedKey) -> URL:
+    def url(self, key: ResolvedKey, stream: bool = False) -> URL:
         return _endpoint(key.base_url, "/chat/completions")
 
     def headers(self, key: ResolvedKey, request_id: str, stream: bool) -> dict[str, str]:

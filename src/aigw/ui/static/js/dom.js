@@ -129,7 +129,12 @@ export const fmtLimitShort = (n) => (n === 0 ? "Unlimited" : fmtInt(n));
 
 export const USAGE_LIMIT_LABELS = { reject: "Reject", use_anyway: "Use Anyway" };
 export const STATUS_LABELS = { enabled: "Enabled", disabled: "Disabled" };
-export const KIND_LABELS = { openai: "OpenAI-compatible", anthropic: "Anthropic" };
+export const KIND_LABELS = {
+  openai: "OpenAI-compatible",
+  anthropic: "Anthropic",
+  gemini: "Google Gemini",
+  azure_openai: "Azure OpenAI",
+};
 
 const dateTimeFormat = new Intl.DateTimeFormat(undefined, {
   dateStyle: "medium",

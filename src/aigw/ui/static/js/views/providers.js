@@ -26,6 +26,30 @@ function plainList(text) {
   return String(text || "").replace(/\[([^\]]*)\]/g, (_, inner) => inner.replaceAll("'", ""));
 }
 
+/* What each kind needs: the form shows only these (docs/providers.md). */
+const KIND_FORM = {
+  openai: {
+    hint: "The Chat Completions API of OpenAI, vLLM, Ollama, DeepSeek, Groq…",
+    url: "https://api.openai.com/v1",
+  },
+  anthropic: {
+    hint: "Anthropic's Messages API.",
+    url: "https://api.anthropic.com/v1",
+    counting: true,
+  },
+  gemini: {
+    hint: "The Gemini API; the key goes in the x-goog-api-key header.",
+    url: "https://generativelanguage.googleapis.com/v1beta",
+    counting: true,
+  },
+  azure_openai: {
+    hint: "An Azure OpenAI resource: each model is served by a deployment.",
+    url: "https://<resource>.openai.azure.com",
+    azure: true,
+  },
+};
+const AZURE_API_VERSION = "2024-10-21";
+
 function keysLink(provider, text = "See its keys") {
   return h("a", { href: `#/keys?provider=${encodeURIComponent(provider.name)}` }, text);
 }
@@ -63,8 +87,49 @@ function providerDialog(existing, onSaved) {
     id: "p-kind",
     label: "Kind",
     required: true,
-    hint: "OpenAI-compatible: the Chat Completions API of OpenAI, vLLM, Ollama, DeepSeek, Groq… Anthropic: the Messages API.",
+    hint: KIND_FORM[kindSelect.value]?.hint,
     control: kindSelect,
+  });
+  const apiVersion = field({
+    id: "p-api-version",
+    label: "API version",
+    hint: `The api-version of every call; ${AZURE_API_VERSION} when left empty.`,
+    optional: true,
+    control: h("input", {
+      id: "p-api-version",
+      type: "text",
+      maxlength: 32,
+      autocomplete: "off",
+      spellcheck: "false",
+      placeholder: AZURE_API_VERSION,
+      value: existing?.api_version || "",
+    }),
+  });
+  const countingSelect = h(
+    "select",
+    { id: "p-input-counting" },
+    h("option", { value: "tiktoken" }, "The gateway (tiktoken estimate)"),
+    h("option", { value: "upstream" }, "The provider's token counter"),
+  );
+  countingSelect.value = existing?.input_counting || "tiktoken";
+  const counting = field({
+    id: "p-input-counting",
+    label: "Input limits counted by",
+    hint: "The provider's counter is exact for its models and asked only for keys with an input limit; when it does not answer in time, the estimate plus the margin decides.",
+    control: countingSelect,
+  });
+  const margin = field({
+    id: "p-counting-margin",
+    label: "Fallback margin (%)",
+    hint: "Added to the estimate when the provider's counter is down.",
+    control: h("input", {
+      id: "p-counting-margin",
+      type: "number",
+      min: 0,
+      max: 100,
+      step: 1,
+      value: String(existing?.counting_margin ?? 10),
+    }),
   });
   const baseUrl = field({
     id: "p-base-url",
@@ -82,7 +147,7 @@ function providerDialog(existing, onSaved) {
     }),
   });
 
-  /* Models: repeatable rows, name + encoding. */
+  /* Models: repeatable rows, name + encoding (+ deployment for Azure). */
   const rows = [];
   const rowList = h("ul", { class: "model-rows", "aria-label": "Models" });
   const modelsError = h("p", { class: "field-error", id: "p-models-error", hidden: true });
@@ -117,6 +182,17 @@ function providerDialog(existing, onSaved) {
       ENCODINGS.map(([value, label]) => h("option", { value }, label)),
     );
     encoding.value = model.encoding || "";
+    const deployment = h("input", {
+      type: "text",
+      autocomplete: "off",
+      spellcheck: "false",
+      maxlength: 64,
+      placeholder: "Deployment (default: the model name)",
+      value: model.deployment || "",
+      "aria-label": "Deployment",
+      "data-role": "model-deployment",
+      hidden: !KIND_FORM[kindSelect.value]?.azure,
+    });
     const remove = h(
       "button",
       { type: "button", class: "btn btn--ghost btn--icon", title: "Remove model" },
@@ -124,12 +200,13 @@ function providerDialog(existing, onSaved) {
     );
     const error = h("p", { class: "field-error", id: `${rowId}-error`, hidden: true });
     const label = h("label", { for: rowId, class: "visually-hidden" }, "Model name");
-    const li = h("li", { class: "model-row" }, label, input, encoding, remove, error);
-    const row = { li, input, encoding, errorId: `${rowId}-error`, control: input, focus: input, label: "Model" };
+    const li = h("li", { class: "model-row" }, label, input, encoding, deployment, remove, error);
+    const row = { li, input, encoding, deployment, errorId: `${rowId}-error`, control: input, focus: input, label: "Model" };
     const relabel = () => {
       const n = rows.indexOf(row) + 1;
       label.textContent = `Model ${n} name`;
       encoding.setAttribute("aria-label", `Model ${n} token encoding`);
+      deployment.setAttribute("aria-label", `Model ${n} deployment`);
       remove.setAttribute("aria-label", `Remove model ${input.value || n}`);
       row.label = `Model ${n}`;
     };
@@ -161,6 +238,8 @@ function providerDialog(existing, onSaved) {
     summarySlot,
     name.wrapper,
     h("div", { class: "field-row" }, kind.wrapper, baseUrl.wrapper),
+    apiVersion.wrapper,
+    h("div", { class: "field-row" }, counting.wrapper, margin.wrapper),
     h(
       "div",
       { class: "field" },
@@ -180,6 +259,23 @@ function providerDialog(existing, onSaved) {
     submit,
   );
 
+  /** Show only the fields the chosen kind takes. */
+  function applyKind() {
+    const spec = KIND_FORM[kindSelect.value] || {};
+    const hint = kind.wrapper.querySelector(".hint");
+    if (hint) hint.textContent = spec.hint || "";
+    baseUrl.control.placeholder = spec.url || "";
+    const hintUrl = baseUrl.wrapper.querySelector(".hint");
+    if (hintUrl) hintUrl.textContent = `For example ${spec.url || "https://api.openai.com/v1"}`;
+    apiVersion.wrapper.hidden = !spec.azure;
+    counting.wrapper.hidden = !spec.counting;
+    margin.wrapper.hidden = !spec.counting || countingSelect.value !== "upstream";
+    for (const row of rows) row.deployment.hidden = !spec.azure;
+  }
+  kindSelect.addEventListener("change", applyKind);
+  countingSelect.addEventListener("change", applyKind);
+  applyKind();
+
   const modelsEntry = { control: modelsGroup, errorId: "p-models-error", focus: addModel, label: "Models" };
   const errors = new FormErrors(summarySlot, {});
   function refreshFieldMap() {
@@ -187,33 +283,50 @@ function providerDialog(existing, onSaved) {
       name: name,
       kind: kind,
       base_url: baseUrl,
+      api_version: apiVersion,
+      input_counting: counting,
+      counting_margin: margin,
       models: modelsEntry,
     };
     rows.forEach((row, index) => {
       errors.fields[`models.${index}.name`] = row;
       errors.fields[`models.${index}`] = row;
       errors.fields[`models.${index}.encoding`] = row;
+      errors.fields[`models.${index}.deployment`] = row;
     });
   }
   refreshFieldMap();
 
   function readBody() {
-    const models = rows
-      .map((row) => ({ name: row.input.value.trim(), encoding: row.encoding.value || undefined }));
+    const spec = KIND_FORM[kindSelect.value] || {};
+    const models = rows.map((row) => ({
+      name: row.input.value.trim(),
+      encoding: row.encoding.value || undefined,
+      deployment: (spec.azure && row.deployment.value.trim()) || undefined,
+    }));
     const body = {
       name: name.control.value.trim(),
       kind: kindSelect.value,
       base_url: baseUrl.control.value.trim(),
       models,
     };
+    // Only the settings the kind takes are sent (the API refuses the others).
+    if (spec.azure) body.api_version = apiVersion.control.value.trim() || AZURE_API_VERSION;
+    if (spec.counting) {
+      body.input_counting = countingSelect.value;
+      const pct = Number.parseInt(margin.control.value, 10);
+      body.counting_margin = Number.isNaN(pct) ? margin.control.value : pct;
+    } else if (editing && existing.input_counting === "upstream") {
+      body.input_counting = "tiktoken"; // the new kind has no counter to ask
+    }
     if (!editing) return body;
     const changes = {};
-    for (const key of ["name", "kind", "base_url"]) {
-      if (body[key] !== existing[key]) changes[key] = body[key];
+    for (const key of ["name", "kind", "base_url", "api_version", "input_counting", "counting_margin"]) {
+      if (body[key] !== undefined && body[key] !== existing[key]) changes[key] = body[key];
     }
     const sameModels =
-      JSON.stringify(models.map((m) => [m.name, m.encoding || null])) ===
-      JSON.stringify(existing.models.map((m) => [m.name, m.encoding]));
+      JSON.stringify(models.map((m) => [m.name, m.encoding || null, m.deployment || null])) ===
+      JSON.stringify(existing.models.map((m) => [m.name, m.encoding, m.deployment || null]));
     if (!sameModels) changes.models = models;
     return changes;
   }
