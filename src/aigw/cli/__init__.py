@@ -34,7 +34,6 @@ app.add_typer(providers.app, name="providers")
 app.command("apply", epilog=EXIT_CODES_EPILOG)(apply.apply)
 
 
-
 def main() -> None:
     """The ``aigw`` program. Piped, typer's help and usage errors get the same width
     as the commands' own output instead of rich's 80-column guess."""
