@@ -68,6 +68,7 @@ def serve(
     """Migrate the database and serve the gateway (admin API, console, proxy)."""
     import uvicorn
 
+    from aigw.db.revision import schema_is_current
     from aigw.httpserver import BoundedHttpToolsProtocol
     from aigw.logging import configure_logging
 
@@ -75,7 +76,8 @@ def serve(
     settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format)
     with database(settings) as url:
-        _migrate_in_child(url)
+        if not asyncio.run(schema_is_current(url)):
+            _migrate_in_child(url)
         _refuse_unusable_key_ring(settings, url)
         # Workers re-read settings from the environment; the data folder gives
         # them the same generated secrets.
