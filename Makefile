@@ -49,7 +49,7 @@ serve: $(RUNTIME)  ## install the runtime only, migrate, serve on 127.0.0.1:8080
 
 # ---- test --------------------------------------------------------------------
 
-browser:  ## make sure the browser tests' Chromium is there ($(CHROMIUM); installs Debian's chromium with apt as root)
+browser:  ## make sure the browser tests' Chromium is there (/usr/bin/chromium, or CHROMIUM=...; else apt-get install chromium, as root)
 	@if [ -x "$(CHROMIUM)" ]; then \
 		echo "browser: $(CHROMIUM)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
