@@ -130,7 +130,7 @@ def _refuse_busy_address(host: str, port: int) -> None:
 
 def _browsable(host: str) -> str:
     """The host part of a URL a browser on this machine can open."""
-    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - a comparison, not a bind
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104  # nosec B104 - a comparison, not a bind
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 
