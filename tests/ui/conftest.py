@@ -4,7 +4,8 @@ The browser is installed by an explicit step, ``make browser`` (``make test``
 and ``.ci/run`` run it first), never from here: Playwright's own browser
 download does not work in CI here, so the tests use ``/usr/bin/chromium`` (or
 ``$AIGW_TEST_CHROMIUM``). Without it the browser tests are skipped, saying how
-to get it. Each test gets a real ``aigw serve`` process on a clean database and
+to get it; without Playwright (the ``browser`` extra of pyproject.toml) they are
+not collected. Each test gets a real ``aigw serve`` process on a clean database and
 a fresh browser context. Screenshots go to ``test-artifacts/ui/`` (and a
 failing test leaves one there).
 """
@@ -23,6 +24,11 @@ import httpx
 import pytest
 
 from tests.support import REPO_ROOT, Gateway
+
+try:
+    import playwright  # noqa: F401
+except ImportError:  # the `browser` extra is not installed: nothing here can run
+    collect_ignore_glob = ["test_*.py"]
 
 CHROMIUM = Path(os.environ.get("AIGW_TEST_CHROMIUM") or "/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ui"
@@ -46,12 +52,6 @@ def chromium_executable() -> str:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(
             f"{CHROMIUM} is missing: run `make browser` (as root: apt-get install chromium)"
-        )
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        pytest.skip(
-            "Playwright is not installed: pip install -e '.[test,browser]' (make test does)"
         )
     return str(CHROMIUM)
 
