@@ -56,7 +56,7 @@ browser:  ## make sure the browser tests' Chromium is there (/usr/bin/chromium, 
 		echo "browser: installing Debian's chromium with apt-get"; \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
-		[ -x "$(CHROMIUM)" ]; \
+		[ -x "$(CHROMIUM)" ] || { echo "browser: no $(CHROMIUM) after apt-get install chromium" >&2; exit 1; }; \
 	else \
 		echo "browser: $(CHROMIUM) is missing; as root: apt-get install -y chromium (or CHROMIUM=/path/to/chromium make ...)" >&2; \
 		exit 1; \
