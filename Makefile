@@ -1,47 +1,102 @@
-# Two commands from a fresh clone: `make serve` and `make test`.
+# aigw from a fresh clone needs Python >= 3.11 and make. `make help` lists the targets.
+#
+# Two installs, each remembered by a stamp file in .venv and redone when
+# pyproject.toml changes:
+#   runtime   `pip install -e .`                   what `make serve` needs, nothing more
+#   dev       `pip install -e '.[test,browser]'`   tests, linters, Playwright (`make test*`, `make lint`)
+# The browser tests drive Debian's Chromium; `make browser` installs it (apt,
+# as root) and `make test` runs that step first. Nothing is installed from
+# inside the test run.
+#
+# Adding a target: one block `name: prerequisites  ## what it does` (the `##`
+# text is what `make help` shows), and its name in .PHONY.
+
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+CHROMIUM ?= /usr/bin/chromium
+# pytest-xdist processes for the suite; each starts its own embedded PostgreSQL.
+JOBS ?= 2
 
-.PHONY: serve test test-reliability lint openapi bench bench-quick clean replicas
+.DEFAULT_GOAL := help
+.PHONY: help serve test test-fast test-slow test-reliability browser lint typecheck openapi \
+	bench bench-quick clean replicas
+
+help:  ## list the targets
+	@echo "usage: make TARGET   (AIGW_HOST / AIGW_PORT choose where make serve listens)"
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z_-]+:[^#]*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# Installs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
 
-serve: $(STAMP)  ## migrate and serve on 127.0.0.1:8080 (embedded PostgreSQL unless AIGW_DATABASE_URL)
+$(DEV): $(RUNTIME)
+	$(PIP) install -e '.[test,browser]'
+	touch $@
+
+# Run
+
+serve: $(RUNTIME)  ## install the runtime only, migrate, serve on 127.0.0.1:8080 (embedded PostgreSQL unless AIGW_DATABASE_URL)
 	$(BIN)/aigw serve --host $${AIGW_HOST:-127.0.0.1} --port $${AIGW_PORT:-8080}
 
-test: $(STAMP)  ## lint, type-check and run the whole suite
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/mypy
+# Test
+
+browser:  ## make sure the browser tests' Chromium is there (/usr/bin/chromium, or CHROMIUM=...; else apt-get install chromium, as root)
+	@if [ -x "$(CHROMIUM)" ]; then \
+		echo "browser: $(CHROMIUM)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "browser: installing Debian's chromium with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+		[ -x "$(CHROMIUM)" ] || { echo "browser: no $(CHROMIUM) after apt-get install chromium" >&2; exit 1; }; \
+	else \
+		echo "browser: $(CHROMIUM) is missing; as root: apt-get install -y chromium (or CHROMIUM=/path/to/chromium make ...)" >&2; \
+		exit 1; \
+	fi
+
+test: $(DEV) browser  ## everything CI runs: lint, types, bandit, the whole suite (browser and slow runs too)
+	$(MAKE) --no-print-directory lint typecheck
 	$(BIN)/bandit -q -ll -c pyproject.toml -r src  # medium and high findings fail
-	$(BIN)/pytest -q --durations=10
+	AIGW_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -n $(JOBS) -m "not slow and not replicas" --durations=10
+	$(BIN)/pytest -q -m "slow and not replicas" --durations=5
 
-test-reliability: $(STAMP)  ## only the reliability and security proofs (also part of `make test`)
-	$(BIN)/pytest -q tests/reliability
+test-fast: $(DEV)  ## the inner loop: the suite without the browser tests and the slow load/fault runs
+	$(BIN)/pytest -q -n $(JOBS) -m "not browser and not slow"
 
-lint: $(STAMP)
+test-slow: $(DEV)  ## only the load and fault runs marked slow (part of make test)
+	$(BIN)/pytest -q -m "slow and not replicas" --durations=5
+
+test-reliability: $(DEV)  ## only the reliability and security proofs (part of make test)
+	$(BIN)/pytest -q -n $(JOBS) tests/reliability
+
+lint: $(DEV)  ## ruff: lint and format check
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-openapi: $(STAMP)  ## rewrite openapi.json from the app
+typecheck: $(DEV)  ## mypy
+	$(BIN)/mypy
+
+# Other
+
+openapi: $(RUNTIME)  ## rewrite openapi.json from the app
 	$(BIN)/python -m aigw.openapi > openapi.json
 
-bench: $(STAMP)
+bench: $(DEV)  ## the benchmark against the bare passthrough and LiteLLM (benchmarks/RESULTS.md)
 	$(BIN)/python -m benchmarks.run
 
-bench-quick: $(STAMP)
+bench-quick: $(DEV)  ## a one-minute benchmark run
 	$(BIN)/python -m benchmarks.run --quick
 
-clean:
+clean:  ## remove the venv and the tool caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-replicas: $(STAMP)  ## three gateways on one PostgreSQL behind HAProxy: budget, rolling restart, key change (tests/deploy/replicas.py)
+replicas: $(DEV)  ## three gateways on one PostgreSQL behind HAProxy: budget, rolling restart, key change (tests/deploy/replicas.py)
 	$(BIN)/python -m tests.deploy.replicas

@@ -10,6 +10,7 @@ from tests.deploy import replicas
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.replicas,
     pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed"),
 ]
 

@@ -201,6 +201,7 @@ def _fuzz(
         run()
 
 
+@pytest.mark.slow  # minutes of fuzzing: `make test` runs it, `make test-fast` does not
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     fuzzed_gateway: Gateway, fake: FakeUpstream
 ) -> None:

@@ -10,10 +10,13 @@ variables, and stable exit codes (see :mod:`aigw.cli.errors`).
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from aigw.cli import apply, keys, providers, server
 from aigw.cli.common import EXIT_CODES_EPILOG
+from aigw.cli.output import piped_width
 
 app = typer.Typer(
     name="aigw",
@@ -23,10 +26,23 @@ app = typer.Typer(
 )
 app.command()(server.serve)
 app.command()(server.migrate)
+app.command("admin-token")(server.admin_token)
 app.command("new-encryption-key")(server.new_encryption_key)
 app.command("rotate-keys")(server.rotate_keys)
 app.add_typer(keys.app, name="keys")
 app.add_typer(providers.app, name="providers")
 app.command("apply", epilog=EXIT_CODES_EPILOG)(apply.apply)
 
-__all__ = ["app"]
+
+def main() -> None:
+    """The ``aigw`` program. Piped, typer's help and usage errors get the same width
+    as the commands' own output instead of rich's 80-column guess."""
+    width = piped_width()
+    if width is not None and not os.environ.get("TERMINAL_WIDTH"):
+        import typer.rich_utils
+
+        typer.rich_utils.MAX_WIDTH = width  # typer's documented knob (TERMINAL_WIDTH)
+    app()
+
+
+__all__ = ["app", "main"]

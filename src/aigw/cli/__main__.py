@@ -1,5 +1,5 @@
 """``python -m aigw.cli``: what ``aigw serve`` runs ``migrate`` with in a child process."""
 
-from aigw.cli import app
+from aigw.cli import main
 
-app()
+main()

@@ -210,6 +210,11 @@ class AdminClient:
         response = self._request("GET", item_path(collection, item_id), retry=True)
         return cast(Record, _body(response))
 
+    def read(self, path: str, params: Mapping[str, Any] | None = None) -> Record:
+        """GET any document at *path* (e.g. a key's usage); ``None`` parameters are left out."""
+        response = self._request("GET", path, params=params, retry=True)
+        return cast(Record, _body(response))
+
     def create(
         self, collection: str, body: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> Record:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -21,6 +22,7 @@ from aigw.cli.common import (
     connect,
     secret_from_env,
 )
+from aigw.cli.errors import NotFoundError
 from aigw.cli.output import Column, Output, limit_text, status_text, when
 
 if TYPE_CHECKING:
@@ -267,3 +269,99 @@ def rotate_token(
         output.emit_json(rotated)
     else:
         output.token(rotated["token"])
+
+
+def _instant(value: str | None, option: str) -> str | None:
+    """*value* unchanged when it is an ISO 8601 date or time (the API's format)."""
+    if value is None:
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO 8601 date or time (e.g. 2026-12-01 or 2026-12-01T12:00:00Z)",
+            param_hint=option,
+        ) from None
+    return value
+
+
+def _usage_row(label: str, figures: Record) -> list[str]:
+    return [
+        label,
+        f"{figures['requests']:,}",
+        f"{figures['input_tokens']:,}",
+        f"{figures['output_tokens']:,}",
+        f"{figures['input_limit_exceeded']:,}",
+        f"{figures['output_limit_exceeded']:,}",
+    ]
+
+
+def _print_usage(output: Output, usage: Record) -> None:
+    from rich.table import Table
+
+    deleted = " (deleted)" if usage["deleted"] else ""
+    output.out.print(
+        Text(f"{usage['alias']}{deleted} ", style="bold")
+        + Text(f"{when(usage['from'])} to {when(usage['to'])} UTC", style="dim")
+    )
+    table = Table(header_style="bold", expand=False)
+    table.add_column("DAY")
+    for header in ("REQUESTS", "INPUT TOKENS", "OUTPUT TOKENS", "OVER INPUT", "OVER OUTPUT"):
+        table.add_column(header, justify="right")
+    active = [day for day in usage["days"] if day["requests"]]
+    for day in active:
+        table.add_row(*_usage_row(day["date"], day))
+    table.add_row(*_usage_row("total", usage["totals"]), style="bold", end_section=True)
+    output.out.print(table)
+    outcomes = usage["totals"]["by_outcome"]
+    output.out.print(
+        Text("outcomes: ", style="bold")
+        + Text(", ".join(f"{name} {figures['requests']:,}" for name, figures in outcomes.items()))
+    )
+    output.note(f"{len(active)} of {len(usage['days'])} days had requests", style="dim")
+
+
+@app.command("usage", epilog=EXIT_CODES_EPILOG)
+def key_usage(
+    ref: KeyRef,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="WHEN",
+            help="Start of the period, inclusive (ISO 8601; naive times are UTC). "
+            "Default: 30 days before --to.",
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="WHEN",
+            help="End of the period, exclusive (ISO 8601). Default: now. At most 366 days.",
+        ),
+    ] = None,
+    json_output: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+    admin_token_file: TokenFileOption = None,
+) -> None:
+    """Token usage of a key: totals, outcomes and the days with requests.
+
+    A deleted key's history stays readable by its id. With --json, stdout is the
+    API's usage document (GET /apikeys/{id}/usage), one bucket per UTC day.
+    """
+    params = {"from": _instant(start, "--from"), "to": _instant(end, "--to")}
+    output = Output(json_output)
+    with connect(output, url, admin_token_file) as client:
+        try:
+            key_id = KEYS.resolve(client, ref)["id"]
+        except NotFoundError:
+            # A deleted key is no longer found, but its history is, by id.
+            key_id = resource.as_uuid(ref)
+            if key_id is None:
+                raise
+        usage = client.read(item_path(KEYS.collection, key_id) + "/usage", params)
+    if json_output:
+        output.emit_json(usage)
+    else:
+        _print_usage(output, usage)

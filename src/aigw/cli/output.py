@@ -48,12 +48,16 @@ def when(value: str) -> str:
     return value.replace("T", " ")[:19]
 
 
-def _width() -> int | None:
-    """Rich's own choice on a terminal; when piped, wide enough that tables do
-    not fold ids (rich would assume 80 columns)."""
+PIPED_WIDTH = 200
+
+
+def piped_width() -> int | None:
+    """Rich's own choice on a terminal (or with ``COLUMNS``); when piped, wide
+    enough that tables do not fold ids and help is not cut into 80 columns
+    (rich would assume 80)."""
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
         return None
-    return 200
+    return PIPED_WIDTH
 
 
 class Output:
@@ -61,8 +65,8 @@ class Output:
 
     def __init__(self, json_mode: bool) -> None:
         self.json_mode = json_mode
-        self.out = Console(highlight=False, width=_width())
-        self.err = Console(stderr=True, highlight=False)
+        self.out = Console(highlight=False, width=piped_width(), soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def emit_json(self, payload: Any) -> None:
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

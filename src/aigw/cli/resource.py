@@ -91,7 +91,7 @@ class Resource:
 
     def resolve(self, client: AdminClient, ref: str) -> Record:
         """By id, or by name when *ref* is not an id (or nothing has that id)."""
-        as_id = _as_uuid(ref)
+        as_id = as_uuid(ref)
         if as_id is not None:
             try:
                 return client.get(self.collection, as_id)
@@ -114,7 +114,8 @@ class Resource:
         output.record(record, self.details)
 
 
-def _as_uuid(value: str) -> str | None:
+def as_uuid(value: str) -> str | None:
+    """*value* as a canonical UUID string, or None when it is not one."""
     try:
         return str(uuid.UUID(value.strip()))
     except ValueError:

@@ -1,5 +1,5 @@
-"""``aigw serve | migrate | new-encryption-key | rotate-keys``: run the gateway
-and administer its database directly (not over HTTP).
+"""``aigw serve | migrate | admin-token | new-encryption-key | rotate-keys``: run
+the gateway and administer it on this machine (not over HTTP).
 
 ``serve``, ``migrate`` and ``rotate-keys`` start an embedded PostgreSQL in the
 data folder when ``AIGW_DATABASE_URL`` is not set.
@@ -8,12 +8,16 @@ data folder when ``AIGW_DATABASE_URL`` is not set.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import shutil
 import signal
+import socket
 import subprocess  # nosec B404 - runs only our own migrate command
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -27,7 +31,7 @@ from aigw.config import (
     resolve_generated_secrets,
 )
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line, even when piped
 
 
 @contextmanager
@@ -64,24 +68,22 @@ def serve(
     """Migrate the database and serve the gateway (admin API, console, proxy)."""
     import uvicorn
 
+    from aigw.db.revision import schema_is_current
     from aigw.httpserver import BoundedHttpToolsProtocol
     from aigw.logging import configure_logging
 
+    _refuse_busy_address(host, port)
     settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format)
     with database(settings) as url:
-        _migrate_in_child(url)
+        if not asyncio.run(schema_is_current(url)):
+            _migrate_in_child(url)
         _refuse_unusable_key_ring(settings, url)
         # Workers re-read settings from the environment; the data folder gives
         # them the same generated secrets.
         os.environ["AIGW_DATABASE_URL"] = url
         os.environ["AIGW_DATA_DIR"] = str(settings.data_dir)
-        if not os.environ.get("AIGW_ADMIN_TOKEN"):
-            err.print(
-                f"admin token: in [bold]{settings.data_dir / ADMIN_TOKEN_FILE}[/] "
-                "(set AIGW_ADMIN_TOKEN to choose your own)"
-            )
-        err.print(f"console: http://{host}:{port}/ui   proxy: http://{host}:{port}/v1")
+        _print_next_steps(host, port, settings)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the
         # signal to the handler installed before it; make that handler a clean
         # exit so the embedded PostgreSQL above is stopped on the way out.
@@ -108,6 +110,66 @@ def serve(
             DrainingServer(config, settings.shutdown_drain).run()
         else:
             uvicorn.run("aigw.main:create_app", **options)  # type: ignore[arg-type]
+
+
+def _refuse_busy_address(host: str, port: int) -> None:
+    """Bind *host*:*port* the way uvicorn will, and let go: when that fails, say so
+    in one line and exit 2 before anything starts (no embedded PostgreSQL, no
+    migration, no "ready" followed by a bind error)."""
+    # uvicorn's own choice (Config.bind_socket): IPv6 when the host has a colon.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "is already in use (another aigw serve, or another program)"
+        elif exc.errno == errno.EACCES:
+            why = "needs privileges this user lacks (ports below 1024)"
+        else:
+            why = f"cannot be bound: {exc.strerror or exc}"
+        err.print(
+            f"[red]cannot serve:[/] {host}:{port} {why}. Nothing was started; "
+            "choose another port with --port (make serve: AIGW_PORT=8081 make serve)."
+        )
+        raise typer.Exit(2) from None
+
+
+def _browsable(host: str) -> str:
+    """The host part of a URL a browser on this machine can open."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104  # nosec B104 - a comparison, not a bind
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _print_next_steps(host: str, port: int, settings: Settings) -> None:
+    """What a new user does next: open the console with the admin token, use the CLI."""
+    base = f"http://{_browsable(host)}:{port}"
+    if os.environ.get("AIGW_ADMIN_TOKEN"):
+        where = "the value of AIGW_ADMIN_TOKEN"
+    else:
+        where = f"{settings.data_dir / ADMIN_TOKEN_FILE} (print it: aigw admin-token)"
+    bin_dir = Path(sys.executable).parent
+    lines = [
+        f"console:     {base}/ui  (sign in with the admin token)",
+        f"admin token: {where}",
+        f"proxy:       {base}/v1  (OpenAI SDKs: base_url, with a key's client token)",
+    ]
+    on_path = shutil.which("aigw")
+    if on_path is None or Path(on_path).parent.resolve() != bin_dir.resolve():
+        shown = _relative(bin_dir)
+        activate = bin_dir / "activate"
+        how = f". {shown}/activate" if activate.exists() else f'export PATH="{bin_dir}:$PATH"'
+        lines.append(f"CLI:         {shown}/aigw --help, or run `{how}` to put aigw on PATH")
+    err.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _migrate_in_child(url: str) -> None:
@@ -166,8 +228,54 @@ def migrate() -> None:
     err.print("[green]database is up to date[/]")
 
 
+def admin_token(
+    path: Annotated[
+        bool, typer.Option("--path", help="Print where the token is kept instead of the token.")
+    ] = False,
+) -> None:
+    """Print the admin token for the console, the admin API and the CLI.
+
+    The token comes from AIGW_ADMIN_TOKEN when that is set, else from the data
+    folder (AIGW_DATA_DIR) where the first `aigw serve` generated it. Only the
+    token goes to stdout, so this works: export AIGW_ADMIN_TOKEN=$(aigw admin-token)
+    """
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        err.print(f"[red]invalid configuration:[/]\n{exc}")
+        raise typer.Exit(2) from None
+    file = settings.data_dir / ADMIN_TOKEN_FILE
+    if path:
+        if settings.admin_token is not None:
+            err.print("note: AIGW_ADMIN_TOKEN is set; it wins over the file", highlight=False)
+        typer.echo(str(file))
+        return
+    if settings.admin_token is not None:
+        typer.echo(settings.admin_token.get_secret_value())
+        return
+    try:
+        token = file.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    except OSError as exc:
+        err.print(f"[red]cannot read {file}:[/] {exc.strerror}", highlight=False)
+        raise typer.Exit(1) from None
+    if not token:
+        err.print(
+            f"no admin token in {file} yet: start the gateway once (make serve, or aigw serve), "
+            "or set AIGW_ADMIN_TOKEN (and AIGW_DATA_DIR if the gateway uses another data folder)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(token)
+
+
 def new_encryption_key() -> None:
-    """Print a fresh ``kid:base64key`` entry for AIGW_ENCRYPTION_KEYS."""
+    """Print a fresh kid:base64key entry for AIGW_ENCRYPTION_KEYS."""
     typer.echo(new_encryption_key_entry())
 
 

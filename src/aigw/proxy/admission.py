@@ -286,7 +286,13 @@ async def _receive_body(receive: Receive) -> bytes:
 
 
 def key_headers(key: ResolvedKey, entry: UsageEntry) -> list[tuple[bytes, bytes]]:
-    """The ``x-aigw-*`` headers every answer to a resolved key carries."""
+    """The ``x-aigw-*`` headers every answer to a resolved key carries, and
+    ``x-aigw-input-tokens`` once the prompt was counted. A counted prompt is never
+    0 tokens (every reply is primed with 3), so 0 means a refusal came before the
+    count (disabled key, model not allowed, malformed body) and the header would
+    read as "your prompt was 0 tokens"."""
+    if entry.input_tokens <= 0:
+        return list(key.limit_headers)
     return [(b"x-aigw-input-tokens", str(entry.input_tokens).encode()), *key.limit_headers]
 
 

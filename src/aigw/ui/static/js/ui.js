@@ -552,7 +552,7 @@ export async function withBusy(button, work) {
   }
 }
 
-/** Breadcrumbs: [["AI Gateway", "#/keys"], ["AI APIKEY"]] — the last one is the current page. */
+/** Breadcrumbs: [["AI Gateway", "#/keys"], ["AI API Keys"]] — the last one is the current page. */
 export function crumbs(items) {
   return h(
     "nav",

@@ -34,7 +34,7 @@ function notFound(main, id) {
   document.title = "Key not found · AI Gateway";
   main.append(
     pageHeader({
-      trail: [["AI Gateway", "#/keys"], ["AI APIKEY", "#/keys"], ["Not found"]],
+      trail: [["AI Gateway", "#/keys"], ["AI API Keys", "#/keys"], ["Not found"]],
       title: "AI API key not found",
       subtitle: `No AI API key has the id ${id}. It may have been deleted.`,
       actions: [h("a", { class: "btn", href: "#/keys" }, "Back to the list")],
@@ -167,7 +167,7 @@ export async function renderKeyDetail(main, ctx) {
 
   main.append(
     pageHeader({
-      trail: [["AI Gateway", "#/keys"], ["AI APIKEY", "#/keys"], [key.alias]],
+      trail: [["AI Gateway", "#/keys"], ["AI API Keys", "#/keys"], [key.alias]],
       title: key.alias,
       titleExtra: statusBadge(key.status),
       subtitle: providerModelLabel(key.provider, key.model),

@@ -1,6 +1,9 @@
-// Create and edit an AI API key. The form is `novalidate`: the API is the one
-// judge of validity, and its 422 `errors[].field` are shown next to their
-// fields. Edits send only what changed, with If-Match on the version read.
+// Create and edit an AI API key. The form is `novalidate` so every message
+// looks the same: what the page can see for itself (a required field left
+// blank, a limit out of range) is shown before anything is sent, in the shape
+// of the API's 422; the API stays the judge of the rest, and its
+// `errors[].field` are shown next to their fields. Edits send only what
+// changed, with If-Match on the version read.
 
 import { ApiError, api } from "../api.js";
 import { KIND_LABELS, h, icon } from "../dom.js";
@@ -240,11 +243,11 @@ export async function renderKeyForm(main, ctx) {
     trail: editing
       ? [
           ["AI Gateway", "#/keys"],
-          ["AI APIKEY", "#/keys"],
+          ["AI API Keys", "#/keys"],
           [key.alias, detailHref],
           ["Edit"],
         ]
-      : [["AI Gateway", "#/keys"], ["AI APIKEY", "#/keys"], ["Create"]],
+      : [["AI Gateway", "#/keys"], ["AI API Keys", "#/keys"], ["Create"]],
     title: editing ? `Edit ${key.alias}` : "Create AI API key",
     subtitle: editing
       ? "Changes apply to the proxy within a second. Fields marked * are required."
@@ -296,6 +299,41 @@ export async function renderKeyForm(main, ctx) {
     return changes;
   }
 
+  /** Problems the page can see without asking the server, as the API would word them. */
+  function problemsInPage() {
+    const problems = [];
+    const missing = (name) => problems.push({ field: name, type: "missing", message: "Field required" });
+    if (alias.control.value.trim() === "") missing("alias");
+    if (pmSelect.value === "") missing("provider_model");
+    if (!editing && keyCodeInput.value === "") missing("key_code");
+    for (const [name, control, required] of [
+      ["input_limit", inputLimit.control, true],
+      ["output_limit", outputLimit.control, false],
+    ]) {
+      const value = readNumber(control);
+      if (value === undefined) {
+        if (required) missing(name);
+      } else if (Number.isNaN(value) || !Number.isInteger(value)) {
+        problems.push({ field: name, type: "int_parsing", message: "Enter a whole number" });
+      } else if (value < Number(control.min)) {
+        problems.push({ field: name, type: "greater_than_equal", message: `Input should be greater than or equal to ${control.min}` });
+      } else if (value > Number(control.max)) {
+        problems.push({ field: name, type: "less_than_equal", message: `Input should be less than or equal to ${control.max}` });
+      }
+    }
+    return problems;
+  }
+
+  function focusFirstProblem(summary) {
+    const firstInvalid = form.querySelector('[aria-invalid="true"]');
+    const target = firstInvalid
+      ? firstInvalid.matches("fieldset")
+        ? firstInvalid.querySelector("input")
+        : firstInvalid
+      : summary;
+    target.focus();
+  }
+
   function showStale() {
     errors.clear();
     const reload = h(
@@ -327,6 +365,11 @@ export async function renderKeyForm(main, ctx) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     errors.clear();
+    const problems = problemsInPage();
+    if (problems.length) {
+      focusFirstProblem(errors.show(new ApiError(422, { title: "Check the form", errors: problems })));
+      return;
+    }
     const body = readBody();
     if (editing && Object.keys(body).length === 0) {
       toast("Nothing changed");
@@ -362,14 +405,7 @@ export async function renderKeyForm(main, ctx) {
           );
           return;
         }
-        const summary = errors.show(error);
-        const firstInvalid = form.querySelector('[aria-invalid="true"]');
-        const target = firstInvalid
-          ? firstInvalid.matches("fieldset")
-            ? firstInvalid.querySelector("input")
-            : firstInvalid
-          : summary;
-        target.focus();
+        focusFirstProblem(errors.show(error));
       }
     });
   });

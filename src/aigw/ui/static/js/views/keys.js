@@ -177,7 +177,7 @@ export async function renderKeyList(main, ctx) {
 
   main.append(
     pageHeader({
-      trail: [["AI Gateway", "#/keys"], ["AI APIKEY"]],
+      trail: [["AI Gateway", "#/keys"], ["AI API Keys"]],
       title: "AI API Keys",
       subtitle:
         "Each key unlocks one provider model for your applications, within the token limits you set.",
