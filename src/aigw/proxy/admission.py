@@ -12,6 +12,7 @@ and ``stream_options.include_usage`` on streams).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +162,29 @@ class Admitted:
     decision: Decision
     injected_max: bool
     response_headers: list[tuple[bytes, bytes]]
+    #: The exact input count still running (admitted on the size bound alone).
+    pending_count: asyncio.Future[counting.InputCount] | None = None
+
+    async def settle_count(self, entry: UsageEntry) -> None:
+        """Wait for a count still running and put it in *entry* and the
+        ``x-aigw-input-tokens`` header (call before the answer starts)."""
+        if self.pending_count is None:
+            return
+        counted = await asyncio.shield(self.pending_count)
+        self.pending_count = None
+        entry.input_tokens = counted.tokens
+        self.response_headers[:] = [
+            (name, str(counted.tokens).encode())
+            if name == b"x-aigw-input-tokens"
+            else (name, value)
+            for name, value in self.response_headers
+        ]
+
+
+def _record_count(done: asyncio.Future[counting.InputCount], entry: UsageEntry) -> None:
+    # The record gets the exact count even when the answer ended before it was read.
+    if not done.cancelled() and done.exception() is None:
+        entry.input_tokens = done.result().tokens
 
 
 @dataclass(slots=True)
@@ -169,6 +193,17 @@ class Admission:
 
     encoders: counting.Encoders
     max_tokenize_chars: int
+
+    async def _count(
+        self, body: dict[str, Any], encoding: Any, body_bytes: int
+    ) -> counting.InputCount:
+        return await counting.count_chat_input_async(
+            body,
+            encoding,
+            max_chars=self.max_tokenize_chars,
+            body_bytes=body_bytes,
+            executor=self.encoders.executor,
+        )
 
     async def admit(
         self,
@@ -210,14 +245,24 @@ class Admission:
         given = [value for value in requested if value is not None]
         requested_max = max(given) if given else None
 
-        counted = await counting.count_chat_input_async(
-            body,
-            await self.encoders.aget(key.encoding),
-            max_chars=self.max_tokenize_chars,
-            executor=self.encoders.executor,
-        )
-        input_tokens = entry.input_tokens = counted.tokens
-        decision = decide(key.limits, input_tokens, requested_max, input_exact=counted.exact)
+        encoding = await self.encoders.aget(key.encoding)
+        bound = counting.input_upper_bound(raw, key.model)
+        deferred = key.limits.input_limit <= 0 or bound <= key.limits.input_limit
+        if deferred:
+            # The size alone proves the request within the limit: admitted at
+            # once, counted exactly for the record while the upstream answers
+            # (started below, once the gateway's edits to the body are done).
+            counted = counting.InputCount(0)
+        else:
+            counted = await self._count(body, encoding, len(raw))
+            entry.input_tokens = counted.tokens
+        decision = decide(key.limits, counted.tokens, requested_max, input_exact=counted.exact)
+        if deferred and decision.rejection is not None:
+            # Refused for its output bound: the record still gets the exact input.
+            counted = await self._count(body, encoding, len(raw))
+            entry.input_tokens = counted.tokens
+            deferred = False
+        input_tokens = counted.tokens
         entry.input_limit_exceeded = decision.input_exceeded
         entry.output_limit_exceeded = decision.output_exceeded
         if decision.rejection == INPUT_LIMIT_EXCEEDED:
@@ -252,9 +297,15 @@ class Admission:
         exceeded = decision.exceeded_header()
         if exceeded:
             response_headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
+        upstream_body = adapter.encode_request(body, raw, modified)
+        pending: asyncio.Future[counting.InputCount] | None = None
+        if deferred:
+            pending = asyncio.ensure_future(self._count(body, encoding, len(raw)))
+            pending.add_done_callback(lambda done: _record_count(done, entry))
         return Admitted(
+            pending_count=pending,
             body=body,
-            upstream_body=adapter.encode_request(body, raw, modified),
+            upstream_body=upstream_body,
             stream=stream,
             client_wants_usage=client_wants_usage,
             decision=decision,

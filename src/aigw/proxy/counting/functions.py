@@ -159,9 +159,11 @@ class _Renderer:
         if not isinstance(properties, Mapping):
             return ""
         required = schema.get("required")
-        required = frozenset(r for r in required if isinstance(r, str)) if isinstance(
-            required, list
-        ) else frozenset()
+        required = (
+            frozenset(r for r in required if isinstance(r, str))
+            if isinstance(required, list)
+            else frozenset()
+        )
         pad = " " * indent
         lines = []
         for index, (name, prop) in enumerate(properties.items()):
@@ -224,7 +226,9 @@ class _Renderer:
             if len(kinds) <= 1:
                 return rendered_enum
             kinds = [k for k in kinds if k not in ("string", "number", "integer")]
-            return " | ".join([rendered_enum, *(self.kind(schema, k, indent, depth) for k in kinds)])
+            return " | ".join(
+                [rendered_enum, *(self.kind(schema, k, indent, depth) for k in kinds)]
+            )
         if not kinds:
             return "any"
         # Each kind reads a different part of the node (properties, items), so

@@ -60,7 +60,7 @@ import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
 import tiktoken
@@ -76,6 +76,9 @@ DEFAULT_MAX_TOKENIZE_CHARS: Final = 2_000_000
 # Below this many characters a prompt is tokenized inline: ~1 ms of CPU costs
 # less than a hop to a thread and back.
 INLINE_TOKENIZE_CHARS: Final = 50_000
+# A request body up to this size is walked and counted inline (well under a
+# millisecond); a larger one in the tokenizer threads.
+INLINE_BODY_BYTES: Final = 32 * 1024
 
 _REPLY_PRIMING = 3
 _FUNCTIONS_OVERHEAD = 9
@@ -183,6 +186,8 @@ async def count_chat_input_async(
     encoding: tiktoken.Encoding,
     *,
     max_chars: int = DEFAULT_MAX_TOKENIZE_CHARS,
+    body_bytes: int | None = None,
+    inline_bytes: int = INLINE_BODY_BYTES,
     inline_chars: int = INLINE_TOKENIZE_CHARS,
     executor: Executor | None = None,
 ) -> InputCount:
@@ -190,15 +195,30 @@ async def count_chat_input_async(
     characters of text (beyond that the count is a lower bound), and without
     stalling the event loop.
 
-    Prompts of at most *inline_chars* characters are counted inline; larger
-    ones in *executor* (``Encoders.executor``; ``None``: the loop's default),
-    where tiktoken runs without the GIL.
+    With *body_bytes* (the size of the request as received), a body of at
+    most *inline_bytes* is counted inline and a larger one entirely in
+    *executor* (``Encoders.executor``; ``None``: the loop's default): walking
+    the body costs time linear in its size too, so nothing that grows with
+    the body runs on the loop. Without it, the body is walked inline and
+    prompts over *inline_chars* characters are tokenized in *executor*.
     """
+    loop = asyncio.get_running_loop()
+    if body_bytes is not None:
+        if body_bytes <= inline_bytes:
+            return _count(_collect(request_body), encoding, max_chars)
+        return await loop.run_in_executor(
+            executor, _collect_and_count, request_body, encoding, max_chars
+        )
     prompt = _collect(request_body)
     if prompt.chars <= inline_chars:
         return _count(prompt, encoding, max_chars)
-    loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, _count, prompt, encoding, max_chars)
+
+
+def _collect_and_count(
+    body: Mapping[str, Any], encoding: tiktoken.Encoding, max_chars: int
+) -> InputCount:
+    return _count(_collect(body), encoding, max_chars)
 
 
 def _count(prompt: _Prompt, encoding: tiktoken.Encoding, max_chars: int) -> InputCount:
@@ -278,7 +298,16 @@ class _Collector:
     rule or, when unknown, as its JSON text (see docs/proxy.md, "Input
     counting")."""
 
-    __slots__ = ("_body", "fixed", "model", "parallel_ids", "rules", "texts", "tool_names", "unshown")
+    __slots__ = (
+        "_body",
+        "fixed",
+        "model",
+        "parallel_ids",
+        "rules",
+        "texts",
+        "tool_names",
+        "unshown",
+    )
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         self.texts: list[str] = []
@@ -352,6 +381,7 @@ class _Collector:
                 texts.append(role)
             elif role is not None:
                 self._json(role)
+                role = None
             is_system = role in _SYSTEM_ROLES
             has_system = has_system or is_system
             # With functions, the first system message carries a trailing newline
@@ -362,7 +392,11 @@ class _Collector:
             content = message.get("content")
             if role == "tool" and isinstance(content, str):
                 call_id = message.get("tool_call_id")
-                if rules.parallel_results_as_json and call_id in self.parallel_ids:
+                if (
+                    rules.parallel_results_as_json
+                    and _is_id(call_id)
+                    and call_id in self.parallel_ids
+                ):
                     # Results of parallel calls are fed back as JSON strings
                     # (\uXXXX escapes for non-ASCII), thread 1375117.
                     content = json.dumps(content)
@@ -385,7 +419,8 @@ class _Collector:
         return has_system
 
     def _name(self, message: Mapping[str, Any], role: object, name: str) -> None:
-        if role == "tool" and self.tool_names.get(message.get("tool_call_id")) == name:  # type: ignore[arg-type]
+        call_id = message.get("tool_call_id")
+        if role == "tool" and _is_id(call_id) and self.tool_names.get(call_id) == name:
             # The function's name was counted with its call (chrisdinn/tokens, issue #5 case).
             self.fixed += 1
             return
@@ -423,7 +458,11 @@ class _Collector:
                 image = part.get("image_url")
                 self.fixed += image_part_tokens(image, self.model)
                 url = image.get("url") if isinstance(image, Mapping) else image
-                if isinstance(url, str) and not url.startswith("data:") and len(url) > _FREE_URL_CHARS:
+                if (
+                    isinstance(url, str)
+                    and not url.startswith("data:")
+                    and len(url) > _FREE_URL_CHARS
+                ):
                     texts.append(url)
                 if isinstance(image, Mapping):
                     self._extra(image, ("url", "detail"))
@@ -500,8 +539,10 @@ class _Collector:
         if isinstance(choice, Mapping):
             function = choice.get("function")
             name = function.get("name") if isinstance(function, Mapping) else choice.get("name")
-            if isinstance(name, str) and len(choice) <= 2 and (
-                not isinstance(function, Mapping) or len(function) == 1
+            if (
+                isinstance(name, str)
+                and len(choice) <= 2
+                and (not isinstance(function, Mapping) or len(function) == 1)
             ):
                 self.texts.append(name)
                 self.fixed += self.rules.forced_function
@@ -558,7 +599,7 @@ def _compact_arguments(arguments: str) -> str:
     return compact_json(value)
 
 
-def _is_id(value: object) -> bool:
+def _is_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) <= _FREE_ID_CHARS
 
 
@@ -570,9 +611,7 @@ def _is_setting(value: object) -> bool:
     if isinstance(value, str):
         return len(value) <= _FREE_SETTING_CHARS
     if isinstance(value, list):
-        return len(value) <= _FREE_SETTING_ITEMS and all(
-            _is_scalar_setting(v) for v in value
-        )
+        return len(value) <= _FREE_SETTING_ITEMS and all(_is_scalar_setting(v) for v in value)
     if isinstance(value, Mapping):
         return len(value) <= _FREE_SETTING_ITEMS and all(
             len(k) <= _FREE_SETTING_CHARS and _is_scalar_setting(v) for k, v in value.items()
