@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -45,6 +46,7 @@ MAX_OUTPUT_TOKENS = 10_000_000
 # Models that take only ``max_completion_tokens`` (OpenAI reasoning models).
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
 _JSON = b"application/json"
+_T = TypeVar("_T")
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -117,6 +119,15 @@ def _validate(body: Any) -> None:
     if model is not None and not isinstance(model, str):
         raise InvalidRequest("'model' must be a string", param="model")
     _optional_int(body, "n", 1, 128)
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidJson() from None
+    _validate(body)
+    return body
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -194,6 +205,13 @@ class Admission:
     encoders: counting.Encoders
     max_tokenize_chars: int
 
+    async def _off_loop(self, raw: bytes, work: Callable[..., _T], *args: Any) -> _T:
+        # Work that grows with the body (parsing, checking, re-serialising) runs
+        # in the tokenizer threads for bodies past the inline size (issue 10).
+        if len(raw) <= counting.INLINE_BODY_BYTES:
+            return work(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.encoders.executor, work, *args)
+
     async def _count(
         self, body: dict[str, Any], encoding: Any, body_bytes: int
     ) -> counting.InputCount:
@@ -224,11 +242,7 @@ class Admission:
         if not _content_type_ok(headers):
             raise UnsupportedMediaType()
         raw = await _read_body(receive)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise InvalidJson() from None
-        _validate(body)
+        body = await self._off_loop(raw, _parse, raw)
         model = body.get("model")
         if model is None:
             body["model"] = key.model
@@ -297,7 +311,7 @@ class Admission:
         exceeded = decision.exceeded_header()
         if exceeded:
             response_headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
-        upstream_body = adapter.encode_request(body, raw, modified)
+        upstream_body = await self._off_loop(raw, adapter.encode_request, body, raw, modified)
         pending: asyncio.Future[counting.InputCount] | None = None
         if deferred:
             pending = asyncio.ensure_future(self._count(body, encoding, len(raw)))

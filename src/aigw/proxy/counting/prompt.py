@@ -177,8 +177,7 @@ def count_chat_input(request_body: Mapping[str, Any], encoding: tiktoken.Encodin
     counted with *encoding*. Exact, with no size cap; never raises on
     malformed bodies (unknown shapes count as nothing)."""
     prompt = _collect(request_body)
-    encode = encoding.encode_ordinary
-    return prompt.fixed + sum(_text_tokens(encode, text) for text in prompt.texts)
+    return prompt.fixed + _texts_tokens(encoding, prompt.texts)
 
 
 async def count_chat_input_async(
@@ -225,7 +224,7 @@ def _count(prompt: _Prompt, encoding: tiktoken.Encoding, max_chars: int) -> Inpu
     encode = encoding.encode_ordinary
     tokens = prompt.fixed
     if prompt.chars <= max_chars:
-        return InputCount(tokens + sum(_text_tokens(encode, text) for text in prompt.texts))
+        return InputCount(tokens + _texts_tokens(encoding, prompt.texts))
     budget = max_chars
     for text in prompt.texts:
         if len(text) <= budget:
@@ -238,6 +237,13 @@ def _count(prompt: _Prompt, encoding: tiktoken.Encoding, max_chars: int) -> Inpu
             budget -= cut
         tokens += -(-(len(text) - cut) // MAX_TOKEN_BYTES)
     return InputCount(tokens, exact=False)
+
+
+def _texts_tokens(encoding: tiktoken.Encoding, texts: list[str]) -> int:
+    # Joining texts to save calls was measured: no gain (tiktoken's cost is per
+    # character, ~2 us per call on top), so each text is encoded on its own.
+    encode = encoding.encode_ordinary
+    return sum(_text_tokens(encode, text) for text in texts if text)
 
 
 # Longer texts are encoded in segments cut where counts add up exactly:
