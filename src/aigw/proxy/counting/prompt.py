@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ _FREE_SETTING_CHARS = 64
 _FREE_SETTING_ITEMS = 64
 # A remote image URL is not shown to the model; a longer one is counted as text.
 _FREE_URL_CHARS = 2048
+_YIELD_EVERY = 512
 
 # Top-level fields with their own rule in _Collector.
 _BODY_RULES = frozenset({"messages", "model", "tool_choice", "function_call"})
@@ -377,7 +379,11 @@ class _Collector:
         pad_system = functions
         has_system = False
         texts = self.texts
-        for message in messages:
+        for index, message in enumerate(messages):
+            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                # Walking a huge body in a worker thread holds the GIL; hand it to
+                # the event loop now and then rather than every 5 ms.
+                time.sleep(0)
             if not isinstance(message, Mapping):
                 self._json(message)
                 continue
@@ -463,6 +469,8 @@ class _Collector:
             elif kind == "image_url":
                 image = part.get("image_url")
                 self.fixed += image_part_tokens(image, self.model)
+                # Reading an image header takes up to ~1 ms of GIL: let the loop in.
+                time.sleep(0)
                 url = image.get("url") if isinstance(image, Mapping) else image
                 if (
                     isinstance(url, str)
