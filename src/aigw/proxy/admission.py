@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -58,9 +59,6 @@ MAX_OUTPUT_TOKENS = 10_000_000
 # Models that take only ``max_completion_tokens`` (OpenAI reasoning models).
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
 _JSON = b"application/json"
-# Bodies up to this size are checked for ambiguous names inline; larger ones on
-# the counting executor (a second parse grows with the body).
-_INLINE_NAME_CHECK = 64 * 1024
 
 # Member names the gateway (or a provider translation) reads, per object it reads
 # them in: a case variant of one of these could be read by an upstream in its place.
@@ -186,6 +184,9 @@ def ambiguous_names(raw: bytes, body: dict[str, Any]) -> str | None:
     return None
 
 
+_T = TypeVar("_T")
+
+
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     """The credentials of an ``Authorization: Bearer …`` header (``None``: absent,
     another scheme, or empty)."""
@@ -258,6 +259,29 @@ def _validate(body: Any) -> None:
     _optional_int(body, "n", 1, 128)
 
 
+def _parse(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidJson() from None
+    _validate(body)
+    return body
+
+
+def _parse_unambiguous(raw: bytes) -> dict[str, Any]:
+    """Parse and check *raw*, refusing a member name an upstream could read
+    differently from the gateway (issue 10: what is checked is what is sent)."""
+    body = _parse(raw)
+    ambiguous = ambiguous_names(raw, body)
+    if ambiguous is not None:
+        raise AmbiguousField(
+            f"The member name '{ambiguous[:100]}' is a duplicate or a case variant of "
+            "a field this gateway checks; send each field once, spelled exactly",
+            param=ambiguous[:100],
+        )
+    return body
+
+
 async def _read_body(receive: Receive) -> bytes:
     try:
         return await _receive_body(receive)
@@ -309,6 +333,27 @@ class Admitted:
     response_headers: list[tuple[bytes, bytes]]
     # The request's budget/rate standing (aigw.budgets); the pipeline settles it.
     hold: Hold | None = None
+    #: The exact input count still running (admitted on the size bound alone).
+    pending_count: asyncio.Future[counting.InputCount] | None = None
+
+    async def settle_count(self, entry: UsageEntry) -> None:
+        """Wait for a count still running and put it in *entry* and the
+        ``x-aigw-input-tokens`` header (call before the answer starts)."""
+        if self.pending_count is None:
+            return
+        counted = await asyncio.shield(self.pending_count)
+        self.pending_count = None
+        entry.input_tokens = counted.tokens
+        self.response_headers[:] = [
+            (b"x-aigw-input-tokens", str(counted.tokens).encode()),
+            *(item for item in self.response_headers if item[0] != b"x-aigw-input-tokens"),
+        ]
+
+
+def _record_count(done: asyncio.Future[counting.InputCount], entry: UsageEntry) -> None:
+    # The record gets the exact count even when the answer ended before it was read.
+    if not done.cancelled() and done.exception() is None:
+        entry.input_tokens = done.result().tokens
 
 
 @dataclass(slots=True)
@@ -320,6 +365,24 @@ class Admission:
     limiter: Limiter | None = None
     # Asks the provider's own counter where it is set to (input_counting: upstream).
     upstream_counter: UpstreamCounter | None = None
+
+    async def _off_loop(self, raw: bytes, work: Callable[..., _T], *args: Any) -> _T:
+        # Work that grows with the body (parsing, checking, re-serialising) runs
+        # in the tokenizer threads for bodies past the inline size (issue 10).
+        if len(raw) <= counting.INLINE_BODY_BYTES:
+            return work(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.encoders.executor, work, *args)
+
+    async def _count(
+        self, body: dict[str, Any], encoding: Any, body_bytes: int
+    ) -> counting.InputCount:
+        return await counting.count_chat_input_async(
+            body,
+            encoding,
+            max_chars=self.max_tokenize_chars,
+            body_bytes=body_bytes,
+            executor=self.encoders.executor,
+        )
 
     async def admit(
         self,
@@ -340,24 +403,7 @@ class Admission:
         if not _content_type_ok(headers):
             raise UnsupportedMediaType()
         raw = await _read_body(receive)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise InvalidJson() from None
-        _validate(body)
-        if len(raw) <= _INLINE_NAME_CHECK:
-            ambiguous = ambiguous_names(raw, body)
-        else:
-            loop = asyncio.get_running_loop()
-            ambiguous = await loop.run_in_executor(
-                self.encoders.executor, ambiguous_names, raw, body
-            )
-        if ambiguous is not None:
-            raise AmbiguousField(
-                f"The member name '{ambiguous[:100]}' is a duplicate or a case variant of "
-                "a field this gateway checks; send each field once, spelled exactly",
-                param=ambiguous[:100],
-            )
+        body = await self._off_loop(raw, _parse_unambiguous, raw)
         model = body.get("model")
         if model is None:
             body["model"] = key.model
@@ -374,16 +420,31 @@ class Admission:
         given = [value for value in requested if value is not None]
         requested_max = max(given) if given else None
 
-        counted = await counting.count_chat_input_async(
-            body,
-            await self.encoders.aget(key.encoding),
-            max_chars=self.max_tokenize_chars,
-            executor=self.encoders.executor,
+        encoding = await self.encoders.aget(key.encoding)
+        bound = counting.input_upper_bound(raw, key.model)
+        # The size alone can prove the request within the limit: admitted at once,
+        # counted exactly for the record while the upstream answers. Not for keys
+        # whose budget reserves the input (it must know it now), nor where the
+        # provider's own counter is to decide.
+        deferred = (
+            (key.limits.input_limit <= 0 or bound <= key.limits.input_limit)
+            and key.budget is None
+            and not (self.upstream_counter is not None and self.upstream_counter.applies(key))
         )
-        if self.upstream_counter is not None:
-            counted = await self.upstream_counter.judge(key, adapter, body, counted, entry)
-        input_tokens = entry.input_tokens = counted.tokens
-        decision = decide(key.limits, input_tokens, requested_max, input_exact=counted.exact)
+        if deferred:
+            counted = counting.InputCount(0)
+        else:
+            counted = await self._count(body, encoding, len(raw))
+            if self.upstream_counter is not None:
+                counted = await self.upstream_counter.judge(key, adapter, body, counted, entry)
+            entry.input_tokens = counted.tokens
+        decision = decide(key.limits, counted.tokens, requested_max, input_exact=counted.exact)
+        if deferred and decision.rejection is not None:
+            # Refused for its output bound: the record still gets the exact input.
+            counted = await self._count(body, encoding, len(raw))
+            entry.input_tokens = counted.tokens
+            deferred = False
+        input_tokens = counted.tokens
         entry.input_limit_exceeded = decision.input_exceeded
         entry.output_limit_exceeded = decision.output_exceeded
         if decision.rejection == INPUT_LIMIT_EXCEEDED:
@@ -415,7 +476,7 @@ class Admission:
                 body["stream_options"] = {**(options or {}), "include_usage": True}
                 modified = True
         try:
-            upstream_body = adapter.encode_request(body, raw, modified)
+            upstream_body = await self._off_loop(raw, adapter.encode_request, body, raw, modified)
         except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
             # A shape the provider translation cannot take (e.g. "tool_calls" as an
             # object on an Anthropic key) is the client's to fix: 400, never 500.
@@ -439,7 +500,12 @@ class Admission:
         response_headers = key_headers(key, entry)
         if exceeded:
             response_headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
+        pending: asyncio.Future[counting.InputCount] | None = None
+        if deferred:
+            pending = asyncio.ensure_future(self._count(body, encoding, len(raw)))
+            pending.add_done_callback(lambda done: _record_count(done, entry))
         return Admitted(
+            pending_count=pending,
             body=body,
             upstream_body=upstream_body,
             stream=stream,

@@ -296,6 +296,7 @@ class Pipeline:
                         admitted.upstream_body,
                         headers,
                     )
+                    await admitted.settle_count(entry)
                     if response.status >= 400:
                         raise await read_status_error(response, clock)
                     if admitted.stream:
@@ -306,6 +307,7 @@ class Pipeline:
                 raise map_client_error(exc) from None
         except UpstreamError as exc:
             redact_key_code(exc, key.key_code, key.provider_name)
+            await admitted.settle_count(entry)
             await relay.fail(exc)
         except ClientGone:
             entry.output_tokens = output.tokens

@@ -11,16 +11,25 @@ offline.
 """
 
 from aigw.encodings import CL100K_BASE, O200K_BASE
+from aigw.proxy.counting.bounds import input_upper_bound
 from aigw.proxy.counting.encodings import Encoders, load_encoding
 from aigw.proxy.counting.output import OutputCounter
-from aigw.proxy.counting.prompt import count_chat_input, count_chat_input_async
+from aigw.proxy.counting.prompt import (
+    INLINE_BODY_BYTES,
+    InputCount,
+    count_chat_input,
+    count_chat_input_async,
+)
 
 __all__ = [
     "CL100K_BASE",
+    "INLINE_BODY_BYTES",
     "O200K_BASE",
     "Encoders",
+    "InputCount",
     "OutputCounter",
     "count_chat_input",
     "count_chat_input_async",
+    "input_upper_bound",
     "load_encoding",
 ]

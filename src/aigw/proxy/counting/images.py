@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["UNKNOWN_IMAGE_SIZE", "image_part_tokens", "image_tokens"]
+__all__ = ["UNKNOWN_IMAGE_SIZE", "image_part_tokens", "image_tokens", "max_image_tokens"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,15 @@ def image_tokens(width: int, height: int, detail: str, model: str) -> int:
         scale = 768 / min(w, h)
         w, h = w * scale, h * scale
     return rate.base + rate.tile * math.ceil(w / 512) * math.ceil(h / 512)
+
+
+def max_image_tokens(model: str) -> int:
+    """The most one image can cost on *model*, whatever its size and detail:
+    8 tiles (2048 x 768 after scaling) or 1536 patches."""
+    rate = _image_rate(model)
+    if isinstance(rate, _PatchRate):
+        return math.ceil(1536 * rate.multiplier)
+    return rate.base + 8 * rate.tile
 
 
 def _patches(width: int, height: int) -> int:
@@ -177,15 +187,25 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
+_NOT_FILL = re.compile(rb"[^\xff]")
+# Real JPEGs reach their frame header within a few dozen segments; a header
+# padded with thousands of empty markers gets the default size instead of a
+# Python loop over every byte.
+_JPEG_MAX_SEGMENTS = 256
+
+
 def _jpeg_size(head: bytes) -> tuple[int, int] | None:
     i = 2
     end = len(head)
-    while i + 4 <= end:
-        if head[i] != 0xFF:
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        if i + 4 > end or head[i] != 0xFF:
             return None
         marker = head[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
+        if marker == 0xFF:  # a run of fill bytes: skip it in one step
+            found = _NOT_FILL.search(head, i + 1)
+            if found is None:
+                return None
+            i = found.start() - 1
             continue
         if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
             i += 2
