@@ -1,32 +1,34 @@
 """CPU per relayed chunk of the gateway's stream relay, against a bare relay, in one run.
 
-``python -m benchmarks.relay_chunks [--streams 400] [--repeat 5]`` from the repository root.
+``python -m benchmarks.relay_chunks [--streams 200] [--repeat 5]`` from the repository root.
 
-Both relays run in this process on the same fake upstream response (an object
-whose ``content.readany`` hands out prepared bytes) and a no-op client
-``send``, so what is measured is each relay's own work, without sockets:
+Both relays run in this process, each between two real socket pairs: a
+writer task plays the upstream (one write per event, yielding to the loop
+between them: *paced*; or all events in one write: *burst*), the relay reads
+its side with ``read(65536)`` (as aiohttp's ``readany``), and its ASGI
+``send`` writes to the client socket, drained by a reader task. Both pay the
+same socket work; what differs is each relay's own:
 
-* **bare**: read → send, what a passthrough proxy does (``benchmarks/reference.py``);
+* **bare**: read, send; what a passthrough proxy does (``benchmarks/reference.py``);
 * **aigw**: :meth:`aigw.proxy.relay.Relay.stream` (SSE decoding, parsing each
-  chunk, per-choice accounting, usage stripping) with a ``reject`` key whose
-  output limit is far away (``--limit``, default 4096), and once more near it
-  (a limit that the stream passes, so it is cut).
+  chunk, per-choice accounting, usage stripping) for a ``reject`` key whose
+  output limit is far away (``--limit``), and once more near it (``--near``: a
+  limit the stream passes, so it is cut there and ends early).
 
 CPU per chunk = (CPU per ``hi``-chunk stream - CPU per ``lo``-chunk stream) /
-(hi - lo), the median over ``--repeat`` rounds, with chunks read one event at a
-time (*paced*: each chunk its own read, as a model's token stream arrives) and
-in 16 KiB reads (*burst*). Ratios are aigw / bare of the same round. The
-socket and HTTP work a real deployment adds is the same for both relays, so a
-full-stack ratio is smaller than the in-process one (``make bench`` measures
-that).
+(hi - lo), the median over ``--repeat`` rounds; ratios are aigw / bare of the
+same round. Uvicorn's HTTP framing and aiohttp's parsing, which a deployment
+adds to both, are not included (``make bench`` measures the whole stack).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import statistics
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -62,39 +64,77 @@ def stream_bytes(chunks: int) -> list[bytes]:
 
 
 class _Content:
-    __slots__ = ("_parts",)
+    __slots__ = ("_reader",)
 
-    def __init__(self, parts: list[bytes]) -> None:
-        self._parts = iter(parts)
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
 
     async def readany(self) -> bytes:
-        return next(self._parts, b"")
+        return await self._reader.read(65536)
 
 
 class _Response:
     __slots__ = ("content",)
 
-    def __init__(self, parts: list[bytes]) -> None:
-        self.content = _Content(parts)
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.content = _Content(reader)
 
 
-def reads(events: list[bytes], burst: bool) -> list[bytes]:
-    if not burst:
-        return events
-    data = b"".join(events)
-    return [data[i : i + 16384] for i in range(0, len(data), 16384)]
+class Exchange:
+    """One stream's sockets: the upstream's writer, the relay's two ends, the client's drain."""
+
+    def __init__(self, events: list[bytes], burst: bool) -> None:
+        self.events = events
+        self.burst = burst
+
+    async def __aenter__(self) -> Exchange:
+        up_a, up_b = socket.socketpair()
+        down_a, down_b = socket.socketpair()
+        self.upstream, self._upstream_back = await asyncio.open_connection(sock=up_b)
+        _, self._upstream_writer = await asyncio.open_connection(sock=up_a)
+        _, self._client = await asyncio.open_connection(sock=down_a)
+        self._client_reader, self._client_back = await asyncio.open_connection(sock=down_b)
+        self._tasks = [asyncio.create_task(self._produce()), asyncio.create_task(self._drain())]
+        return self
+
+    async def _produce(self) -> None:
+        writer = self._upstream_writer
+        if self.burst:
+            writer.write(b"".join(self.events))
+        else:
+            for event in self.events:
+                writer.write(event)
+                await writer.drain()
+                await asyncio.sleep(0)
+        await writer.drain()
+        writer.close()
+
+    async def _drain(self) -> None:
+        while await self._client_reader.read(65536):
+            pass
+
+    async def send(self, message: Any) -> None:
+        body = message.get("body")
+        if body:
+            self._client.write(body)
+            await self._client.drain()
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self._client.close()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self._client.is_closing():
+            self._client.close()
+        await asyncio.gather(*self._tasks)
+        self._upstream_back.close()
+        self._client_back.close()
 
 
-async def _send(message: Any) -> None:
-    return None
-
-
-async def bare(parts: list[bytes]) -> None:
-    response = _Response(parts)
-    await _send({"type": "http.response.start", "status": 200, "headers": []})
-    while data := await response.content.readany():
-        await _send({"type": "http.response.body", "body": data, "more_body": True})
-    await _send({"type": "http.response.body", "body": b"", "more_body": False})
+async def bare(exchange: Exchange) -> None:
+    read = exchange.upstream.read
+    await exchange.send({"type": "http.response.start", "status": 200, "headers": []})
+    while data := await read(65536):
+        await exchange.send({"type": "http.response.body", "body": data, "more_body": True})
+    await exchange.send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class AigwRelay:
@@ -125,9 +165,7 @@ class AigwRelay:
             response_headers=[],
         )
 
-    async def __call__(self, parts: list[bytes]) -> None:
-        import uuid
-
+    async def __call__(self, exchange: Exchange) -> None:
         from aigw.proxy.relay import Downstream, Output, Relay
         from aigw.proxy.upstream import UpstreamClock
         from aigw.usage.recorder import UsageEntry
@@ -150,18 +188,19 @@ class AigwRelay:
             self.admitted,
             self.limits,
             entry,
-            Downstream(_send),
+            Downstream(exchange.send),
             UpstreamClock(self.settings),
             output,
         )
-        await relay.stream(_Response(parts))  # type: ignore[arg-type]
-        relay._finished()
+        await relay.stream(_Response(exchange.upstream))  # type: ignore[arg-type]
+        entry.output_tokens = output.tokens  # the record's count, as the pipeline takes it
 
 
-async def cpu_per_stream(relay: Any, parts: list[bytes], streams: int) -> float:
+async def cpu_per_stream(relay: Any, events: list[bytes], burst: bool, streams: int) -> float:
     started = time.process_time()
     for _ in range(streams):
-        await relay(list(parts))
+        async with Exchange(events, burst) as exchange:
+            await relay(exchange)
     return (time.process_time() - started) / streams
 
 
@@ -172,29 +211,27 @@ async def measure(args: argparse.Namespace) -> None:
         f"aigw (limit {args.limit}, far)": AigwRelay(args.limit),
         f"aigw (limit {args.near}, cut)": AigwRelay(args.near),
     }
+    events = {n: stream_bytes(n) for n in (lo, hi)}
     for burst in (False, True):
-        style = "burst" if burst else "paced"
-        events = {n: reads(stream_bytes(n), burst) for n in (lo, hi)}
         rounds: dict[str, list[float]] = {name: [] for name in relays}
         for _ in range(args.repeat):
             for name, relay in relays.items():
-                await cpu_per_stream(relay, events[lo], 20)  # warm
-                cost_hi = await cpu_per_stream(relay, events[hi], args.streams)
-                cost_lo = await cpu_per_stream(relay, events[lo], args.streams)
+                await cpu_per_stream(relay, events[lo], burst, 10)  # warm
+                cost_hi = await cpu_per_stream(relay, events[hi], burst, args.streams)
+                cost_lo = await cpu_per_stream(relay, events[lo], burst, args.streams)
                 rounds[name].append((cost_hi - cost_lo) / (hi - lo) * 1e6)
         base = rounds["bare"]
-        print(f"{style}: CPU µs per relayed chunk (median of {args.repeat}; ratio to bare)")
+        style = "burst" if burst else "paced"
+        print(f"{style}: CPU us per relayed chunk (median of {args.repeat}; ratio to bare)")
         for name, values in rounds.items():
             ratios = [v / b for v, b in zip(values, base, strict=True) if b > 0]
-            print(
-                f"  {name:26} {statistics.median(values):7.2f} µs"
-                f"   x{statistics.median(ratios):5.1f}"
-            )
+            ratio = f"x{statistics.median(ratios):5.2f}" if ratios else "-"
+            print(f"  {name:26} {statistics.median(values):7.2f} us   {ratio}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--streams", type=int, default=300)
+    parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--lo", type=int, default=20)
     parser.add_argument("--hi", type=int, default=120)

@@ -93,6 +93,7 @@ _TEXT_CHANNELS = {
 }
 _TEXT_FIELDS = frozenset(_TEXT_CHANNELS)
 _REASONING_TWIN = {"reasoning_content": "reasoning", "reasoning": "reasoning_content"}
+_CALL_FIELDS = frozenset({"tool_calls", "function_call"})
 # Fields that carry generated output; all of them go once a choice is cut.
 _OUTPUT_FIELDS = (
     "content",
@@ -180,28 +181,34 @@ class Output:
             return _clear_message(message)
         counter = state.counter
         changed = False
-        done: set[str] = set()
+        skip = None  # a reasoning twin already counted with the same text
+        calls = False
         for field, value in message.items():
             channel = _TEXT_CHANNELS.get(field)
-            if channel is None or not isinstance(value, str) or not value or field in done:
+            if channel is None:
+                calls = calls or field in _CALL_FIELDS
                 continue
-            done.add(field)
+            if value.__class__ is not str or not value or field == skip:
+                continue
             twin = _REASONING_TWIN.get(field)
-            same = twin is not None and message.get(twin) == value
-            if same:
-                done.add(twin)  # type: ignore[arg-type]
+            if twin is not None and message.get(twin) == value:
+                skip = twin
+            else:
+                twin = None
             kept, ended = counter.feed(value, channel)
             if kept is not value:
                 message[field] = kept
-                if same:
-                    message[twin] = kept  # type: ignore[index]
+                if twin is not None:
+                    message[twin] = kept
                 changed = True
             if ended:
-                self._cut(state, message, keep=done)
+                self._cut(state, message, keep=_fields_through(message, field))
                 return True
-        calls = message.get("tool_calls")
-        if isinstance(calls, list) and calls:
-            changed = self._take_tool_calls(state, message, calls) or changed
+        if not calls:
+            return changed
+        tool_calls = message.get("tool_calls")
+        if isinstance(tool_calls, list) and tool_calls:
+            changed = self._take_tool_calls(state, message, tool_calls) or changed
             if state.cut:
                 return True
         legacy = message.get("function_call")
@@ -210,7 +217,7 @@ class Output:
             if state.cut:
                 if legacy.get("name") is None and not legacy.get("arguments"):
                     message.pop("function_call", None)
-                self._cut(state, message, keep=done | {"tool_calls", "function_call"})
+                self._cut(state, message, keep=_TEXT_FIELDS | {"tool_calls", "function_call"})
                 return True
         return changed
 
@@ -264,6 +271,18 @@ class Output:
         for field in _OUTPUT_FIELDS:
             if field not in keep:
                 message.pop(field, None)
+
+
+def _fields_through(message: dict[str, Any], last: str) -> set[str]:
+    """The text fields of *message* up to *last* (and its reasoning twin): what a
+    cut at *last* keeps."""
+    kept = {_REASONING_TWIN.get(last, last)}
+    for field in message:
+        if field in _TEXT_CHANNELS:
+            kept.add(field)
+        if field == last:
+            break
+    return kept
 
 
 def _clear_message(message: dict[str, Any]) -> bool:
@@ -428,8 +447,9 @@ class Relay:
             if done:
                 out.append(self._ending(last_chunk))
             if out:
-                payload = b"".join(out)
-                await self._start_stream()
+                payload = out[0] if len(out) == 1 else b"".join(out)
+                if not downstream.started:
+                    await self._start_stream()
                 if done:
                     self._finished()
                     await downstream.end(payload)
@@ -450,7 +470,8 @@ class Relay:
 
     def _take_chunk(self, chunk: dict[str, Any], item: StreamItem) -> bytes | None:
         """Account one chunk; returns the bytes to relay (``None``: drop it)."""
-        if "error" in chunk and not chunk.get("choices"):
+        choices = chunk.get("choices")
+        if not choices and "error" in chunk:
             error = chunk.get("error")
             message = error.get("message") if isinstance(error, dict) else None
             raise UpstreamError(
@@ -460,35 +481,25 @@ class Relay:
             )
         output = self.output
         changed = item.raw is None
-        choices = chunk.get("choices")
         if choices:
-            if not isinstance(choices, list):
+            if choices.__class__ is not list:
                 raise UpstreamProtocolError()
-            dropped: list[int] = []
+            dropped: list[int] | None = None
             for position, choice in enumerate(choices):
-                if not isinstance(choice, dict):
+                if choice.__class__ is not dict:
                     continue
                 state = output.choice(choice.get("index", 0))
                 if state.ended:  # cut, and its end relayed: nothing more of it goes out
-                    dropped.append(position)
+                    dropped = [*(dropped or ()), position]
                     continue
                 delta = choice.get("delta")
-                if isinstance(delta, dict) and output.take_message(state, delta):
+                if delta and delta.__class__ is dict and output.take_message(state, delta):
                     changed = True
                 reason = choice.get("finish_reason")
-                if reason is not None and not state.cut and state.counter.close():
-                    state.cut = output.any_cut = True  # it ended with text held back
-                if state.cut:
-                    state.ended = True
-                    state.finish_reason = "length"
-                    if reason != "length":
-                        choice["finish_reason"] = "length"
-                        changed = True
-                elif reason is not None:
-                    state.finish_reason = reason
+                if reason is not None or state.cut:
+                    changed = self._end_choice(state, choice, reason) or changed
             if dropped:
-                gone = set(dropped)
-                kept = [c for position, c in enumerate(choices) if position not in gone]
+                kept = [c for position, c in enumerate(choices) if position not in dropped]
                 chunk["choices"] = kept
                 changed = True
                 if not kept and not chunk.get("usage"):
@@ -507,6 +518,22 @@ class Relay:
         if changed:
             return encode_json(chunk)
         return item.raw
+
+    def _end_choice(self, state: _Choice, choice: dict[str, Any], reason: Any) -> bool:
+        """A choice that finished or was cut: a cut (or text held back when it
+        finished) ends it with ``length``. Returns whether *choice* was changed."""
+        output = self.output
+        if reason is not None and not state.cut and state.counter.close():
+            state.cut = output.any_cut = True
+        if not state.cut:
+            state.finish_reason = reason
+            return False
+        state.ended = True
+        state.finish_reason = "length"
+        if reason == "length":
+            return False
+        choice["finish_reason"] = "length"
+        return True
 
     def _usage_relayed(self, usage: dict[str, Any]) -> None:
         """The upstream's usage as relayed after a cut: ``completion_tokens`` is
