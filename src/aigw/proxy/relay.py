@@ -86,14 +86,14 @@ TOOL_CALL_TOKENS = 4
 # DeepSeek stream reasoning as "reasoning_content", OpenRouter (and newer vLLM)
 # as "reasoning"; a delta that carries both with the same text counts it once.
 _TEXT_CHANNELS = {
-    "content": "content",
-    "refusal": "refusal",
     "reasoning_content": "reasoning",
     "reasoning": "reasoning",
+    "content": "content",
+    "refusal": "refusal",
 }
+_TEXT_ORDER = tuple(_TEXT_CHANNELS)
 _TEXT_FIELDS = frozenset(_TEXT_CHANNELS)
 _REASONING_TWIN = {"reasoning_content": "reasoning", "reasoning": "reasoning_content"}
-_CALL_FIELDS = frozenset({"tool_calls", "function_call"})
 # Fields that carry generated output; all of them go once a choice is cut.
 _OUTPUT_FIELDS = (
     "content",
@@ -182,14 +182,12 @@ class Output:
         counter = state.counter
         changed = False
         skip = None  # a reasoning twin already counted with the same text
-        calls = False
-        for field, value in message.items():
-            channel = _TEXT_CHANNELS.get(field)
-            if channel is None:
-                calls = calls or field in _CALL_FIELDS
-                continue
+        # In the order the model generates them: reasoning, then the answer.
+        for field in _TEXT_ORDER:
+            value = message.get(field)
             if value.__class__ is not str or not value or field == skip:
                 continue
+            channel = _TEXT_CHANNELS[field]
             twin = _REASONING_TWIN.get(field)
             if twin is not None and message.get(twin) == value:
                 skip = twin
@@ -202,9 +200,10 @@ class Output:
                     message[twin] = kept
                 changed = True
             if ended:
-                self._cut(state, message, keep=_fields_through(message, field))
+                kept_fields = _TEXT_ORDER[: _TEXT_ORDER.index(field) + 1]
+                self._cut(state, message, keep=(*kept_fields, twin or field))
                 return True
-        if not calls:
+        if "tool_calls" not in message and "function_call" not in message:
             return changed
         tool_calls = message.get("tool_calls")
         if isinstance(tool_calls, list) and tool_calls:
@@ -271,18 +270,6 @@ class Output:
         for field in _OUTPUT_FIELDS:
             if field not in keep:
                 message.pop(field, None)
-
-
-def _fields_through(message: dict[str, Any], last: str) -> set[str]:
-    """The text fields of *message* up to *last* (and its reasoning twin): what a
-    cut at *last* keeps."""
-    kept = {_REASONING_TWIN.get(last, last)}
-    for field in message:
-        if field in _TEXT_CHANNELS:
-            kept.add(field)
-        if field == last:
-            break
-    return kept
 
 
 def _clear_message(message: dict[str, Any]) -> bool:
