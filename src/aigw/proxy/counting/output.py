@@ -228,17 +228,18 @@ class OutputCounter:
         self._exhausted = True
 
     def _settle(self, ch: _Channel) -> None:
-        """Join the channel's collected parts into its tail and count the tail."""
+        """Join the channel's collected parts into its tail and count the tail
+        (one encode; the tail is re-split only once it passes 8 KiB)."""
         if ch.parts:
             ch.tail += "".join(ch.parts)
             ch.tail_bytes += ch.parts_bytes
             ch.tail_tokens = None
             ch.parts.clear()
             ch.parts_bytes = 0
-            if len(ch.tail) >= ch.next_commit:
-                self._commit(ch)
         if ch.tail_tokens is None:
             ch.tail_tokens = len(self._encode(ch.tail))
+        if ch.tail_bytes >= _SETTLE_BYTES:
+            self._commit(ch)
 
     def _exact_total(self) -> int:
         total = self._fixed
@@ -258,6 +259,8 @@ class OutputCounter:
             ch.parts_bytes += size
             self._bound += size
             return text, False
+        if len(ch.tail) >= ch.next_commit:  # near the limit the tail is kept short
+            self._commit(ch)
         assert ch.tail_tokens is not None
         others = total - ch.committed - ch.tail_tokens
         budget = limit - others - ch.committed  # tokens for the tail and what is added
