@@ -42,6 +42,8 @@ from aigw.usage.recorder import UsageEntry
 OTHER = "other"
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Gateway count minus upstream count, in tokens: 0 when the counting rules agree.
+_DRIFT_BUCKETS = (-100.0, -30.0, -10.0, -5.0, -2.0, -1.0, 0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 100.0)
 
 # Rejection reasons, as labels.
 REASON_BY_ERROR = {
@@ -83,6 +85,8 @@ class _Series:
     output_tokens: Any
     latency: Any
     ttfb: Any
+    input_drift: Any
+    output_drift: Any
     requests: dict[tuple[str, int], Any] = field(default_factory=dict)
 
 
@@ -132,6 +136,23 @@ class Metrics:
             buckets=_TTFB_BUCKETS,
             registry=self.registry,
         )
+        self.token_drift = Histogram(
+            "aigw_token_count_drift",
+            "Per request, the gateway's token count minus the upstream's reported count "
+            "(direction: input, output); output only for answers relayed whole",
+            ["model", "direction"],
+            buckets=_DRIFT_BUCKETS,
+            registry=self.registry,
+        )
+
+    def _drift(self, series: _Series, entry: UsageEntry) -> None:
+        """Gateway count minus the upstream's, where both describe the same text:
+        input whenever the upstream reported it; output only for answers relayed
+        whole (a cut or a client that left relays less than was generated)."""
+        if entry.upstream_input_tokens is not None:
+            series.input_drift.observe(entry.input_tokens - entry.upstream_input_tokens)
+        if entry.upstream_output_tokens is not None and entry.outcome == "completed":
+            series.output_drift.observe(entry.output_tokens - entry.upstream_output_tokens)
 
         self.usage_rejected = Counter(
             "aigw_usage_records_rejected",
@@ -167,6 +188,7 @@ class Metrics:
                 self.over_limit.labels(series.alias, series.model, "budget").inc()
             if entry.rate_exceeded:
                 self.over_limit.labels(series.alias, series.model, "rate").inc()
+        self._drift(series, entry)
         series.latency.observe(entry.latency_ms / 1000.0)
         if entry.ttfb_ms is not None:
             series.ttfb.observe(entry.ttfb_ms / 1000.0)
@@ -181,6 +203,8 @@ class Metrics:
             output_tokens=self.tokens.labels(alias_label, model_label, "output"),
             latency=self.upstream_latency.labels(alias_label, model_label),
             ttfb=self.upstream_ttfb.labels(alias_label, model_label),
+            input_drift=self.token_drift.labels(model_label, "input"),
+            output_drift=self.token_drift.labels(model_label, "output"),
         )
         if len(self._series) < 10_000:
             self._series[(alias, model)] = series

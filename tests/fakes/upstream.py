@@ -27,7 +27,13 @@ follows the fake's own rules in :mod:`tests.fakes.billing` (tiktoken and
 OpenAI's cookbook formula, nothing from aigw): ``prompt_tokens`` by the
 cookbook's per-message formula (encoding from tiktoken's model table, or the
 ``encoding`` knob), ``completion_tokens`` the tokens generated (content plus
-each tool call's arguments). One choice, whatever ``n``.
+each tool call's arguments, and reasoning). One choice, whatever ``n``, unless
+``honour_n``: then ``n`` choices, each generated (and capped) on its own and
+billed together, streamed interleaved (or one after another with
+``sequential_choices``). ``reasoning_tokens`` words of reasoning come before the
+answer, as DeepSeek/vLLM (``reasoning_content``) or OpenRouter (``reasoning``,
+the ``reasoning_field`` knob) send them; ``refusal`` answers with a refusal
+instead of content.
 
 Scenarios
 ---------
@@ -48,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import signal
 import socket
 import struct
@@ -114,6 +121,11 @@ class Scenario:
     usage: bool | None = None  # None: as OpenAI (stream: if include_usage); True/False: force
     finish_reason: str | None = None  # override the final finish_reason
     encoding: str | None = None  # count with this encoding instead of the model's
+    reasoning_tokens: int = 0  # words of reasoning before the answer
+    reasoning_field: str = "reasoning_content"  # or "reasoning" (OpenRouter)
+    refusal: str | None = None  # refuse with this text instead of answering
+    honour_n: bool = False  # answer the request's n choices (default: one)
+    sequential_choices: bool = False  # stream choice 0 entirely, then choice 1, ...
 
     @classmethod
     def merged(cls, *layers: Mapping[str, Any]) -> Scenario:
@@ -134,7 +146,9 @@ class Scenario:
         def number(value: object) -> bool:
             return isinstance(value, int | float) and not isinstance(value, bool)
 
-        for name in ("tokens", "chunk_tokens"):
+        if self.reasoning_field not in ("reasoning_content", "reasoning"):
+            raise ValueError("reasoning_field must be reasoning_content or reasoning")
+        for name in ("tokens", "chunk_tokens", "reasoning_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer")
@@ -311,9 +325,17 @@ class _Plan:
             self.budget = min(given) if given else None
         self.generated = 0  # tokens generated: completion_tokens
         self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.refusal: list[str] = []
         self.calls: list[dict[str, Any]] = []  # {id, name, arguments: [pieces]}
         self.truncated = False
-        if scenario.tool_calls:
+        if scenario.reasoning_tokens:
+            self.reasoning = self._take([(word, 1) for word in words(scenario.reasoning_tokens)])
+        if self.truncated:
+            return
+        if scenario.refusal is not None:
+            self.refusal = self._take(list(token_pieces(encoding, scenario.refusal)))
+        elif scenario.tool_calls:
             self._plan_calls(scenario, encoding)
         else:
             if scenario.echo:
@@ -430,8 +452,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         encoding = state.encodings.get(scenario.encoding or encoding_for_model(base_model))
         if encoding is None:
             return _bad_request(f"fake upstream: unknown encoding {scenario.encoding!r}")
-        plan = _Plan(scenario, body, prompt, encoding)
-        reply = _Reply(request, scenario, plan, base_model, prompt_tokens(body, encoding))
+        n = body.get("n") if scenario.honour_n else 1
+        n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 16 else 1
+        plans = [_Plan(scenario, body, prompt, encoding) for _ in range(n)]
+        reply = _Reply(request, scenario, plans, base_model, prompt_tokens(body, encoding))
         if body.get("stream") is True:
             return await reply.stream(body)
         return await reply.respond()
@@ -470,19 +494,20 @@ class _Reply:
         self,
         request: web.Request,
         scenario: Scenario,
-        plan: _Plan,
+        plans: list[_Plan],
         model: str,
         prompt_tokens: int,
     ) -> None:
         self.request = request
         self.stats = request.app[STATE].stats
         self.scenario = scenario
-        self.plan = plan
+        self.plans = plans
         self.model = model
         self.prompt_tokens = prompt_tokens
         self.id = "chatcmpl-fake-" + uuid.uuid4().hex[:20]
         self.created = int(time.time())
         self.include_usage = False
+        self.finishes: list[bytes] = []
 
     async def reset(self) -> web.StreamResponse:
         """Abort the connection with a TCP RST (SO_LINGER 0), not a clean close;
@@ -499,7 +524,7 @@ class _Reply:
         return web.Response(status=204)  # not reached: cancelled once the loss is seen
 
     def usage(self) -> dict[str, Any]:
-        completion = self.plan.generated
+        completion = sum(plan.generated for plan in self.plans)
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
@@ -514,37 +539,47 @@ class _Reply:
         }
 
     async def respond(self) -> web.StreamResponse:
-        scenario, plan = self.scenario, self.plan
+        scenario = self.scenario
         if scenario.stall_after is not None:
             await _stall(None, scenario)
         if scenario.reset_after is not None:
             return await self.reset()
-        message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
-        if plan.calls:
-            message["tool_calls"] = [
+        choices = []
+        for index, plan in enumerate(self.plans):
+            message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+            if plan.reasoning:
+                message[scenario.reasoning_field] = "".join(plan.reasoning)
+            if plan.calls:
+                message["tool_calls"] = [
+                    {
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {
+                            "name": call["name"],
+                            "arguments": "".join(call["arguments"]),
+                        },
+                    }
+                    for call in plan.calls
+                ]
+            elif scenario.refusal is not None:
+                message["refusal"] = "".join(plan.refusal)
+            else:
+                message["content"] = "".join(plan.content)
+            choices.append(
                 {
-                    "id": call["id"],
-                    "type": "function",
-                    "function": {"name": call["name"], "arguments": "".join(call["arguments"])},
+                    "index": index,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": plan.finish_reason(scenario),
                 }
-                for call in plan.calls
-            ]
-        else:
-            message["content"] = "".join(plan.content)
+            )
         payload: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": "fp_fake",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": plan.finish_reason(scenario),
-                }
-            ],
+            "choices": choices,
         }
         if scenario.usage is not False:
             payload["usage"] = self.usage()
@@ -553,7 +588,9 @@ class _Reply:
             return web.Response(body=b'{"id": "chatcmpl-broken', content_type="application/json")
         return _json(payload)
 
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    def chunk(
+        self, delta: dict[str, Any], finish_reason: str | None = None, index: int = 0
+    ) -> bytes:
         event: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -561,25 +598,51 @@ class _Reply:
             "model": self.model,
             "system_fingerprint": "fp_fake",
             "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             ],
         }
         if self.include_usage:
             event["usage"] = None  # as OpenAI: every chunk carries "usage": null
         return b"data: " + orjson.dumps(event) + b"\n\n"
 
-    def events(self) -> Iterator[bytes]:
-        size = self.scenario.chunk_tokens
-        for text in _grouped(self.plan.content, size):
-            yield self.chunk({"content": text})
-        for index, call in enumerate(self.plan.calls):
+    def choice_events(self, choice: int) -> Iterator[bytes]:
+        """The output events of one choice, its finish chunk last."""
+        scenario, plan = self.scenario, self.plans[choice]
+        size = scenario.chunk_tokens
+        for text in _grouped(plan.reasoning, size):
+            yield self.chunk({scenario.reasoning_field: text}, index=choice)
+        for text in _grouped(plan.refusal, size):
+            yield self.chunk({"refusal": text}, index=choice)
+        for text in _grouped(plan.content, size):
+            yield self.chunk({"content": text}, index=choice)
+        for index, call in enumerate(plan.calls):
             function = {"name": call["name"], "arguments": ""}
             head = {"index": index, "id": call["id"], "type": "function", "function": function}
-            yield self.chunk({"tool_calls": [head]})
+            yield self.chunk({"tool_calls": [head]}, index=choice)
             for text in _grouped(call["arguments"], size):
                 yield self.chunk(
-                    {"tool_calls": [{"index": index, "function": {"arguments": text}}]}
+                    {"tool_calls": [{"index": index, "function": {"arguments": text}}]},
+                    index=choice,
                 )
+        yield self.chunk({}, plan.finish_reason(scenario), index=choice)
+
+    def events(self) -> list[bytes]:
+        """Every choice's events, interleaved, then the finish chunks (or, with
+        ``sequential_choices``, each choice whole, its finish chunk included)."""
+        streams = [list(self.choice_events(i)) for i in range(len(self.plans))]
+        if self.scenario.sequential_choices:  # each choice ends before the next starts
+            self.finishes = []
+            return [event for events in streams for event in events]
+        outputs = [events[:-1] for events in streams]
+        finishes = [events[-1] for events in streams]
+        ordered = [
+            event
+            for group in itertools.zip_longest(*outputs)
+            for event in group
+            if event is not None
+        ]
+        self.finishes = finishes
+        return ordered
 
     async def stream(self, body: Mapping[str, Any]) -> web.StreamResponse:
         scenario = self.scenario
@@ -611,7 +674,8 @@ class _Reply:
                 if scenario.delay_per_chunk:
                     await asyncio.sleep(scenario.delay_per_chunk)
                 await response.write(event)
-            await response.write(self.chunk({}, self.plan.finish_reason(scenario)))
+            for finish in self.finishes:
+                await response.write(finish)
             if send_usage:
                 usage = {
                     "id": self.id,

@@ -216,9 +216,10 @@ async def _handle(state: InLoopUpstream, request: web.Request) -> web.StreamResp
             if script.chunk_delay:
                 await asyncio.sleep(script.chunk_delay)
             if script.tool_call:
+                function = {"arguments": text} | ({"name": "f"} if position == 0 else {})
                 delta: dict[str, Any] = {
                     "tool_calls": [
-                        {"index": 0, "function": {"arguments": text}}
+                        {"index": 0, "function": function}
                         | ({"id": "call_1", "type": "function"} if position == 0 else {})
                     ]
                 }

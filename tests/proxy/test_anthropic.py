@@ -187,7 +187,8 @@ async def test_completion_and_stream(app: Any, messages_api: FakeMessages, db: s
 async def test_output_limit_and_tools(app: Any, messages_api: FakeMessages, stream: bool) -> None:
     messages_api.tool = True
     messages_api.tokens = 30
-    key = await ready_key(app, provider="claude", model=MODEL, output_limit=5)
+    # 10: the call's name and framing take 5 of them (aigw.proxy.relay.TOOL_CALL_TOKENS).
+    key = await ready_key(app, provider="claude", model=MODEL, output_limit=10)
     client = sdk(app, key["token"])
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
     if stream:
@@ -213,7 +214,7 @@ async def test_output_limit_and_tools(app: Any, messages_api: FakeMessages, stre
         finish = [completion.choices[0].finish_reason]
     assert finish == ["length"]
     sent = messages_api.requests[-1]
-    assert sent["max_tokens"] == 5  # the key's output limit, asked of the upstream
+    assert sent["max_tokens"] == 10  # the key's output limit, asked of the upstream
     assert sent["tool_choice"] == {"type": "any"}
     assert sent["tools"] == [{"name": "lookup", "input_schema": {"type": "object"}}]
     assert arguments  # what the upstream made within the limit

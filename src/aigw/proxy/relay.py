@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from typing import Any
 
 import aiohttp
@@ -142,13 +143,45 @@ class Downstream:
         await self.end(body)
 
 
+# Tokens a tool call costs besides its name and arguments. OpenAI's API
+# reference (chat/create, "Functions" example) answers one call of
+# get_current_weather (3 tokens) with arguments '{\n"location": "Boston, MA"\n}'
+# (10 tokens) with completion_tokens = 17.
+TOOL_CALL_TOKENS = 4
+
+# Text fields of a message or delta, each counted on its own channel. vLLM and
+# DeepSeek stream reasoning as "reasoning_content", OpenRouter (and newer vLLM)
+# as "reasoning"; a delta that carries both with the same text counts it once.
+_TEXT_CHANNELS = {
+    "reasoning_content": "reasoning",
+    "reasoning": "reasoning",
+    "content": "content",
+    "refusal": "refusal",
+}
+_TEXT_ORDER = tuple(_TEXT_CHANNELS)
+_TEXT_FIELDS = frozenset(_TEXT_CHANNELS)
+_REASONING_TWIN = {"reasoning_content": "reasoning", "reasoning": "reasoning_content"}
+# Fields that carry generated output; all of them go once a choice is cut.
+_OUTPUT_FIELDS = (
+    "content",
+    "refusal",
+    "reasoning_content",
+    "reasoning",
+    "reasoning_details",
+    "tool_calls",
+    "function_call",
+)
+
+
 class _Choice:
-    __slots__ = ("counter", "cut", "finish_reason")
+    __slots__ = ("counter", "cut", "ended", "finish_reason", "tool_calls")
 
     def __init__(self, counter: counting.OutputCounter) -> None:
         self.counter = counter
-        self.cut = False
+        self.cut = False  # the gateway cut this choice's output
+        self.ended = False  # its finish_reason has been relayed: later deltas are dropped
         self.finish_reason: str | None = None
+        self.tool_calls: set[Any] = set()  # calls whose name and framing are counted
 
 
 class Output:
@@ -195,14 +228,27 @@ class Output:
     def tokens(self) -> int:
         return sum(state.counter.count for state in self._choices.values())
 
-    @property
-    def all_finished(self) -> bool:
-        return bool(self._choices) and all(
+    def all_finished(self, expected: int = 1) -> bool:
+        """Whether *expected* choices (at least) were seen and all of them ended."""
+        return len(self._choices) >= expected and all(
             state.cut or state.finish_reason is not None for state in self._choices.values()
         )
 
     def cut_indexes(self) -> list[int]:
         return [index for index, state in sorted(self._choices.items()) if state.cut]
+
+    def close(self) -> list[int]:
+        """The answer ended: text still held back past the limit is cut. Returns
+        the choices cut whose ``finish_reason: "length"`` was not relayed yet."""
+        pending = []
+        for index, state in sorted(self._choices.items()):
+            if not state.cut and state.counter.close():
+                state.cut = self.any_cut = True
+            if state.cut and not state.ended:
+                state.ended = True
+                state.finish_reason = "length"
+                pending.append(index)
+        return pending
 
     def outcome(self, injected_max: bool) -> str:
         """``truncated`` when the gateway cut the output or its own bound ended it."""
@@ -212,60 +258,121 @@ class Output:
         return "completed"
 
     def take_message(self, state: _Choice, message: dict[str, Any]) -> bool:
-        """Count a message (or a delta) of one choice; trim it where the output
-        reaches the limit. Returns whether the message was changed."""
+        """Count a message (or a delta) of one choice: reasoning, content,
+        refusal, tool calls (name, framing and arguments, or a custom tool's
+        input) and legacy ``function_call``; trim it where the output reaches the
+        limit. Returns whether the message was changed."""
         if self._cap is not None and not state.cut and not self._apply_cap(state, self._cap):
             state.cut = self.any_cut = True
         if state.cut:
             return _clear_message(message)
         counter = state.counter
-        for field in ("content", "refusal"):
-            text = message.get(field)
-            if isinstance(text, str) and text:
-                kept, reached = counter.feed(text, field)
-                if reached:
-                    state.cut = self.any_cut = True
-                    message[field] = kept
-                    _drop_after(message, field)
-                    return True
-        calls = message.get("tool_calls")
-        if isinstance(calls, list):
-            for position, call in enumerate(calls):
-                function = call.get("function") if isinstance(call, dict) else None
-                arguments = function.get("arguments") if isinstance(function, dict) else None
-                if isinstance(arguments, str) and arguments:
-                    # Stream deltas name their call by "index"; whole messages by position.
-                    index = call.get("index", position)
-                    kept, reached = counter.feed(arguments, ("tool", index))
-                    if reached:
-                        state.cut = self.any_cut = True
-                        function["arguments"] = kept  # type: ignore[index]
-                        del calls[position + 1 :]
-                        return True
-        legacy = message.get("function_call")
-        if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
-            kept, reached = counter.feed(legacy["arguments"], "function_call")
-            if reached:
-                state.cut = self.any_cut = True
-                legacy["arguments"] = kept
+        changed = False
+        skip = None  # a reasoning twin already counted with the same text
+        # In the order the model generates them: reasoning, then the answer.
+        for field in _TEXT_ORDER:
+            value = message.get(field)
+            if value.__class__ is not str or not value or field == skip:
+                continue
+            channel = _TEXT_CHANNELS[field]
+            twin = _REASONING_TWIN.get(field)
+            if twin is not None and message.get(twin) == value:
+                skip = twin
+            else:
+                twin = None
+            kept, ended = counter.feed(value, channel)
+            if kept is not value:
+                message[field] = kept
+                if twin is not None:
+                    message[twin] = kept
+                changed = True
+            if ended:
+                kept_fields = _TEXT_ORDER[: _TEXT_ORDER.index(field) + 1]
+                self._cut(state, message, keep=(*kept_fields, twin or field))
                 return True
-        return False
+        if "tool_calls" not in message and "function_call" not in message:
+            return changed
+        tool_calls = message.get("tool_calls")
+        if isinstance(tool_calls, list) and tool_calls:
+            changed = self._take_tool_calls(state, message, tool_calls) or changed
+            if state.cut:
+                return True
+        legacy = message.get("function_call")
+        if isinstance(legacy, dict):
+            changed = self._take_call(state, "function_call", legacy, "arguments") or changed
+            if state.cut:
+                if legacy.get("name") is None and not legacy.get("arguments"):
+                    message.pop("function_call", None)
+                self._cut(state, message, keep=_TEXT_FIELDS | {"tool_calls", "function_call"})
+                return True
+        return changed
 
+    def _take_tool_calls(self, state: _Choice, message: dict[str, Any], calls: list[Any]) -> bool:
+        changed = False
+        for position, call in enumerate(calls):
+            if not isinstance(call, dict):
+                continue
+            # Stream deltas name their call by "index"; whole messages by position.
+            index = call.get("index", position)
+            body, text_field = call.get("function"), "arguments"
+            if not isinstance(body, dict):
+                body, text_field = call.get("custom"), "input"  # custom tools
+                if not isinstance(body, dict):
+                    continue
+            changed = self._take_call(state, ("tool", index), body, text_field) or changed
+            if state.cut:
+                # Keep this call only if some of it was relayed.
+                relayed = body.get("name") is not None or body.get(text_field)
+                del calls[position + 1 if relayed else position :]
+                self._cut(state, message, keep=_TEXT_FIELDS | ({"tool_calls"} if calls else set()))
+                return True
+        return changed
 
-def _drop_after(message: dict[str, Any], field: str) -> None:
-    if field == "content":
-        message.pop("refusal", None)
-    message.pop("tool_calls", None)
-    message.pop("function_call", None)
+    def _take_call(self, state: _Choice, key: Any, body: dict[str, Any], text_field: str) -> bool:
+        """Count one tool call (or a piece of one): its name and framing once,
+        then its arguments as text. Returns whether *body* was changed."""
+        counter = state.counter
+        name = body.get("name")
+        if key not in state.tool_calls and isinstance(name, str) and name:
+            state.tool_calls.add(key)
+            cost = TOOL_CALL_TOKENS + len(self._encoding.encode_ordinary(name))
+            if not counter.charge(cost):
+                state.cut = self.any_cut = True
+                body.pop("name", None)
+                body.pop(text_field, None)
+                return True
+        text = body.get(text_field)
+        if not isinstance(text, str) or not text:
+            return False
+        kept, ended = counter.feed(text, key)
+        changed = kept is not text
+        if changed:
+            body[text_field] = kept
+        if ended:
+            state.cut = self.any_cut = True
+        return changed
+
+    def _cut(self, state: _Choice, message: dict[str, Any], keep: Collection[str]) -> None:
+        state.cut = self.any_cut = True
+        for field in _OUTPUT_FIELDS:
+            if field not in keep:
+                message.pop(field, None)
 
 
 def _clear_message(message: dict[str, Any]) -> bool:
     changed = False
-    for field in ("content", "refusal", "tool_calls", "function_call"):
+    for field in _OUTPUT_FIELDS:
         if message.get(field):
             message.pop(field)
             changed = True
     return changed
+
+
+def _expected_choices(body: dict[str, Any]) -> int:
+    """The choices the request asked for (``n``), so a stream cut in choice 0 is
+    not ended before the others have arrived."""
+    n = body.get("n")
+    return n if type(n) is int and 1 <= n <= 128 else 1
 
 
 def _take_upstream_usage(entry: UsageEntry, usage: Any) -> None:
@@ -283,7 +390,16 @@ class Relay:
     """The answer to one admitted request: relays the upstream response to
     *downstream*, accounting its output in *output* and its outcome in *entry*."""
 
-    __slots__ = ("adapter", "admitted", "clock", "downstream", "entry", "limits", "output")
+    __slots__ = (
+        "_usage_sent",
+        "adapter",
+        "admitted",
+        "clock",
+        "downstream",
+        "entry",
+        "limits",
+        "output",
+    )
 
     def __init__(
         self,
@@ -302,6 +418,7 @@ class Relay:
         self.downstream = downstream
         self.clock = clock
         self.output = output
+        self._usage_sent = False  # a usage chunk reporting the cut went out
 
     def _finished(self) -> None:
         self.entry.output_tokens = self.output.tokens
@@ -329,8 +446,11 @@ class Relay:
                 message = choice.get("message")
                 if isinstance(message, dict) and output.take_message(state, message):
                     changed = True
+                if not state.cut and state.counter.close():
+                    state.cut = output.any_cut = True  # text held back at the end: cut there
                 if state.cut:
                     choice["finish_reason"] = "length"
+                    changed = True
                 state.finish_reason = choice.get("finish_reason")
         usage = completion.get("usage")
         _take_upstream_usage(entry, usage)
@@ -351,15 +471,17 @@ class Relay:
         return True
 
     async def stream(self, response: aiohttp.ClientResponse) -> bool:
-        """Relay SSE until ``[DONE]`` (or the cut-off); returns whether the upstream
-        body was read to its end (the connection can be reused)."""
+        """Relay SSE until ``[DONE]``, or until every choice has ended and one was
+        cut; returns whether the upstream body was read to its end (the
+        connection can be reused)."""
         translator = self.adapter.new_stream()
         decoder = UpstreamSSEDecoder(self.clock.max_event_bytes)  # issue 10: bounded
         read = response.content.readany
         output, downstream = self.output, self.downstream
+        expected = _expected_choices(self.admitted.body)
         last_chunk: dict[str, Any] | None = None
-        finished = False
-        while not finished:
+        done = early = False
+        while not done:
             data = await read()
             if not data:
                 break
@@ -371,7 +493,7 @@ class Relay:
                 for event in events:
                     for item in translator.items(event):
                         if item.done:
-                            finished = True
+                            done = True
                             break
                         chunk = item.chunk
                         if chunk is None:
@@ -384,10 +506,10 @@ class Relay:
                         last_chunk = chunk
                         if relay:
                             out.append(relay)
-                        if output.any_cut and output.all_finished:
-                            finished = True
+                        if output.any_cut and output.all_finished(expected):
+                            done = early = True
                             break
-                    if finished:
+                    if done:
                         break
             except UpstreamError:
                 # Relay what came before the failure, then let it end the stream.
@@ -395,63 +517,63 @@ class Relay:
                     await self._start_stream()
                     await downstream.write(b"".join(out))
                 raise
-            if output.any_cut and output.all_finished:
-                out.append(self._cut_tail(last_chunk))
-                out.append(DONE_EVENT)
-            elif finished:
-                out.append(DONE_EVENT)
+            if done:
+                out.append(self._ending(last_chunk))
             if out:
-                payload = b"".join(out)
-                await self._start_stream()
-                if finished:
+                payload = out[0] if len(out) == 1 else b"".join(out)
+                if not downstream.started:
+                    await self._start_stream()
+                if done:
                     self._finished()
                     await downstream.end(payload)
-                    return not output.any_cut
+                    return not early
                 await downstream.write(payload)
         # The upstream ended without [DONE].
         for event in decoder.close():
             if event.data == b"[DONE]":
                 break
         self.entry.output_tokens = output.tokens
-        if output.all_finished:
+        if output.all_finished():
             # Lenient: every choice finished, only the end marker is missing.
             await self._start_stream()
             self._finished()
-            await downstream.end(DONE_EVENT)
+            await downstream.end(self._ending(last_chunk))
             return True
         raise UpstreamConnectionLost("The upstream stream ended before it was complete")
 
     def _take_chunk(self, chunk: dict[str, Any], item: StreamItem) -> bytes | None:
         """Account one chunk; returns the bytes to relay (``None``: drop it)."""
-        if "error" in chunk and not chunk.get("choices"):
+        choices = chunk.get("choices")
+        if not choices and "error" in chunk:
             error = chunk.get("error")
             message = error.get("message") if isinstance(error, dict) else None
             # issue 10: redacted, then cut to length, by upstream.redact_key_code
             raise UpstreamMidStreamError(str(message) if message else None)
         output = self.output
         changed = item.raw is None
-        choices = chunk.get("choices")
         if choices:
-            if not isinstance(choices, list):
+            if choices.__class__ is not list:
                 raise UpstreamProtocolError()
-            for choice in choices:
-                if not isinstance(choice, dict):
+            dropped: list[int] | None = None
+            for position, choice in enumerate(choices):
+                if choice.__class__ is not dict:
                     continue
                 state = output.choice(choice.get("index", 0))
-                was_cut = state.cut
+                if state.ended:  # cut, and its end relayed: nothing more of it goes out
+                    dropped = [*(dropped or ()), position]
+                    continue
                 delta = choice.get("delta")
-                if isinstance(delta, dict) and output.take_message(state, delta):
+                if delta and delta.__class__ is dict and output.take_message(state, delta):
                     changed = True
-                if state.cut:
-                    if choice.get("finish_reason") is not None:
-                        choice["finish_reason"] = None
-                        changed = True
-                    if was_cut and not delta:
-                        continue
-                else:
-                    reason = choice.get("finish_reason")
-                    if reason is not None:
-                        state.finish_reason = reason
+                reason = choice.get("finish_reason")
+                if reason is not None or state.cut:
+                    changed = self._end_choice(state, choice, reason) or changed
+            if dropped:
+                kept = [c for position, c in enumerate(choices) if position not in dropped]
+                chunk["choices"] = kept
+                changed = True
+                if not kept and not chunk.get("usage"):
+                    return None
         usage = chunk.get("usage")
         if usage:
             _take_upstream_usage(self.entry, usage)
@@ -460,13 +582,48 @@ class Relay:
                     return None
                 del chunk["usage"]
                 changed = True
+            elif output.any_cut and isinstance(usage, dict):
+                self._usage_relayed(usage)
+                changed = True
         if changed:
             return encode_json(chunk)
         return item.raw
 
-    def _cut_tail(self, last_chunk: dict[str, Any] | None) -> bytes:
-        """The events that end a stream the gateway cut: a ``finish_reason: "length"``
-        chunk per cut choice and, when the client asked for it, a usage chunk."""
+    def _end_choice(self, state: _Choice, choice: dict[str, Any], reason: Any) -> bool:
+        """A choice that finished or was cut: a cut (or text held back when it
+        finished) ends it with ``length``. Returns whether *choice* was changed."""
+        output = self.output
+        if reason is not None and not state.cut and state.counter.close():
+            state.cut = output.any_cut = True
+        if not state.cut:
+            state.finish_reason = reason
+            return False
+        state.ended = True
+        state.finish_reason = "length"
+        if reason == "length":
+            return False
+        choice["finish_reason"] = "length"
+        return True
+
+    def _usage_relayed(self, usage: dict[str, Any]) -> None:
+        """The upstream's usage as relayed after a cut: ``completion_tokens`` is
+        what the client got (the upstream's own figure stays on the record)."""
+        completion = self.output.tokens
+        usage["completion_tokens"] = completion
+        if isinstance(usage.get("prompt_tokens"), int):
+            usage["total_tokens"] = usage["prompt_tokens"] + completion
+        # The upstream's breakdown described what it generated, not what was relayed.
+        usage.pop("completion_tokens_details", None)
+        self._usage_sent = True
+
+    def _ending(self, last_chunk: dict[str, Any] | None) -> bytes:
+        """The end of a stream: for choices cut with text held back (or cut but not
+        yet ended), a ``finish_reason: "length"`` chunk; after a cut, a usage
+        chunk when the client asked for one and the upstream's was not relayed;
+        then ``[DONE]``."""
+        pending = self.output.close()
+        if not self.output.any_cut:
+            return DONE_EVENT
         last = last_chunk or {}
         base = {
             "id": last.get("id", "chatcmpl-aigw"),
@@ -476,12 +633,14 @@ class Relay:
         }
         if "system_fingerprint" in last:
             base["system_fingerprint"] = last["system_fingerprint"]
-        choices: list[dict[str, Any]] = [
-            {"index": index, "delta": {}, "logprobs": None, "finish_reason": "length"}
-            for index in self.output.cut_indexes()
-        ]
-        parts = [encode_json({**base, "choices": choices})]
-        if self.admitted.client_wants_usage:
+        parts: list[bytes] = []
+        if pending:
+            choices: list[dict[str, Any]] = [
+                {"index": index, "delta": {}, "logprobs": None, "finish_reason": "length"}
+                for index in pending
+            ]
+            parts.append(encode_json({**base, "choices": choices}))
+        if self.admitted.client_wants_usage and not self._usage_sent:
             prompt, completion = self.entry.input_tokens, self.output.tokens
             usage = {
                 "prompt_tokens": prompt,
@@ -489,6 +648,8 @@ class Relay:
                 "total_tokens": prompt + completion,
             }
             parts.append(encode_json({**base, "choices": [], "usage": usage}))
+            self._usage_sent = True
+        parts.append(DONE_EVENT)
         return b"".join(parts)
 
     async def fail(self, exc: AigwError) -> None:

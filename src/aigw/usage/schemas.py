@@ -42,6 +42,20 @@ class DayUsage(UsageFigures):
     date: dt.date = Field(description="The UTC day")
 
 
+class ModelDrift(BaseModel):
+    """How far the gateway's counts are from the upstream's, for one model."""
+
+    model: str
+    input_requests: int = Field(description="Requests whose upstream reported prompt_tokens")
+    input_tokens: int = Field(description="The gateway's input count over those requests")
+    upstream_input_tokens: int = Field(description="The upstream's prompt_tokens over them")
+    output_requests: int = Field(
+        description="Answers relayed whole (completed) whose upstream reported completion_tokens"
+    )
+    output_tokens: int = Field(description="The gateway's output count over those answers")
+    upstream_output_tokens: int = Field(description="The upstream's completion_tokens over them")
+
+
 class KeyUsage(BaseModel):
     api_key_id: uuid.UUID
     alias: str = Field(description="The key's alias (as last recorded, if it was deleted)")
@@ -50,5 +64,10 @@ class KeyUsage(BaseModel):
     to: dt.datetime = Field(description="End of the period (exclusive)")
     totals: UsageFigures
     days: list[DayUsage] = Field(description="One bucket per UTC day of the period")
+    drift: list[ModelDrift] = Field(
+        default_factory=list,
+        description="Per model: the gateway's token counts next to the upstream's, over the "
+        "requests where both describe the same text (counting rules that are off show here)",
+    )
 
     model_config = {"populate_by_name": True}

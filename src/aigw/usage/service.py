@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigw.apikeys import service as apikeys
 from aigw.errors import NotFound, ValidationFailed
 from aigw.usage import repository
-from aigw.usage.schemas import DayUsage, KeyUsage, OutcomeUsage, UsageFigures
+from aigw.usage.schemas import DayUsage, KeyUsage, ModelDrift, OutcomeUsage, UsageFigures
 
 DEFAULT_PERIOD = timedelta(days=30)
 MAX_PERIOD = timedelta(days=366)
@@ -88,6 +88,10 @@ async def key_usage(
         bucket = days.get(row.day)
         if bucket is not None:
             _add(bucket, row)
+    drift = [
+        ModelDrift.model_validate(row, from_attributes=True)
+        for row in await repository.drift_by_model(session, api_key_id, period_start, period_end)
+    ]
     assert alias is not None
     return KeyUsage(
         api_key_id=api_key_id,
@@ -97,4 +101,5 @@ async def key_usage(
         to=period_end,
         totals=totals,
         days=list(days.values()),
+        drift=drift,
     )

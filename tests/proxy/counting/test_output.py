@@ -94,11 +94,10 @@ def test_limit_cuts_within_the_limit(
     reached = False
     for chunk in chunked(text, cuts):
         accepted, reached = counter.feed(chunk)
-        assert chunk.startswith(accepted)
-        relayed += accepted
+        relayed += accepted  # may start with text held back from an earlier chunk
         if reached:
-            assert accepted != chunk
             break
+    reached = counter.close() or reached
     count = n_tokens(encoding, relayed)
     assert counter.count == count <= limit
     assert text.startswith(relayed)
@@ -137,7 +136,7 @@ def test_channels_are_counted_apart_against_one_limit(o200k: tiktoken.Encoding) 
         kept += accepted
         if reached:
             break
-    assert reached
+    assert counter.close() or reached
     assert counter.channel_count("content") == n_tokens(o200k, content)
     assert counter.channel_count(("tool", 0)) == n_tokens(o200k, kept)
     assert counter.count == n_tokens(o200k, content) + n_tokens(o200k, kept) == 30

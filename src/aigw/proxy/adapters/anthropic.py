@@ -19,7 +19,9 @@ Answer mapping: text blocks join into ``content``, ``tool_use`` blocks become
 ``tool_calls``; ``stop_reason`` ``end_turn``/``stop_sequence`` → ``stop``,
 ``max_tokens`` → ``length``, ``tool_use`` → ``tool_calls``; ``usage``
 ``input_tokens``/``output_tokens`` → ``prompt_tokens``/``completion_tokens``.
-Thinking blocks are not relayed.
+Thinking text becomes ``reasoning_content`` (the name DeepSeek, vLLM and
+LiteLLM use), so it is counted and cut like any output, as Anthropic bills it;
+signatures and redacted thinking are not relayed.
 """
 
 from __future__ import annotations
@@ -249,12 +251,14 @@ class AnthropicStream:
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta":
                 return (self._chunk({"content": delta.get("text", "")}),)
+            if delta.get("type") == "thinking_delta":
+                return (self._chunk({"reasoning_content": delta.get("thinking", "")}),)
             if delta.get("type") == "input_json_delta":
                 tool = self._tools.get(data.get("index", -1))
                 if tool is not None:
                     call = {"index": tool, "function": {"arguments": delta.get("partial_json", "")}}
                     return (self._chunk({"tool_calls": [call]}),)
-            return (_COMMENT,)  # thinking and signatures are not relayed
+            return (_COMMENT,)  # signatures are not relayed
         if kind == "message_start":
             message = data.get("message") or {}
             self._id = str(message.get("id") or self._id)
@@ -331,12 +335,15 @@ class AnthropicAdapter:
         if not isinstance(message, dict) or not isinstance(message.get("content"), list):
             raise UpstreamProtocolError("The upstream provider sent an unexpected body")
         text: list[str] = []
+        thinking: list[str] = []
         calls: list[dict[str, Any]] = []
         for block in message["content"]:
             if not isinstance(block, dict):
                 continue
             if block.get("type") == "text":
                 text.append(str(block.get("text", "")))
+            elif block.get("type") == "thinking":
+                thinking.append(str(block.get("thinking", "")))
             elif block.get("type") == "tool_use":
                 calls.append(
                     {
@@ -349,6 +356,8 @@ class AnthropicAdapter:
                     }
                 )
         reply: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text else None}
+        if thinking:
+            reply["reasoning_content"] = "".join(thinking)
         if calls:
             reply["tool_calls"] = calls
         completion: dict[str, Any] = {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 from collections.abc import Hashable
 
 import regex
@@ -21,16 +23,36 @@ _UNSTABLE_PIECES = 3
 # (e.g. a model repeating "....."); it is committed at a token boundary.
 _MAX_UNSTABLE_CHARS = 1024
 _FORCED_KEEP_BYTES = 2 * MAX_TOKEN_BYTES  # beyond the reach of any re-merge at the end
+# Far from the limit, text is only collected; it is counted once this much is
+# pending (so an unlimited answer's memory stays bounded) or when asked.
+_SETTLE_BYTES = 8 * 1024
+# Near the limit: at most this many characters past the token-boundary cut are
+# tried one by one for a longer prefix that still fits, and at most this many
+# are held back waiting for text that could merge them into fewer tokens.
+_MAX_SCAN_CHARS = 512
+_MAX_HELD_CHARS = 1024
 
 
 class _Channel:
-    __slots__ = ("committed", "next_commit", "tail", "tail_bytes", "tail_tokens")
+    __slots__ = (
+        "committed",
+        "held",
+        "next_commit",
+        "parts",
+        "parts_bytes",
+        "tail",
+        "tail_bytes",
+        "tail_tokens",
+    )
 
     def __init__(self) -> None:
         self.committed = 0  # exact tokens of the text before `tail`
-        self.tail = ""  # text after the last stable pre-token boundary
+        self.tail = ""  # accepted text after the last stable pre-token boundary
         self.tail_bytes = 0  # UTF-8 length of `tail`: an upper bound of its tokens
         self.tail_tokens: int | None = 0  # exact tokens of `tail`, None when stale
+        self.parts: list[str] = []  # accepted text not yet joined into `tail`
+        self.parts_bytes = 0
+        self.held = ""  # text past the limit kept back: later text may make it fit
         self.next_commit = _COMMIT_CHARS
 
 
@@ -45,53 +67,54 @@ def _utf8_len(text: str) -> int:
 
 def _scrub(text: str) -> str:
     """*text* with lone surrogates replaced, as tiktoken does before encoding."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class OutputCounter:
     """Counts generated tokens as they stream, and cuts at a limit.
 
-    Text arrives in *channels*: the message content, and the arguments (and
-    name) of each tool call, which the model generates as separate texts. The
-    count of a channel is ``len(encoding.encode_ordinary(all text accepted on
-    it))``; :attr:`count` is the sum over channels.
+    Text arrives in *channels*: the message content, the reasoning text, the
+    arguments of each tool call, which the model generates as separate texts.
+    The count of a channel is ``len(encoding.encode_ordinary(all text accepted
+    on it))``; :attr:`count` is the sum over channels plus the fixed tokens
+    added with :meth:`charge` (a tool call's name and framing).
 
-    :meth:`feed` accepts as much of a delta as keeps :attr:`count` within
-    ``limit`` (``None`` or 0: unlimited), and reports when text had to be cut;
-    the cut falls on a token boundary, so the relayed text is exactly the
-    first ``limit`` tokens in all but rare cases where a token prefix
-    re-encodes into fewer tokens (then it is the longest prefix that fits).
+    The cut: :meth:`feed` relays the longest whole-character prefix of the
+    text that keeps :attr:`count` within ``limit`` (``None`` or 0: unlimited).
+    Token counts are not monotonic in the prefix (``"a  -"`` is 3 tokens in
+    o200k_base, ``"a  ---------"`` 4, ``"a  ----------"`` 3 again), so text
+    that does not fit yet but could once more arrives is *held back*: not
+    relayed, not refused, until the next text on the channel decides it. The
+    text ends (:attr:`exhausted`) once no longer prefix can fit, when another
+    channel starts, or at :meth:`close`.
 
-    Cost per delta is independent of how much was generated: BPE never merges
-    across the pre-tokens the encoding's regex splits text into, and appending
-    text can only re-split the last pre-tokens. Each channel keeps an exact
-    count of its text up to a stable pre-token boundary and re-encodes only
-    the short tail after it; every ~256 characters the tail is re-split and
-    all but its last three pre-tokens are committed. Far from the limit the
-    tail is not even encoded: its UTF-8 length bounds its tokens. One caveat:
-    a single pre-token longer than 4096 characters (a model stuck repeating
-    one punctuation character) is committed at token boundaries, where the
-    count could in principle differ from one-shot encoding by a token.
+    Cost: a token is never shorter than one byte, so while the UTF-8 bytes
+    accepted stay within the limit no cut is possible and a delta is only
+    appended to a list; it is counted once, when :attr:`count` is read (or
+    every 8 KiB). Near the limit a channel keeps an exact count up to a
+    stable pre-token boundary (BPE never merges across the pre-tokens the
+    encoding's regex splits text into, and appending can only re-split the
+    last ones) and re-encodes only the short tail after it. Two bounds keep
+    pathological text cheap, at the price of exactness only for it: a prefix
+    is searched at most 512 characters past the token-boundary cut, and at
+    most 1024 characters are held back; a single pre-token longer than 1024
+    characters (a model stuck repeating one punctuation character) is
+    committed at token boundaries.
 
     Lone surrogates in deltas are replaced with U+FFFD (as tiktoken does);
     the accepted text returned is the scrubbed text. Not thread-safe.
     """
 
     __slots__ = (
+        "_bound",
         "_channels",
-        "_committed",
         "_encode",
         "_encoding",
         "_exhausted",
+        "_fixed",
+        "_holding",
         "_limit",
         "_pattern",
-        "_tail_bytes",
     )
 
     def __init__(self, encoding: tiktoken.Encoding, limit: int | None = None) -> None:
@@ -102,8 +125,9 @@ class OutputCounter:
         self._pattern = _piece_pattern(encoding._pat_str)
         self._limit = limit or None
         self._channels: dict[Hashable, _Channel] = {}
-        self._committed = 0  # sum of channel.committed
-        self._tail_bytes = 0  # sum of channel.tail_bytes
+        self._fixed = 0  # tokens charged without text
+        self._bound = 0  # an upper bound of count: exact tokens, or bytes where not counted
+        self._holding: _Channel | None = None
         self._exhausted = False
 
     @property
@@ -124,63 +148,207 @@ class OutputCounter:
         return self._exhausted
 
     @property
+    def holding(self) -> bool:
+        """Whether text past the limit is held back, waiting for more."""
+        return self._holding is not None
+
+    @property
     def count(self) -> int:
         """Exact tokens accepted so far, over all channels."""
-        return self._committed + sum(self._tail_tokens(ch) for ch in self._channels.values())
+        return self._exact_total()
 
     def channel_count(self, channel: Hashable = "content") -> int:
         """Exact tokens accepted so far on *channel*."""
         ch = self._channels.get(channel)
-        return 0 if ch is None else ch.committed + self._tail_tokens(ch)
+        if ch is None:
+            return 0
+        self._settle(ch)
+        assert ch.tail_tokens is not None
+        return ch.committed + ch.tail_tokens
 
     def feed(self, text: str, channel: Hashable = "content") -> tuple[str, bool]:
         """Count *text* arriving on *channel*.
 
-        Returns ``(accepted, reached_limit)``: ``accepted`` is the prefix of
-        *text* to relay (all of it unless the limit cut it); ``reached_limit``
-        is true once text has been cut, and then every later feed accepts
-        nothing.
+        Returns ``(relay, ended)``: ``relay`` is the text to relay now on that
+        channel (usually *text*; a prefix of it at the cut; text held back by
+        an earlier call and now known to fit, followed by what fits of *text*),
+        and ``ended`` is true once the text has been cut, after which every
+        feed relays nothing.
         """
         if self._exhausted:
             return "", True
         if not text:
             return "", False
-        text = _scrub(text)
+        if text.isascii():
+            size = len(text)
+        else:
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                text = _scrub(text)
+                size = len(text.encode("utf-8"))
         ch = self._channels.get(channel)
         if ch is None:
             ch = self._channels[channel] = _Channel()
-        size = _utf8_len(text)
+        holding = self._holding
+        if holding is not None and holding is not ch:
+            self._end_held()  # the held text's channel is over: it did not fit
+            return "", True
         limit = self._limit
-        if limit is None or self._committed + self._tail_bytes + size <= limit:
-            self._append(ch, text, size, None)
+        if holding is None and (limit is None or self._bound + size <= limit):
+            ch.parts.append(text)
+            ch.parts_bytes += size
+            self._bound += size
+            if ch.parts_bytes >= _SETTLE_BYTES:
+                self._settle(ch)
+                self._exact_total()
             return text, False
+        return self._feed_near(ch, text, size)
 
-        budget = limit - self._committed
-        for other in self._channels.values():
-            if other is not ch:
-                budget -= self._tail_tokens(other)
-        joined = ch.tail + text
-        tokens = self._encode(joined)
-        if len(tokens) <= budget:
-            self._append(ch, text, size, len(tokens))
-            return text, False
-        accepted, count = self._cut(ch.tail, text, tokens, budget)
-        self._append(ch, accepted, _utf8_len(accepted), count)
+    def charge(self, tokens: int) -> bool:
+        """Add *tokens* generated without relayable text (a tool call's name and
+        framing). Returns whether they fit; if not, the output ends here."""
+        if self._exhausted:
+            return False
+        if self._holding is not None:
+            self._end_held()
+            return False
+        limit = self._limit
+        if limit is None or self._bound + tokens <= limit or self._exact_total() + tokens <= limit:
+            self._fixed += tokens
+            self._bound += tokens
+            return True
         self._exhausted = True
-        return accepted, True
+        return False
 
-    def _tail_tokens(self, ch: _Channel) -> int:
+    def close(self) -> bool:
+        """The output ended (the upstream finished the choice). Returns whether
+        text was held back past the limit: then the output was cut there."""
+        if self._holding is None:
+            return False
+        self._end_held()
+        return True
+
+    def _end_held(self) -> None:
+        assert self._holding is not None
+        self._holding.held = ""
+        self._holding = None
+        self._exhausted = True
+
+    def _settle(self, ch: _Channel) -> None:
+        """Join the channel's collected parts into its tail and count the tail
+        (one encode; the tail is re-split only once it passes 8 KiB)."""
+        if ch.parts:
+            ch.tail += "".join(ch.parts)
+            ch.tail_bytes += ch.parts_bytes
+            ch.tail_tokens = None
+            ch.parts.clear()
+            ch.parts_bytes = 0
         if ch.tail_tokens is None:
             ch.tail_tokens = len(self._encode(ch.tail))
-        return ch.tail_tokens
+        if ch.tail_bytes >= _SETTLE_BYTES:
+            self._commit(ch)
 
-    def _append(self, ch: _Channel, text: str, size: int, tail_tokens: int | None) -> None:
-        ch.tail += text
-        ch.tail_bytes += size
-        self._tail_bytes += size
-        ch.tail_tokens = tail_tokens
+    def _exact_total(self) -> int:
+        total = self._fixed
+        for ch in self._channels.values():
+            self._settle(ch)
+            assert ch.tail_tokens is not None
+            total += ch.committed + ch.tail_tokens
+        self._bound = total
+        return total
+
+    def _feed_near(self, ch: _Channel, text: str, size: int) -> tuple[str, bool]:
+        limit = self._limit
+        assert limit is not None
+        total = self._exact_total()
+        if not ch.held and total + size <= limit:
+            ch.parts.append(text)
+            ch.parts_bytes += size
+            self._bound += size
+            return text, False
+        if len(ch.tail) >= ch.next_commit:  # near the limit the tail is kept short
+            self._commit(ch)
+        assert ch.tail_tokens is not None
+        others = total - ch.committed - ch.tail_tokens
+        budget = limit - others - ch.committed  # tokens for the tail and what is added
+        candidate = ch.held + text
+        fit, count, extendable = self._longest_fit(ch.tail, candidate, budget)
+        relay = candidate[:fit]
+        ch.held = candidate[fit:]
+        ch.tail += relay
+        ch.tail_bytes += _utf8_len(relay)
+        ch.tail_tokens = count
+        self._bound = others + ch.committed + count
         if len(ch.tail) >= ch.next_commit:
             self._commit(ch)
+        if not ch.held:
+            self._holding = None
+            return relay, False
+        if extendable and len(ch.held) <= _MAX_HELD_CHARS:
+            self._holding = ch
+            return relay, False
+        self._holding = ch
+        self._end_held()
+        return relay, True
+
+    def _longest_fit(self, tail: str, candidate: str, budget: int) -> tuple[int, int, bool]:
+        """``(k, tokens(tail + candidate[:k]), extendable)`` for the largest *k* with
+        at most *budget* tokens; ``extendable``: whether text appended to the whole
+        of ``tail + candidate`` could still fit."""
+        encode = self._encode
+        full = tail + candidate
+        tokens = encode(full)
+        if len(tokens) <= budget:
+            return len(candidate), len(tokens), True
+        base = len(tail)
+        # Pre-tokens of `full` and the tokens before each (BPE stays inside them).
+        starts: list[int] = []
+        piece_bytes: list[int] = []
+        offset = 0
+        for match in self._pattern.finditer(full):
+            starts.append(match.start())
+            piece_bytes.append(offset)
+            offset += _utf8_len(match.group())
+        token_ends = list(
+            itertools.accumulate(len(b) for b in self._encoding.decode_tokens_bytes(tokens))
+        )
+        before = [bisect.bisect_right(token_ends, start) for start in piece_bytes]
+
+        def split(end: int) -> int:
+            # A pre-token start that stays one in every prefix ending at `end`.
+            return max(0, bisect.bisect_right(starts, end - 1) - 1 - _UNSTABLE_PIECES)
+
+        def exact(end: int) -> int:
+            index = split(end)
+            return before[index] + len(encode(full[starts[index] : end]))
+
+        def lower_bound(end: int) -> int:
+            return before[split(end)]
+
+        data = full.encode("utf-8")
+        j = min(budget, len(tokens))
+        while True:
+            end = base
+            if j > 0:
+                end = max(base, len(data[: token_ends[j - 1]].decode("utf-8", errors="ignore")))
+            count = exact(end) if end > 0 else 0
+            if count <= budget or end == base:
+                break
+            j -= 1
+        if count > budget:  # the accepted text alone is over: nothing more fits
+            return 0, count, False
+        best, best_count = end, count
+        for end in range(best + 1, min(len(full), best + 1 + _MAX_SCAN_CHARS)):
+            if lower_bound(end) > budget:
+                break
+            count = exact(end)
+            if count <= budget:
+                best, best_count = end, count
+        # Text appended to `full` keeps all but its last pre-tokens (and adds one).
+        stable = max(0, len(starts) - 1 - _UNSTABLE_PIECES)
+        extendable = before[stable] + 1 <= budget
+        return best - base, best_count, extendable
 
     def _commit(self, ch: _Channel) -> None:
         """Move the stable head of the channel's tail into its committed count."""
@@ -191,7 +359,9 @@ class OutputCounter:
             self._force_commit(ch)
             return
         if cut:
-            total = self._tail_tokens(ch)
+            if ch.tail_tokens is None:
+                ch.tail_tokens = len(self._encode(tail))
+            total = ch.tail_tokens
             kept = tail[cut:]
             kept_tokens = len(self._encode(kept))
             self._set_tail(ch, kept, kept_tokens, total - kept_tokens)
@@ -215,40 +385,10 @@ class OutputCounter:
         if k:
             kept = data[offset:].decode("utf-8")
             self._set_tail(ch, kept, len(tokens) - k, k)
+        else:
+            ch.tail_tokens = len(tokens)
         ch.next_commit = _MAX_UNSTABLE_CHARS
 
     def _set_tail(self, ch: _Channel, kept: str, kept_tokens: int, committed: int) -> None:
-        size = _utf8_len(kept)
-        self._tail_bytes += size - ch.tail_bytes
-        self._committed += committed
         ch.committed += committed
-        ch.tail, ch.tail_bytes, ch.tail_tokens = kept, size, kept_tokens
-
-    def _cut(self, tail: str, text: str, tokens: list[int], budget: int) -> tuple[str, int]:
-        """The longest prefix of *text* ending on a token boundary of
-        ``tail + text`` with ``tokens(tail + prefix) <= budget``, and that count."""
-        encode = self._encode
-        data = (tail + text).encode("utf-8")
-        ends = [0]
-        for piece in self._encoding.decode_tokens_bytes(tokens):
-            ends.append(ends[-1] + len(piece))
-
-        def candidate(j: int) -> tuple[str, int]:
-            # The first j tokens, minus any split trailing character.
-            chars = len(data[: ends[j]].decode("utf-8", errors="ignore"))
-            prefix = text[: max(0, chars - len(tail))]
-            return prefix, len(encode(tail + prefix))
-
-        j = min(budget, len(tokens) - 1)
-        best = candidate(j)
-        while best[1] > budget and j > 0:
-            j -= 1
-            best = candidate(j)
-        # A prefix can re-encode into fewer tokens than it was cut from; take
-        # more while it still fits.
-        while j + 1 < len(tokens):
-            grown = candidate(j + 1)
-            if grown[1] > budget:
-                break
-            j, best = j + 1, grown
-        return best
+        ch.tail, ch.tail_bytes, ch.tail_tokens = kept, _utf8_len(kept), kept_tokens

@@ -335,6 +335,7 @@ function usageCard(key, ctx) {
       endpointTable(totals.by_endpoint || {}),
       usageChart(bucketDays, { width: innerWidth(content) }),
       h("details", { class: "table-alt" }, h("summary", {}, "Show as a table"), usageTable(bucketDays)),
+      driftTable(data.drift || []),
     );
   }
 
@@ -384,6 +385,67 @@ function endpointTable(byEndpoint) {
           h("td", { class: "num" }, fmtInt(figures.output_tokens || 0)),
         );
       }),
+
+// Above this share the gateway's and the upstream's counts are shown as apart.
+const DRIFT_WARN = 0.02;
+
+/** One cell: the gateway's count against the upstream's, and their difference. */
+function driftCell(requests, gateway, upstream) {
+  if (!requests) return h("td", { class: "num muted" }, "—");
+  const diff = gateway - upstream;
+  const share = upstream ? diff / upstream : diff ? 1 : 0;
+  const sign = diff > 0 ? "+" : diff < 0 ? "−" : "±";
+  const label = `${sign}${fmtInt(Math.abs(diff))} (${sign}${(Math.abs(share) * 100).toFixed(1)} %)`;
+  return h(
+    "td",
+    { class: "num", title: `${fmtInt(requests)} requests: gateway ${fmtInt(gateway)}, upstream ${fmtInt(upstream)}` },
+    `${fmtInt(gateway)} / ${fmtInt(upstream)} `,
+    Math.abs(share) > DRIFT_WARN
+      ? h("span", { class: "badge badge--warn badge--plain" }, label)
+      : h("span", { class: "muted" }, label),
+  );
+}
+
+/** Per model: the gateway's token counts next to the upstream's (drift). */
+function driftTable(drift) {
+  if (!drift.length) return null;
+  return h(
+    "div",
+    { class: "drift", "data-testid": "drift" },
+    h("h3", {}, "Counting check"),
+    h(
+      "p",
+      { class: "muted" },
+      "The gateway's token counts next to what the upstream reported, over the requests where both count the same text. A gap means a model's counting rules are off.",
+    ),
+    h(
+      "table",
+      { class: "data" },
+      h("caption", { class: "visually-hidden" }, "Gateway and upstream token counts per model"),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", { scope: "col" }, "Model"),
+          h("th", { scope: "col", class: "num" }, "Input: gateway / upstream"),
+          h("th", { scope: "col", class: "num" }, "Output: gateway / upstream"),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        drift.map((row) =>
+          h(
+            "tr",
+            { "data-model": row.model },
+            h("td", { class: "mono" }, row.model),
+            driftCell(row.input_requests, row.input_tokens, row.upstream_input_tokens),
+            driftCell(row.output_requests, row.output_tokens, row.upstream_output_tokens),
+          ),
+        ),
+      ),
     ),
   );
 }
