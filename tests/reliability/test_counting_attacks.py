@@ -129,6 +129,7 @@ _NOT_YET = pytest.mark.xfail(
 )
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name",

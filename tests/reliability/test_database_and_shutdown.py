@@ -341,6 +341,7 @@ async def test_terminated_pool_connections_fail_only_in_flight_work(
         gateway.stop()
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("stream_seconds", [2.0, 8.0], ids=["within_grace", "past_grace"])
 async def test_sigterm_with_streams_in_flight(
     stream_seconds: float, fake: FakeUpstream, db: str, tmp_path: Path

@@ -539,6 +539,7 @@ SLOW_BODIES = {
 }
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("case", list(SLOW_BODIES))
 async def test_bodies_made_to_be_slow_cost_what_benign_bodies_cost(
     case: str, client: httpx.AsyncClient, provider: dict[str, Any]

@@ -244,6 +244,7 @@ _SUPERLINEAR = pytest.mark.xfail(
 )
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize(
     "case",
     [
@@ -271,6 +272,7 @@ async def test_tokenizer_worst_cases_cost_what_words_cost(
     assert slow <= 4.0 * fast + 0.05, (slow, fast)
 
 
+@pytest.mark.timing
 async def test_counting_a_huge_prompt_does_not_stall_other_requests(
     proxy: tuple[Any, dict[str, Any]],
 ) -> None:

@@ -171,6 +171,7 @@ def _feed_times(counter: OutputCounter, text: str, step: int) -> list[float]:
     return times
 
 
+@pytest.mark.timing
 def test_cost_per_chunk_does_not_grow_with_the_output(o200k: tiktoken.Encoding) -> None:
     text = "The quick brown fox jumps over the lazy dog. " * 4000
     counter = OutputCounter(o200k, 10**9)  # a limit far away: the cheap path
@@ -181,6 +182,7 @@ def test_cost_per_chunk_does_not_grow_with_the_output(o200k: tiktoken.Encoding) 
     assert counter.count == n_tokens(o200k, text)
 
 
+@pytest.mark.timing
 def test_a_giant_pretoken_stays_cheap_and_counted(o200k: tiktoken.Encoding) -> None:
     # A model stuck repeating one character: a single regex pre-token.
     text = "." * 150_000
