@@ -166,7 +166,9 @@ class AigwRelay:
         )
 
     async def __call__(self, exchange: Exchange) -> None:
-        from aigw.proxy.relay import Downstream, Output, Relay
+        from aigw.proxy.accounting import Output
+        from aigw.proxy.downstream import Downstream
+        from aigw.proxy.relay import Relay
         from aigw.proxy.upstream import UpstreamClock
         from aigw.usage.recorder import UsageEntry
 

@@ -136,6 +136,11 @@ class Metrics:
             buckets=_TTFB_BUCKETS,
             registry=self.registry,
         )
+        self.usage_rejected = Counter(
+            "aigw_usage_records_rejected",
+            "Usage records the database refused even one by one, kept aside in the spool folder",
+            registry=self.registry,
+        )
         self.token_drift = Histogram(
             "aigw_token_count_drift",
             "Per request, the gateway's token count minus the upstream's reported count "
@@ -153,12 +158,6 @@ class Metrics:
             series.input_drift.observe(entry.input_tokens - entry.upstream_input_tokens)
         if entry.upstream_output_tokens is not None and entry.outcome == "completed":
             series.output_drift.observe(entry.output_tokens - entry.upstream_output_tokens)
-
-        self.usage_rejected = Counter(
-            "aigw_usage_records_rejected",
-            "Usage records the database refused even one by one, kept aside in the spool folder",
-            registry=self.registry,
-        )
 
     def observe(self, entry: UsageEntry) -> None:
         series = self._series.get((entry.alias, entry.model))

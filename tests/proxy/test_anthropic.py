@@ -187,7 +187,7 @@ async def test_completion_and_stream(app: Any, messages_api: FakeMessages, db: s
 async def test_output_limit_and_tools(app: Any, messages_api: FakeMessages, stream: bool) -> None:
     messages_api.tool = True
     messages_api.tokens = 30
-    # 10: the call's name and framing take 5 of them (aigw.proxy.relay.TOOL_CALL_TOKENS).
+    # 10: the call's name and framing take 5 of them (aigw.proxy.accounting.TOOL_CALL_TOKENS).
     key = await ready_key(app, provider="claude", model=MODEL, output_limit=10)
     client = sdk(app, key["token"])
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]

@@ -241,7 +241,7 @@ async def test_cut_inside_tool_call_arguments(
     completion = await client.chat.completions.create(model=MODEL, messages=MESSAGES)
     (call,) = completion.choices[0].message.tool_calls or []
     # The call's name "f" (1 token) and its framing (4, from OpenAI's published
-    # example: see aigw.proxy.relay.TOOL_CALL_TOKENS) count against L too.
+    # example: see aigw.proxy.accounting.TOOL_CALL_TOKENS) count against L too.
     assert relayed_tokens(app, call.function.arguments) == L - 5  # type: ignore[union-attr]
     assert completion.choices[0].finish_reason == "length"
     chunks = [

@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from aigw.proxy import counting
+from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import InputTokenLimitExceeded, InvalidRequest, UpstreamProtocolError
 from aigw.proxy.exchange import (
     Prepared,
@@ -27,7 +28,6 @@ from aigw.proxy.exchange import (
 )
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, Limits, decide
-from aigw.proxy.relay import Downstream
 from aigw.proxy.upstream import UpstreamClock
 from aigw.usage.recorder import UsageEntry
 

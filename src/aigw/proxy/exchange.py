@@ -4,7 +4,7 @@
 stages (authenticate → admit → forward → record, see :mod:`aigw.proxy.pipeline`)
 and its parts — the key cache, :mod:`aigw.proxy.admission`'s body reading,
 :func:`aigw.proxy.policy.decide`, :mod:`aigw.proxy.upstream`'s client, time
-bounds and failure mapping, :class:`aigw.proxy.relay.Downstream` — but speak
+bounds and failure mapping, :class:`aigw.proxy.downstream.Downstream` — but speak
 another wire format. An :class:`Endpoint` supplies what differs: its own
 admission (what to count, which field bounds the output) and its own relay.
 Both go to ``openai``-kind providers only: other kinds have no such API and the
@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from aigw.errors import AigwError, UnsupportedMediaType, openai_error_body, openai_error_response
 from aigw.proxy.adapters.openai import OpenAIAdapter, _endpoint
 from aigw.proxy.admission import _content_type_ok, _read_body, key_headers
+from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import (
     ClientGone,
     InvalidApiKey,
@@ -43,7 +44,6 @@ from aigw.proxy.errors import (
 )
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import Decision, flags_output
-from aigw.proxy.relay import Downstream
 from aigw.proxy.upstream import (
     UpstreamClock,
     finish_upstream,

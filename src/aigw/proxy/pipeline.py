@@ -30,9 +30,11 @@ from aigw.crypto import TokenHasher
 from aigw.errors import AigwError, openai_error_response
 from aigw.metrics import Metrics
 from aigw.proxy import counting, exchange
+from aigw.proxy.accounting import Output
 from aigw.proxy.adapters import ADAPTERS
 from aigw.proxy.adapters.base import Adapter
 from aigw.proxy.admission import Admission, Admitted, bearer_token, key_headers
+from aigw.proxy.downstream import Downstream
 from aigw.proxy.embeddings import EmbeddingsEndpoint
 from aigw.proxy.errors import (
     ClientGone,
@@ -46,7 +48,7 @@ from aigw.proxy.exchange import ModelNotFound
 from aigw.proxy.keycache import KeyCache, ResolvedKey
 from aigw.proxy.messages.ingress import MessagesIngress
 from aigw.proxy.policy import flags_output
-from aigw.proxy.relay import Downstream, Output, Relay
+from aigw.proxy.relay import Relay
 from aigw.proxy.responses.endpoint import ResponsesEndpoint
 from aigw.proxy.upstream import (
     UpstreamClock,

@@ -35,6 +35,7 @@ from aigw.proxy.admission import (
     key_headers,
 )
 from aigw.proxy.counting.prompt import InputCount
+from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import (
     ClientGone,
     InputTokenLimitExceeded,
@@ -50,7 +51,6 @@ from aigw.proxy.errors import (
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.messages import wire
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide
-from aigw.proxy.relay import Downstream
 from aigw.usage.recorder import UsageEntry
 
 if TYPE_CHECKING:

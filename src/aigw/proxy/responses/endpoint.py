@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from aigw.proxy.downstream import Downstream
 from aigw.proxy.exchange import Prepared
 from aigw.proxy.keycache import ResolvedKey
-from aigw.proxy.relay import Downstream
 from aigw.proxy.responses.admission import ResponsesAdmission
 from aigw.proxy.responses.relay import ResponsesRelay
 from aigw.proxy.upstream import UpstreamClock

@@ -27,11 +27,11 @@ import aiohttp
 import orjson
 
 from aigw.proxy import counting
+from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import UpstreamConnectionLost, UpstreamProtocolError
 from aigw.proxy.exchange import Prepared, upstream_usage, with_output_flag
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import flags_output, is_over
-from aigw.proxy.relay import Downstream
 from aigw.proxy.sse import SSEDecoder
 from aigw.proxy.upstream import UpstreamClock
 from aigw.usage.recorder import UsageEntry
