@@ -181,9 +181,8 @@ class Pipeline:
     async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Every other ``/v1`` path: 404 (405 for a served path) listing what is served,
         the same answer with or without a token (probing reveals nothing more to one)."""
-        exc = exchange.unknown_endpoint(scope)
-        headers = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
-        await _send_error(scope, receive, send, exc, headers)
+        # Allow (on a 405) travels in the error's own headers, which _send_error adds.
+        await _send_error(scope, receive, send, exchange.unknown_endpoint(scope), [])
 
     async def create_message(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v1/messages`` (Anthropic's Messages API): :mod:`aigw.proxy.messages`."""

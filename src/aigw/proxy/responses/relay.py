@@ -168,6 +168,14 @@ class ResponsesRelay:
 
     def _feed(self, text: str, channel: Hashable) -> tuple[str, bool]:
         kept, reached = self.counter.feed(text, channel)
+        if not reached and kept != text:
+            # The counter holds text back when a longer prefix might fit once more
+            # arrives (chat waits for it). A Responses answer closes its parts with
+            # .done events that repeat the whole text, so held text would leak
+            # there: the cut is made here instead, at most a few tokens short of L
+            # in the rare texts whose token count shrinks as they grow.
+            self.counter.close()
+            reached = True
         if reached:
             self.cut = True
         return kept, reached
