@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -60,9 +61,39 @@ MAX_OUTPUT_TOKENS = 10_000_000
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
 _JSON = b"application/json"
 
+
 # Member names the gateway (or a provider translation) reads, per object it reads
 # them in: a case variant of one of these could be read by an upstream in its place.
-_TOP_FIELDS = frozenset(
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The member names an endpoint reads in one kind of object (``known``), and
+    the same for the objects it reads under some of them (``children``: the
+    object at that field, or each object of the array there)."""
+
+    known: frozenset[str]
+    children: Mapping[str, Names] = field(default_factory=dict)
+
+
+def names(known: Iterable[str], **children: Names) -> Names:
+    return Names(frozenset(known), children)
+
+
+_OPTIONS = names({"include_usage", "include_obfuscation"})
+_CALL = names({"id", "type", "function", "custom", "name", "arguments", "input"})
+_CALL = names(_CALL.known, function=_CALL, custom=_CALL)
+_TOOL = names({"type", "function", "custom", "name", "description", "parameters", "format"})
+_TOOL = names(_TOOL.known, function=_TOOL, custom=_TOOL)
+_PART = names(
+    {"type", "text", "image_url", "input_audio", "file", "refusal", "url", "detail", "data"}
+)
+_MESSAGE = names(
+    {"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "refusal", "audio"},
+    content=_PART,
+    tool_calls=_CALL,
+    function_call=_CALL,
+)
+#: What ``POST /v1/chat/completions`` reads (:func:`ambiguous_names`).
+CHAT_NAMES = names(
     {
         "model",
         "messages",
@@ -95,17 +126,12 @@ _TOP_FIELDS = frozenset(
         "chat_template",
         "chat_template_kwargs",
         "documents",
-    }
+    },
+    messages=_MESSAGE,
+    stream_options=_OPTIONS,
+    tools=_TOOL,
+    functions=_TOOL,
 )
-_MESSAGE_FIELDS = frozenset(
-    {"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "refusal", "audio"}
-)
-_PART_FIELDS = frozenset(
-    {"type", "text", "image_url", "input_audio", "file", "refusal", "url", "detail", "data"}
-)
-_OPTION_FIELDS = frozenset({"include_usage", "include_obfuscation"})
-_TOOL_FIELDS = frozenset({"type", "function", "custom", "name", "description", "parameters"})
-_CALL_FIELDS = frozenset({"id", "type", "function", "custom", "name", "arguments", "input"})
 
 
 class _Duplicate(ValueError):
@@ -125,9 +151,7 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _check_names(obj: Any, known: frozenset[str], where: str) -> str | None:
-    if not isinstance(obj, dict):
-        return None
+def _check_names(obj: dict[str, Any], known: frozenset[str], where: str) -> str | None:
     seen: set[str] = set()
     for name in obj:
         folded = name.casefold()
@@ -137,51 +161,41 @@ def _check_names(obj: Any, known: frozenset[str], where: str) -> str | None:
     return None
 
 
-def _objects(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
+def _case_variant(value: Any, spec: Names, where: str) -> str | None:
+    # The object at a field, or each object of the array there (one level: the
+    # names are read in no deeper arrays, and depth must not cost recursion).
+    if isinstance(value, dict):
+        objects: list[tuple[str, Any]] = [(where, value)]
+    elif isinstance(value, list):
+        objects = [(f"{where}{index}.", item) for index, item in enumerate(value)]
+    else:
+        return None
+    for at, obj in objects:
+        if not isinstance(obj, dict):
+            continue
+        found = _check_names(obj, spec.known, at)
+        if found:
+            return found
+        for name, child in spec.children.items():
+            if name in obj:
+                found = _case_variant(obj[name], child, f"{at}{name}.")
+                if found:
+                    return found
+    return None
 
 
-def ambiguous_names(raw: bytes, body: dict[str, Any]) -> str | None:
+def ambiguous_names(raw: bytes, body: dict[str, Any], spec: Names = CHAT_NAMES) -> str | None:
     """The first member name an upstream could read differently from the gateway:
     a duplicate anywhere in *raw*, or a case variant among the names the gateway
-    reads in *body* (parsed from *raw*). ``None``: nothing ambiguous."""
+    reads in *body* (parsed from *raw*; *spec* says which). ``None``: nothing
+    ambiguous."""
     try:
         json.loads(raw, object_pairs_hook=_unique_pairs)
     except _Duplicate as exc:
         return exc.name
     except (ValueError, RecursionError):
         pass  # orjson accepted the body; the stdlib parser's own limits are not ours
-    found = _check_names(body, _TOP_FIELDS, "") or _check_names(
-        body.get("stream_options"), _OPTION_FIELDS, "stream_options."
-    )
-    if found:
-        return found
-    for index, message in enumerate(_objects(body.get("messages"))):
-        where = f"messages.{index}."
-        found = _check_names(message, _MESSAGE_FIELDS, where)
-        if found or not isinstance(message, dict):
-            if found:
-                return found
-            continue
-        for part in _objects(message.get("content")):
-            found = _check_names(part, _PART_FIELDS, where + "content.")
-            if found:
-                return found
-        for call in _objects(message.get("tool_calls")):
-            found = _check_names(call, _CALL_FIELDS, where + "tool_calls.") or (
-                _check_names(call.get("function"), _CALL_FIELDS, where + "tool_calls.function.")
-                if isinstance(call, dict)
-                else None
-            )
-            if found:
-                return found
-    for tool in _objects(body.get("tools")):
-        found = _check_names(tool, _TOOL_FIELDS, "tools.")
-        if not found and isinstance(tool, dict):
-            found = _check_names(tool.get("function"), _TOOL_FIELDS, "tools.function.")
-        if found:
-            return found
-    return None
+    return _case_variant(body, spec, "")
 
 
 _T = TypeVar("_T")
@@ -200,7 +214,7 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def _content_type_ok(headers: list[tuple[bytes, bytes]]) -> bool:
+def content_type_ok(headers: list[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
         if name == b"content-type":
             media = value.split(b";", 1)[0].strip().lower()
@@ -210,7 +224,7 @@ def _content_type_ok(headers: list[tuple[bytes, bytes]]) -> bool:
     return True  # absent: judged by the body
 
 
-def _max_tokens_field(model: str) -> str:
+def max_tokens_field(model: str) -> str:
     return "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(model) else "max_tokens"
 
 
@@ -225,10 +239,8 @@ def _optional_int(body: dict[str, Any], field: str, low: int, high: int) -> int 
     return value
 
 
-def _validate(body: Any) -> None:
+def _validate(body: dict[str, Any]) -> None:
     """Just enough shape to count and forward safely; the upstream judges the rest."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
@@ -236,7 +248,7 @@ def _validate(body: Any) -> None:
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages[{index}] must be an object", param=f"messages.{index}")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list is unhashable
             raise InvalidRequest(
                 f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}",
                 param=f"messages.{index}.role",
@@ -259,30 +271,60 @@ def _validate(body: Any) -> None:
     _optional_int(body, "n", 1, 128)
 
 
-def _parse(raw: bytes) -> dict[str, Any]:
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """*raw* as a JSON object: 400 ``invalid_json`` or ``invalid_request`` otherwise."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidJson() from None
-    _validate(body)
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object")
     return body
 
 
-def _parse_unambiguous(raw: bytes) -> dict[str, Any]:
-    """Parse and check *raw*, refusing a member name an upstream could read
-    differently from the gateway (issue 10: what is checked is what is sent)."""
-    body = _parse(raw)
-    ambiguous = ambiguous_names(raw, body)
+def refuse_ambiguous(raw: bytes, body: dict[str, Any], spec: Names) -> None:
+    """400 ``ambiguous_field`` for a member name an upstream could read differently
+    from the gateway (issue 10: what is checked is what is sent)."""
+    ambiguous = ambiguous_names(raw, body, spec)
     if ambiguous is not None:
         raise AmbiguousField(
             f"The member name '{ambiguous[:100]}' is a duplicate or a case variant of "
             "a field this gateway checks; send each field once, spelled exactly",
             param=ambiguous[:100],
         )
+
+
+def parse_unambiguous(
+    raw: bytes,
+    spec: Names = CHAT_NAMES,
+    validate: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """Parse *raw* as a JSON object, check it with *validate* and refuse names an
+    upstream could read differently (:func:`refuse_ambiguous`). Linear in the
+    body's size: run it through :func:`off_loop`."""
+    body = parse_object(raw)
+    if validate is not None:
+        validate(body)
+    refuse_ambiguous(raw, body, spec)
     return body
 
 
-async def _read_body(receive: Receive) -> bytes:
+def _parse_chat(raw: bytes) -> dict[str, Any]:
+    return parse_unambiguous(raw, CHAT_NAMES, _validate)
+
+
+async def off_loop(
+    raw: bytes, executor: Executor | None, work: Callable[..., _T], *args: Any
+) -> _T:
+    """``work(*args)``: inline for a body *raw* of at most the inline size, else in
+    *executor* (the tokenizer threads), so nothing that grows with a body runs on
+    the event loop (issue 10)."""
+    if len(raw) <= counting.INLINE_BODY_BYTES:
+        return work(*args)
+    return await asyncio.get_running_loop().run_in_executor(executor, work, *args)
+
+
+async def read_body(receive: Receive) -> bytes:
     try:
         return await _receive_body(receive)
     except HTTPException as exc:
@@ -369,9 +411,7 @@ class Admission:
     async def _off_loop(self, raw: bytes, work: Callable[..., _T], *args: Any) -> _T:
         # Work that grows with the body (parsing, checking, re-serialising) runs
         # in the tokenizer threads for bodies past the inline size (issue 10).
-        if len(raw) <= counting.INLINE_BODY_BYTES:
-            return work(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.encoders.executor, work, *args)
+        return await off_loop(raw, self.encoders.executor, work, *args)
 
     async def _count(
         self, body: dict[str, Any], encoding: Any, body_bytes: int
@@ -400,10 +440,10 @@ class Admission:
             raise KeyUnusable()
         if adapter is None:
             raise UnsupportedProvider()
-        if not _content_type_ok(headers):
+        if not content_type_ok(headers):
             raise UnsupportedMediaType()
-        raw = await _read_body(receive)
-        body = await self._off_loop(raw, _parse_unambiguous, raw)
+        raw = await read_body(receive)
+        body = await self._off_loop(raw, _parse_chat, raw)
         model = body.get("model")
         if model is None:
             body["model"] = key.model
@@ -466,7 +506,7 @@ class Admission:
             )
         injected = False
         if decision.inject_max_tokens is not None:
-            body[_max_tokens_field(key.model)] = decision.inject_max_tokens
+            body[max_tokens_field(key.model)] = decision.inject_max_tokens
             modified = injected = True
         client_wants_usage = False
         if stream:
@@ -515,3 +555,9 @@ class Admission:
             response_headers=response_headers,
             hold=hold,
         )
+
+
+# The names these helpers had before issue 10 made them public (for branches in flight).
+_content_type_ok = content_type_ok
+_read_body = read_body
+_max_tokens_field = max_tokens_field
