@@ -36,7 +36,9 @@ block, ``tool_calls`` → ``tool_use`` blocks, ``finish_reason`` ``stop`` →
 ``end_turn``, ``length`` → ``max_tokens``, ``tool_calls``/``function_call`` →
 ``tool_use``, ``content_filter`` → ``refusal``; ``usage`` prompt/completion →
 input/output tokens. Which stop sequence matched is not known after the
-translation: ``stop_sequence`` is always ``null``.
+translation: ``stop_sequence`` is always ``null``. An ``anthropic`` upstream is
+sent the Messages body itself, dropped parts included: those count as their
+JSON text (:func:`untranslated`), so nothing forwarded goes uncounted.
 """
 
 from __future__ import annotations
