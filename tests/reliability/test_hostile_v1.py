@@ -79,6 +79,12 @@ CASES: dict[str, tuple[bytes, str | None, int, str]] = {
         400,
         "invalid_request",
     ),
+    "role_list_fuzzer": (  # a contract fuzzer's find: a list is unhashable (was a 500)
+        b'{"model": false, "messages": [{"content": 0.0, "role": []}]}',
+        JSON,
+        400,
+        "invalid_request",
+    ),
     "content_number": (
         chat(messages=b'[{"role":"user","content":1}]'),
         JSON,

@@ -9,36 +9,32 @@ refused), checked just enough to count it, counted, and judged by
 (the key's model when omitted, an output bound when the policy asks for one,
 and ``stream_options.include_usage`` on streams).
 
-What the upstream receives is exactly what was checked: upstreams differ in how
-they read JSON (Go's ``encoding/json``, used by Ollama and others, matches
-member names case-insensitively; parsers disagree on which duplicate wins), so
-a body with a duplicate member name anywhere, or a case variant of a field the
-gateway reads (``"MODEL"``, ``"Max_Tokens"``, two names equal under Unicode
-case folding), is refused with 400 ``ambiguous_field`` (:func:`ambiguous_names`).
+Reading the body and refusing ambiguous member names is :mod:`aigw.proxy.body`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-from starlette.exceptions import HTTPException
-from starlette.types import Message, Receive
+from starlette.types import Receive
 
 from aigw.budgets.guard import Hold, Limiter
-from aigw.errors import PayloadTooLarge, UnsupportedMediaType
+from aigw.errors import UnsupportedMediaType
 from aigw.proxy import counting
 from aigw.proxy.adapters.base import Adapter
+from aigw.proxy.body import (
+    CHAT_NAMES,
+    content_type_ok,
+    off_loop,
+    parse_unambiguous,
+    read_body,
+)
 from aigw.proxy.errors import (
-    AmbiguousField,
-    ClientGone,
     InputTokenLimitExceeded,
-    InvalidJson,
     InvalidRequest,
     KeyDisabled,
     KeyUnusable,
@@ -50,6 +46,8 @@ from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, Decision, decide
 from aigw.usage.recorder import UsageEntry
 
+_T = TypeVar("_T")
+
 if TYPE_CHECKING:
     from aigw.proxy.upstream_count import UpstreamCounter
 
@@ -58,133 +56,6 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 MAX_OUTPUT_TOKENS = 10_000_000
 # Models that take only ``max_completion_tokens`` (OpenAI reasoning models).
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
-_JSON = b"application/json"
-
-# Member names the gateway (or a provider translation) reads, per object it reads
-# them in: a case variant of one of these could be read by an upstream in its place.
-_TOP_FIELDS = frozenset(
-    {
-        "model",
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "stream",
-        "stream_options",
-        "n",
-        "tools",
-        "tool_choice",
-        "functions",
-        "function_call",
-        "parallel_tool_calls",
-        "response_format",
-        "stop",
-        "user",
-        "metadata",
-        "temperature",
-        "top_p",
-        "logprobs",
-        "top_logprobs",
-        "seed",
-        "prediction",
-        "audio",
-        "modalities",
-        "reasoning_effort",
-        "store",
-        "service_tier",
-        "web_search_options",
-        "chat_template",
-        "chat_template_kwargs",
-        "documents",
-    }
-)
-_MESSAGE_FIELDS = frozenset(
-    {"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "refusal", "audio"}
-)
-_PART_FIELDS = frozenset(
-    {"type", "text", "image_url", "input_audio", "file", "refusal", "url", "detail", "data"}
-)
-_OPTION_FIELDS = frozenset({"include_usage", "include_obfuscation"})
-_TOOL_FIELDS = frozenset({"type", "function", "custom", "name", "description", "parameters"})
-_CALL_FIELDS = frozenset({"id", "type", "function", "custom", "name", "arguments", "input"})
-
-
-class _Duplicate(ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise _Duplicate(name)
-            seen.add(name)
-    return result
-
-
-def _check_names(obj: Any, known: frozenset[str], where: str) -> str | None:
-    if not isinstance(obj, dict):
-        return None
-    seen: set[str] = set()
-    for name in obj:
-        folded = name.casefold()
-        if folded in seen or (folded != name and folded in known):
-            return f"{where}{name}"
-        seen.add(folded)
-    return None
-
-
-def _objects(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def ambiguous_names(raw: bytes, body: dict[str, Any]) -> str | None:
-    """The first member name an upstream could read differently from the gateway:
-    a duplicate anywhere in *raw*, or a case variant among the names the gateway
-    reads in *body* (parsed from *raw*). ``None``: nothing ambiguous."""
-    try:
-        json.loads(raw, object_pairs_hook=_unique_pairs)
-    except _Duplicate as exc:
-        return exc.name
-    except (ValueError, RecursionError):
-        pass  # orjson accepted the body; the stdlib parser's own limits are not ours
-    found = _check_names(body, _TOP_FIELDS, "") or _check_names(
-        body.get("stream_options"), _OPTION_FIELDS, "stream_options."
-    )
-    if found:
-        return found
-    for index, message in enumerate(_objects(body.get("messages"))):
-        where = f"messages.{index}."
-        found = _check_names(message, _MESSAGE_FIELDS, where)
-        if found or not isinstance(message, dict):
-            if found:
-                return found
-            continue
-        for part in _objects(message.get("content")):
-            found = _check_names(part, _PART_FIELDS, where + "content.")
-            if found:
-                return found
-        for call in _objects(message.get("tool_calls")):
-            found = _check_names(call, _CALL_FIELDS, where + "tool_calls.") or (
-                _check_names(call.get("function"), _CALL_FIELDS, where + "tool_calls.function.")
-                if isinstance(call, dict)
-                else None
-            )
-            if found:
-                return found
-    for tool in _objects(body.get("tools")):
-        found = _check_names(tool, _TOOL_FIELDS, "tools.")
-        if not found and isinstance(tool, dict):
-            found = _check_names(tool.get("function"), _TOOL_FIELDS, "tools.function.")
-        if found:
-            return found
-    return None
-
-
-_T = TypeVar("_T")
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -200,17 +71,7 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def _content_type_ok(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            return media == _JSON or (
-                media.startswith(b"application/") and media.endswith(b"+json")
-            )
-    return True  # absent: judged by the body
-
-
-def _max_tokens_field(model: str) -> str:
+def max_tokens_field(model: str) -> str:
     return "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(model) else "max_tokens"
 
 
@@ -225,10 +86,8 @@ def _optional_int(body: dict[str, Any], field: str, low: int, high: int) -> int 
     return value
 
 
-def _validate(body: Any) -> None:
+def _validate(body: dict[str, Any]) -> None:
     """Just enough shape to count and forward safely; the upstream judges the rest."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
@@ -236,7 +95,7 @@ def _validate(body: Any) -> None:
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages[{index}] must be an object", param=f"messages.{index}")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list is unhashable
             raise InvalidRequest(
                 f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}",
                 param=f"messages.{index}.role",
@@ -259,54 +118,8 @@ def _validate(body: Any) -> None:
     _optional_int(body, "n", 1, 128)
 
 
-def _parse(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidJson() from None
-    _validate(body)
-    return body
-
-
-def _parse_unambiguous(raw: bytes) -> dict[str, Any]:
-    """Parse and check *raw*, refusing a member name an upstream could read
-    differently from the gateway (issue 10: what is checked is what is sent)."""
-    body = _parse(raw)
-    ambiguous = ambiguous_names(raw, body)
-    if ambiguous is not None:
-        raise AmbiguousField(
-            f"The member name '{ambiguous[:100]}' is a duplicate or a case variant of "
-            "a field this gateway checks; send each field once, spelled exactly",
-            param=ambiguous[:100],
-        )
-    return body
-
-
-async def _read_body(receive: Receive) -> bytes:
-    try:
-        return await _receive_body(receive)
-    except HTTPException as exc:
-        # The size-limit middleware stops a streamed body mid-way from receive().
-        if exc.status_code == 413:
-            raise PayloadTooLarge(str(exc.detail)) from None
-        raise
-
-
-async def _receive_body(receive: Receive) -> bytes:
-    message: Message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    parts = [body]
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
+def _parse_chat(raw: bytes) -> dict[str, Any]:
+    return parse_unambiguous(raw, CHAT_NAMES, _validate)
 
 
 def key_headers(key: ResolvedKey, entry: UsageEntry) -> list[tuple[bytes, bytes]]:
@@ -369,9 +182,7 @@ class Admission:
     async def _off_loop(self, raw: bytes, work: Callable[..., _T], *args: Any) -> _T:
         # Work that grows with the body (parsing, checking, re-serialising) runs
         # in the tokenizer threads for bodies past the inline size (issue 10).
-        if len(raw) <= counting.INLINE_BODY_BYTES:
-            return work(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.encoders.executor, work, *args)
+        return await off_loop(raw, self.encoders.executor, work, *args)
 
     async def _count(
         self, body: dict[str, Any], encoding: Any, body_bytes: int
@@ -400,10 +211,10 @@ class Admission:
             raise KeyUnusable()
         if adapter is None:
             raise UnsupportedProvider()
-        if not _content_type_ok(headers):
+        if not content_type_ok(headers):
             raise UnsupportedMediaType()
-        raw = await _read_body(receive)
-        body = await self._off_loop(raw, _parse_unambiguous, raw)
+        raw = await read_body(receive)
+        body = await self._off_loop(raw, _parse_chat, raw)
         model = body.get("model")
         if model is None:
             body["model"] = key.model
@@ -466,7 +277,7 @@ class Admission:
             )
         injected = False
         if decision.inject_max_tokens is not None:
-            body[_max_tokens_field(key.model)] = decision.inject_max_tokens
+            body[max_tokens_field(key.model)] = decision.inject_max_tokens
             modified = injected = True
         client_wants_usage = False
         if stream:

@@ -5,7 +5,8 @@ of token-id arrays (OpenAI's four forms). Strings count as their tokens in the
 key's encoding — exactly what OpenAI bills for embeddings, with no per-item
 overhead — and token arrays as their length. ``reject`` refuses input over the
 limit (400 ``input_token_limit_exceeded``); ``use_anyway`` forwards it and
-flags it. The answer is relayed as received; its ``usage.prompt_tokens`` is
+flags it. Any other field that could carry text (an unknown one, a long
+``user``) counts as the tokens of its JSON text ``{"field": value}``. The answer is relayed as received; its ``usage.prompt_tokens`` is
 recorded as the upstream's count.
 """
 
@@ -17,12 +18,14 @@ import aiohttp
 import orjson
 
 from aigw.proxy import counting
+from aigw.proxy.body import Names, names, off_loop
+from aigw.proxy.counting.functions import compact_json
 from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import InputTokenLimitExceeded, InvalidRequest, UpstreamProtocolError
 from aigw.proxy.exchange import (
     Prepared,
     apply_model_rule,
-    encode_body,
+    encode_off_loop,
     response_headers,
     upstream_usage,
 )
@@ -38,6 +41,41 @@ _SHAPE = (
     "'input' must be a string, an array of strings, an array of token ids or an array of "
     "token-id arrays"
 )
+
+
+#: What ``POST /v1/embeddings`` reads: a case variant of one of these is refused.
+EMBEDDINGS_NAMES: Names = names({"model", "input", "dimensions", "encoding_format", "user"})
+
+
+# Free while they hold a number, a boolean or a string of at most 64 characters.
+_SETTINGS = frozenset({"dimensions", "encoding_format", "user"})
+
+
+def _as_chat(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    """The texts of ``input`` as chat messages, the tokens given as ids, and the
+    number of texts (linear in the input: run off the loop). Any other field
+    that could carry text (an unknown one, a long ``user``) counts as the JSON
+    text of ``{"field": value}`` (issue 10: nothing forwarded goes uncounted)."""
+    texts, id_tokens = embedding_inputs(body.get("input"))
+    for name, value in body.items():
+        if name in ("input", "model") or value is None:  # model: the key's, checked
+            continue
+        if name in _SETTINGS and (
+            isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 64)
+        ):
+            continue
+        text = compact_json({name: value})
+        if not text:
+            raise InvalidRequest("The request body is nested too deeply", param=name)
+        texts = [*texts, text]
+    as_chat = {"messages": [{"role": "user", "content": text} for text in texts]}
+    return as_chat, id_tokens, len(texts)
+
+
+def _overhead(texts: int, encoding: Any) -> int:
+    """What one user message per text adds to the chat count (removed again)."""
+    empty = {"messages": [{"role": "user", "content": ""}] * texts}
+    return counting.count_chat_input(empty, encoding)
 
 
 def embedding_inputs(value: Any) -> tuple[list[str], int]:
@@ -69,6 +107,7 @@ def embedding_inputs(value: Any) -> tuple[list[str], int]:
 class EmbeddingsEndpoint:
     name = "embeddings"
     path = "/embeddings"
+    names = EMBEDDINGS_NAMES
 
     async def admit(
         self,
@@ -79,21 +118,22 @@ class EmbeddingsEndpoint:
         entry: UsageEntry,
     ) -> Prepared:
         modified = apply_model_rule(body, key)
-        texts, id_tokens = embedding_inputs(body.get("input"))
+        executor = pipeline.encoders.executor
+        # Everything that grows with the input runs off the loop for a large body.
+        as_chat, id_tokens, texts = await off_loop(raw, executor, _as_chat, body)
         tokens, exact = id_tokens, True
         if texts:
             # The chat counter brings the size cap and the executor for large inputs;
             # one user message per text costs a fixed overhead, counted and removed.
-            as_chat = {"messages": [{"role": "user", "content": text} for text in texts]}
             encoding = await pipeline.encoders.aget(key.encoding)
             counted = await counting.count_chat_input_async(
                 as_chat,
                 encoding,
                 max_chars=pipeline.settings.max_tokenize_chars,
-                executor=pipeline.encoders.executor,
+                body_bytes=len(raw),
+                executor=executor,
             )
-            empty = {"messages": [{"role": "user", "content": ""}] * len(texts)}
-            tokens += counted.tokens - counting.count_chat_input(empty, encoding)
+            tokens += counted.tokens - await off_loop(raw, executor, _overhead, texts, encoding)
             exact = counted.exact
         entry.input_tokens = tokens
         limits = key.limits
@@ -111,7 +151,7 @@ class EmbeddingsEndpoint:
             )
         return Prepared(
             body=body,
-            upstream_body=encode_body(body) if modified else raw,
+            upstream_body=await encode_off_loop(raw, executor, body) if modified else raw,
             stream=False,
             decision=decision,
             injected_max=False,

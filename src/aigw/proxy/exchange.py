@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,12 +28,12 @@ from starlette.types import Receive, Scope, Send
 
 from aigw.errors import AigwError, UnsupportedMediaType, openai_error_body, openai_error_response
 from aigw.proxy.adapters.openai import OpenAIAdapter, _endpoint
-from aigw.proxy.admission import _content_type_ok, _read_body, key_headers
+from aigw.proxy.admission import key_headers
+from aigw.proxy.body import Names, content_type_ok, off_loop, parse_unambiguous, read_body
 from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import (
     ClientGone,
     InvalidApiKey,
-    InvalidJson,
     InvalidRequest,
     KeyDisabled,
     KeyUnusable,
@@ -144,6 +145,9 @@ class Endpoint(Protocol):
     name: str
     #: Appended to the provider's ``base_url``.
     path: str
+    #: The member names it reads: a case variant of one, or a duplicate name
+    #: anywhere, is refused (400 ``ambiguous_field``).
+    names: Names
 
     async def admit(
         self,
@@ -170,10 +174,12 @@ async def read_request(
     receive: Receive,
     key: ResolvedKey,
     endpoint: Endpoint,
+    executor: Executor | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """The checks every endpoint makes before its own: the key is usable, its
-    provider kind serves *endpoint*, and the body is a JSON object (returned
-    as received and parsed)."""
+    provider kind serves *endpoint*, and the body is a JSON object with no
+    duplicate member name and no case variant of a name *endpoint* reads
+    (returned as received and parsed; parsed in *executor* when large)."""
     if not key.enabled:
         raise KeyDisabled()
     if key.key_code is None:
@@ -184,15 +190,10 @@ async def read_request(
             f"kind '{key.provider_kind}', which the gateway serves through "
             "POST /v1/chat/completions only"
         )
-    if not _content_type_ok(headers):
+    if not content_type_ok(headers):
         raise UnsupportedMediaType()
-    raw = await _read_body(receive)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidJson() from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object")
+    raw = await read_body(receive)
+    body = await off_loop(raw, executor, parse_unambiguous, raw, endpoint.names)
     return raw, body
 
 
@@ -208,6 +209,11 @@ def apply_model_rule(body: dict[str, Any], key: ResolvedKey) -> bool:
     if model != key.model:
         raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
     return False
+
+
+async def encode_off_loop(raw: bytes, executor: Executor | None, body: dict[str, Any]) -> bytes:
+    """:func:`encode_body`, off the event loop for a body past the inline size."""
+    return await off_loop(raw, executor, encode_body, body)
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
@@ -296,7 +302,9 @@ async def run(
     downstream = Downstream(send)
     try:
         try:
-            raw, body = await read_request(scope["headers"], receive, key, endpoint)
+            raw, body = await read_request(
+                scope["headers"], receive, key, endpoint, pipeline.encoders.executor
+            )
             prepared = await endpoint.admit(pipeline, raw, body, key, entry)
         except AigwError as exc:
             entry.outcome, entry.status_code, entry.error_code = (

@@ -16,6 +16,7 @@ and every error into Anthropic's error shape.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -28,19 +29,17 @@ from aigw.proxy import counting
 from aigw.proxy.admission import (
     MAX_OUTPUT_TOKENS,
     Admitted,
-    _content_type_ok,
-    _max_tokens_field,
-    _read_body,
     bearer_token,
     key_headers,
+    max_tokens_field,
 )
+from aigw.proxy.body import Names, content_type_ok, names, off_loop, parse_unambiguous, read_body
 from aigw.proxy.counting.prompt import InputCount
 from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import (
     ClientGone,
     InputTokenLimitExceeded,
     InvalidApiKey,
-    InvalidJson,
     InvalidRequest,
     KeyDisabled,
     KeyUnusable,
@@ -60,6 +59,29 @@ log = logging.getLogger("aigw.proxy")
 
 _CLIENT_CLOSED_REQUEST = 499
 _ROLES = ("user", "assistant")
+
+_SOURCE = names({"type", "media_type", "data", "url", "file_id"})
+_BLOCK_CHILDREN: dict[str, Names] = {"source": _SOURCE}
+_BLOCK = Names(
+    frozenset(
+        {"type", "text", "source", "id", "name", "input", "tool_use_id", "content"}
+        | {"is_error", "cache_control", "citations", "thinking", "signature", "title"}
+    ),
+    _BLOCK_CHILDREN,
+)
+_BLOCK_CHILDREN["content"] = _BLOCK  # a tool_result holds blocks too
+#: What ``POST /v1/messages`` reads: a case variant of one of these is refused.
+MESSAGES_NAMES = names(
+    {"model", "messages", "system", "max_tokens", "stream", "tools", "tool_choice"}
+    | {"thinking", "temperature", "top_p", "top_k", "stop_sequences", "metadata"}
+    | {"service_tier", "container", "mcp_servers"},
+    messages=names({"role", "content"}, content=_BLOCK),
+    system=_BLOCK,
+    tools=names({"type", "name", "description", "input_schema", "cache_control"}),
+    tool_choice=names({"type", "name", "disable_parallel_tool_use"}),
+    metadata=names({"user_id"}),
+    thinking=names({"type", "budget_tokens"}),
+)
 
 
 class MessagesDownstream(Downstream):
@@ -174,6 +196,25 @@ def validate(body: Any, *, require_max_tokens: bool) -> int | None:
     return max_tokens
 
 
+def _chat_forms(
+    body: dict[str, Any], model: str, native: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Chat Completions request *body* stands for, and the one to count: the
+    same, plus what a native upstream is sent that the translation drops."""
+    chat = wire.to_chat_request(body, max_tokens_field(model))
+    if not native:
+        return chat, chat
+    return chat, {**chat, "messages": [*chat["messages"], *wire.untranslated(body)]}
+
+
+def _encode(
+    adapter: Any, body: dict[str, Any], chat: dict[str, Any], modified: bool, raw: bytes
+) -> bytes:
+    if adapter.kind == "anthropic":
+        return orjson.dumps(body) if modified else raw
+    return adapter.encode_request(chat, b"", True)
+
+
 def _scratch_entry(scope: Scope, key: ResolvedKey) -> UsageEntry:
     """An entry nobody records (count_tokens is not a generation)."""
     limits = key.limits
@@ -210,42 +251,48 @@ class MessagesIngress:
         return key
 
     async def _read(
-        self, scope: Scope, receive: Receive, key: ResolvedKey
+        self, scope: Scope, receive: Receive, key: ResolvedKey, *, require_max_tokens: bool
     ) -> tuple[bytes, dict[str, Any]]:
+        """The body, as received and parsed: a checked Messages request with no
+        duplicate member name and no case variant of a name the gateway reads
+        (400 ``ambiguous_field``); parsed off the loop when large."""
         if not key.enabled:
             raise KeyDisabled()
         if key.key_code is None:
             raise KeyUnusable()
-        if not _content_type_ok(scope["headers"]):
+        if not content_type_ok(scope["headers"]):
             raise UnsupportedMediaType()
-        raw = await _read_body(receive)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise InvalidJson() from None
+        raw = await read_body(receive)
+        check = functools.partial(validate, require_max_tokens=require_max_tokens)
+        executor = self.pipeline.encoders.executor
+        body = await off_loop(raw, executor, parse_unambiguous, raw, MESSAGES_NAMES, check)
         return raw, body
 
     async def _count(
-        self, key: ResolvedKey, body: dict[str, Any], entry: UsageEntry
+        self, key: ResolvedKey, raw: bytes, body: dict[str, Any], entry: UsageEntry
     ) -> tuple[dict[str, Any], InputCount]:
         """The Chat Completions form of *body* and the count its input limit is
-        judged by (tiktoken, or the provider's counter: :mod:`aigw.proxy.upstream_count`)."""
-        try:
-            chat = wire.to_chat_request(body, _max_tokens_field(key.model))
-        except TypeError:  # a tool_use input too deeply nested to write as JSON text
-            raise InvalidRequest("The request body is nested too deeply") from None
+        judged by (tiktoken, or the provider's counter: :mod:`aigw.proxy.upstream_count`).
+        An ``anthropic`` upstream gets *body* itself: what the translation drops
+        is counted too, as its JSON text (:func:`wire.untranslated`)."""
         pipeline = self.pipeline
+        adapter = pipeline.adapters.get(key.provider_kind)
+        native = adapter is not None and adapter.kind == "anthropic"
+        executor = pipeline.encoders.executor
+        try:
+            chat, view = await off_loop(raw, executor, _chat_forms, body, key.model, native)
+        except (TypeError, ValueError):  # a value too deeply nested to write as JSON text
+            raise InvalidRequest("The request body is nested too deeply") from None
         counted = await counting.count_chat_input_async(
-            chat,
+            view,
             await pipeline.encoders.aget(key.encoding),
             max_chars=pipeline.settings.max_tokenize_chars,
-            executor=pipeline.encoders.executor,
+            body_bytes=len(raw),
+            executor=executor,
         )
-        adapter = pipeline.adapters.get(key.provider_kind)
         if adapter is not None:
-            native = body if adapter.kind == "anthropic" else None
             counted = await pipeline.upstream_counter.judge(
-                key, adapter, chat, counted, entry, native
+                key, adapter, chat, counted, entry, body if native else None
             )
         return chat, counted
 
@@ -255,8 +302,8 @@ class MessagesIngress:
         adapter = self.pipeline.adapters.get(key.provider_kind)
         if adapter is None:
             raise UnsupportedProvider()
-        raw, body = await self._read(scope, receive, key)
-        max_tokens = validate(body, require_max_tokens=True)
+        raw, body = await self._read(scope, receive, key, require_max_tokens=True)
+        max_tokens = body["max_tokens"]
         modified = False
         if body.get("model") is None:
             body["model"] = key.model
@@ -264,7 +311,7 @@ class MessagesIngress:
         elif body["model"] != key.model:
             raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
         stream = entry.stream = body.get("stream") is True
-        chat, counted = await self._count(key, body, entry)
+        chat, counted = await self._count(key, raw, body, entry)
         entry.input_tokens = counted.tokens
         decision = decide(key.limits, counted.tokens, max_tokens, input_exact=counted.exact)
         entry.input_limit_exceeded = decision.input_exceeded
@@ -282,15 +329,21 @@ class MessagesIngress:
                 f"this key allows {key.limits.output_limit}",
                 param="max_tokens",
             )
+        if stream and adapter.kind != "anthropic":
+            chat["stream_options"] = {"include_usage": True}
         try:
-            if adapter.kind == "anthropic":
-                upstream_body = orjson.dumps(body) if modified else raw
-            else:
-                if stream:
-                    chat["stream_options"] = {"include_usage": True}
-                upstream_body = adapter.encode_request(chat, b"", True)
+            executor = self.pipeline.encoders.executor
+            upstream_body = await off_loop(
+                raw, executor, _encode, adapter, body, chat, modified, raw
+            )
         except TypeError:  # orjson writes at most 255 levels but reads up to 1024
             raise InvalidRequest("The request body is nested too deeply") from None
+        except (AttributeError, ValueError, KeyError, IndexError) as exc:
+            # A shape the provider translation cannot take: the client's to fix.
+            raise InvalidRequest(
+                "The request cannot be translated for this key's provider: a field has "
+                f"an unexpected shape ({type(exc).__name__})"
+            ) from None
         headers = key_headers(key, entry)
         exceeded = decision.exceeded_header()
         if exceeded:
@@ -367,11 +420,10 @@ class MessagesIngress:
         gateway judges the input limit by. Not a generation: no usage record."""
         try:
             key = self.authenticate(scope["headers"])
-            _, body = await self._read(scope, receive, key)
-            validate(body, require_max_tokens=False)
+            raw, body = await self._read(scope, receive, key, require_max_tokens=False)
             if body.get("model") not in (None, key.model):
                 raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
-            _, counted = await self._count(key, body, _scratch_entry(scope, key))
+            _, counted = await self._count(key, raw, body, _scratch_entry(scope, key))
         except AigwError as exc:
             await _send_error(send, exc, [], None)
             return

@@ -36,7 +36,9 @@ block, ``tool_calls`` → ``tool_use`` blocks, ``finish_reason`` ``stop`` →
 ``end_turn``, ``length`` → ``max_tokens``, ``tool_calls``/``function_call`` →
 ``tool_use``, ``content_filter`` → ``refusal``; ``usage`` prompt/completion →
 input/output tokens. Which stop sequence matched is not known after the
-translation: ``stop_sequence`` is always ``null``.
+translation: ``stop_sequence`` is always ``null``. An ``anthropic`` upstream is
+sent the Messages body itself, dropped parts included: those count as their
+JSON text (:func:`untranslated`), so nothing forwarded goes uncounted.
 """
 
 from __future__ import annotations
@@ -239,6 +241,79 @@ def to_chat_request(body: dict[str, Any], max_tokens_field: str) -> dict[str, An
         if choice.get("disable_parallel_tool_use") is True:
             request["parallel_tool_calls"] = False
     return request
+
+
+# Top-level fields the translation maps (their text is in the chat request) and
+# settings that hold no text while plain (numbers, booleans, short strings).
+_MAPPED = frozenset(
+    {"model", "messages", "system", "max_tokens", "temperature", "top_p", "stream"}
+    | {"stop_sequences", "tools", "tool_choice"}
+)
+_SETTINGS = frozenset({"top_k", "thinking", "service_tier", "metadata"})
+_USER_BLOCKS = frozenset({"text", "image", "tool_result"})
+_ASSISTANT_BLOCKS = frozenset({"text", "tool_use"})
+_FREE_CHARS = 64
+
+
+def _plain(value: Any, depth: int = 2) -> bool:
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    if isinstance(value, str):
+        return len(value) <= _FREE_CHARS
+    if isinstance(value, dict) and depth > 0 and len(value) <= _FREE_CHARS:
+        return all(len(k) <= _FREE_CHARS and _plain(v, depth - 1) for k, v in value.items())
+    return False
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson writes at most 255 levels
+        raise ValueError("nested too deeply") from None
+
+
+def untranslated(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """What :func:`to_chat_request` drops but a Messages upstream is sent as is,
+    as chat messages holding its compact JSON text, so that it is counted
+    (issue 10: the gateway never forwards text it did not count): unknown
+    top-level fields, settings holding more than plain values, blocks the
+    translation has no rule for (``document``, ``search_result``, ``thinking``,
+    server-tool blocks, non-text ``tool_result`` content, non-text ``system``
+    blocks) and typed (server) tools. Raises ``ValueError`` for a value too
+    deeply nested to write."""
+    texts: list[str] = []
+    for name, value in body.items():
+        if name in _MAPPED or (name in _SETTINGS and _plain(value)):
+            continue
+        texts.append(_json_text({name: value}))
+    system = body.get("system")
+    if isinstance(system, list):
+        texts.extend(
+            _json_text(block)
+            for block in system
+            if not (isinstance(block, dict) and block.get("type") == "text")
+        )
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        kinds = _USER_BLOCKS if message.get("role") == "user" else _ASSISTANT_BLOCKS
+        for block in content:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if not (isinstance(kind, str) and kind in kinds):
+                texts.append(_json_text(block))
+            elif kind == "tool_result" and isinstance(block.get("content"), list):
+                texts.extend(
+                    _json_text(part)
+                    for part in block["content"]
+                    if not (isinstance(part, dict) and part.get("type") == "text")
+                )
+            elif kind == "image" and _image_part(block) is None:
+                texts.append(_json_text(block))
+    for tool in body.get("tools") or ():
+        if _tool(tool) is None:
+            texts.append(_json_text(tool))
+    return [{"role": "user", "content": text} for text in texts]
 
 
 # -- answers: Chat Completions → Messages -----------------------------------------

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from aigw.proxy import counting
 from aigw.proxy.admission import MAX_OUTPUT_TOKENS
+from aigw.proxy.body import Names, names, off_loop
 from aigw.proxy.errors import InputTokenLimitExceeded, InvalidRequest, OutputTokenLimitExceeded
-from aigw.proxy.exchange import Prepared, apply_model_rule, encode_body, response_headers
+from aigw.proxy.exchange import Prepared, apply_model_rule, encode_off_loop, response_headers
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide
-from aigw.proxy.responses.input import chat_view
+from aigw.proxy.responses.input import ChatView, chat_view
 from aigw.usage.recorder import UsageEntry
 
 if TYPE_CHECKING:
@@ -28,9 +29,43 @@ if TYPE_CHECKING:
 OUTPUT_FIELD = "max_output_tokens"
 
 
+_PART = names(
+    {"type", "text", "image_url", "detail", "file_id", "file_data", "filename", "file_url"}
+    | {"refusal", "annotations"}
+)
+_ITEM = names(
+    {"type", "role", "content", "id", "status", "call_id", "name", "arguments", "input"}
+    | {"output", "summary", "encrypted_content"},
+    content=_PART,
+    summary=_PART,
+    output=_PART,
+)
+_FORMAT = names({"type", "name", "schema", "strict", "description"})
+#: What ``POST /v1/responses`` reads: a case variant of one of these is refused.
+RESPONSES_NAMES: Names = names(
+    {"model", "input", "instructions", "max_output_tokens", "stream", "stream_options"}
+    | {"tools", "tool_choice", "previous_response_id", "conversation", "prompt", "text"}
+    | {"reasoning", "include", "metadata", "store", "background", "truncation"}
+    | {"temperature", "top_p", "top_logprobs", "parallel_tool_calls", "max_tool_calls"}
+    | {"user", "service_tier", "safety_identifier", "prompt_cache_key"},
+    input=_ITEM,
+    tools=names({"type", "name", "description", "parameters", "strict", "format"}),
+    tool_choice=names({"type", "name", "mode", "tools"}),
+    text=names({"format", "verbosity"}, format=_FORMAT),
+    conversation=names({"id"}),
+    prompt=names({"id", "version", "variables"}),
+    reasoning=names({"effort", "summary", "generate_summary"}),
+    stream_options=names({"include_obfuscation"}),
+)
+
+
 class InputNotCountable(InvalidRequest):
     code = "input_not_countable"
     title = "The request's input cannot be counted by the gateway"
+
+
+def _checked_view(body: dict[str, Any]) -> tuple[int | None, ChatView]:
+    return _validate(body), chat_view(body)
 
 
 def _validate(body: dict[str, Any]) -> int | None:
@@ -68,6 +103,8 @@ def _validate(body: dict[str, Any]) -> int | None:
 class ResponsesAdmission:
     """Counting and judging ``POST /v1/responses`` bodies (see the module docstring)."""
 
+    names = RESPONSES_NAMES
+
     async def admit(
         self,
         pipeline: Pipeline,
@@ -77,9 +114,10 @@ class ResponsesAdmission:
         entry: UsageEntry,
     ) -> Prepared:
         modified = apply_model_rule(body, key)
-        requested = _validate(body)
+        executor = pipeline.encoders.executor
+        # Checking and converting grow with the body: off the loop when it is large.
+        requested, view = await off_loop(raw, executor, _checked_view, body)
         stream = entry.stream = body.get("stream") is True
-        view = chat_view(body)
         limits = key.limits
         if view.uncountable is not None and limits.input_limit > 0 and not limits.use_anyway:
             raise InputNotCountable(
@@ -93,7 +131,8 @@ class ResponsesAdmission:
             view.body,
             await encoders.aget(key.encoding),
             max_chars=pipeline.settings.max_tokenize_chars,
-            executor=encoders.executor,
+            body_bytes=len(raw),
+            executor=executor,
         )
         input_tokens = entry.input_tokens = counted.tokens
         decision = decide(limits, input_tokens, requested, input_exact=counted.exact)
@@ -122,7 +161,7 @@ class ResponsesAdmission:
             modified = True
         return Prepared(
             body=body,
-            upstream_body=encode_body(body) if modified else raw,
+            upstream_body=await encode_off_loop(raw, executor, body) if modified else raw,
             stream=stream,
             decision=decision,
             injected_max=injected,

@@ -23,6 +23,12 @@ is not exact it errs high, never low:
   a message of its own; ``tool_choice`` naming a function and
   ``text.format`` with a JSON schema count as their chat equivalents.
 
+* any other top-level field counts as the compact JSON text of
+  ``{"field": value}`` (a message of its own), the gateway's settings
+  (``temperature``, ``metadata``, ``reasoning``, …) too once they hold more
+  than numbers, booleans and strings of at most 64 characters (issue 10: the
+  gateway never forwards text it did not count).
+
 What the gateway cannot see, it cannot count: ``previous_response_id``,
 ``conversation``, a stored ``prompt`` template, ``item_reference`` items and
 ``input_file`` parts (a file's text and page images are priced by the
@@ -44,6 +50,17 @@ _MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
 # Fields that make the upstream add context the gateway never sees.
 _STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
+# Top-level fields with a rule above.
+_MAPPED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "text"})
+# Settings: free while they hold no text (_plain), like the chat counter's settings.
+_SETTINGS = frozenset(
+    {"max_output_tokens", "stream", "stream_options", "reasoning", "include", "metadata"}
+    | {"store", "background", "truncation", "temperature", "top_p", "top_logprobs"}
+    | {"parallel_tool_calls", "max_tool_calls", "user", "service_tier"}
+    | {"safety_identifier", "prompt_cache_key", "prompt_cache_retention"}
+)
+_FREE_SETTING_CHARS = 64
+_FREE_SETTING_ITEMS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +110,13 @@ def chat_view(request: Mapping[str, Any]) -> ChatView:
             elif choice == "none":
                 chat["tool_choice"] = "none"
     messages.extend(extra_tools)
+    for name, value in request.items():
+        if name in _MAPPED or name in _STORED_CONTEXT or value is None:
+            continue
+        if name in _SETTINGS and _plain(value, 2):
+            continue
+        text = _json_text({name: value}, name, uncountable)
+        messages.append({"role": "user", "content": text})
     text_config = request.get("text")
     fmt = text_config.get("format") if isinstance(text_config, Mapping) else None
     if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
@@ -102,6 +126,22 @@ def chat_view(request: Mapping[str, Any]) -> ChatView:
             "json_schema": {"name": fmt.get("name"), "schema": fmt.get("schema")},
         }
     return ChatView(chat, uncountable[0] if uncountable else None)
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Holds only numbers, booleans and short strings (no room for a prompt)."""
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    if isinstance(value, str):
+        return len(value) <= _FREE_SETTING_CHARS
+    if not isinstance(value, list | dict) or depth <= 0 or len(value) > _FREE_SETTING_ITEMS:
+        return False
+    if isinstance(value, dict):
+        return all(
+            len(key) <= _FREE_SETTING_CHARS and _plain(item, depth - 1)
+            for key, item in value.items()
+        )
+    return all(_plain(item, depth - 1) for item in value)
 
 
 def _function_definition(tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,7 +162,8 @@ def _item_messages(
         role = item.get("role")
         return [
             {
-                "role": role if role in _MESSAGE_ROLES else "user",
+                # A list or an object is unhashable: it cannot be looked up in a set.
+                "role": role if isinstance(role, str) and role in _MESSAGE_ROLES else "user",
                 "content": _content(item.get("content"), where, uncountable),
             }
         ]
@@ -178,7 +219,7 @@ def _parts(parts: list[Any], where: str, uncountable: list[str]) -> list[dict[st
         if not isinstance(part, Mapping):
             continue
         kind = part.get("type")
-        if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
+        if isinstance(kind, str) and kind in _TEXT_PARTS and isinstance(part.get("text"), str):
             converted.append({"type": "text", "text": part["text"]})
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             converted.append({"type": "refusal", "refusal": part["refusal"]})

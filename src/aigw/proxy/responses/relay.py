@@ -295,6 +295,8 @@ class ResponsesRelay:
     def _take_event(self, event: dict[str, Any], raw: bytes) -> tuple[bytes, bool]:
         """Account one event; returns the bytes to relay and whether the stream ends."""
         kind = event.get("type")
+        if not isinstance(kind, str):  # a list or an object cannot be looked up in a set
+            kind = str(kind)
         sequence = event.get("sequence_number")
         if type(sequence) is int:
             self._sequence = sequence
@@ -366,7 +368,14 @@ class ResponsesRelay:
                 parts[position] = part
         elif kind.endswith(".done"):
             # A part or text finished: closing the answer must not finish it twice.
-            self._done.add((kind, index, event.get("content_index"), event.get("summary_index")))
+            self._done.add(
+                (
+                    kind,
+                    index,
+                    _index(event.get("content_index")),
+                    _index(event.get("summary_index")),
+                )
+            )
 
     def _is_done(self, kind: str, index: int, content: int | None, summary: int | None) -> bool:
         return (kind, index, content, summary) in self._done
@@ -483,13 +492,19 @@ class ResponsesRelay:
         return out
 
 
+def _index(value: Any) -> int | None:
+    """An index from an upstream event; anything but an integer (a list is not
+    even hashable) reads as none."""
+    return value if type(value) is int else None
+
+
 def _channel(event: dict[str, Any], group: str) -> Hashable:
     """The counting channel of a delta; the same as :meth:`ResponsesRelay._take_item`'s."""
-    index = event.get("output_index")
+    index = _index(event.get("output_index"))
     if group == "summary":
-        return (index, "summary", event.get("summary_index"))
+        return (index, "summary", _index(event.get("summary_index")))
     if group == "content":
-        return (index, "content", event.get("content_index"))
+        return (index, "content", _index(event.get("content_index")))
     return (index, "field", 0)
 
 

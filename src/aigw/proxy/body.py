@@ -1,0 +1,281 @@
+"""Reading and parsing a /v1 request body, the same for every endpoint.
+
+Size (the size-limit middleware's 413 becomes :class:`PayloadTooLarge`), content
+type, JSON (orjson: NaN, Infinity, lone surrogates and invalid UTF-8 are
+refused), and member names: what the upstream receives must be exactly what
+was checked, and upstreams differ in how they read JSON (Go's
+``encoding/json``, used by Ollama and others, matches member names
+case-insensitively; parsers disagree on which duplicate wins). So a body with a
+duplicate member name anywhere, or a case variant of a field an endpoint reads
+(``"MODEL"``, ``"Max_Tokens"``, two names equal under Unicode case folding), is
+refused with 400 ``ambiguous_field``. Each endpoint names the fields it reads
+with a :class:`Names` spec. Work that grows with the body runs off the event
+loop past the inline size (:func:`off_loop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.types import Message, Receive
+
+from aigw.errors import PayloadTooLarge
+from aigw.proxy import counting
+from aigw.proxy.errors import (
+    AmbiguousField,
+    ClientGone,
+    InvalidJson,
+    InvalidRequest,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+_JSON = b"application/json"
+
+
+# Member names the gateway (or a provider translation) reads, per object it reads
+# them in: a case variant of one of these could be read by an upstream in its place.
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The member names an endpoint reads in one kind of object (``known``), and
+    the same for the objects it reads under some of them (``children``: the
+    object at that field, or each object of the array there)."""
+
+    known: frozenset[str]
+    children: Mapping[str, Names] = field(default_factory=dict)
+
+
+def names(known: Iterable[str], **children: Names) -> Names:
+    return Names(frozenset(known), children)
+
+
+_OPTIONS = names({"include_usage", "include_obfuscation"})
+
+
+_CALL = names({"id", "type", "function", "custom", "name", "arguments", "input"})
+
+
+_CALL = names(_CALL.known, function=_CALL, custom=_CALL)
+
+
+_TOOL = names({"type", "function", "custom", "name", "description", "parameters", "format"})
+
+
+_TOOL = names(_TOOL.known, function=_TOOL, custom=_TOOL)
+
+
+_PART = names(
+    {"type", "text", "image_url", "input_audio", "file", "refusal", "url", "detail", "data"}
+)
+
+
+_MESSAGE = names(
+    {"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "refusal", "audio"},
+    content=_PART,
+    tool_calls=_CALL,
+    function_call=_CALL,
+)
+
+
+#: What ``POST /v1/chat/completions`` reads (:func:`ambiguous_names`).
+CHAT_NAMES = names(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "stream",
+        "stream_options",
+        "n",
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "parallel_tool_calls",
+        "response_format",
+        "stop",
+        "user",
+        "metadata",
+        "temperature",
+        "top_p",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "prediction",
+        "audio",
+        "modalities",
+        "reasoning_effort",
+        "store",
+        "service_tier",
+        "web_search_options",
+        "chat_template",
+        "chat_template_kwargs",
+        "documents",
+    },
+    messages=_MESSAGE,
+    stream_options=_OPTIONS,
+    tools=_TOOL,
+    functions=_TOOL,
+)
+
+
+class _Duplicate(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _Duplicate(name)
+            seen.add(name)
+    return result
+
+
+def _check_names(obj: dict[str, Any], known: frozenset[str], where: str) -> str | None:
+    seen: set[str] = set()
+    for name in obj:
+        folded = name.casefold()
+        if folded in seen or (folded != name and folded in known):
+            return f"{where}{name}"
+        seen.add(folded)
+    return None
+
+
+def _case_variant(value: Any, spec: Names, where: str) -> str | None:
+    # The object at a field, or each object of the array there (one level: the
+    # names are read in no deeper arrays, and depth must not cost recursion).
+    if isinstance(value, dict):
+        objects: list[tuple[str, Any]] = [(where, value)]
+    elif isinstance(value, list):
+        objects = [(f"{where}{index}.", item) for index, item in enumerate(value)]
+    else:
+        return None
+    for at, obj in objects:
+        if not isinstance(obj, dict):
+            continue
+        found = _check_names(obj, spec.known, at)
+        if found:
+            return found
+        for name, child in spec.children.items():
+            if name in obj:
+                found = _case_variant(obj[name], child, f"{at}{name}.")
+                if found:
+                    return found
+    return None
+
+
+def ambiguous_names(raw: bytes, body: dict[str, Any], spec: Names = CHAT_NAMES) -> str | None:
+    """The first member name an upstream could read differently from the gateway:
+    a duplicate anywhere in *raw*, or a case variant among the names the gateway
+    reads in *body* (parsed from *raw*; *spec* says which). ``None``: nothing
+    ambiguous."""
+    try:
+        json.loads(raw, object_pairs_hook=_unique_pairs)
+    except _Duplicate as exc:
+        return exc.name
+    except (ValueError, RecursionError):
+        pass  # orjson accepted the body; the stdlib parser's own limits are not ours
+    return _case_variant(body, spec, "")
+
+
+_T = TypeVar("_T")
+
+
+def content_type_ok(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == _JSON or (
+                media.startswith(b"application/") and media.endswith(b"+json")
+            )
+    return True  # absent: judged by the body
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """*raw* as a JSON object: 400 ``invalid_json`` or ``invalid_request`` otherwise."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidJson() from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    return body
+
+
+def refuse_ambiguous(raw: bytes, body: dict[str, Any], spec: Names) -> None:
+    """400 ``ambiguous_field`` for a member name an upstream could read differently
+    from the gateway (issue 10: what is checked is what is sent)."""
+    ambiguous = ambiguous_names(raw, body, spec)
+    if ambiguous is not None:
+        raise AmbiguousField(
+            f"The member name '{ambiguous[:100]}' is a duplicate or a case variant of "
+            "a field this gateway checks; send each field once, spelled exactly",
+            param=ambiguous[:100],
+        )
+
+
+def parse_unambiguous(
+    raw: bytes,
+    spec: Names = CHAT_NAMES,
+    validate: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """Parse *raw* as a JSON object, check it with *validate* and refuse names an
+    upstream could read differently (:func:`refuse_ambiguous`). Linear in the
+    body's size: run it through :func:`off_loop`."""
+    body = parse_object(raw)
+    if validate is not None:
+        validate(body)
+    refuse_ambiguous(raw, body, spec)
+    return body
+
+
+async def off_loop(
+    raw: bytes, executor: Executor | None, work: Callable[..., _T], *args: Any
+) -> _T:
+    """``work(*args)``: inline for a body *raw* of at most the inline size, else in
+    *executor* (the tokenizer threads), so nothing that grows with a body runs on
+    the event loop (issue 10)."""
+    if len(raw) <= counting.INLINE_BODY_BYTES:
+        return work(*args)
+    return await asyncio.get_running_loop().run_in_executor(executor, work, *args)
+
+
+async def read_body(receive: Receive) -> bytes:
+    try:
+        return await _receive_body(receive)
+    except HTTPException as exc:
+        # The size-limit middleware stops a streamed body mid-way from receive().
+        if exc.status_code == 413:
+            raise PayloadTooLarge(str(exc.detail)) from None
+        raise
+
+
+async def _receive_body(receive: Receive) -> bytes:
+    message: Message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
