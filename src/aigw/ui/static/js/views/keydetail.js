@@ -385,6 +385,9 @@ function endpointTable(byEndpoint) {
           h("td", { class: "num" }, fmtInt(figures.output_tokens || 0)),
         );
       }),
+    ),
+  );
+}
 
 // Above this share the gateway's and the upstream's counts are shown as apart.
 const DRIFT_WARN = 0.02;
