@@ -404,7 +404,9 @@ function endpointTable(byEndpoint) {
   const names = [...ENDPOINT_LABELS.map(([name]) => name), ...Object.keys(byEndpoint).filter((n) => !known.has(n))];
   const rows = names.filter((name) => byEndpoint[name] && byEndpoint[name].requests);
   if (!rows.length) return null;
-  return h(
+  // Scrolls inside its card on a phone instead of widening the page.
+  const wrap = h("div", { class: "table-wrap" });
+  const table = h(
     "table",
     { class: "data", "data-testid": "usage-by-endpoint" },
     h("caption", { class: "visually-hidden" }, "Requests and tokens by endpoint"),
@@ -436,6 +438,8 @@ function endpointTable(byEndpoint) {
       }),
     ),
   );
+  wrap.append(table);
+  return wrap;
 }
 
 function innerWidth(el) {
