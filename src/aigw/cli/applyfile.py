@@ -36,6 +36,10 @@ end up in a CI log through an error message.
         input_limit: 4000                 # required; 0 = unlimited
         output_limit: 1000                # default 0 = unlimited
         usage_limit: reject               # or use_anyway; default reject
+        budget_tokens: 1000000            # per period, input + output; default 0 = no budget
+        budget_period: month              # day, week, month (default) or total
+        rpm_limit: 60                     # requests per minute; default 0 = none
+        tpm_limit: 100000                 # tokens per minute; default 0 = none
         key_code_env: TEAM_A_OPENAI_KEY   # the secret, from this environment variable
 """
 
@@ -56,7 +60,18 @@ from pydantic import (
     model_validator,
 )
 
-from aigw.apikeys.schemas import Alias, ModelRef, ProviderRef, Status, TokenLimit, UsageLimit
+from aigw.apikeys.schemas import (
+    Alias,
+    BudgetPeriod,
+    BudgetTokens,
+    ModelRef,
+    ProviderRef,
+    RpmLimit,
+    Status,
+    TokenLimit,
+    TpmLimit,
+    UsageLimit,
+)
 from aigw.providers.schemas import (
     ApiVersion,
     BaseUrl,
@@ -140,6 +155,10 @@ class KeySpec(_Spec):
     input_limit: TokenLimit
     output_limit: TokenLimit = 0
     usage_limit: UsageLimit = "reject"
+    budget_tokens: BudgetTokens = 0
+    budget_period: BudgetPeriod = "month"
+    rpm_limit: RpmLimit = 0
+    tpm_limit: TpmLimit = 0
     key_code_env: EnvVarName
 
     @field_validator("key_code_env")

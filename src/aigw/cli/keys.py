@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
-from aigw.apikeys.models import MAX_LIMIT
-from aigw.apikeys.schemas import SortField, Status, UsageLimit
+from aigw.apikeys.models import MAX_BUDGET, MAX_LIMIT, MAX_RPM
+from aigw.apikeys.schemas import BudgetPeriod, SortField, Status, UsageLimit
 from aigw.cli import resource
 from aigw.cli.client import DEFAULT_URL, Record, item_path
 from aigw.cli.common import (
@@ -29,10 +29,41 @@ if TYPE_CHECKING:
     StatusChoice = Status
     UsageLimitChoice = UsageLimit
     SortChoice = SortField
+    BudgetPeriodChoice = BudgetPeriod
 else:
     StatusChoice = choices("StatusChoice", Status)
     UsageLimitChoice = choices("UsageLimitChoice", UsageLimit)
     SortChoice = choices("SortChoice", SortField)
+    BudgetPeriodChoice = choices("BudgetPeriodChoice", BudgetPeriod)
+
+
+def _budget_text(key: Record) -> str:
+    budget = key.get("budget_tokens", 0)
+    return f"{budget:,} tokens" if budget else "none"
+
+
+def _used_text(key: Record) -> str:
+    """Tokens charged in the current period, and the share of the budget."""
+    used, budget = key.get("budget_used", 0), key.get("budget_tokens", 0)
+    return f"{used:,} of {budget:,} ({used / budget:.1%})" if budget else f"{used:,}"
+
+
+def _resets_text(key: Record) -> str:
+    if not key.get("budget_tokens", 0):
+        return "—"
+    resets_at = key.get("budget_resets_at")
+    if not resets_at:
+        return "never (total)"
+    # The API gives the period's end in AIGW_BUDGET_TIMEZONE; shown in UTC like the rest.
+    try:
+        instant = datetime.fromisoformat(resets_at).astimezone(UTC)
+    except ValueError:
+        return str(resets_at)
+    return instant.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _rate_text(value: int) -> str:
+    return "none" if value == 0 else f"{value:,}"
 
 
 def _details(key: Record) -> list[tuple[str, Any]]:
@@ -46,6 +77,12 @@ def _details(key: Record) -> list[tuple[str, Any]]:
         ("Input limit", limit_text(key["input_limit"])),
         ("Output limit", limit_text(key["output_limit"])),
         ("Usage limit", Text(key["usage_limit"])),
+        ("Budget", Text(_budget_text(key))),
+        ("Budget period", Text(key.get("budget_period", "month"))),
+        ("Budget used", Text(_used_text(key))),
+        ("Budget resets at", Text(_resets_text(key))),
+        ("RPM limit", Text(_rate_text(key.get("rpm_limit", 0)))),
+        ("TPM limit", Text(_rate_text(key.get("tpm_limit", 0)))),
         ("Created", when(key["created_at"])),
         ("Updated", when(key["updated_at"])),
         ("Version", str(key["version"])),
@@ -83,6 +120,14 @@ InputLimit = Annotated[
         "--input-limit", min=0, max=MAX_LIMIT, help="Max input tokens per request; 0 = unlimited."
     ),
 ]
+BUDGET_HELP = "Budget and rates"
+BudgetTokensHelp = "Tokens (input + output) per budget period; 0 = no budget."
+BudgetPeriodHelp = (
+    "Calendar period of the budget (UTC unless the gateway sets AIGW_BUDGET_TIMEZONE); "
+    "total never resets."
+)
+RpmHelp = "Requests per minute; 0 = none."
+TpmHelp = "Tokens per minute; 0 = none."
 KeyCodeEnvHelp = (
     "Name of the environment variable holding the upstream API key code "
     "(never pass the secret itself on the command line)."
@@ -156,6 +201,30 @@ def create_key(
     enabled: Annotated[
         bool, typer.Option("--enabled/--disabled", help="Status of the new key.")
     ] = False,
+    budget_tokens: Annotated[
+        int,
+        typer.Option(
+            "--budget-tokens",
+            min=0,
+            max=MAX_BUDGET,
+            help=BudgetTokensHelp,
+            rich_help_panel=BUDGET_HELP,
+        ),
+    ] = 0,
+    budget_period: Annotated[
+        BudgetPeriodChoice,
+        typer.Option("--budget-period", help=BudgetPeriodHelp, rich_help_panel=BUDGET_HELP),
+    ] = "month",
+    rpm_limit: Annotated[
+        int,
+        typer.Option("--rpm-limit", min=0, max=MAX_RPM, help=RpmHelp, rich_help_panel=BUDGET_HELP),
+    ] = 0,
+    tpm_limit: Annotated[
+        int,
+        typer.Option(
+            "--tpm-limit", min=0, max=MAX_BUDGET, help=TpmHelp, rich_help_panel=BUDGET_HELP
+        ),
+    ] = 0,
     idempotency_key: Annotated[
         str | None,
         typer.Option(
@@ -183,6 +252,10 @@ def create_key(
         "input_limit": input_limit,
         "output_limit": output_limit,
         "usage_limit": usage_limit,
+        "budget_tokens": budget_tokens,
+        "budget_period": budget_period,
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
     }
     resource.create_command(
         KEYS,
@@ -216,6 +289,30 @@ def update_key(
         int | None, typer.Option("--output-limit", min=0, max=MAX_LIMIT, help="0 = unlimited.")
     ] = None,
     usage_limit: Annotated[UsageLimitChoice | None, typer.Option("--usage-limit")] = None,
+    budget_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--budget-tokens",
+            min=0,
+            max=MAX_BUDGET,
+            help=BudgetTokensHelp,
+            rich_help_panel=BUDGET_HELP,
+        ),
+    ] = None,
+    budget_period: Annotated[
+        BudgetPeriodChoice | None,
+        typer.Option("--budget-period", help=BudgetPeriodHelp, rich_help_panel=BUDGET_HELP),
+    ] = None,
+    rpm_limit: Annotated[
+        int | None,
+        typer.Option("--rpm-limit", min=0, max=MAX_RPM, help=RpmHelp, rich_help_panel=BUDGET_HELP),
+    ] = None,
+    tpm_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--tpm-limit", min=0, max=MAX_BUDGET, help=TpmHelp, rich_help_panel=BUDGET_HELP
+        ),
+    ] = None,
     json_output: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     admin_token_file: TokenFileOption = None,
@@ -234,6 +331,10 @@ def update_key(
             ("input_limit", input_limit),
             ("output_limit", output_limit),
             ("usage_limit", usage_limit),
+            ("budget_tokens", budget_tokens),
+            ("budget_period", budget_period),
+            ("rpm_limit", rpm_limit),
+            ("tpm_limit", tpm_limit),
         )
         if value is not None
     }

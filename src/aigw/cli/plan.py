@@ -169,6 +169,16 @@ def plan_provider(spec: ProviderSpec, current: Record | None) -> Step:
     return step
 
 
+# Budget and rate fields with the API's defaults: a create sends and lists only
+# those the file sets otherwise; a gateway that predates them reads as these.
+KEY_BUDGET_DEFAULTS: dict[str, Any] = {
+    "budget_tokens": 0,
+    "budget_period": "month",
+    "rpm_limit": 0,
+    "tpm_limit": 0,
+}
+
+
 def plan_key(
     spec: KeySpec, key_code: str, current: Record | None, *, replace_key_code: bool
 ) -> Step:
@@ -182,19 +192,33 @@ def plan_key(
         "input_limit": spec.input_limit,
         "output_limit": spec.output_limit,
         "usage_limit": spec.usage_limit,
+        "budget_tokens": spec.budget_tokens,
+        "budget_period": spec.budget_period,
+        "rpm_limit": spec.rpm_limit,
+        "tpm_limit": spec.tpm_limit,
     }
     new_mask = mask_secret(key_code)
     if current is None:
+        # Budget fields left at the API's defaults are not sent, nor shown as news.
+        body = {
+            name: value
+            for name, value in desired.items()
+            if name not in KEY_BUDGET_DEFAULTS or KEY_BUDGET_DEFAULTS[name] != value
+        }
         changes: dict[str, tuple[Any, Any]] = {
-            name: (None, value) for name, value in desired.items() if name != "alias"
+            name: (None, value) for name, value in body.items() if name != "alias"
         }
         changes["key_code"] = (None, new_mask)
         return Step(
-            "create", "key", spec.alias, changes=changes, body={**desired, "key_code": key_code}
+            "create", "key", spec.alias, changes=changes, body={**body, "key_code": key_code}
         )
     step = Step("unchanged", "key", current["alias"], id=current["id"], version=current["version"])
     for name, after in desired.items():
-        before = current[name]
+        before = (
+            current.get(name, KEY_BUDGET_DEFAULTS[name])
+            if name in KEY_BUDGET_DEFAULTS
+            else current[name]
+        )
         same = before.lower() == after.lower() if name == "provider" else before == after
         if not same:
             step.changes[name] = (before, after)

@@ -9,6 +9,7 @@ import {
   USAGE_LIMIT_LABELS,
   fmtDateTime,
   fmtInt,
+  fmtRelative,
   fmtLimit,
   h,
   icon,
@@ -22,6 +23,51 @@ const USAGE_POLICY_EXPLAIN = {
   reject: "Requests over a limit are refused; output stops at the output limit.",
   use_anyway: "Requests over a limit go through and are flagged.",
 };
+
+const BUDGET_PERIOD_LABELS = { day: "Day", week: "Week", month: "Month", total: "Total" };
+
+/** "used of budget", with a meter; or "No budget". */
+function budgetValue(key) {
+  const budget = key.budget_tokens || 0;
+  if (!budget) return h("span", { "data-testid": "key-budget" }, "No budget");
+  const used = key.budget_used || 0;
+  return h(
+    "span",
+    { class: "budget", "data-testid": "key-budget" },
+    h("span", {}, `${fmtInt(used)} of ${fmtInt(budget)} tokens used`),
+    h("meter", {
+      class: "budget__meter",
+      min: 0,
+      max: budget,
+      value: Math.min(used, budget),
+      low: budget * 0.75,
+      high: budget * 0.9,
+      optimum: 0,
+      "aria-label": "Budget used",
+    }),
+  );
+}
+
+function budgetPeriodValue(key) {
+  const label = BUDGET_PERIOD_LABELS[key.budget_period] || key.budget_period || "—";
+  return h("span", { "data-testid": "key-budget-period" }, label);
+}
+
+function budgetPeriodExplain(key) {
+  if (!key.budget_tokens) return "Applies once a budget is set.";
+  if (!key.budget_resets_at) return "Never resets.";
+  return h(
+    "span",
+    { "data-testid": "key-budget-resets" },
+    "Resets ",
+    h("time", { datetime: key.budget_resets_at }, fmtDateTime(key.budget_resets_at)),
+    ` (${fmtRelative(key.budget_resets_at)})`,
+  );
+}
+
+function rateValue(value, unit) {
+  return value ? `${fmtInt(value)} ${unit} per minute` : "No limit";
+}
 
 function prop(label, value, explain) {
   return [
@@ -219,6 +265,10 @@ export async function renderKeyDetail(main, ctx) {
         prop("Input limit", fmtLimit(key.input_limit), "Per request"),
         prop("Output limit", fmtLimit(key.output_limit), "Per response"),
         prop("Usage limit", USAGE_LIMIT_LABELS[key.usage_limit] || key.usage_limit, USAGE_POLICY_EXPLAIN[key.usage_limit]),
+        prop("Budget", budgetValue(key), "Input + output tokens in the current period"),
+        prop("Budget period", budgetPeriodValue(key), budgetPeriodExplain(key)),
+        prop("Request rate", h("span", { "data-testid": "key-rpm" }, rateValue(key.rpm_limit, "requests"))),
+        prop("Token rate", h("span", { "data-testid": "key-tpm" }, rateValue(key.tpm_limit, "tokens"))),
       ),
     ),
   );
@@ -355,7 +405,9 @@ function endpointTable(byEndpoint) {
   const names = [...ENDPOINT_LABELS.map(([name]) => name), ...Object.keys(byEndpoint).filter((n) => !known.has(n))];
   const rows = names.filter((name) => byEndpoint[name] && byEndpoint[name].requests);
   if (!rows.length) return null;
-  return h(
+  // Scrolls inside its card on a phone instead of widening the page.
+  const wrap = h("div", { class: "table-wrap" });
+  const table = h(
     "table",
     { class: "data", "data-testid": "usage-by-endpoint" },
     h("caption", { class: "visually-hidden" }, "Requests and tokens by endpoint"),
@@ -387,6 +439,8 @@ function endpointTable(byEndpoint) {
       }),
     ),
   );
+  wrap.append(table);
+  return wrap;
 }
 
 // Above this share the gateway's and the upstream's counts are shown as apart.

@@ -18,16 +18,30 @@ import {
   withBusy,
 } from "../ui.js";
 
+const BUDGET_NUMBERS = ["budget_tokens", "rpm_limit", "tpm_limit"];
+
 const pairValue = (provider, model) => JSON.stringify([provider, model]);
 
-function numberInput(id, value) {
+// The API's upper bounds (src/aigw/apikeys/models.py: MAX_LIMIT, MAX_BUDGET, MAX_RPM).
+const MAX_LIMIT = 10000000;
+const MAX_BUDGET = 1000000000000;
+const MAX_RPM = 10000000;
+
+const BUDGET_PERIODS = [
+  ["day", "Day"],
+  ["week", "Week (from Monday)"],
+  ["month", "Month"],
+  ["total", "Total (never resets)"],
+];
+
+function numberInput(id, value, max = MAX_LIMIT) {
   return h("input", {
     id,
     name: id,
     type: "number",
     inputmode: "numeric",
     min: 0,
-    max: 10000000,
+    max,
     step: 1,
     value: value === undefined ? "" : String(value),
   });
@@ -188,6 +202,37 @@ export async function renderKeyForm(main, ctx) {
     hint: "When a request goes over a limit: Reject refuses it (and ends output at the limit); Use Anyway lets it through and flags it.",
   });
 
+  const budgetTokens = field({
+    id: "f-budget-tokens",
+    label: "Token Budget",
+    hint: "Tokens (input + output) this key may use per period, across all its requests. 0 = no budget.",
+    control: numberInput("f-budget-tokens", key ? key.budget_tokens ?? 0 : 0, MAX_BUDGET),
+  });
+  const periodSelect = h(
+    "select",
+    { id: "f-budget-period", name: "budget_period" },
+    BUDGET_PERIODS.map(([value, label]) => h("option", { value }, label)),
+  );
+  periodSelect.value = key ? key.budget_period ?? "month" : "month";
+  const budgetPeriod = field({
+    id: "f-budget-period",
+    label: "Budget Period",
+    hint: "Calendar periods in the gateway's budget time zone (UTC unless set). Total never resets.",
+    control: periodSelect,
+  });
+  const rpmLimit = field({
+    id: "f-rpm-limit",
+    label: "Requests per Minute",
+    hint: "0 = no limit.",
+    control: numberInput("f-rpm-limit", key ? key.rpm_limit ?? 0 : 0, MAX_RPM),
+  });
+  const tpmLimit = field({
+    id: "f-tpm-limit",
+    label: "Tokens per Minute",
+    hint: "0 = no limit.",
+    control: numberInput("f-tpm-limit", key ? key.tpm_limit ?? 0 : 0, MAX_BUDGET),
+  });
+
   const fields = {
     alias,
     provider: providerModel,
@@ -198,6 +243,10 @@ export async function renderKeyForm(main, ctx) {
     input_limit: inputLimit,
     output_limit: outputLimit,
     usage_limit: usageLimit,
+    budget_tokens: budgetTokens,
+    budget_period: budgetPeriod,
+    rpm_limit: rpmLimit,
+    tpm_limit: tpmLimit,
   };
 
   /* ----- layout ----- */
@@ -234,6 +283,13 @@ export async function renderKeyForm(main, ctx) {
     ),
     h(
       "div",
+      { class: "form-section", "data-testid": "budget-section" },
+      h("h2", { class: "form-section__title" }, "Budget and rates"),
+      h("div", { class: "field-row" }, budgetTokens.wrapper, budgetPeriod.wrapper),
+      h("div", { class: "field-row" }, rpmLimit.wrapper, tpmLimit.wrapper),
+    ),
+    h(
+      "div",
       { class: "form-actions" },
       h("a", { class: "btn", href: detailHref }, "Cancel"),
       submit,
@@ -266,6 +322,10 @@ export async function renderKeyForm(main, ctx) {
   clearOn("input_limit", inputLimit.control);
   clearOn("output_limit", outputLimit.control);
   clearOn("usage_limit", usageLimit.control, "change");
+  clearOn("budget_tokens", budgetTokens.control);
+  clearOn("budget_period", periodSelect, "change");
+  clearOn("rpm_limit", rpmLimit.control);
+  clearOn("tpm_limit", tpmLimit.control);
 
   function readBody() {
     const [provider, model] = pmSelect.value ? JSON.parse(pmSelect.value) : [undefined, undefined];
@@ -278,9 +338,13 @@ export async function renderKeyForm(main, ctx) {
       input_limit: readNumber(inputLimit.control),
       output_limit: readNumber(outputLimit.control),
       usage_limit: usageLimit.value,
+      budget_tokens: readNumber(budgetTokens.control),
+      budget_period: periodSelect.value,
+      rpm_limit: readNumber(rpmLimit.control),
+      tpm_limit: readNumber(tpmLimit.control),
     };
     if (!editing) {
-      if (body.output_limit === undefined) body.output_limit = 0;
+      for (const name of ["output_limit", ...BUDGET_NUMBERS]) if (body[name] === undefined) body[name] = 0;
       return body;
     }
     const changes = {};
@@ -309,6 +373,10 @@ export async function renderKeyForm(main, ctx) {
     for (const [name, control, required] of [
       ["input_limit", inputLimit.control, true],
       ["output_limit", outputLimit.control, false],
+      // Blank means 0 on create; on edit a blank would be sent as null, so it is asked for.
+      ["budget_tokens", budgetTokens.control, editing],
+      ["rpm_limit", rpmLimit.control, editing],
+      ["tpm_limit", tpmLimit.control, editing],
     ]) {
       const value = readNumber(control);
       if (value === undefined) {
@@ -320,6 +388,9 @@ export async function renderKeyForm(main, ctx) {
       } else if (value > Number(control.max)) {
         problems.push({ field: name, type: "less_than_equal", message: `Input should be less than or equal to ${control.max}` });
       }
+    }
+    if (!BUDGET_PERIODS.some(([value]) => value === periodSelect.value)) {
+      problems.push({ field: "budget_period", type: "literal_error", message: "Choose a period" });
     }
     return problems;
   }
@@ -376,7 +447,7 @@ export async function renderKeyForm(main, ctx) {
       ctx.navigate(detailHref);
       return;
     }
-    for (const name of ["input_limit", "output_limit"]) {
+    for (const name of ["input_limit", "output_limit", ...BUDGET_NUMBERS]) {
       if (Number.isNaN(body[name])) body[name] = "not a number";
     }
     await withBusy(submit, async () => {
