@@ -45,6 +45,7 @@ from aigw.proxy.errors import (
 )
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import Decision, flags_output
+from aigw.proxy.records import new_entry
 from aigw.proxy.upstream import (
     UpstreamClock,
     finish_upstream,
@@ -285,21 +286,8 @@ async def run(
     except AigwError as exc:
         await _send_error(scope, receive, send, exc, [])
         return
-    limits = key.limits
-    entry = UsageEntry(
-        request_id=scope.get("state", {}).get("request_id", "-"),
-        api_key_id=key.id,
-        alias=key.alias,
-        provider=key.provider_name,
-        model=key.model,
-        outcome="rejected",
-        status_code=500,
-        input_limit=limits.input_limit,
-        output_limit=limits.output_limit,
-        usage_limit=limits.usage_limit,
-        endpoint=endpoint.name,
-    )
-    downstream = Downstream(send)
+    entry = new_entry(scope, key, endpoint.name)
+    downstream = Downstream(send, pipeline.settings.client_write_timeout)
     try:
         try:
             raw, body = await read_request(

@@ -48,6 +48,7 @@ from aigw.proxy.exchange import ModelNotFound
 from aigw.proxy.keycache import KeyCache, ResolvedKey
 from aigw.proxy.messages.ingress import MessagesIngress
 from aigw.proxy.policy import flags_output
+from aigw.proxy.records import new_entry
 from aigw.proxy.relay import Relay
 from aigw.proxy.responses.endpoint import ResponsesEndpoint
 from aigw.proxy.upstream import (
@@ -200,19 +201,7 @@ class Pipeline:
         except AigwError as exc:
             await _send_error(scope, receive, send, exc, [])
             return
-        limits = key.limits
-        entry = UsageEntry(
-            request_id=scope.get("state", {}).get("request_id", "-"),
-            api_key_id=key.id,
-            alias=key.alias,
-            provider=key.provider_name,
-            model=key.model,
-            outcome="rejected",
-            status_code=500,
-            input_limit=limits.input_limit,
-            output_limit=limits.output_limit,
-            usage_limit=limits.usage_limit,
-        )
+        entry = new_entry(scope, key, "chat.completions")
         downstream = Downstream(send, self.settings.client_write_timeout)
         admitted: Admitted | None = None
         try:

@@ -19,7 +19,7 @@ OUTCOMES = (
 )
 
 # The /v1 endpoints a record can come from (usage_records.endpoint).
-ENDPOINTS = ("chat.completions", "responses", "embeddings")
+ENDPOINTS = ("chat.completions", "responses", "embeddings", "messages")
 
 
 class UsageRecord(Base):
@@ -59,7 +59,7 @@ class UsageRecord(Base):
     rate_exceeded: Mapped[bool] = mapped_column(nullable=False, server_default="false")
     latency_ms: Mapped[float] = mapped_column(nullable=False)
     ttfb_ms: Mapped[float | None] = mapped_column()
-    # The /v1 endpoint: chat.completions, responses or embeddings.
+    # The /v1 endpoint: chat.completions, responses, embeddings or messages.
     endpoint: Mapped[str] = mapped_column(
         String(32), nullable=False, server_default="chat.completions"
     )

@@ -50,6 +50,7 @@ from aigw.proxy.errors import (
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.messages import wire
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide
+from aigw.proxy.records import new_entry
 from aigw.usage.recorder import UsageEntry
 
 if TYPE_CHECKING:
@@ -90,8 +91,10 @@ class MessagesDownstream(Downstream):
 
     __slots__ = ("_entry", "_model", "_stream")
 
-    def __init__(self, send: Send, entry: UsageEntry, model: str) -> None:
-        super().__init__(send)
+    def __init__(
+        self, send: Send, entry: UsageEntry, model: str, write_timeout: float | None = None
+    ) -> None:
+        super().__init__(send, write_timeout)
         self._entry = entry
         self._model = model
         self._stream: wire.MessageStream | None = None
@@ -366,20 +369,10 @@ class MessagesIngress:
         except AigwError as exc:
             await _send_error(send, exc, [], None)
             return
-        limits = key.limits
-        entry = UsageEntry(
-            request_id=scope.get("state", {}).get("request_id", "-"),
-            api_key_id=key.id,
-            alias=key.alias,
-            provider=key.provider_name,
-            model=key.model,
-            outcome="rejected",
-            status_code=500,
-            input_limit=limits.input_limit,
-            output_limit=limits.output_limit,
-            usage_limit=limits.usage_limit,
+        entry = new_entry(scope, key, "messages")
+        downstream = MessagesDownstream(
+            send, entry, key.model, self.pipeline.settings.client_write_timeout
         )
-        downstream = MessagesDownstream(send, entry, key.model)
         try:
             try:
                 admitted = await self.admit(scope, receive, key, entry)

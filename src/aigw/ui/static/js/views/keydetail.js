@@ -397,6 +397,7 @@ const ENDPOINT_LABELS = [
   ["chat.completions", "Chat Completions"],
   ["responses", "Responses"],
   ["embeddings", "Embeddings"],
+  ["messages", "Messages"],
 ];
 
 /** Requests and tokens per /v1 endpoint (endpoints with no request are left out). */
