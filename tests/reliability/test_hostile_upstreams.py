@@ -256,6 +256,35 @@ def test_an_endless_upstream_body_is_cut_at_its_bound(gateway: Gateway, keys: Ke
     assert rss_mib(gateway.proc.pid) - before < 100
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"model": MODEL, "input": "hi"}),
+        ("/v1/embeddings", {"model": MODEL, "input": "hi"}),
+    ],
+    ids=["responses", "embeddings"],
+)
+def test_an_endless_upstream_body_is_cut_at_its_bound_on_every_endpoint(
+    gateway: Gateway, keys: Keys, path: str, body: dict[str, Any]
+) -> None:
+    """The newer endpoints read their upstream answers through the same bound."""
+    before = rss_mib(gateway.proc.pid)
+    started = time.monotonic()
+    response = httpx.post(
+        f"{gateway.url}{path}",
+        content=orjson.dumps(body),
+        headers={
+            "Authorization": f"Bearer {keys.token('endless_body')}",
+            "content-type": "application/json",
+        },
+        timeout=20.0,
+    )
+    assert response.status_code == 502, response.text[:300]
+    assert response.json()["error"]["code"] == "upstream_error"
+    assert time.monotonic() - started < 10
+    assert rss_mib(gateway.proc.pid) - before < 100
+
+
 def test_an_endless_upstream_event_is_cut_at_its_bound(gateway: Gateway, keys: Keys) -> None:
     """Before: an event that never ended was buffered (and re-scanned) without limit."""
     started = time.monotonic()

@@ -31,7 +31,7 @@ from aigw.proxy.exchange import (
 )
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, Limits, decide
-from aigw.proxy.upstream import UpstreamClock
+from aigw.proxy.upstream import UpstreamClock, read_whole
 from aigw.usage.recorder import UsageEntry
 
 if TYPE_CHECKING:
@@ -184,12 +184,7 @@ class EmbeddingsRelay:
         self.clock = clock
 
     async def whole(self, response: aiohttp.ClientResponse) -> bool:
-        parts = []
-        read = response.content.readany
-        while chunk := await read():
-            self.clock.event()
-            parts.append(chunk)
-        raw = b"".join(parts)
+        raw = await read_whole(response, self.clock)  # bounded (issue 10)
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:

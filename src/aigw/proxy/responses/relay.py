@@ -32,8 +32,7 @@ from aigw.proxy.errors import UpstreamConnectionLost, UpstreamProtocolError
 from aigw.proxy.exchange import Prepared, upstream_usage, with_output_flag
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import flags_output, is_over
-from aigw.proxy.sse import SSEDecoder
-from aigw.proxy.upstream import UpstreamClock
+from aigw.proxy.upstream import UpstreamClock, UpstreamSSEDecoder, read_whole
 from aigw.usage.recorder import UsageEntry
 
 _SSE_HEADERS = (
@@ -117,12 +116,7 @@ class ResponsesRelay:
     # -- whole answers -----------------------------------------------------------
 
     async def whole(self, response: aiohttp.ClientResponse) -> bool:
-        parts = []
-        read = response.content.readany
-        while chunk := await read():
-            self.clock.event()
-            parts.append(chunk)
-        raw = b"".join(parts)
+        raw = await read_whole(response, self.clock)  # bounded (issue 10)
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -247,7 +241,7 @@ class ResponsesRelay:
     async def stream(self, response: aiohttp.ClientResponse) -> bool:
         """Relay typed events until the terminal one (or the cut); returns whether the
         upstream body was read to its end."""
-        decoder = SSEDecoder()
+        decoder = UpstreamSSEDecoder(self.clock.max_event_bytes)  # bounded (issue 10)
         read = response.content.readany
         downstream = self.downstream
         while True:
