@@ -48,7 +48,7 @@ from aigw.proxy.errors import (
     UnsupportedProvider,
 )
 from aigw.proxy.keycache import ResolvedKey
-from aigw.proxy.messages import wire
+from aigw.proxy.messages import request, wire
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide
 from aigw.proxy.records import new_entry
 from aigw.usage.recorder import UsageEntry
@@ -204,10 +204,10 @@ def _chat_forms(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Chat Completions request *body* stands for, and the one to count: the
     same, plus what a native upstream is sent that the translation drops."""
-    chat = wire.to_chat_request(body, max_tokens_field(model))
+    chat = request.to_chat_request(body, max_tokens_field(model))
     if not native:
         return chat, chat
-    return chat, {**chat, "messages": [*chat["messages"], *wire.untranslated(body)]}
+    return chat, {**chat, "messages": [*chat["messages"], *request.untranslated(body)]}
 
 
 def _encode(
@@ -277,7 +277,7 @@ class MessagesIngress:
         """The Chat Completions form of *body* and the count its input limit is
         judged by (tiktoken, or the provider's counter: :mod:`aigw.proxy.upstream_count`).
         An ``anthropic`` upstream gets *body* itself: what the translation drops
-        is counted too, as its JSON text (:func:`wire.untranslated`)."""
+        is counted too, as its JSON text (:func:`request.untranslated`)."""
         pipeline = self.pipeline
         adapter = pipeline.adapters.get(key.provider_kind)
         native = adapter is not None and adapter.kind == "anthropic"
