@@ -3,6 +3,7 @@ retries, buffering through a database outage, flushing on shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -104,3 +105,21 @@ async def test_observer_errors_never_reach_the_caller(engine: AsyncEngine) -> No
     )
     recorder.record(entry())
     assert recorder.pending == 1
+
+
+async def test_flush_while_the_writer_runs_writes_every_row_once(
+    engine: AsyncEngine, db: str
+) -> None:
+    """flush() and the writer task both take the buffer's head: overlapping, they
+    popped each other's rows (IndexError, or rows dropped unwritten)."""
+    recorder = UsageRecorder(engine, flush_interval=0.001, batch_size=7, buffer_limit=10_000)
+    recorder.start()
+    try:
+        for _ in range(20):
+            for _ in range(30):
+                recorder.record(entry())
+            await asyncio.gather(recorder.flush(), recorder.flush())
+        await recorder.flush()
+    finally:
+        await recorder.aclose(grace=5)
+    assert await count(db) == 600 and recorder.pending == 0

@@ -222,6 +222,9 @@ class UsageRecorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # One batch write at a time: flush() and the writer task both take the
+        # buffer's head, and two overlapping writes would pop each other's rows.
+        self._write_lock = asyncio.Lock()
         self._evicted = 0
         self.written = 0
         self.dropped = 0
@@ -352,6 +355,10 @@ class UsageRecorder:
                 self._on_rejected(count)
 
     async def _write_batch(self) -> None:
+        async with self._write_lock:
+            await self._write_head()
+
+    async def _write_head(self) -> None:
         count = min(len(self._buffer), self._batch_size)
         if not count:
             return
