@@ -3,8 +3,8 @@ public documentation and tiktoken alone, never from aigw's code.
 
 A test that compares the gateway's counts with what this fake billed is then
 comparing two independent implementations (for a plain conversation both must
-equal what OpenAI bills), not aigw with itself. This module imports nothing
-from aigw.
+equal what OpenAI bills), not aigw with itself. Nothing here is imported
+from the gateway's package.
 
 Rules
 -----
