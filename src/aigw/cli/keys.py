@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -11,7 +10,7 @@ from rich.text import Text
 from aigw.apikeys.models import MAX_BUDGET, MAX_LIMIT, MAX_RPM
 from aigw.apikeys.schemas import BudgetPeriod, SortField, Status, UsageLimit
 from aigw.cli import resource
-from aigw.cli.client import DEFAULT_URL, Record, item_path
+from aigw.cli.client import DEFAULT_URL, item_path
 from aigw.cli.common import (
     EXIT_CODES_EPILOG,
     JsonOption,
@@ -23,7 +22,8 @@ from aigw.cli.common import (
     secret_from_env,
 )
 from aigw.cli.errors import NotFoundError
-from aigw.cli.output import Column, Output, limit_text, status_text, when
+from aigw.cli.keyview import details, instant, print_usage
+from aigw.cli.output import Column, Output, limit_text, status_text
 
 if TYPE_CHECKING:
     StatusChoice = Status
@@ -35,58 +35,6 @@ else:
     UsageLimitChoice = choices("UsageLimitChoice", UsageLimit)
     SortChoice = choices("SortChoice", SortField)
     BudgetPeriodChoice = choices("BudgetPeriodChoice", BudgetPeriod)
-
-
-def _budget_text(key: Record) -> str:
-    budget = key.get("budget_tokens", 0)
-    return f"{budget:,} tokens" if budget else "none"
-
-
-def _used_text(key: Record) -> str:
-    """Tokens charged in the current period, and the share of the budget."""
-    used, budget = key.get("budget_used", 0), key.get("budget_tokens", 0)
-    return f"{used:,} of {budget:,} ({used / budget:.1%})" if budget else f"{used:,}"
-
-
-def _resets_text(key: Record) -> str:
-    if not key.get("budget_tokens", 0):
-        return "—"
-    resets_at = key.get("budget_resets_at")
-    if not resets_at:
-        return "never (total)"
-    # The API gives the period's end in AIGW_BUDGET_TIMEZONE; shown in UTC like the rest.
-    try:
-        instant = datetime.fromisoformat(resets_at).astimezone(UTC)
-    except ValueError:
-        return str(resets_at)
-    return instant.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _rate_text(value: int) -> str:
-    return "none" if value == 0 else f"{value:,}"
-
-
-def _details(key: Record) -> list[tuple[str, Any]]:
-    return [
-        ("ID", Text(key["id"])),
-        ("Alias", Text(key["alias"])),
-        ("Status", status_text(key["status"])),
-        ("Provider/Model", Text(f"{key['provider']}/{key['model']}")),
-        ("Key code", Text(key["key_code_masked"])),
-        ("Token prefix", Text(key["token_prefix"])),
-        ("Input limit", limit_text(key["input_limit"])),
-        ("Output limit", limit_text(key["output_limit"])),
-        ("Usage limit", Text(key["usage_limit"])),
-        ("Budget", Text(_budget_text(key))),
-        ("Budget period", Text(key.get("budget_period", "month"))),
-        ("Budget used", Text(_used_text(key))),
-        ("Budget resets at", Text(_resets_text(key))),
-        ("RPM limit", Text(_rate_text(key.get("rpm_limit", 0)))),
-        ("TPM limit", Text(_rate_text(key.get("tpm_limit", 0)))),
-        ("Created", when(key["created_at"])),
-        ("Updated", when(key["updated_at"])),
-        ("Version", str(key["version"])),
-    ]
 
 
 KEYS = resource.Resource(
@@ -104,7 +52,7 @@ KEYS = resource.Resource(
         Column("KEY CODE", lambda key: Text(key["key_code_masked"])),
         Column("ID", lambda key: Text(key["id"]), style="dim"),
     ),
-    details=_details,
+    details=details,
     trim_names=True,
     find_params={"sort": "alias"},
     secret_fields=frozenset({"key_code"}),
@@ -372,56 +320,6 @@ def rotate_token(
         output.token(rotated["token"])
 
 
-def _instant(value: str | None, option: str) -> str | None:
-    """*value* unchanged when it is an ISO 8601 date or time (the API's format)."""
-    if value is None:
-        return None
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not an ISO 8601 date or time (e.g. 2026-12-01 or 2026-12-01T12:00:00Z)",
-            param_hint=option,
-        ) from None
-    return value
-
-
-def _usage_row(label: str, figures: Record) -> list[str]:
-    return [
-        label,
-        f"{figures['requests']:,}",
-        f"{figures['input_tokens']:,}",
-        f"{figures['output_tokens']:,}",
-        f"{figures['input_limit_exceeded']:,}",
-        f"{figures['output_limit_exceeded']:,}",
-    ]
-
-
-def _print_usage(output: Output, usage: Record) -> None:
-    from rich.table import Table
-
-    deleted = " (deleted)" if usage["deleted"] else ""
-    output.out.print(
-        Text(f"{usage['alias']}{deleted} ", style="bold")
-        + Text(f"{when(usage['from'])} to {when(usage['to'])} UTC", style="dim")
-    )
-    table = Table(header_style="bold", expand=False)
-    table.add_column("DAY")
-    for header in ("REQUESTS", "INPUT TOKENS", "OUTPUT TOKENS", "OVER INPUT", "OVER OUTPUT"):
-        table.add_column(header, justify="right")
-    active = [day for day in usage["days"] if day["requests"]]
-    for day in active:
-        table.add_row(*_usage_row(day["date"], day))
-    table.add_row(*_usage_row("total", usage["totals"]), style="bold", end_section=True)
-    output.out.print(table)
-    outcomes = usage["totals"]["by_outcome"]
-    output.out.print(
-        Text("outcomes: ", style="bold")
-        + Text(", ".join(f"{name} {figures['requests']:,}" for name, figures in outcomes.items()))
-    )
-    output.note(f"{len(active)} of {len(usage['days'])} days had requests", style="dim")
-
-
 @app.command("usage", epilog=EXIT_CODES_EPILOG)
 def key_usage(
     ref: KeyRef,
@@ -451,7 +349,7 @@ def key_usage(
     A deleted key's history stays readable by its id. With --json, stdout is the
     API's usage document (GET /apikeys/{id}/usage), one bucket per UTC day.
     """
-    params = {"from": _instant(start, "--from"), "to": _instant(end, "--to")}
+    params = {"from": instant(start, "--from"), "to": instant(end, "--to")}
     output = Output(json_output)
     with connect(output, url, admin_token_file) as client:
         try:
@@ -465,4 +363,4 @@ def key_usage(
     if json_output:
         output.emit_json(usage)
     else:
-        _print_usage(output, usage)
+        print_usage(output, usage)
