@@ -13,56 +13,31 @@ gateway does not translate these endpoints (a 400 naming the kind says so).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from aigw.errors import AigwError, UnsupportedMediaType, openai_error_body, openai_error_response
+from aigw.errors import AigwError, UnsupportedMediaType
 from aigw.proxy.adapters.openai import OpenAIAdapter, _endpoint
 from aigw.proxy.admission import key_headers
 from aigw.proxy.body import Names, content_type_ok, off_loop, parse_unambiguous, read_body
 from aigw.proxy.downstream import Downstream
-from aigw.proxy.errors import (
-    ClientGone,
-    InvalidApiKey,
-    InvalidRequest,
-    KeyDisabled,
-    KeyUnusable,
-    ModelNotAllowed,
-    UpstreamError,
-    UpstreamRefusedAddress,
-    UpstreamStatusError,
-    error_event,
-)
+from aigw.proxy.errors import InvalidRequest, KeyDisabled, KeyUnusable, ModelNotAllowed
+from aigw.proxy.forward import AnswerRelay, Recorded, UpstreamCall, forward, send_error
 from aigw.proxy.keycache import ResolvedKey
-from aigw.proxy.policy import Decision, flags_output
+from aigw.proxy.policy import Decision
 from aigw.proxy.records import new_entry
-from aigw.proxy.upstream import (
-    UpstreamClock,
-    finish_upstream,
-    map_client_error,
-    post_upstream,
-    read_status_error,
-    redact_key_code,
-)
+from aigw.proxy.upstream import UpstreamClock
 from aigw.usage.recorder import UsageEntry
 
 if TYPE_CHECKING:
     from aigw.proxy.pipeline import Pipeline
 
-log = logging.getLogger("aigw.proxy")
-
-_CLIENT_CLOSED_REQUEST = 499
-_WATCH_AFTER = 0.02
 _OPENAI = OpenAIAdapter()
 
 
@@ -132,15 +107,6 @@ class Prepared:
     uncountable: bool = False
 
 
-class EndpointRelay(Protocol):
-    async def whole(self, response: aiohttp.ClientResponse) -> bool: ...
-
-    async def stream(self, response: aiohttp.ClientResponse) -> bool: ...
-
-    @property
-    def output_tokens(self) -> int: ...
-
-
 class Endpoint(Protocol):
     #: ``usage_records.endpoint``: ``responses``, ``embeddings``.
     name: str
@@ -167,7 +133,7 @@ class Endpoint(Protocol):
         downstream: Downstream,
         clock: UpstreamClock,
         encoding: Any,
-    ) -> EndpointRelay: ...
+    ) -> AnswerRelay: ...
 
 
 async def read_request(
@@ -254,28 +220,6 @@ def upstream_usage(entry: UsageEntry, usage: Any, input_field: str, output_field
         entry.upstream_output_tokens = given_out
 
 
-async def _send_error(
-    scope: Scope, receive: Receive, send: Send, exc: AigwError, headers: list[tuple[bytes, bytes]]
-) -> None:
-    response = openai_error_response(
-        exc.status_code, exc.detail, code=exc.code, error_type=exc.openai_type, param=exc.param
-    )
-    if isinstance(exc, InvalidApiKey):
-        response.headers["www-authenticate"] = "Bearer"
-    elif exc.status_code == 413:
-        response.headers["connection"] = "close"  # rather than drain a huge body
-    response.raw_headers.extend(headers)
-    await response(scope, receive, send)
-
-
-async def _watch_disconnect(receive: Receive, clock: UpstreamClock) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            clock.abort()
-            return
-
-
 async def run(
     pipeline: Pipeline, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send
 ) -> None:
@@ -284,144 +228,32 @@ async def run(
     try:
         key = pipeline.authenticate(scope["headers"])
     except AigwError as exc:
-        await _send_error(scope, receive, send, exc, [])
+        await send_error(scope, receive, send, exc, [])
         return
     entry = new_entry(scope, key, endpoint.name)
     downstream = Downstream(send, pipeline.settings.client_write_timeout)
-    try:
+    async with Recorded(pipeline.recorder, entry, downstream, started):
         try:
             raw, body = await read_request(
                 scope["headers"], receive, key, endpoint, pipeline.encoders.executor
             )
             prepared = await endpoint.admit(pipeline, raw, body, key, entry)
         except AigwError as exc:
-            entry.outcome, entry.status_code, entry.error_code = (
-                "rejected",
-                exc.status_code,
-                exc.code,
-            )
-            await _send_error(scope, receive, send, exc, key_headers(key, entry))
+            entry.status_code, entry.error_code = exc.status_code, exc.code
+            await send_error(scope, receive, send, exc, key_headers(key, entry))
             return
-        await _forward(pipeline, endpoint, key, prepared, entry, receive, downstream)
-    except ClientGone:
-        entry.outcome = "client_disconnected"
-        entry.status_code = 200 if downstream.started else _CLIENT_CLOSED_REQUEST
-    except asyncio.CancelledError:
-        entry.outcome = (
-            "interrupted" if entry.error_code == "gateway_shutdown" else "client_disconnected"
-        )
-        entry.status_code = 200 if downstream.started else _CLIENT_CLOSED_REQUEST
-        raise
-    except Exception:
-        log.exception("proxy failure")
-        entry.outcome, entry.error_code = "upstream_error", "internal_error"
-        entry.status_code = 500
-        raise
-    finally:
-        entry.latency_ms = (time.perf_counter() - started) * 1000.0
-        if downstream.first_byte_at is not None:
-            entry.ttfb_ms = (downstream.first_byte_at - started) * 1000.0
-        pipeline.recorder.record(entry)
-
-
-async def _forward(
-    pipeline: Pipeline,
-    endpoint: Endpoint,
-    key: ResolvedKey,
-    prepared: Prepared,
-    entry: UsageEntry,
-    receive: Receive,
-    downstream: Downstream,
-) -> None:
-    clock = UpstreamClock(pipeline.settings)
-    loop = asyncio.get_running_loop()
-    watcher: list[asyncio.Task[None]] = []
-    watch_timer = loop.call_later(
-        _WATCH_AFTER,
-        lambda: watcher.append(loop.create_task(_watch_disconnect(receive, clock))),
-    )
-    encoding = await pipeline.encoders.aget(key.encoding)
-    relay = endpoint.relay(prepared, key, entry, downstream, clock, encoding)
-    response: aiohttp.ClientResponse | None = None
-    complete = False
-    try:
-        try:
-            async with clock:
-                if not key.upstream_allowed:
-                    raise UpstreamRefusedAddress()
-                headers = _OPENAI.headers(key, entry.request_id, prepared.stream)
-                url = _endpoint(key.base_url, endpoint.path)
-                response = await post_upstream(
-                    pipeline.session, url, prepared.upstream_body, headers
-                )
-                if response.status >= 400:
-                    raise await read_status_error(response, clock)
-                if prepared.stream:
-                    complete = await relay.stream(response)
-                else:
-                    complete = await relay.whole(response)
-        except (aiohttp.ClientError, OSError) as exc:
-            raise map_client_error(exc) from None
-    except UpstreamError as exc:
-        redact_key_code(exc, key.key_code)
-        await fail(exc, entry, downstream, prepared.response_headers, relay.output_tokens)
-    except ClientGone:
-        entry.output_tokens = relay.output_tokens
-        raise
-    except asyncio.CancelledError:
-        entry.output_tokens = relay.output_tokens
-        if downstream.started and not downstream.ended:
-            entry.error_code = "gateway_shutdown"
-            with contextlib.suppress(Exception):
-                await downstream.end(
-                    error_event("gateway_shutdown", "The gateway is shutting down")
-                )
-        raise
-    except Exception as exc:
-        log.exception("proxy failure relaying %s", type(exc).__name__)
-        await fail(
-            AigwError("The gateway failed"),
-            entry,
-            downstream,
+        encoding = await pipeline.encoders.aget(key.encoding)
+        call = UpstreamCall(
+            _OPENAI,
+            _endpoint(key.base_url, endpoint.path),
+            prepared.upstream_body,
+            prepared.stream,
             prepared.response_headers,
-            relay.output_tokens,
         )
-    finally:
-        watch_timer.cancel()
-        for task in watcher:
-            task.cancel()
-        if response is not None:
-            await finish_upstream(response, complete)
-    if flags_output(key.limits, entry.output_tokens):
-        entry.output_limit_exceeded = True
 
+        def relay(clock: UpstreamClock) -> AnswerRelay:
+            return endpoint.relay(prepared, key, entry, downstream, clock, encoding)
 
-async def fail(
-    exc: AigwError,
-    entry: UsageEntry,
-    downstream: Downstream,
-    headers: list[tuple[bytes, bytes]],
-    output_tokens: int,
-) -> None:
-    """End the exchange with *exc*: a final error event when the answer has started,
-    else an answer in OpenAI's envelope (an upstream 4xx passes through)."""
-    entry.outcome = "upstream_error"
-    entry.output_tokens = output_tokens
-    entry.error_code = exc.code
-    if downstream.started:
-        entry.status_code = 200
-        if not downstream.ended:
-            await downstream.end(error_event(exc.code, exc.detail))
-        return
-    if isinstance(exc, UpstreamStatusError) and 400 <= exc.upstream_status < 500:
-        body, code = _OPENAI.error_envelope(exc.body, exc.upstream_status)
-        entry.status_code, entry.error_code = exc.upstream_status, code
-        relayed = [
-            (name.encode("latin-1"), value.encode("latin-1"))
-            for name, value in exc.relayed_headers.items()
-        ]
-        await downstream.answer(exc.upstream_status, body, [*relayed, *headers])
-        return
-    entry.status_code = exc.status_code
-    body = openai_error_body(exc.detail, code=exc.code, error_type=exc.openai_type)
-    await downstream.answer(exc.status_code, body, headers)
+        await forward(
+            pipeline.session, pipeline.settings, key, call, relay, entry, receive, downstream
+        )

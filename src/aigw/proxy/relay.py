@@ -18,7 +18,6 @@ import aiohttp
 import orjson
 
 from aigw.budgets.guard import text_bytes
-from aigw.errors import AigwError, openai_error_body
 from aigw.proxy.accounting import ChoiceState, Output, expected_choices
 from aigw.proxy.adapters.base import Adapter, StreamItem
 from aigw.proxy.admission import Admitted
@@ -28,8 +27,6 @@ from aigw.proxy.errors import (
     UpstreamError,
     UpstreamMidStreamError,
     UpstreamProtocolError,
-    UpstreamStatusError,
-    error_event,
 )
 from aigw.proxy.policy import Limits, flags_output
 from aigw.proxy.sse import DONE_EVENT, encode_json
@@ -87,6 +84,10 @@ class Relay:
         self.clock = clock
         self.output = output
         self._usage_sent = False  # a usage chunk reporting the cut went out
+
+    @property
+    def output_tokens(self) -> int:
+        return self.output.tokens
 
     def _finished(self) -> None:
         self.entry.output_tokens = self.output.tokens
@@ -319,29 +320,3 @@ class Relay:
             self._usage_sent = True
         parts.append(DONE_EVENT)
         return b"".join(parts)
-
-    async def fail(self, exc: AigwError) -> None:
-        """End the exchange with *exc*: a final error event when the answer has
-        started, else an answer in OpenAI's envelope (an upstream 4xx passes
-        through, in the envelope the adapter gives it)."""
-        entry, downstream = self.entry, self.downstream
-        entry.outcome = "upstream_error"
-        entry.output_tokens = self.output.tokens
-        entry.error_code = exc.code
-        if downstream.started:
-            entry.status_code = 200
-            await downstream.end(error_event(exc.code, exc.detail))
-            return
-        headers = self.admitted.response_headers
-        if isinstance(exc, UpstreamStatusError) and 400 <= exc.upstream_status < 500:
-            body, code = self.adapter.error_envelope(exc.body, exc.upstream_status)
-            entry.status_code, entry.error_code = exc.upstream_status, code
-            relayed = [
-                (name.encode("latin-1"), value.encode("latin-1"))
-                for name, value in exc.relayed_headers.items()
-            ]
-            await downstream.answer(exc.upstream_status, body, [*relayed, *headers])
-            return
-        entry.status_code = exc.status_code
-        body = openai_error_body(exc.detail, code=exc.code, error_type=exc.openai_type)
-        await downstream.answer(exc.status_code, body, headers)

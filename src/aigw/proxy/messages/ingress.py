@@ -5,7 +5,7 @@ the client token (``x-api-key``, as the Anthropic SDKs send it, or
 ``Authorization: Bearer``); the body is checked as a Messages request, counted
 (as the Chat Completions request it stands for: :mod:`.wire`) and judged by
 :func:`aigw.proxy.policy.decide` with ``max_tokens`` as the requested output
-bound; :meth:`Pipeline._forward` sends it upstream and the relay counts and
+bound; :meth:`Pipeline.forward` sends it upstream and the relay counts and
 cuts the answer. Only the edges differ: ``anthropic`` providers get the
 client's Messages body itself (``model`` filled in when omitted), other kinds
 the Chat Completions translation; and :class:`MessagesDownstream` turns the
@@ -15,9 +15,7 @@ and every error into Anthropic's error shape.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +45,7 @@ from aigw.proxy.errors import (
     OutputTokenLimitExceeded,
     UnsupportedProvider,
 )
+from aigw.proxy.forward import Recorded
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.messages import request, wire
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide
@@ -56,9 +55,6 @@ from aigw.usage.recorder import UsageEntry
 if TYPE_CHECKING:
     from aigw.proxy.pipeline import Pipeline
 
-log = logging.getLogger("aigw.proxy")
-
-_CLIENT_CLOSED_REQUEST = 499
 _ROLES = ("user", "assistant")
 
 _SOURCE = names({"type", "media_type", "data", "url", "file_id"})
@@ -373,7 +369,14 @@ class MessagesIngress:
         downstream = MessagesDownstream(
             send, entry, key.model, self.pipeline.settings.client_write_timeout
         )
-        try:
+
+        async def answer_bug() -> None:
+            if not downstream.started:
+                body = wire.error_body(500, "The gateway failed", "internal_error")
+                await downstream.answer(500, body, [])
+
+        recorder = self.pipeline.recorder
+        async with Recorded(recorder, entry, downstream, started, answer_bug):
             try:
                 admitted = await self.admit(scope, receive, key, entry)
             except AigwError as exc:
@@ -381,32 +384,7 @@ class MessagesIngress:
                 await _send_error(send, exc, key_headers(key, entry), downstream)
                 return
             adapter = self.pipeline.adapters[key.provider_kind]
-            await self.pipeline._forward(key, adapter, admitted, entry, receive, downstream)
-        except ClientGone:
-            entry.outcome = "client_disconnected"
-            entry.status_code = 200 if downstream.started else _CLIENT_CLOSED_REQUEST
-        except asyncio.CancelledError:
-            entry.outcome = (
-                "interrupted" if entry.error_code == "gateway_shutdown" else "client_disconnected"
-            )
-            entry.status_code = 200 if downstream.started else _CLIENT_CLOSED_REQUEST
-            raise
-        except Exception:
-            log.exception("proxy failure")
-            entry.outcome, entry.error_code, entry.status_code = (
-                "upstream_error",
-                "internal_error",
-                500,
-            )
-            if not downstream.started:
-                body = wire.error_body(500, "The gateway failed", "internal_error")
-                await downstream.answer(500, body, [])
-            return
-        finally:
-            entry.latency_ms = (time.perf_counter() - started) * 1000.0
-            if downstream.first_byte_at is not None:
-                entry.ttfb_ms = (downstream.first_byte_at - started) * 1000.0
-            self.pipeline.recorder.record(entry)
+            await self.pipeline.forward(key, adapter, admitted, entry, receive, downstream)
 
     async def count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v1/messages/count_tokens``: ``{"input_tokens": n}``, the count the
