@@ -71,6 +71,11 @@ class Output:
         self.budget = budget if budget is not None and budget.caps_output else None
         self._cap = self.budget.output_reserved if self.budget is not None else None
 
+    @property
+    def capped(self) -> bool:
+        """Whether a budget bounds all choices together (each text then moves the cap)."""
+        return self._cap is not None or self.budget is not None
+
     def cap_total(self, cap: int) -> None:
         """Bound the output of all choices together to *cap* tokens."""
         self._cap = cap

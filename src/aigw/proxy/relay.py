@@ -28,11 +28,14 @@ from aigw.proxy.errors import (
     UpstreamMidStreamError,
     UpstreamProtocolError,
 )
+from aigw.proxy.plain import PlainEvents
 from aigw.proxy.policy import Limits, flags_output
 from aigw.proxy.sse import DONE_EVENT, encode_json
 from aigw.proxy.upstream import UpstreamClock, UpstreamSSEDecoder, read_whole
 from aigw.usage.recorder import UsageEntry
 
+# Unchanged chunks tried as the model of plain events (aigw.proxy.plain) before giving up.
+_LEARN_TRIES = 4
 _SSE_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -56,6 +59,7 @@ class Relay:
     *downstream*, accounting its output in *output* and its outcome in *entry*."""
 
     __slots__ = (
+        "_plain",
         "_usage_sent",
         "adapter",
         "admitted",
@@ -84,13 +88,17 @@ class Relay:
         self.clock = clock
         self.output = output
         self._usage_sent = False  # a usage chunk reporting the cut went out
+        # Plain content events, relayed without parsing while no cut is possible.
+        self._plain: PlainEvents | None = None
 
     @property
     def output_tokens(self) -> int:
+        if self._plain is not None:
+            self._plain.flush()
         return self.output.tokens
 
     def _finished(self) -> None:
-        self.entry.output_tokens = self.output.tokens
+        self.entry.output_tokens = self.output_tokens
         self.entry.outcome = self.output.outcome(self.admitted.injected_max)
         self.entry.status_code = 200
 
@@ -148,38 +156,64 @@ class Relay:
         read = response.content.readany
         output, downstream = self.output, self.downstream
         expected = expected_choices(self.admitted.body)
+        # Plain events are learnt only where relaying one unparsed changes nothing;
+        # until then events are taken one at a time, so the rest of a read can be plain.
+        learning = _LEARN_TRIES if self.adapter.relays_raw and not output.capped else 0
         last_chunk: dict[str, Any] | None = None
         done = early = False
         while not done:
             data = await read()
             if not data:
                 break
-            events = decoder.feed(data)
-            if not events:
-                continue
             out: list[bytes] = []
+            pos, size = 0, len(data)
             try:
-                for event in events:
-                    for item in translator.items(event):
-                        if item.done:
-                            done = True
+                while pos < size and not done:
+                    plain = self._plain
+                    if plain is not None:
+                        if decoder.idle:
+                            end = plain.take(data, pos)
+                            if end > pos:
+                                self.clock.event()
+                                last_chunk = plain.chunk
+                                out.append(data[pos:end])
+                                pos = end
+                                if pos == size:
+                                    break
+                        plain.flush()  # the text kept comes first in the count
+                    if plain is not None or learning:
+                        cut = data.find(b"\n\n", pos)
+                        stop = size if cut < 0 else cut + 2
+                    else:
+                        stop = size
+                    events = decoder.feed(data[pos:stop] if pos or stop < size else data)
+                    pos = stop
+                    for event in events:
+                        for item in translator.items(event):
+                            if item.done:
+                                done = True
+                                break
+                            chunk = item.chunk
+                            if chunk is None:
+                                out.append(item.raw or b"")  # a comment: relayed, not progress
+                                continue
+                            self.clock.event()
+                            if output.budget is not None:
+                                await output.budget.prepare(text_bytes(chunk, "delta"), output)
+                            relay = self._take_chunk(chunk, item)
+                            last_chunk = chunk
+                            if relay:
+                                out.append(relay)
+                                if learning and relay is item.raw:
+                                    learning -= 1
+                                    self._plain = self._learn(chunk, relay)
+                                    if self._plain is not None:
+                                        learning = 0
+                            if output.any_cut and output.all_finished(expected):
+                                done = early = True
+                                break
+                        if done:
                             break
-                        chunk = item.chunk
-                        if chunk is None:
-                            out.append(item.raw or b"")  # a comment: relayed, not progress
-                            continue
-                        self.clock.event()
-                        if output.budget is not None:
-                            await output.budget.prepare(text_bytes(chunk, "delta"), output)
-                        relay = self._take_chunk(chunk, item)
-                        last_chunk = chunk
-                        if relay:
-                            out.append(relay)
-                        if output.any_cut and output.all_finished(expected):
-                            done = early = True
-                            break
-                    if done:
-                        break
             except UpstreamError:
                 # Relay what came before the failure, then let it end the stream.
                 if out:
@@ -201,7 +235,7 @@ class Relay:
         for event in decoder.close():
             if event.data == b"[DONE]":
                 break
-        self.entry.output_tokens = output.tokens
+        self.entry.output_tokens = self.output_tokens
         if output.all_finished():
             # Lenient: every choice finished, only the end marker is missing.
             await self._start_stream()
@@ -209,6 +243,13 @@ class Relay:
             await downstream.end(self._ending(last_chunk))
             return True
         raise UpstreamConnectionLost("The upstream stream ended before it was complete")
+
+    def _learn(self, chunk: dict[str, Any], raw: bytes) -> PlainEvents | None:
+        choices = chunk.get("choices")
+        if not choices or choices.__class__ is not list or choices[0].__class__ is not dict:
+            return None
+        state = self.output.choice(choices[0].get("index", 0))
+        return PlainEvents.learn(chunk, raw, state, self.clock.max_event_bytes)
 
     def _take_chunk(self, chunk: dict[str, Any], item: StreamItem) -> bytes | None:
         """Account one chunk; returns the bytes to relay (``None``: drop it)."""

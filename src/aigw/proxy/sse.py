@@ -148,6 +148,11 @@ class SSEDecoder:
         return [event] if event.data is not None else []
 
     @property
+    def idle(self) -> bool:
+        """Whether nothing is held back: the next chunk starts a new event."""
+        return not self._buffer and not self._held_cr and not self._overflowed
+
+    @property
     def pending(self) -> int:
         """Bytes of an incomplete event held back."""
         return len(self._buffer)

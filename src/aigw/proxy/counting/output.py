@@ -153,6 +153,16 @@ class OutputCounter:
         return self._holding is not None
 
     @property
+    def room(self) -> int | None:
+        """Bytes of text :meth:`feed` takes now with no cut possible (a token is at
+        least one byte), on any channel; ``None``: unlimited."""
+        if self._limit is None:
+            return None
+        if self._holding is not None or self._exhausted:
+            return 0
+        return max(0, self._limit - self._bound)
+
+    @property
     def count(self) -> int:
         """Exact tokens accepted so far, over all channels."""
         return self._exact_total()
