@@ -195,3 +195,20 @@ async def test_a_change_to_each_contracted_table_reaches_the_cache(
         await wait_for(gone, 2.0)
     finally:
         await conn.close()
+
+
+async def test_a_new_keys_encoding_is_loaded_before_the_key_is_served(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    """Issue 15: no request waits for its encoding to load; the key cache loads it
+    (off the loop) when it learns of the key, before serving it."""
+    assert "cl100k_base" not in app.state.encoders.names  # no key counts with it yet
+    await create_provider(client, "http://127.0.0.1:9/v1", models=("gpt-4",))
+    key = await create_key(client, model="gpt-4")
+
+    async def present() -> bool:
+        return lookup(app, key["token"]) is not None
+
+    await wait_for(present, 5.0)
+    assert lookup(app, key["token"]).encoding == "cl100k_base"
+    assert "cl100k_base" in app.state.encoders.names

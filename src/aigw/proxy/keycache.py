@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,8 +156,12 @@ class KeyCache:
         allow_private_upstreams: bool = True,
         heartbeat_interval: float = 5.0,
         max_backoff: float = 5.0,
+        prepare: Callable[[set[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._engine = engine
+        # Awaited with the encodings of keys about to be served, before they are:
+        # a request never waits for its encoding to load.
+        self._prepare = prepare
         self._allow_private = allow_private_upstreams
         self._keyring = keyring
         self._listen_dsn = listen_dsn
@@ -221,6 +225,7 @@ class KeyCache:
                 row, self._decrypt_key_code(row, opened), self._allow_private
             )
             hash_by_id[row.id] = bytes(row.token_hash)
+        await self._prepared(by_hash.values())
         # No await between these: requests never see a half state.
         self._by_hash, self._hash_by_id, self._opened = by_hash, hash_by_id, opened
         self.reloads += 1
@@ -228,18 +233,31 @@ class KeyCache:
 
     async def reload_keys(self, ids: set[uuid.UUID]) -> None:
         rows = await self._fetch(ids)
-        found = {row.id: row for row in rows}
+        found = {
+            row.id: (
+                bytes(row.token_hash),
+                _resolved(row, self._decrypt_key_code(row, self._opened), self._allow_private),
+            )
+            for row in rows
+        }
+        await self._prepared(resolved for _, resolved in found.values())
         for key_id in ids:
             old_hash = self._hash_by_id.pop(key_id, None)
             if old_hash is not None:
                 self._by_hash.pop(old_hash, None)
-            row = found.get(key_id)
-            if row is not None:  # absent: the key was deleted
-                token_hash = bytes(row.token_hash)
-                self._by_hash[token_hash] = _resolved(
-                    row, self._decrypt_key_code(row, self._opened), self._allow_private
-                )
+            loaded = found.get(key_id)
+            if loaded is not None:  # absent: the key was deleted
+                token_hash, resolved = loaded
+                self._by_hash[token_hash] = resolved
                 self._hash_by_id[key_id] = token_hash
+
+    async def _prepared(self, keys: Iterable[ResolvedKey]) -> None:
+        if self._prepare is None:
+            return
+        try:
+            await self._prepare({key.encoding for key in keys})
+        except Exception:  # the request's own load reports it; the keys must still load
+            log.exception("preparing the encodings of the keys failed")
 
     async def _apply(self, payloads: list[str]) -> None:
         key_ids: set[uuid.UUID] = set()

@@ -58,8 +58,9 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
         stack.push_async_callback(recorder.aclose, settings.shutdown_grace)
         state.recorder = recorder
 
-        # Only the encodings in use are loaded (off the loop, ~0.3 s each): the
-        # ones the current keys count with now, any other on its first request.
+        # Only the encodings in use are loaded (off the loop, ~0.3 s each): the key
+        # cache loads the ones its keys count with before it serves them, at start
+        # and on every change it is notified of.
         encoders = Encoders({}, loader=_load_encoding_once)
         stack.callback(encoders.close)
         state.encoders = encoders
@@ -70,12 +71,13 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
             state.keyring,
             libpq_url(settings.database_url),
             allow_private_upstreams=settings.allow_private_upstreams,
+            prepare=encoders.preload,
         )
         await keys.start()
         stack.push_async_callback(keys.aclose)
         state.keys = keys
-        for name in sorted(keys.encodings_in_use() or {O200K_BASE}):
-            await encoders.aget(name)
+        if not keys.encodings_in_use():  # readiness reports the encodings loaded
+            await encoders.aget(O200K_BASE)
 
         session = create_upstream_session(settings)
         stack.push_async_callback(session.close)

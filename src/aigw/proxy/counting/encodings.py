@@ -175,6 +175,13 @@ class Encoders:
         self._encodings[name] = encoding
         return encoding
 
+    async def preload(self, names: set[str]) -> None:
+        """Load the bundled encodings among *names* not loaded yet, off the event loop
+        (the key cache calls this before it serves keys that count with them)."""
+        for name in sorted(names):
+            if name in _SPECS and name not in self._encodings:
+                await self.aget(name)
+
     @classmethod
     def load(cls, directory: Path | None = None, *, offload_workers: int = 2) -> Encoders:
         """Load every bundled encoding (about a second of CPU; do it once)."""
