@@ -848,10 +848,10 @@ class Bench:
         messages = big(plan.big_tokens)
         tokens = prompt_tokens(messages)
         raw = body(messages, stream=True)
-        # The byte bound proves a request within a limit of at least its UTF-8 bytes
-        # (a token is at least one byte); the other key's limit is below the byte
-        # count, so only an exact count can admit the prompt.
-        bound_limit = max(len(raw), 1_000_000)
+        # The size bound (docs/proxy.md, "A cheap bound first": 3 tokens a byte + 16,
+        # no images here) proves a request within a limit at or above it; the other
+        # key's limit is below the byte count, so only an exact count can admit it.
+        bound_limit = max(3 * len(raw) + 16, 1_000_000)
         count_limit = int(tokens * 1.2)
         assert count_limit < len(raw), "the counted case needs a limit under the byte count"
         cases = {

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from starlette.types import Receive, Scope, Send
@@ -229,7 +229,7 @@ class Recorded:
     and propagates; a bug is recorded as ``internal_error`` and propagates (the
     app answers 500), unless *on_bug* answers it and the block ends there."""
 
-    __slots__ = ("downstream", "entry", "hold", "on_bug", "recorder", "started")
+    __slots__ = ("downstream", "entry", "hold", "on_bug", "pending", "recorder", "started")
 
     def __init__(
         self,
@@ -246,6 +246,8 @@ class Recorded:
         self.on_bug = on_bug
         #: The request's budget standing (aigw.budgets): settled with what was counted.
         self.hold: Hold | None = None
+        #: An input count still running: the record waits for it (it puts itself in).
+        self.pending: asyncio.Future[Any] | None = None
 
     async def __aenter__(self) -> Recorded:
         return self
@@ -282,6 +284,10 @@ class Recorded:
             entry.latency_ms = (time.perf_counter() - self.started) * 1000.0
             if downstream.first_byte_at is not None:
                 entry.ttfb_ms = (downstream.first_byte_at - self.started) * 1000.0
+            pending = self.pending
+            if pending is not None and not pending.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(pending)
             # Budgets (aigw.budgets): charge what was counted, return the rest.
             hold = self.hold
             if hold is not None and hold.settle(

@@ -164,7 +164,7 @@ class Pipeline:
                 entry.status_code, entry.error_code = exc.status_code, exc.code
                 await send_error(scope, receive, send, exc, key_headers(key, entry))
                 return
-            record.hold = admitted.hold
+            record.hold, record.pending = admitted.hold, admitted.pending_count
             assert adapter is not None  # admission refuses a kind without one
             await self.forward(key, adapter, admitted, entry, receive, downstream)
 
@@ -182,13 +182,22 @@ class Pipeline:
         output = Output(
             await self.encoders.aget(key.encoding), admitted.decision.cut_output_at, admitted.hold
         )
+
+        async def settle_if_counted(entry: UsageEntry) -> None:
+            # The answer does not wait for a count still running (admitted on the
+            # size bound): its headers then leave the count out, and the record
+            # waits for it (Recorded.pending), after the answer.
+            pending = admitted.pending_count
+            if pending is not None and pending.done():
+                await admitted.settle_count(entry)
+
         call = UpstreamCall(
             adapter,
             adapter.url(key, admitted.stream),
             admitted.upstream_body,
             admitted.stream,
             admitted.response_headers,
-            admitted.settle_count,
+            settle_if_counted,
         )
 
         def relay(clock: UpstreamClock) -> Relay:

@@ -221,6 +221,7 @@ class Relay:
                     await downstream.write(b"".join(out))
                 raise
             if done:
+                await self._count_for_ending()
                 out.append(self._ending(last_chunk))
             if out:
                 payload = out[0] if len(out) == 1 else b"".join(out)
@@ -240,6 +241,7 @@ class Relay:
             # Lenient: every choice finished, only the end marker is missing.
             await self._start_stream()
             self._finished()
+            await self._count_for_ending()
             await downstream.end(self._ending(last_chunk))
             return True
         raise UpstreamConnectionLost("The upstream stream ended before it was complete")
@@ -325,6 +327,12 @@ class Relay:
         # The upstream's breakdown described what it generated, not what was relayed.
         usage.pop("completion_tokens_details", None)
         self._usage_sent = True
+
+    async def _count_for_ending(self) -> None:
+        # A usage chunk the gateway writes after a cut (output.close() can make one
+        # at the end) reports the input count.
+        if self.admitted.client_wants_usage and not self._usage_sent:
+            await self.admitted.settle_count(self.entry)
 
     def _ending(self, last_chunk: dict[str, Any] | None) -> bytes:
         """The end of a stream: for choices cut with text held back (or cut but not
