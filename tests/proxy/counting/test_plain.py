@@ -1,0 +1,66 @@
+"""What passes as a plain content event (relayed unparsed, aigw.proxy.plain) and
+what must go through the full relay: only an event that parses to the learnt
+chunk with other text, and only while no cut is possible."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import tiktoken
+
+from aigw.proxy.accounting import Output
+from aigw.proxy.plain import PlainEvents
+
+BASE = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+
+def event(delta: dict[str, Any], **extra: Any) -> bytes:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+    return b"data: " + orjson.dumps({**BASE, "choices": [choice], **extra}) + b"\n\n"
+
+
+def learnt(o200k: tiktoken.Encoding, limit: int | None) -> PlainEvents:
+    model = event({"content": "Hello"})
+    state = Output(o200k, limit).choice(0)
+    plain = PlainEvents.learn(orjson.loads(model[6:]), model, state, 1 << 20)
+    assert plain is not None
+    return plain
+
+
+def test_plain_events_are_taken_and_counted_exactly(o200k: tiktoken.Encoding) -> None:
+    plain = learnt(o200k, 1000)
+    texts = [" world", ",", " Größe", " 東京", " and", " more"]
+    buffer = b"".join(event({"content": text}) for text in texts)
+    assert plain.take(buffer, 0) == len(buffer)
+    plain.flush()
+    assert plain.state.counter.count == len(o200k.encode_ordinary("".join(texts)))
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        event({"content": 'say "hi"'}),  # an escape: the upstream's spelling is its own
+        event({"content": "a\nb"}),  # \n escape
+        event({"content": "x", "refusal": "y"}),  # another field
+        event({"content": "x"}, usage={"prompt_tokens": 1}),
+        event({"content": "x"}).replace(b'"index":0', b'"index":1'),  # another choice
+        event({"content": "x"}).replace(b"\n\n", b"\r\n\r\n"),
+        event({"content": "x"}).replace(b'"x"', b'"\xff"'),  # not UTF-8
+        event({"content": "x"}).replace(b'"x"', b'"\x01"'),  # a raw control character
+        b"data: [DONE]\n\n",
+    ],
+)
+def test_anything_else_goes_through_the_full_relay(o200k: tiktoken.Encoding, other: bytes) -> None:
+    plain = learnt(o200k, 1000)
+    first = event({"content": " one"})
+    assert plain.take(first + other + event({"content": " two"}), 0) == len(first)
+
+
+def test_no_event_passes_once_a_cut_is_possible(o200k: tiktoken.Encoding) -> None:
+    plain = learnt(o200k, 6)  # "Hello" (5 bytes) was not fed: 6 bytes of room
+    fits, over = event({"content": " abcd"}), event({"content": " e"})
+    assert plain.take(fits + over, 0) == len(fits)  # 5 bytes; the next 2 could pass 6
+    plain.flush()
+    assert plain.state.counter.count == len(o200k.encode_ordinary(" abcd"))
