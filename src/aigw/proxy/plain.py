@@ -15,7 +15,9 @@ line). A later event that is ``prefix + text + suffix``, where *text* holds no
 quote, backslash or control character and is valid UTF-8, parses to the same
 chunk with ``content`` = *text* — the bytes around it are identical, and such
 a *text* can only end at the quote that starts ``suffix`` — so it is the same
-event for the relay as the one it learned from, with other text. Anything
+event for the relay as the one it learned from, with other text. OpenAI's
+``obfuscation`` member (random padding of random length, last in each chunk)
+may differ too, under the same rule; it is relayed, never counted. Anything
 else (the role chunk, a finish, usage, an error, an escape, another choice,
 CRLF line ends) goes through the full relay, which first takes in the text
 kept so far, in order.
@@ -33,25 +35,48 @@ from aigw.proxy.accounting import ChoiceState
 # The text between the quotes: nothing that ends or escapes a JSON string.
 _PLAIN_TEXT = re.compile(rb'[^"\\\x00-\x1f]*')
 _CONTENT_KEY = b'"content":'
+_PADDING = "obfuscation"
 # Text kept between counts at most (an unlimited answer's memory stays bounded).
 _MAX_KEPT = 8 * 1024
+
+
+def _utf8(text: bytes) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class PlainEvents:
     """The plain content events of one choice of one stream (see the module docstring)."""
 
-    __slots__ = ("_kept", "_kept_bytes", "_prefix", "_suffix", "chunk", "max_event", "state")
+    __slots__ = (
+        "_kept",
+        "_kept_bytes",
+        "_padding_end",
+        "_prefix",
+        "_suffix",
+        "chunk",
+        "max_event",
+        "state",
+    )
 
     def __init__(
         self,
         prefix: bytes,
         suffix: bytes,
+        padding_end: bytes | None,
         chunk: dict[str, Any],
         state: ChoiceState,
         max_event: int,
     ) -> None:
         self._prefix = prefix
         self._suffix = suffix
+        # With padding: the suffix ends at its opening quote; this follows its text.
+        self._padding_end = padding_end
         self._kept: list[bytes] = []
         self._kept_bytes = 0
         #: The chunk learned from: every plain event is this chunk with other text.
@@ -86,32 +111,46 @@ class PlainEvents:
         if at < 0 or raw.find(needle, at + 1) >= 0:
             return None
         start = at + len(_CONTENT_KEY) + 1
-        return cls(raw[:start], raw[at + len(needle) - 1 :], chunk, state, max_event)
+        suffix, padding_end = raw[at + len(needle) - 1 :], None
+        padding = chunk.get(_PADDING)
+        if padding.__class__ is str and next(reversed(chunk)) == _PADDING:
+            # OpenAI's random-length padding, the chunk's last member: any plain text.
+            end = orjson.dumps(padding)[1:] + b"}\n\n"
+            if b"\\" not in end and suffix.endswith(end):
+                suffix, padding_end = suffix[: -len(end)], end[-4:]
+        return cls(raw[:start], suffix, padding_end, chunk, state, max_event)
 
     def take(self, buffer: bytes, pos: int) -> int:
         """Keep the text of the plain events in *buffer* from *pos* on, as long as no
         cut is possible; returns where they end (relay the bytes up to there)."""
-        prefix, suffix = self._prefix, self._suffix
+        prefix, suffix, padding_end = self._prefix, self._suffix, self._padding_end
         prefix_len, suffix_len = len(prefix), len(suffix)
         room = self._room()
         if room == 0 or self.state.cut or self.state.ended:
             return pos
+        plain = _PLAIN_TEXT.fullmatch
         while buffer.startswith(prefix, pos):
             start = pos + prefix_len
-            end = buffer.find(b"\n\n", start) + 2
-            stop = end - suffix_len
-            if end < 2 or stop < start or end - pos > self.max_event:
+            stop = buffer.find(b'"', start)  # the text's end, if it holds no escape
+            if (
+                stop < 0
+                or not buffer.startswith(suffix, stop)
+                or plain(buffer, start, stop) is None
+            ):
                 break
-            if not buffer.endswith(suffix, start, end):
-                break
-            if _PLAIN_TEXT.fullmatch(buffer, start, stop) is None:
+            end = stop + suffix_len
+            if padding_end is not None:
+                padded = buffer.find(b'"', end)
+                if padded < 0 or not buffer.startswith(padding_end, padded):
+                    break
+                if plain(buffer, end, padded) is None or not _utf8(buffer[end:padded]):
+                    break
+                end = padded + len(padding_end)
+            if end - pos > self.max_event:
                 break
             text = buffer[start:stop]
-            if not text.isascii():
-                try:
-                    text.decode()
-                except UnicodeDecodeError:
-                    break  # the full relay refuses it as the upstream's error
+            if not _utf8(text):
+                break  # the full relay refuses it as the upstream's error
             size = stop - start
             if room is not None and size > room:
                 break

@@ -64,3 +64,19 @@ def test_no_event_passes_once_a_cut_is_possible(o200k: tiktoken.Encoding) -> Non
     assert plain.take(fits + over, 0) == len(fits)  # 5 bytes; the next 2 could pass 6
     plain.flush()
     assert plain.state.counter.count == len(o200k.encode_ordinary(" abcd"))
+
+
+def test_openai_padding_may_differ_in_every_event(o200k: tiktoken.Encoding) -> None:
+    """OpenAI pads each chunk with a random ``obfuscation`` string (its last member)."""
+    model = event({"content": "Hello"}, usage=None, obfuscation="Ab3")
+    state = Output(o200k, 1000).choice(0)
+    plain = PlainEvents.learn(orjson.loads(model[6:]), model, state, 1 << 20)
+    assert plain is not None
+    padded = [
+        event({"content": t}, usage=None, obfuscation=p) for t, p in ((" a", ""), (" b", "xYz0123"))
+    ]
+    escaped = event({"content": " c"}, usage=None, obfuscation='q"')
+    buffer = b"".join(padded)
+    assert plain.take(buffer + escaped, 0) == len(buffer)
+    plain.flush()
+    assert plain.state.counter.count == len(o200k.encode_ordinary(" a b"))
