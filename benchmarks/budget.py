@@ -150,12 +150,12 @@ def _measure(bench: Any, target: Aigw) -> None:
         }
     out["ratios"] = _ratios(out["keys"])
     out["budget_used"] = _used(target, keys["budget"]["id"])
+    bench.results[target.name].budget = out  # kept whatever the store comparison does
     if target.database_url:
         redis_url = os.environ.get("AIGW_REDIS_URL", "redis://127.0.0.1:6379/0")
         n = 3000 if bench.quick else 20000
         log(f"budget store alone: {n} reservations on one key, c={CONCURRENCY}")
         out["stores"] = bench.aio(budget_store.compare(target.database_url, redis_url, n))
-    bench.results[target.name].budget = out
     for line in summary(out):
         log("  " + line)
 
