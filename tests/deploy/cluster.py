@@ -184,7 +184,8 @@ class Cluster:
         step.exit_code = stop_process(old.proc, grace=30)
         step.exited = time.monotonic() - start
         self.gateways[index] = start_replica(self.env, self.root / f"{name}.log", port)
-        step.balancer_up = self.wait_balancer(name, "UP") - start
+        # A loaded 2-core machine took up to 17 s to start a gateway.
+        step.balancer_up = self.wait_balancer(name, "UP", timeout=90) - start
         return step
 
 
