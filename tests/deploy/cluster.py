@@ -77,6 +77,7 @@ class Restart:
     """One step of a rolling restart; times in seconds after the SIGTERM."""
 
     name: str
+    at: float = 0.0  # time.monotonic() of the SIGTERM
     not_ready: float | None = None  # first 503 from /readyz
     balancer_down: float | None = None  # HAProxy marked it down
     listener_closed: float | None = None  # first refused connection
@@ -160,8 +161,8 @@ class Cluster:
         port and wait until the balancer sends to it again."""
         old, name = self.gateways[index], f"gw{index}"
         port = int(old.url.rsplit(":", 1)[1])
-        step = Restart(name)
         start = time.monotonic()
+        step = Restart(name, at=start)
         old.proc.send_signal(signal.SIGTERM)
         with httpx.Client(timeout=1.0) as probe:
             while old.proc.poll() is None and time.monotonic() - start < 60:
@@ -178,7 +179,9 @@ class Cluster:
                             step.not_ready = time.monotonic() - start
                     except httpx.ConnectError:
                         step.listener_closed = time.monotonic() - start
-                    except httpx.TimeoutException:
+                    except (httpx.TimeoutException, httpx.TransportError):
+                        # Accepted by the kernel as the listener closed, then reset:
+                        # the next probe's connect is refused.
                         pass
                 time.sleep(0.01)
         step.exit_code = stop_process(old.proc, grace=30)
