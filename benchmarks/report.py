@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import budget
 from benchmarks.targets import WORK
 
 ORDER = ["direct", "reference", "aigw", "litellm"]
@@ -286,6 +287,7 @@ def summary_text(results: dict) -> str:
     lines.append("targets (issues #4 and #15; met and missed side by side):")
     for c in checks(results):
         lines.append(f"  [{c['status']:6}] {c['target']}: {c['detail']}")
+    lines += budget.summary((results["targets"].get("aigw") or {}).get("budget") or {})
     return "\n".join(lines)
 
 
@@ -600,6 +602,7 @@ def markdown(results: dict, chart: str | None) -> str:
             )
         parts.append(_table(["case", "TTFB p50 ms", "added ms", "added / encode", "n"], rows))
         parts.append("")
+    parts += budget.markdown(targets.get("aigw"))
     parts += ["## Validity notes", ""]
     busy = results.get("cpu_busy_during_run", {})
     steal = results.get("cpu_steal_during_run", {})

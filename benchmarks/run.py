@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import load, machine, report, search
+from benchmarks import budget, load, machine, report, search
 from benchmarks.load import Call, Response
 from benchmarks.procs import (
     Procs,
@@ -189,6 +189,7 @@ class TargetResult:
     slow: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
     big_prompt: dict = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -933,6 +934,7 @@ class Bench:
             "memory": self.slow_streams,
             "search": self.search,
             "bigprompt": self.big_prompt,
+            "budget": lambda: budget.phase(self),
         }
         self.warm_up()
         self.timings["setup+warm-up"] = round(time.time() - self.started, 1)
@@ -983,7 +985,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip",
         default="",
         help="comma-separated phases to skip: "
-        "throughput,latency,ttfb,chunk,memory,search,bigprompt",
+        "throughput,latency,ttfb,chunk,memory,search,bigprompt,budget",
     )
     parser.add_argument(
         "--loadgen",

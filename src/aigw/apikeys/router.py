@@ -121,7 +121,13 @@ async def update_api_key(
     settings: SettingsDep,
 ) -> ApiKeyRead:
     key = await service.update_api_key(
-        session, key_id, body, if_match=if_match, keyring=keyring, actor=actor
+        session,
+        key_id,
+        body,
+        if_match=if_match,
+        keyring=keyring,
+        actor=actor,
+        budget_zone=settings.budget_timezone,
     )
     read = service.to_read(key)
     await service.add_budget_usage(session, [read], settings.budget_timezone)

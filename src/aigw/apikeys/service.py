@@ -255,6 +255,7 @@ async def update_api_key(
     if_match: int | None,
     keyring: KeyRing,
     actor: str,
+    budget_zone: str = "UTC",
 ) -> ApiKey:
     key = await ApiKeyRepository(session).get_to_change(key_id, if_match)
     changes = data.model_dump(exclude_unset=True)
@@ -285,6 +286,8 @@ async def update_api_key(
     key.version += 1
     key.updated_at = func.now()
     await flush(session, _alias_taken(data.alias))
+    if budgets.needs_recount(before, changes):  # docs/budgets.md, "Changing the period"
+        await budgets.recount(session, key.id, key.budget_period, ZoneInfo(budget_zone))
     # The repository loads with populate_existing: server-side timestamps are fresh.
     key = await get_api_key(session, key_id)
     after = _snapshot(key)

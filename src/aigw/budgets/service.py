@@ -1,4 +1,14 @@
-"""Budget reads for the admin API."""
+"""Budget reads and recounts for the admin API.
+
+A key's counter for a period is kept only while the key has a budget and that
+period is its period. When either changes — ``budget_period`` set to another
+period, or a budget set on a key that had none — the counter of the new
+period's current window is **recounted from the usage records** (what the key
+was charged since the window began: input plus output tokens of every request
+that went upstream), so spending earlier in the window counts whatever the key's
+settings were then. A counter kept meanwhile is never lowered (``greatest``):
+it may already hold requests whose records are not written yet.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +16,13 @@ import uuid
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigw.budgets.models import BudgetCounter
 from aigw.budgets.periods import period_bounds
+from aigw.usage.models import UsageRecord
 
 
 async def current_usage(
@@ -30,3 +42,40 @@ async def current_usage(
     )
     used = {row.api_key_id: int(row.used) for row in rows}
     return {key_id: (used.get(key_id, 0), end) for key_id, (_, end) in bounds.items()}
+
+
+def needs_recount(before: dict[str, object], changes: dict[str, object]) -> bool:
+    """Whether an update (*changes* to a key that read *before*) starts counting a
+    window the key's counter did not follow: a new period, or a budget where
+    there was none."""
+    tokens = changes.get("budget_tokens", before["budget_tokens"])
+    if not tokens:
+        return False
+    period_changed = (
+        changes.get("budget_period", before["budget_period"]) != before["budget_period"]
+    )
+    return period_changed or not before["budget_tokens"]
+
+
+async def recount(session: AsyncSession, key_id: uuid.UUID, period: str, zone: ZoneInfo) -> int:
+    """Set the counter of *period*'s current window from the usage records (never
+    lower than it is); returns its ``used``. One statement, in the caller's
+    transaction."""
+    start, _ = period_bounds(period, datetime.now(UTC), zone)
+    charged = (
+        select(func.coalesce(func.sum(UsageRecord.input_tokens + UsageRecord.output_tokens), 0))
+        .where(
+            UsageRecord.api_key_id == key_id,
+            UsageRecord.created_at >= start,
+            UsageRecord.outcome != "rejected",  # never went upstream: charged nothing
+        )
+        .scalar_subquery()
+    )
+    statement = insert(BudgetCounter).values(
+        api_key_id=key_id, period_start=start, used=charged, reserved=0
+    )
+    upsert = statement.on_conflict_do_update(
+        index_elements=[BudgetCounter.api_key_id, BudgetCounter.period_start],
+        set_={"used": func.greatest(BudgetCounter.used, statement.excluded.used)},
+    ).returning(BudgetCounter.used)
+    return int((await session.execute(upsert)).scalar_one())
