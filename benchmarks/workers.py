@@ -23,11 +23,13 @@ The raw req/s of both, and PostgreSQL's CPU per request, are reported beside.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import threading
 from typing import Any
 
+from benchmarks import load
 from benchmarks.procs import cpu_reading
 from benchmarks.targets import Aigw
 from benchmarks.workload import SHORT, body
@@ -102,6 +104,10 @@ def _cell(bench: Any, target: Aigw) -> dict:
     }
 
 
+async def _warm(calls: list[Any], seconds: float) -> None:
+    await asyncio.gather(*(load.closed_loop(c, 8, duration=seconds) for c in calls))
+
+
 def run(bench: Any) -> dict:
     """Start aigw with 1 and 2 workers, measure both in interleaved rounds, stop them."""
     env = bench.env
@@ -116,8 +122,9 @@ def run(bench: Any) -> dict:
             target.launch(env)
             target.ready(env)
             bench.check(target)
-            # warm: a few seconds of the same load, unmeasured
-            bench.drive(target.call(body(SHORT, stream=False)), CONNECTIONS, 3, False)
+        # Warmed as every target is (run.py: warmup_s, 30 s in a full run), both at once.
+        calls = [t.call(body(SHORT, stream=False)) for t in targets]
+        bench.aio(_warm(calls, bench.plan.warmup_s))
         for rep in range(max(2, bench.plan.reps)):
             for target in bench.rotate(targets, rep):
                 row = _cell(bench, target)
