@@ -177,9 +177,15 @@ async def tally(session: AsyncSession, c: KeyConditions) -> Tally:
             )
             .scalar_subquery()
         )
-        matches = case(
-            (func.length(term) <= SHORT_GRAM_MAX, counted(term, *_filters(counts, c))),
-            else_=scanned,
+        # Lower-casing never shortens a term (libc folds character for character;
+        # ICU may lengthen one), so only a short q needs the database to choose.
+        matches = (
+            case(
+                (func.length(term) <= SHORT_GRAM_MAX, counted(term, *_filters(counts, c))),
+                else_=scanned,
+            )
+            if len(c.q) <= SHORT_GRAM_MAX
+            else scanned
         )
     stmt = select(term, cast(matches, BigInteger), cast(everything, BigInteger))
     row = (await session.execute(stmt)).one()
