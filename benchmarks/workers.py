@@ -125,7 +125,7 @@ def run(bench: Any) -> dict:
         # Warmed as every target is (run.py: warmup_s, 30 s in a full run), both at once.
         calls = [t.call(body(SHORT, stream=False)) for t in targets]
         bench.aio(_warm(calls, bench.plan.warmup_s))
-        for rep in range(max(2, bench.plan.reps)):
+        for rep in range(max(3, bench.plan.reps)):
             for target in bench.rotate(targets, rep):
                 row = _cell(bench, target)
                 rows[target.workers].append(row)
