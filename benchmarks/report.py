@@ -234,7 +234,46 @@ def checks(results: dict) -> list[dict]:
         True,
         f"{_fmt(v, 2)}x ({_fmt(g(a, 'big_added_bound_ms'), 1)} ms)",
     )
+    w = results.get("workers") or {}
+    r = w.get("capacity_ratio")
+    add(
+        "--workers 2 >= 1.8x one worker's req/s (#15; capacity from CPU per request)",
+        r,
+        1.8,
+        False,
+        f"{_fmt(r, 2)}x (open loop {_fmt(w.get('open_loop_ratio'), 2)}x; raw req/s "
+        f"{_fmt(w.get('raw_ratio'), 2)}x with the load side on the same two cores)",
+    )
     return out
+
+
+def _workers_section(w: dict) -> list[str]:
+    """``--workers 2`` against one (benchmarks/workers.py explains the ratios)."""
+    parts = ["## `aigw serve --workers 2` against one worker", ""]
+    if "w2" not in w:
+        return [*parts, f"Not measured{': ' + w['error'] if w.get('error') else ''}.", ""]
+    rows = [
+        [
+            f"{n} worker{'s' if n > 1 else ''}",
+            _fmt(w[f"w{n}"]["rps"], 0),
+            _fmt(w[f"w{n}"]["cpu_ms"], 3),
+            f"{w[f'w{n}']['busiest_share']:.0%}",
+        ]
+        for n in (1, 2)
+    ]
+    parts.append(
+        _table(["aigw", "req/s (raw)", "gateway CPU ms/req", "busiest worker's connections"], rows)
+    )
+    parts += [
+        "",
+        f"Capacity with 2 workers: **{_fmt(w.get('capacity_ratio'), 2)}x** one worker's (2 x the "
+        f"ratio of CPU per request, closed loop, wrk c={w['connections']}); "
+        f"{_fmt(w.get('open_loop_ratio'), 2)}x under an open-loop load, where the worker holding "
+        f"most connections saturates first; raw req/s {_fmt(w.get('raw_ratio'), 2)}x (wrk and the "
+        "fake upstream share the two cores). Method: `benchmarks/workers.py`.",
+        "",
+    ]
+    return parts
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -575,6 +614,7 @@ def markdown(results: dict, chart: str | None) -> str:
     else:
         parts.append(f"Not measured: {search.get('skipped') or 'aigw not available'}.")
     parts.append("")
+    parts += _workers_section(results.get("workers") or {})
 
     # validity
     big = (targets.get("aigw") or {}).get("big_prompt") or {}

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import budget, load, machine, report, search
+from benchmarks import budget, load, machine, report, search, workers
 from benchmarks.load import Call, Response
 from benchmarks.procs import (
     Procs,
@@ -243,6 +243,7 @@ class Bench:
         self.upstream_proc = None
         self.timings: dict[str, float] = {}
         self.background: dict[int, float] = {}
+        self.workers: dict = {}
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -284,6 +285,7 @@ class Bench:
             workdir=self.workdir,
             log=log,
         )
+        self.env = env
         install = not self.quick or self.args.install_litellm
         targets = make_targets(self.args.targets, install_litellm_if_missing=install)
         # Boot them all at once on both cores (imports are slow), then pin each one.
@@ -920,6 +922,18 @@ class Bench:
             )
         self.results[aigw.name].big_prompt = out
 
+    def scaling(self) -> None:
+        """``--workers 2`` against one (benchmarks/workers.py)."""
+        log(f"workers: aigw --workers 1 and 2, c={workers.CONNECTIONS}, capacity from CPU")
+        try:
+            self.workers = workers.run(self)
+        except RunInvalid:
+            raise
+        except Exception as exc:  # recorded, never fatal (as for every phase)
+            self.workers = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"  workers: {self.workers['error']}")
+            (self.workdir / "error-workers.txt").write_text(traceback.format_exc())
+
     # --- the whole run -----------------------------------------------------
 
     def run(self) -> dict:
@@ -935,6 +949,7 @@ class Bench:
             "search": self.search,
             "bigprompt": self.big_prompt,
             "budget": lambda: budget.phase(self),
+            "workers": self.scaling,
         }
         self.warm_up()
         self.timings["setup+warm-up"] = round(time.time() - self.started, 1)
@@ -966,6 +981,7 @@ class Bench:
             "cpu_steal_during_run": core_steal(self.stat0, stat1),
             "machine": machine.describe(),
             "targets": {name: asdict(result) for name, result in self.results.items()},
+            "workers": self.workers,
         }
 
 
@@ -985,7 +1001,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip",
         default="",
         help="comma-separated phases to skip: "
-        "throughput,latency,ttfb,chunk,memory,search,bigprompt,budget",
+        "throughput,latency,ttfb,chunk,memory,search,bigprompt,budget,workers",
     )
     parser.add_argument(
         "--loadgen",

@@ -205,8 +205,9 @@ class Aigw(Target):
     INPUT_LIMIT = 100_000
     OUTPUT_LIMIT = 4_096
 
-    def __init__(self) -> None:
-        super().__init__("aigw", "aigw")
+    def __init__(self, workers: int = 1, name: str = "aigw") -> None:
+        super().__init__(name, "aigw" if workers == 1 else f"aigw --workers {workers}")
+        self.workers = workers
         self.database: str | None = None
         self.database_url: str | None = None
         self.admin_token = ""
@@ -227,7 +228,7 @@ class Aigw(Target):
     def launch(self, env: Env) -> None:
         self.port = free_port()
         self.admin_token = "bench-admin-" + secrets.token_urlsafe(24)
-        data_dir = env.workdir / "aigw-data"
+        data_dir = env.workdir / f"{self.name}-data"
         data_dir.mkdir(parents=True, exist_ok=True)
         server_env = {
             "AIGW_ADMIN_TOKEN": self.admin_token,
@@ -251,9 +252,9 @@ class Aigw(Target):
             self.info["database"] = "embedded PostgreSQL (AIGW_DATA_DIR)"
         argv = [
             *self.command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1",
+            "--workers", str(self.workers),
         ]  # fmt: skip
-        self.server = env.procs.start("aigw", argv, cpu=None, env=server_env, cwd=ROOT)
+        self.server = env.procs.start(self.name, argv, cpu=None, env=server_env, cwd=ROOT)
 
     def ready(self, env: Env) -> None:
         assert self.server is not None

@@ -1,55 +1,78 @@
 """``GET /apikeys`` search against a brute-force filter of the same rows.
 
-Every query shape the search serves differently — one- and two-character
-``q`` (the short-gram index), longer ``q`` (trigrams), few matches (fetched and
-sorted) and many (a walk along the sort index), filters without ``q`` — must
-give exactly the rows, the order, the pages and the ``total`` that filtering
-all keys by hand gives, before and after ANALYZE (which changes the plans).
+Every way the search can find a page — a walk along the sort index (whole or
+bounded), a fetch of every match through the filters' indexes (the gram GIN
+index for one- and two-character ``q``, trigrams for longer ones), a bounded
+walk that falls short and fetches — must give exactly the rows, the order, the
+pages and the ``total`` that filtering all keys by hand gives, before and
+after ANALYZE (which changes the plans), and after keys change (the counters
+behind ``total`` follow every write).
 """
 
 from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import select
 
-from aigw.apikeys import repository
+from aigw.apikeys import search
 from aigw.apikeys.models import ApiKey
-from aigw.apikeys.repository import DENSE_SHARE, ApiKeyRepository, KeyConditions
 from tests.conftest import key_body
 
 pytestmark = pytest.mark.usefixtures("provider")
 
-TEAMS = ["ml", "Payments", "search", "ÄBC-data", "web", "mlops", "zz-top"]
+TEAMS = ["ml", "Payments", "search", "ÄBC-data", "web", "mlops", "zz-top", "Éclair-Жук"]
 SORTS = ["alias", "-alias", "created_at", "-created_at", "updated_at", "-updated_at"]
 QUERIES: list[dict[str, str]] = [
-    {"q": "a"},  # one character, in most aliases: a walk along the sort index
+    {"q": "a"},  # one character, in most aliases
     {"q": "A"},  # the same, upper case
     {"q": "z"},  # one character, few aliases
     {"q": "ml"},  # two characters, clustered in alias order
     {"q": "ML", "usage_limit": "use_anyway"},
     {"q": "l-", "status": "disabled"},
     {"q": "äb"},  # two characters, non-ASCII, lower-cased
+    {"q": "Ä"},  # one non-ASCII character, upper case
+    {"q": "éc"},
+    {"q": "ЖУ"},  # Cyrillic, upper case
     {"q": "_"},  # a LIKE wildcard, literal here
     {"q": "%"},
     {"q": "qq"},  # matches nothing
     {"q": "ments-"},  # trigram index
     {"q": "mlops-0", "model": "gpt-4"},
+    {"q": "ЖУК-0"},
+    {"q": "-071"},  # one key, by trigrams
     {"status": "disabled"},
     {"usage_limit": "use_anyway"},
+    {"status": "disabled", "provider": "second"},
     {"status": "enabled", "usage_limit": "reject", "model": "gpt-4o-mini"},
+    {"q": "o", "provider": "openai-main", "model": "gpt-4o-mini"},
+    {"provider": "nobody"},
     {},
 ]
+# How page() finds the page: as planned, or forced down each path (all must agree).
+PLANS: dict[str, Callable[[int, int, int], int | None]] = {
+    "planned": search.plan,
+    "walk": lambda matches, keys, limit: None,
+    "fetch": lambda matches, keys, limit: 0,
+    "short-walk-then-fetch": lambda matches, keys, limit: 3,
+}
 
 
 async def _seed(client: httpx.AsyncClient, n: int) -> None:
+    second = {
+        "name": "second",
+        "kind": "openai",
+        "base_url": "https://example.com/v1",
+        "models": [{"name": "gpt-4o-mini"}],
+    }
+    assert (await client.post("/providers", json=second)).status_code == 201
     rng = random.Random(15)
     for i in range(n):
         team = TEAMS[i % len(TEAMS)]
@@ -58,7 +81,10 @@ async def _seed(client: httpx.AsyncClient, n: int) -> None:
             status="disabled" if i % 3 == 0 else "enabled",
             usage_limit="use_anyway" if rng.random() < 0.3 else "reject",
             model="gpt-4" if i % 4 == 0 else "gpt-4o-mini",
+            provider="second" if i % 5 == 0 else "openai-main",
         )
+        if i % 5 == 0:
+            body["model"] = "gpt-4o-mini"
         response = await client.post("/apikeys", json=body)
         assert response.status_code == 201, response.text
 
@@ -75,8 +101,8 @@ def _expected(keys: list[dict[str, Any]], params: dict[str, str], sort: str) -> 
     def keep(key: dict[str, Any]) -> bool:
         if "q" in params and params["q"].lower() not in key["alias"].lower():
             return False
-        return all(key[field] == params[field] for field in ("status", "usage_limit", "model")
-                   if field in params)  # fmt: skip
+        fields = ("status", "usage_limit", "model", "provider")
+        return all(key[f] == params[f] for f in fields if f in params)
 
     field = sort.lstrip("-")
 
@@ -89,13 +115,20 @@ def _expected(keys: list[dict[str, Any]], params: dict[str, str], sort: str) -> 
     return [key["id"] for key in rows]
 
 
-async def _search(client: httpx.AsyncClient, params: dict[str, str], sort: str) -> list[str]:
+async def _search(
+    client: httpx.AsyncClient, params: dict[str, str], sort: str, limit: int = 5
+) -> list[str]:
     """Every page, by cursor; each page's total must equal the whole result's length."""
     ids: list[str] = []
     totals: set[int] = set()
     cursor: str | None = None
-    for _ in range(100):
-        query = {**params, "sort": sort, "limit": "4", **({"cursor": cursor} if cursor else {})}
+    for _ in range(200):
+        query = {
+            **params,
+            "sort": sort,
+            "limit": str(limit),
+            **({"cursor": cursor} if cursor else {}),
+        }
         response = await client.get("/apikeys", params=query)
         assert response.status_code == 200, (query, response.text)
         page = response.json()
@@ -108,47 +141,158 @@ async def _search(client: httpx.AsyncClient, params: dict[str, str], sort: str) 
     return ids
 
 
-@pytest.mark.parametrize("probe_rows", [2_000, 3], ids=["probe-finds-page", "probe-falls-short"])
+async def _sql(db: str, *statements: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(db)
+    try:
+        rows: list[asyncpg.Record] = []
+        for statement in statements:
+            rows = await conn.fetch(statement)
+        return rows
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("how", list(PLANS))
 async def test_every_search_shape_matches_a_brute_force_filter(
-    client: httpx.AsyncClient, db: str, probe_rows: int, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, db: str, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # With at most 3 rows the bounded walk is never tried, so the fallback (fetch
-    # every match, then sort) answers every sparse search; with 2,000 it is tried.
-    monkeypatch.setattr(repository, "PROBE_ROWS", probe_rows)
-    await _seed(client, 70)
+    monkeypatch.setattr(search, "plan", PLANS[how])
+    await _seed(client, 72)
     keys = await _all_keys(client)
-    assert len(keys) == 70
-    for analyzed in (False, True):
-        if analyzed:  # the planner now knows the table's size: other plans, same answers
-            conn = await asyncpg.connect(db)
-            try:
-                await conn.execute("ANALYZE api_keys")
-            finally:
-                await conn.close()
+    assert len(keys) == 72
+    # Forced paths once, after ANALYZE; the planned one also before it (the
+    # planner then knows the table's size: other plans, same answers).
+    for analyzed in (False, True) if how == "planned" else (True,):
+        if analyzed:
+            await _sql(db, "ANALYZE api_keys")
         for params in QUERIES:
             for sort in SORTS:
                 want = _expected(keys, params, sort)
                 got = await _search(client, params, sort)
                 assert got == want, (analyzed, params, sort)
-    # Not vacuous: with q, empty, sparse (fetched, then sorted) and dense (a walk
-    # along the sort index) results all occur.
-    sizes = {len(_expected(keys, p, "alias")) for p in QUERIES if "q" in p}
-    assert 0 in sizes
-    assert any(s * DENSE_SHARE >= len(keys) for s in sizes)
-    assert any(0 < s * DENSE_SHARE < len(keys) for s in sizes)
+    # Not vacuous: empty results, one-key results and most-key results all occur.
+    sizes = {len(_expected(keys, p, "alias")) for p in QUERIES}
+    assert 0 in sizes and 1 in sizes and max(sizes) > len(keys) // 2
 
 
-@pytest.mark.parametrize("q", ["m", "ml", "äb"])
-async def test_short_terms_are_served_by_the_short_gram_index(db: str, q: str) -> None:
-    """The query's expression must be the indexed one, or every short search reads the table."""
-    where = ApiKeyRepository.conditions(KeyConditions(q=q))
-    stmt = select(func.count()).select_from(ApiKey).where(*where)
-    sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+async def test_totals_follow_every_change_to_the_keys(client: httpx.AsyncClient, db: str) -> None:
+    """The counters behind ``total`` change with the keys, whoever writes: the API
+    (create, update, delete) and plain SQL alike."""
+    await _seed(client, 40)
+    keys = await _all_keys(client)
+    rng = random.Random(7)
+    for key in rng.sample(keys, 12):
+        change = rng.choice(
+            [
+                {"alias": key["alias"].upper() + "-Renamed"},
+                {"status": "enabled" if key["status"] == "disabled" else "disabled"},
+                {"usage_limit": "reject" if key["usage_limit"] == "use_anyway" else "use_anyway"},
+                {"model": "gpt-4" if key["model"] == "gpt-4o-mini" else "gpt-4o-mini"},
+                {"input_limit": 5},  # not counted: the counters must not move
+            ]
+        )
+        if "model" in change and key["provider"] == "second":
+            change = {"status": "disabled"}
+        response = await client.patch(f"/apikeys/{key['id']}", json=change)
+        assert response.status_code == 200, response.text
+    for key in rng.sample(keys, 5):
+        await client.delete(f"/apikeys/{key['id']}")
+    # One statement changing many rows, and one swapping two aliases.
+    await _sql(
+        db,
+        "UPDATE api_keys SET status = 'enabled' WHERE alias_lower LIKE 'ml%'",
+        "UPDATE api_keys SET alias = CASE alias WHEN 'web-004' THEN 'tmp' ELSE alias END "
+        "WHERE alias IN ('web-004')",
+        "UPDATE api_keys SET alias = 'Web-004' WHERE alias = 'tmp'",
+    )
+    keys = await _all_keys(client)
+    for params in QUERIES:
+        response = await client.get("/apikeys", params={**params, "limit": 1})
+        assert response.json()["total"] == len(_expected(keys, params, "alias")), params
+    # The counters equal a recount from scratch (zero rows aside).
+    counted = "SELECT gram, status, usage_limit, provider_id, model_id, n FROM api_key_counts "
+    counted += "WHERE n <> 0 ORDER BY 1, 2, 3, 4, 5"
+    kept = await _sql(db, counted)
+    rebuilt = await _sql(db, "SELECT aigw_rebuild_key_counts()", counted)
+    assert [tuple(r) for r in kept] == [tuple(r) for r in rebuilt]
+    assert all(r["n"] > 0 for r in kept)
+    # TRUNCATE (as the tests' own clean-up does) empties them.
+    assert (await _sql(db, "TRUNCATE api_keys CASCADE", "SELECT count(*) FROM api_key_counts"))[0][
+        0
+    ] == 0
+
+
+async def test_pages_follow_postgresqls_own_lower_casing(client: httpx.AsyncClient) -> None:
+    """``sort=alias`` orders by PostgreSQL's ``lower(alias)``; the cursor carries that
+    value, so keys whose alias Python lower-cases otherwise (a final sigma) are
+    neither repeated nor skipped between pages."""
+    aliases = ["ΟΔΟΣ", "ΟΔΟΣ-2", "οδοσα", "ΟΔΟΣΑ-3", "ΣΣ", "σς-x", "Σ", "ς1", "ab", "AΣ"]
+    for alias in aliases:
+        assert (await client.post("/apikeys", json=key_body(alias=alias))).status_code in (201, 409)
+    whole = [k["id"] for k in (await _all_keys(client))]
+    for sort in ("alias", "-alias"):
+        one_page = await _search(client, {}, sort, limit=200)
+        paged = await _search(client, {}, sort, limit=1)
+        assert paged == one_page, sort
+        assert sorted(paged) == sorted(whole)
+
+
+async def test_walks_read_only_the_index(client: httpx.AsyncClient, db: str) -> None:
+    """Each sort index holds every column a search condition tests: the walk is an
+    index-only scan (else every row passed is a heap fetch)."""
+    await _seed(client, 10)
+    await _sql(db, "VACUUM ANALYZE api_keys")
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    conditions = search.KeyConditions(
+        q="ab", status="enabled", usage_limit="reject", provider_ids=ids, model_ids=ids
+    )
+    for sort, index in (
+        ("alias", "uq_api_keys_lower_alias"),
+        ("-created_at", "ix_api_keys_created_at_id"),
+        ("updated_at", "ix_api_keys_updated_at_id"),
+    ):
+        field = sort.lstrip("-")
+        keys = search.sort_keys(ApiKey, field)
+        walk = (
+            select(*search._window_columns(keys))
+            .where(*search._walk_conditions(ApiKey, conditions, "ab"))
+            .order_by(*keys)
+            .limit(10)
+        )
+        plan = await _explain(db, walk, "seqscan", "bitmapscan", "sort")
+        assert f"Index Only Scan using {index}" in plan, plan
+
+
+@pytest.mark.parametrize("term", ["m", "ml", "äb", "abc"])
+async def test_fetches_use_the_term_index(db: str, term: str) -> None:
+    """The fetch's condition is the indexed expression, or every fetch reads the table."""
+    where = search._fetch_conditions(search.KeyConditions(q=term), term)
+    stmt = select(ApiKey.id).where(*where)
+    index = "ix_api_keys_alias_short_grams" if len(term) <= 2 else "ix_api_keys_lower_alias_trgm"
+    assert index in await _explain(db, stmt, "seqscan")
+
+
+async def _explain(db: str, stmt: Any, *disabled: str) -> str:
+    """The plan of *stmt* with the planner's *disabled* methods off (tiny tables
+    would otherwise be read whole, whatever the indexes)."""
+    from sqlalchemy.dialects.postgresql import asyncpg as dialect
+
+    sql = str(stmt.compile(dialect=dialect.dialect(), compile_kwargs={"literal_binds": True}))
     conn = await asyncpg.connect(db)
     try:
         async with conn.transaction():
-            await conn.execute("SET LOCAL enable_seqscan = off")
-            plan = "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + sql))
+            for method in disabled:
+                await conn.execute(f"SET LOCAL enable_{method} = off")
+            return "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + sql))
     finally:
         await conn.close()
-    assert "ix_api_keys_alias_short_grams" in plan, plan
+
+
+def test_plan_fetches_few_matches_and_walks_many() -> None:
+    keys, limit = 100_000, 51
+    assert search.plan(1, keys, limit) == 0  # a lone match: fetch it
+    assert search.plan(700, keys, limit) == 0
+    assert search.plan(90_000, keys, limit) is None  # nearly all: walk until the page is full
+    budget = search.plan(5_000, keys, limit)  # between: walk so far, then fetch
+    assert budget is not None and 0 < budget < keys
+    assert budget >= 2 * limit * keys // 5_000

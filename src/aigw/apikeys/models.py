@@ -6,11 +6,15 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Column,
+    Computed,
     DateTime,
     ForeignKey,
     Index,
     LargeBinary,
+    PrimaryKeyConstraint,
     String,
+    Table,
     Text,
     func,
     text,
@@ -27,6 +31,8 @@ USAGE_LIMITS = ("reject", "use_anyway")
 BUDGET_PERIODS = ("day", "week", "month", "total")
 MAX_BUDGET = 1_000_000_000_000
 MAX_RPM = 10_000_000
+# The columns `GET /apikeys` filters on besides the alias.
+SEARCH_FILTERS = ("status", "usage_limit", "provider_id", "model_id")
 
 
 class ApiKey(TimestampedMixin, Base):
@@ -43,20 +49,40 @@ class ApiKey(TimestampedMixin, Base):
         CheckConstraint(f"budget_period IN {BUDGET_PERIODS!r}", name="budget_period"),
         CheckConstraint(f"rpm_limit BETWEEN 0 AND {MAX_RPM}", name="rpm_limit"),
         CheckConstraint(f"tpm_limit BETWEEN 0 AND {MAX_BUDGET}", name="tpm_limit"),
-        # Case-insensitive uniqueness, and the order of `sort=alias`.
-        Index("uq_api_keys_lower_alias", text("lower(alias)"), unique=True),
+        # Case-insensitive uniqueness, and the order of `sort=alias`. The sort
+        # indexes include every column a search tests (walks are index-only
+        # scans): migration 0007.
+        Index(
+            "uq_api_keys_lower_alias",
+            "alias_lower",
+            unique=True,
+            postgresql_include=[*SEARCH_FILTERS, "id"],
+        ),
         # Serves `q` (substring search) through pg_trgm.
         Index(
             "ix_api_keys_lower_alias_trgm",
             text("lower(alias) gin_trgm_ops"),
             postgresql_using="gin",
         ),
-        Index("ix_api_keys_created_at_id", "created_at", "id"),
-        Index("ix_api_keys_updated_at_id", "updated_at", "id"),
+        Index(
+            "ix_api_keys_created_at_id",
+            "created_at",
+            "id",
+            postgresql_include=["alias_lower", *SEARCH_FILTERS],
+        ),
+        Index(
+            "ix_api_keys_updated_at_id",
+            "updated_at",
+            "id",
+            postgresql_include=["alias_lower", *SEARCH_FILTERS],
+        ),
         Index("ix_api_keys_model_id", "model_id"),
     )
 
     alias: Mapped[str] = mapped_column(String(64), nullable=False)
+    # lower(alias), folded once per write by PostgreSQL (as `q` is): the order of
+    # `sort=alias` and what `q` is found in.
+    alias_lower: Mapped[str] = mapped_column(Text, Computed("lower(alias)", persisted=True))
     provider_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("providers.id", ondelete="RESTRICT"), nullable=False, index=True
     )
@@ -83,6 +109,23 @@ class ApiKey(TimestampedMixin, Base):
 
     def __repr__(self) -> str:  # never the ciphertext or the token hash
         return f"ApiKey(id={self.id!s}, alias={self.alias!r}, status={self.status!r})"
+
+
+# How many keys have each one- or two-character substring of ``alias_lower``
+# (``gram``; ``''`` for every key) per combination of the filter columns: the
+# exact totals of `GET /apikeys`. Kept by triggers on ``api_keys`` (migration
+# 0007); never written by the application.
+api_key_counts = Table(
+    "api_key_counts",
+    Base.metadata,
+    Column("gram", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("usage_limit", String(16), nullable=False),
+    Column("provider_id", UUID(as_uuid=True), nullable=False),
+    Column("model_id", UUID(as_uuid=True), nullable=False),
+    Column("n", BigInteger, nullable=False),
+    PrimaryKeyConstraint("gram", "status", "usage_limit", "provider_id", "model_id"),
+)
 
 
 class IdempotencyRecord(Base):

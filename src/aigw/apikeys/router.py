@@ -3,10 +3,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from aigw.apikeys import service
-from aigw.apikeys.repository import KeyFilters
 from aigw.apikeys.schemas import (
     ApiKeyCreate,
     ApiKeyPage,
@@ -17,6 +16,8 @@ from aigw.apikeys.schemas import (
     Status,
     UsageLimit,
 )
+from aigw.apikeys.search import KeyFilters
+from aigw.config import Settings
 from aigw.deps import AdminDep, HasherDep, IfMatchDep, KeyRingDep, SessionDep, SettingsDep
 from aigw.etag import with_etag
 from aigw.routing import AdminRoute, problem_responses
@@ -66,7 +67,7 @@ async def create_api_key(
 async def search_api_keys(
     session: SessionDep,
     _admin: AdminDep,
-    settings: SettingsDep,
+    request: Request,
     q: Annotated[
         str | None,
         Query(
@@ -87,6 +88,9 @@ async def search_api_keys(
         q=q, status=status_, provider=provider, model=model, usage_limit=usage_limit
     )
     page = await service.search_api_keys(session, filters, sort=sort, limit=limit, cursor=cursor)
+    # The settings from the app, not SettingsDep: a plain-def dependency costs a
+    # hop to the thread pool, and this route is the one that must stay fast.
+    settings: Settings = request.app.state.settings
     await service.add_budget_usage(session, page.items, settings.budget_timezone)
     return page
 

@@ -14,9 +14,11 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigw.apikeys import search
 from aigw.apikeys.models import ApiKey, IdempotencyRecord
-from aigw.apikeys.repository import ApiKeyRepository, KeyConditions, KeyFilters
+from aigw.apikeys.repository import ApiKeyRepository
 from aigw.apikeys.schemas import ApiKeyCreate, ApiKeyPage, ApiKeyRead, ApiKeyUpdate, ApiKeyWithToken
+from aigw.apikeys.search import KeyConditions, KeyFilters
 from aigw.audit import service as audit
 from aigw.budgets import service as budgets
 from aigw.crypto import (
@@ -208,7 +210,6 @@ async def _conditions(session: AsyncSession, filters: KeyFilters) -> KeyConditio
 async def search_api_keys(
     session: AsyncSession, filters: KeyFilters, *, sort: str, limit: int, cursor: str | None
 ) -> ApiKeyPage:
-    repo = ApiKeyRepository(session)
     conditions = await _conditions(session, filters)
     after: tuple[object, uuid.UUID] | None = None
     if cursor:
@@ -220,23 +221,23 @@ async def search_api_keys(
         except (TypeError, ValueError):
             raise InvalidCursor("malformed cursor") from None
     # The count first: the page uses it to choose how to find the matches.
-    total = await repo.count(conditions)
-    rows = await repo.page(conditions, matches=total, sort=sort, after=after, limit=limit + 1)
+    found = await search.tally(session, conditions)
+    rows = await search.page(session, conditions, found, sort=sort, after=after, limit=limit + 1)
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
         next_cursor = encode_cursor({"s": sort, "v": _sort_value(sort, last), "id": str(last.id)})
-    return ApiKeyPage(
-        items=[to_read(k) for k in rows[:limit]], next_cursor=next_cursor, total=total
-    )
+    items = [ApiKeyRead.model_validate(row._mapping) for row in rows[:limit]]
+    return ApiKeyPage(items=items, next_cursor=next_cursor, total=found.matches)
 
 
-def _sort_value(sort: str, key: ApiKey) -> str:
+def _sort_value(sort: str, row: Any) -> str:
+    """The cursor's value: for ``alias``, PostgreSQL's own lower-casing (the order's)."""
     field = sort.lstrip("-")
     if field == "alias":
-        return key.alias.lower()
-    value = key.created_at if field == "created_at" else key.updated_at
-    return value.isoformat()
+        return str(row.alias_lower)
+    value = row.created_at if field == "created_at" else row.updated_at
+    return str(value.isoformat())
 
 
 def _cursor_value(sort: str, value: object) -> object:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -30,6 +30,9 @@ from aigw.config import (
     new_encryption_key_entry,
     resolve_generated_secrets,
 )
+
+if TYPE_CHECKING:
+    import uvicorn
 
 err = Console(stderr=True, soft_wrap=True)  # one message, one line, even when piped
 
@@ -108,8 +111,26 @@ def serve(
 
             config = uvicorn.Config("aigw.main:create_app", **options)  # type: ignore[arg-type]
             DrainingServer(config, settings.shutdown_drain).run()
+        elif workers > 1:
+            _serve_workers(uvicorn.Config("aigw.main:create_app", **options), host, port)  # type: ignore[arg-type]
         else:
             uvicorn.run("aigw.main:create_app", **options)  # type: ignore[arg-type]
+
+
+def _serve_workers(config: uvicorn.Config, host: str, port: int) -> None:
+    """uvicorn's supervisor, each worker on a socket of its own (aigw.listeners)."""
+    import logging
+
+    from uvicorn.supervisors import Multiprocess
+
+    from aigw.listeners import PerWorkerSocket
+
+    where = f"[{host}]" if ":" in host else host
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", where, port
+    )
+    # A stand-in for a socket: each worker unpickles it as the socket it binds.
+    Multiprocess(config, sockets=[PerWorkerSocket(host, port)]).run()  # type: ignore[list-item]
 
 
 def _refuse_busy_address(host: str, port: int) -> None:
