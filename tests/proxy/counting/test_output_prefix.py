@@ -56,6 +56,7 @@ def relay(counter: OutputCounter, chunks: list[str], channel: object = "content"
     name=st.sampled_from(["cl100k_base", "o200k_base"]),
 )
 @example(text="a  -------------", cuts=[1], limit=3, name="o200k_base")
+@example(text="  '  1  1 ", cuts=[1, 5, 9], limit=7, name="o200k_base")
 def test_the_relayed_text_is_the_longest_prefix_within_the_limit(
     encoders: Encoders, text: str, cuts: list[int], limit: int, name: str
 ) -> None:
@@ -76,6 +77,30 @@ def test_the_issue_example() -> None:
     assert counter.close()
     assert relayed == "a  ------------"
     assert len(encoding.encode_ordinary(relayed)) == 3
+
+
+@pytest.mark.parametrize("later_limit", [False, True])
+def test_text_that_re_splits_the_counted_end_never_passes_the_limit(later_limit: bool) -> None:
+    # Found by the property test above: "  '  " ends in "  ", one token (256) in
+    # o200k_base, but "  '  1  1" splits that run into " ", " " before the digit,
+    # so four more bytes ("1  1") add five tokens. A byte bound laid on top of an
+    # exact count (count + bytes appended) relayed 8 tokens past a limit of 7.
+    # later_limit: the limit arrives after the text, as a budget reservation does.
+    encoding = load_encoding("o200k_base")
+    counter = OutputCounter(Encoders.load().get("o200k_base"), None if later_limit else 7)
+    relayed = ""
+    for i, delta in enumerate([" ", " '  ", "1  1", " "]):
+        if later_limit and i == 1:
+            assert counter.count == 1
+            counter.limit = 7
+        accepted, ended = counter.feed(delta)
+        relayed += accepted
+        if ended:
+            break
+    counter.close()
+    assert len(encoding.encode_ordinary("  '  1  1")) == 8
+    assert relayed == longest_fitting_prefix("o200k_base", "  '  1  1 ", 7) == "  '  1  "
+    assert len(encoding.encode_ordinary(relayed)) == counter.count <= 7
 
 
 @pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])

@@ -40,6 +40,7 @@ class _Channel:
         "next_commit",
         "parts",
         "parts_bytes",
+        "slack",
         "tail",
         "tail_bytes",
         "tail_tokens",
@@ -53,6 +54,11 @@ class _Channel:
         self.parts: list[str] = []  # accepted text not yet joined into `tail`
         self.parts_bytes = 0
         self.held = ""  # text past the limit kept back: later text may make it fit
+        # Tokens that appending text can add to the counted text itself: appending
+        # re-splits its last pre-tokens ("  " is one token, "  1" three), so the
+        # count can grow by more than the appended bytes. 0 while the bound of the
+        # channel's end is its bytes, not its tokens.
+        self.slack = 0
         self.next_commit = _COMMIT_CHARS
 
 
@@ -140,7 +146,12 @@ class OutputCounter:
         text); text already accepted stays accepted."""
         if value is not None and value < 0:
             raise ValueError("limit must be >= 0 (0 or None: unlimited)")
+        unlimited = self._limit is None
         self._limit = value or None
+        if unlimited and self._limit is not None:  # no slack was kept while unlimited
+            self._exact_total()
+            for ch in self._channels.values():
+                self._measure_slack(ch)
 
     @property
     def exhausted(self) -> bool:
@@ -160,7 +171,8 @@ class OutputCounter:
             return None
         if self._holding is not None or self._exhausted:
             return 0
-        return max(0, self._limit - self._bound)
+        slack = max((ch.slack for ch in self._channels.values()), default=0)
+        return max(0, self._limit - self._bound - slack)
 
     @property
     def count(self) -> int:
@@ -205,10 +217,11 @@ class OutputCounter:
             self._end_held()  # the held text's channel is over: it did not fit
             return "", True
         limit = self._limit
-        if holding is None and (limit is None or self._bound + size <= limit):
+        if holding is None and (limit is None or self._bound + ch.slack + size <= limit):
             ch.parts.append(text)
             ch.parts_bytes += size
-            self._bound += size
+            self._bound += ch.slack + size
+            ch.slack = 0
             if ch.parts_bytes >= _SETTLE_BYTES:
                 self._settle(ch)
                 self._exact_total()
@@ -256,8 +269,20 @@ class OutputCounter:
             ch.parts_bytes = 0
         if ch.tail_tokens is None:
             ch.tail_tokens = len(self._encode(ch.tail))
+            self._measure_slack(ch)
         if ch.tail_bytes >= _SETTLE_BYTES:
             self._commit(ch)
+
+    def _measure_slack(self, ch: _Channel) -> None:
+        """Set ``ch.slack`` for the exactly counted tail: its last pre-tokens may be
+        re-split by what is appended, so they are bounded by their bytes."""
+        if self._limit is None or not ch.tail:
+            ch.slack = 0
+            return
+        tail = ch.tail
+        starts = [m.start() for m in self._pattern.finditer(tail)]
+        suffix = tail[starts[-_UNSTABLE_PIECES] :] if len(starts) > _UNSTABLE_PIECES else tail
+        ch.slack = max(0, _utf8_len(suffix) - len(self._encode(suffix)))
 
     def _exact_total(self) -> int:
         total = self._fixed
@@ -272,10 +297,11 @@ class OutputCounter:
         limit = self._limit
         assert limit is not None
         total = self._exact_total()
-        if not ch.held and total + size <= limit:
+        if not ch.held and total + ch.slack + size <= limit:
             ch.parts.append(text)
             ch.parts_bytes += size
-            self._bound += size
+            self._bound += ch.slack + size
+            ch.slack = 0
             return text, False
         if len(ch.tail) >= ch.next_commit:  # near the limit the tail is kept short
             self._commit(ch)
@@ -289,6 +315,7 @@ class OutputCounter:
         ch.tail += relay
         ch.tail_bytes += _utf8_len(relay)
         ch.tail_tokens = count
+        self._measure_slack(ch)
         self._bound = others + ch.committed + count
         if len(ch.tail) >= ch.next_commit:
             self._commit(ch)
@@ -402,3 +429,4 @@ class OutputCounter:
     def _set_tail(self, ch: _Channel, kept: str, kept_tokens: int, committed: int) -> None:
         ch.committed += committed
         ch.tail, ch.tail_bytes, ch.tail_tokens = kept, _utf8_len(kept), kept_tokens
+        self._measure_slack(ch)
