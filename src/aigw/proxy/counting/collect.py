@@ -20,6 +20,7 @@ import orjson
 
 from aigw.proxy.counting.functions import compact_json, function_definitions, render_functions
 from aigw.proxy.counting.images import image_part_tokens
+from aigw.proxy.counting.media import audio_part_tokens
 from aigw.proxy.counting.rules import rules_for_model
 
 _REPLY_PRIMING = 3
@@ -277,9 +278,18 @@ class _Collector:
                 if isinstance(image, Mapping):
                     self._extra(image, ("url",), free=("detail",))
                 self._extra(part, ("type", "image_url"), free=("cache_control",))
+            elif kind == "input_audio" and (
+                tokens := audio_part_tokens(audio := part.get("input_audio"))
+            ):
+                # Its duration at 20 tokens a second (media.py); what else the
+                # part holds as JSON text.
+                self.fixed += tokens
+                if isinstance(audio, Mapping):
+                    self._extra(audio, ("data",), free=("format",))
+                self._extra(part, ("type", "input_audio"))
             else:
-                # input_audio, file and unknown parts: their JSON text (errs high
-                # for media; see docs/proxy.md).
+                # file parts, audio whose duration cannot be read, unknown parts:
+                # their JSON text (see docs/proxy.md).
                 self._json(part)
         if suffix:
             if last_text >= 0:

@@ -33,9 +33,9 @@ publishes nothing, the estimate is stated where it is made:
   and its compact JSON text, an estimate that errs high (``json_object`` and
   ``text`` add nothing).
 * Images: OpenAI's published per-model rates
-  (:func:`~aigw.proxy.counting.images.image_tokens`). ``input_audio`` and
-  ``file`` parts are not counted (they cannot be priced without decoding the
-  media).
+  (:func:`~aigw.proxy.counting.images.image_tokens`). ``input_audio``: its
+  duration at 20 tokens a second (:mod:`~aigw.proxy.counting.media`); ``file``
+  parts as their JSON text (docs/proxy.md, "Input counting").
 
 Text is always encoded with ``encode_ordinary``: a client sending
 ``<|endoftext|>`` gets it counted as ordinary text, never as a special token.
