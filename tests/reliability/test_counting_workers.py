@@ -1,7 +1,8 @@
 """Large bodies are counted in worker processes (issue 10, item 1), against a real
 ``aigw serve``:
 
-* an idle gateway holds no worker process: the first large body starts one;
+* an idle gateway holds no worker process: the first large body starts one,
+  and it exits again after ``AIGW_COUNT_PROCESS_IDLE`` seconds without another;
 * a flood of large bodies past ``AIGW_COUNT_QUEUE`` is answered 503
   ``counting_busy`` with ``Retry-After`` at once, rather than piling up;
 * a large body that passes is forwarded byte for byte (or with the gateway's
@@ -30,17 +31,19 @@ MODEL = "gpt-4o-mini"
 TINY = [{"role": "user", "content": str(i % 10)} for i in range(150_000)]
 
 
-def _children(pid: int) -> list[int]:
+def _workers(pid: int) -> list[int]:
+    """The worker processes *pid* spawned (not multiprocessing's resource tracker)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
         # "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -53,6 +56,7 @@ def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         root / "data",
         AIGW_MAX_BODY_BYTES=str(8 * 1024 * 1024),
         AIGW_COUNT_QUEUE="1",
+        AIGW_COUNT_PROCESS_IDLE="3",
     )
     started = start_gateway(env, root / "gateway.log")
     try:
@@ -103,7 +107,7 @@ def test_an_idle_gateway_starts_a_worker_only_for_a_large_body(
         headers=headers,
     )
     assert small.status_code == 200, small.text
-    assert _children(gateway.proc.pid) == []
+    assert _workers(gateway.proc.pid) == []
     large = httpx.post(
         f"{gateway.url}/v1/chat/completions",
         json={"model": MODEL, "messages": TINY},
@@ -115,7 +119,12 @@ def test_an_idle_gateway_starts_a_worker_only_for_a_large_body(
     # 150,000 messages of 3 + 1 ("user") + 1 (a digit) tokens, plus 3: a hand count.
     assert "at least" not in large.json()["error"]["message"]
     assert "750003 tokens" in large.json()["error"]["message"]
-    assert _children(gateway.proc.pid), "no worker process counted the large body"
+    assert _workers(gateway.proc.pid), "no worker process counted the large body"
+    # Idle for AIGW_COUNT_PROCESS_IDLE (3 s): the worker exits again.
+    deadline = time.monotonic() + 15
+    while _workers(gateway.proc.pid):
+        assert time.monotonic() < deadline, "the idle worker never exited"
+        time.sleep(0.2)
 
 
 def test_a_large_body_that_passes_is_forwarded_with_its_exact_count(

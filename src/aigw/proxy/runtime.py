@@ -113,6 +113,7 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
             processes=settings.count_processes,
             min_bytes=settings.count_process_bytes,
             queue=settings.count_queue,
+            idle_seconds=settings.count_process_idle,
         )
         stack.callback(pool.close)
         pipeline.admission.pool = pool

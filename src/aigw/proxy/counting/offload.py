@@ -12,7 +12,8 @@ worker). Nothing whose cost grows with the body then runs in the gateway's
 process besides receiving it and two ``bytes`` scans in C.
 
 The pool is started on the first large body (an idle gateway holds no extra
-process) and bounded: at most ``count_processes`` workers, and at most
+process), stopped again after ``count_process_idle`` seconds without one, and
+bounded: at most ``count_processes`` workers, and at most
 ``count_queue`` large bodies admitted to it at once; past that a request is
 answered 503 ``counting_busy`` with ``Retry-After`` rather than queued without
 end. Workers use the ``spawn`` start method (forking a process that runs an
@@ -26,6 +27,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -154,6 +156,14 @@ def encode_edited(raw: bytes, edits: Mapping[str, Any]) -> bytes | Refusal:
         return Refusal(InvalidRequest, "The request body is nested too deeply", None)
 
 
+def _spawnable() -> bool:
+    # A spawned worker re-imports the parent's __main__ from its path; a parent run
+    # from stdin or an embedded interpreter has none to re-import, and every worker
+    # would die at start.
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path is None or os.path.exists(path)
+
+
 def _lower_priority() -> None:
     # Counting is batch work: the gateway's event loop must win the CPU from it.
     with contextlib.suppress(OSError):
@@ -167,12 +177,19 @@ class CountingPool:
     """Worker processes for large bodies, started on first use and bounded (see
     the module docstring). ``processes == 0`` turns offloading off."""
 
-    def __init__(self, *, processes: int, min_bytes: int, queue: int) -> None:
+    def __init__(
+        self, *, processes: int, min_bytes: int, queue: int, idle_seconds: float = 60.0
+    ) -> None:
+        if processes and not _spawnable():
+            log.warning("counting in worker processes is off: __main__ cannot be re-imported")
+            processes = 0
         self.processes = processes
         self.min_bytes = min_bytes
         self.queue = queue
+        self.idle_seconds = idle_seconds
         self._executor: ProcessPoolExecutor | None = None
         self._pending = 0
+        self._idle: asyncio.TimerHandle | None = None
 
     def takes(self, raw: bytes) -> bool:
         """Whether a body of this size is worked on in a worker."""
@@ -188,10 +205,17 @@ class CountingPool:
         if self._pending >= self.queue:
             raise CountingBusy()
         self._pending += 1
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         try:
             result = await self._submit(work, *args)
         finally:
             self._pending -= 1
+            if self._pending == 0 and self._executor is not None:
+                self._idle = asyncio.get_running_loop().call_later(
+                    self.idle_seconds, self._stop_idle
+                )
         if isinstance(result, Refusal):
             raise result.exception()
         return result
@@ -214,7 +238,20 @@ class CountingPool:
                 executor.shutdown(wait=False, cancel_futures=True)
             raise CountingBusy("A counting worker stopped; retry shortly") from None
 
+    def _stop_idle(self) -> None:
+        # Idle for idle_seconds: the workers exit, and the gateway's footprint is
+        # back to what it was before the first large body.
+        self._idle = None
+        executor, self._executor = self._executor, None
+        if executor is not None and self._pending == 0:
+            executor.shutdown(wait=False)
+        elif executor is not None:
+            self._executor = executor
+
     def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
