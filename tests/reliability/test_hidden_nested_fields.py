@@ -5,7 +5,8 @@ Every field forwarded upstream is counted by a known rule or, when unknown and
 able to carry text, as its JSON text: an unknown key inside a known input item,
 content part, block, tool definition, tool choice or format, and a known key
 that is free only while short (ids, statuses, ``cache_control``, an image's
-``detail``) holding a long text. On a key with an input limit of 30,000, ~44k
+``detail``) holding a long text. On a key with an input limit of 1,000 (30,000 where the place holds an
+image, which alone costs 25,508 tokens on gpt-4o-mini), ~44k
 tokens hidden in any such place are refused (400 ``input_token_limit_exceeded``)
 and nothing reaches the upstream, on ``/v1/responses``, ``/v1/messages`` (sent
 as is to an ``anthropic`` provider) and ``/v1/chat/completions``.
@@ -37,8 +38,14 @@ CLAUDE = "claude-sonnet-4-5"
 JSON = {"content-type": "application/json"}
 # 4,000 sentences of 10 words: at least 40,000 tokens (a word is at least one token).
 HIDDEN = "The quick brown fox jumps over the lazy dog again. " * 4_000
-# Above what one image costs on gpt-4o-mini (25,508 tokens at 1024x1024), under HIDDEN.
-LIMIT = 30_000
+LIMIT = 1_000
+# Places holding an image: one costs 25,508 tokens on gpt-4o-mini (1024x1024), so
+# those use a key whose limit is above it and still under HIDDEN.
+IMAGE_LIMIT = 30_000
+IMAGE_PLACES = frozenset(
+    {"input_image_part_unknown_key", "input_image_long_detail"}
+    | {"image_part_long_detail", "image_part_detail_object"}
+)
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
 
 
@@ -192,13 +199,19 @@ RESPONSES_PLACES: dict[str, dict[str, Any]] = {
 async def test_responses_text_nested_in_known_objects_counts(
     openai_app: Any, fake: FakeResponses
 ) -> None:
-    key = await ready_key(openai_app, input_limit=LIMIT)
-    headers = {**JSON, "Authorization": f"Bearer {key['token']}"}
+    keys = {
+        limit: (await ready_key(openai_app, input_limit=limit))["token"]
+        for limit in (LIMIT, IMAGE_LIMIT)
+    }
+    headers = {**JSON, "Authorization": f"Bearer {keys[LIMIT]}"}
     failures = []
     async with httpx.AsyncClient(base_url=openai_app.url, timeout=30) as http:
         for place, body in RESPONSES_PLACES.items():
+            token = keys[IMAGE_LIMIT if place in IMAGE_PLACES else LIMIT]
             response = await http.post(
-                "/v1/responses", content=orjson.dumps({"model": MODEL, **body}), headers=headers
+                "/v1/responses",
+                content=orjson.dumps({"model": MODEL, **body}),
+                headers={**JSON, "Authorization": f"Bearer {token}"},
             )
             error = response.json().get("error") if response.status_code == 400 else None
             if not error or error.get("code") != "input_token_limit_exceeded":
@@ -423,15 +436,18 @@ CHAT_PLACES: dict[str, dict[str, Any]] = {
 async def test_chat_text_nested_in_known_objects_counts(
     openai_app: Any, fake: FakeResponses
 ) -> None:
-    key = await ready_key(openai_app, input_limit=LIMIT)
-    headers = {**JSON, "Authorization": f"Bearer {key['token']}"}
+    keys = {
+        limit: (await ready_key(openai_app, input_limit=limit))["token"]
+        for limit in (LIMIT, IMAGE_LIMIT)
+    }
     failures = []
     async with httpx.AsyncClient(base_url=openai_app.url, timeout=30) as http:
         for place, body in CHAT_PLACES.items():
+            token = keys[IMAGE_LIMIT if place in IMAGE_PLACES else LIMIT]
             response = await http.post(
                 "/v1/chat/completions",
                 content=orjson.dumps({"model": MODEL, **body}),
-                headers=headers,
+                headers={**JSON, "Authorization": f"Bearer {token}"},
             )
             error = response.json().get("error") if response.status_code == 400 else None
             if not error or error.get("code") != "input_token_limit_exceeded":
