@@ -71,6 +71,15 @@ class Settings(BaseSettings):
     # exactly (the count is bounded from below and the request is rejected or
     # forwarded by policy); see aigw.proxy.counting.
     max_tokenize_chars: int = Field(default=2_000_000, ge=1000)
+    # Bodies larger than count_process_bytes are parsed and counted in up to
+    # count_processes worker processes (started on first use; 0: in threads of
+    # this process), at most count_queue at once (past that: 503 counting_busy);
+    # workers exit after count_process_idle seconds without a large body.
+    # See aigw.proxy.counting.offload.
+    count_processes: int = Field(default=1, ge=0, le=64)
+    count_process_bytes: int = Field(default=256 * 1024, ge=0)
+    count_queue: int = Field(default=8, ge=1, le=10_000)
+    count_process_idle: float = Field(default=60.0, gt=0)
     # Providers with input_counting "upstream": seconds to wait for the provider's
     # token counter before falling back to the tiktoken estimate + margin, and how
     # many counted requests to remember (see aigw.proxy.upstream_count).

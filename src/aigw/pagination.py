@@ -22,7 +22,8 @@ def encode_cursor(payload: dict[str, Any]) -> str:
 
 def decode_cursor(cursor: str, expected_keys: set[str]) -> dict[str, Any]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        # Strict: a character outside the alphabet is an error, not skipped.
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
         payload = orjson.loads(raw)
     except (binascii.Error, ValueError, orjson.JSONDecodeError):
         raise InvalidCursor(errors=[{"field": "cursor", "message": "malformed cursor"}]) from None

@@ -91,6 +91,10 @@ def sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def typed_sse(name: str, payload: Any) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
 def delta(content: str, **extra: Any) -> dict[str, Any]:
     return {
         "id": "chatcmpl-hostile",
@@ -122,6 +126,9 @@ class HostileUpstream:
             "endless_body": self._endless_body,
             "endless_event": self._endless_event,
             "firehose": self._firehose,
+            "firehose_text": self._firehose_text,
+            "firehose_responses": self._firehose_responses,
+            "firehose_anthropic": self._firehose_anthropic,
             "huge_usage": self._huge_usage,
             "error_type_object": self._error_type_object,
             "rate_limited_utf8": self._rate_limited_utf8,
@@ -241,12 +248,71 @@ class HostileUpstream:
     async def _firehose(self, ex: Exchange) -> None:
         """A stream that never ends, of events the gateway relays as they are
         (padding in a field nothing counts)."""
+        await self._forever(ex, b"", sse(delta("", padding="p" * 32768)) * 4)
+
+    async def _firehose_text(self, ex: Exchange) -> None:
+        """The same with text in every chunk (what a translation to the Messages
+        event stream writes on)."""
+        await self._forever(ex, b"", sse(delta("a " * 4096)) * 4)
+
+    async def _firehose_responses(self, ex: Exchange) -> None:
+        """A Responses event stream that never ends (padding in ``obfuscation``)."""
+        created = {
+            "type": "response.created",
+            "sequence_number": 0,
+            "response": {"id": "resp_h", "object": "response", "status": "in_progress"},
+        }
+        text = {
+            "type": "response.output_text.delta",
+            "item_id": "msg_h",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "",
+            "obfuscation": "p" * 32768,
+        }
+        await self._forever(
+            ex, typed_sse("response.created", created), typed_sse(text["type"], text) * 4
+        )
+
+    async def _firehose_anthropic(self, ex: Exchange) -> None:
+        """An Anthropic Messages event stream that never ends."""
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": "msg_h",
+                "type": "message",
+                "role": "assistant",
+                "model": "gpt-4o-mini",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 5, "output_tokens": 0},
+            },
+        }
+        block = {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": ""},
+        }
+        text = {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": "a " * 4096},
+        }
+        await self._forever(
+            ex,
+            typed_sse("message_start", start) + typed_sse("content_block_start", block),
+            typed_sse("content_block_delta", text) * 4,
+        )
+
+    async def _forever(self, ex: Exchange, first: bytes, event: bytes) -> None:
         await ex.start_chunked(b"text/event-stream")
-        event = sse(delta("", padding="p" * 32768))
         self.open_streams += 1
         try:
+            if first:
+                await ex.chunk(first)
             while True:
-                await ex.chunk(event * 4)
+                await ex.chunk(event)
         except ConnectionError:
             self.closed += 1
             raise

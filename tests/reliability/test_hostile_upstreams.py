@@ -377,6 +377,78 @@ async def test_a_stalled_client_is_recorded_as_disconnected_while_it_holds_on(
     }
 
 
+# The same on the other streaming endpoints: /v1/responses, and /v1/messages both
+# translated (to an openai provider) and native (to an anthropic provider).
+STALLED_ENDPOINTS = {
+    "responses": (
+        "firehose_responses",
+        "openai",
+        b"/v1/responses",
+        {"model": MODEL, "input": "hi", "stream": True},
+    ),
+    "messages_translated": (
+        "firehose_text",
+        "openai",
+        b"/v1/messages",
+        {"model": MODEL, "max_tokens": 1000000, "messages": BODY["messages"], "stream": True},
+    ),
+    "messages_native": (
+        "firehose_anthropic",
+        "anthropic",
+        b"/v1/messages",
+        {"model": MODEL, "max_tokens": 1000000, "messages": BODY["messages"], "stream": True},
+    ),
+}
+
+
+@pytest.mark.parametrize("endpoint", sorted(STALLED_ENDPOINTS))
+async def test_a_stream_client_that_never_reads_releases_its_upstream_on_the_write_timeout(
+    gateway: Gateway, keys: Keys, database_url: str, hostile: HostileUpstream, endpoint: str
+) -> None:
+    """A client of ``/v1/responses`` or ``/v1/messages`` that never reads: on the
+    write timeout (2 s) the upstream request is closed at once, and the record
+    says ``client_disconnected``, while the client still holds its socket."""
+    mode, kind, path, body = STALLED_ENDPOINTS[endpoint]
+    token = keys.token(mode, kind)
+    alias = keys.providers[(mode, kind)]
+    conn = await asyncpg.connect(database_url)
+    since = await conn.fetchval("SELECT now()")
+    closed_before = hostile.closed
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(host_port(gateway.url))
+    raw = orjson.dumps(body)
+    sock.sendall(
+        b"POST " + path + b" HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer " + token.encode() + b"\r\n"
+        b"content-length: %d\r\n\r\n" % len(raw) + raw
+    )
+    try:
+        started = time.monotonic()
+        while hostile.closed == closed_before:
+            assert time.monotonic() - started < 8, "the upstream stream was never closed"
+            await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while True:
+            outcomes = await conn.fetch(
+                "SELECT outcome, status_code, endpoint FROM usage_records"
+                " WHERE alias = $1 AND created_at >= $2",
+                alias,
+                since,
+            )
+            if outcomes or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        # The client is still connected: it was the write bound that ended the exchange.
+        assert sock.fileno() != -1
+    finally:
+        sock.close()
+        await conn.close()
+    assert [(row["outcome"], row["status_code"]) for row in outcomes] == [
+        ("client_disconnected", 200)
+    ], outcomes
+
+
 # --- 6: idle and half-sent requests; the connection cap -----------------------------------
 
 

@@ -29,6 +29,7 @@ from aigw.crypto import (
     mask_secret,
 )
 from aigw.db.constraints import flush
+from aigw.db.filters import utc_instant
 from aigw.errors import AliasTaken, IdempotencyKeyReused
 from aigw.pagination import InvalidCursor, decode_cursor, encode_cursor
 from aigw.providers import service as providers
@@ -245,7 +246,7 @@ def _cursor_value(sort: str, value: object) -> object:
         raise TypeError
     if sort.lstrip("-") == "alias":
         return value
-    return datetime.fromisoformat(value)
+    return utc_instant(datetime.fromisoformat(value))
 
 
 async def update_api_key(

@@ -26,12 +26,21 @@ from aigw.budgets.guard import Hold, Limiter
 from aigw.errors import UnsupportedMediaType
 from aigw.proxy import counting
 from aigw.proxy.adapters.base import Adapter
+from aigw.proxy.adapters.openai import OpenAIAdapter
 from aigw.proxy.body import (
     CHAT_NAMES,
     content_type_ok,
     off_loop,
     parse_unambiguous,
     read_body,
+)
+from aigw.proxy.counting.offload import (
+    CountingPool,
+    Inspected,
+    apply_edits,
+    count_chat_body,
+    encode_edited,
+    inspect_chat_body,
 )
 from aigw.proxy.errors import (
     InputTokenLimitExceeded,
@@ -75,7 +84,7 @@ def max_tokens_field(model: str) -> str:
     return "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(model) else "max_tokens"
 
 
-def _optional_int(body: dict[str, Any], field: str, low: int, high: int) -> int | None:
+def optional_int(body: dict[str, Any], field: str, low: int, high: int) -> int | None:
     value = body.get(field)
     if value is None:
         return None
@@ -115,10 +124,10 @@ def _validate(body: dict[str, Any]) -> None:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequest("'model' must be a string", param="model")
-    _optional_int(body, "n", 1, 128)
+    optional_int(body, "n", 1, 128)
 
 
-def _parse_chat(raw: bytes) -> dict[str, Any]:
+def parse_chat(raw: bytes) -> dict[str, Any]:
     return parse_unambiguous(raw, CHAT_NAMES, _validate)
 
 
@@ -178,6 +187,8 @@ class Admission:
     limiter: Limiter | None = None
     # Asks the provider's own counter where it is set to (input_counting: upstream).
     upstream_counter: UpstreamCounter | None = None
+    # Worker processes for large bodies (aigw.proxy.counting.offload); None: threads.
+    pool: CountingPool | None = None
 
     async def _off_loop(self, raw: bytes, work: Callable[..., _T], *args: Any) -> _T:
         # Work that grows with the body (parsing, checking, re-serialising) runs
@@ -194,6 +205,44 @@ class Admission:
             body_bytes=body_bytes,
             executor=self.encoders.executor,
         )
+
+    async def _count_raw(
+        self,
+        pool: CountingPool | None,
+        raw: bytes,
+        body: dict[str, Any],
+        encoding: Any,
+        key: ResolvedKey,
+    ) -> counting.InputCount:
+        # *body* is only the head of *raw* when a worker parsed it: count there.
+        if pool is None:
+            return await self._count(body, encoding, len(raw))
+        return await pool.run(count_chat_body, raw, key.encoding, self.max_tokenize_chars)
+
+    async def _upstream_body(
+        self,
+        pool: CountingPool | None,
+        adapter: Adapter,
+        raw: bytes,
+        body: dict[str, Any],
+        edits: dict[str, Any],
+    ) -> bytes:
+        if pool is not None and isinstance(adapter, OpenAIAdapter):
+            # The client's bytes, or those bytes with the gateway's edits (in a worker).
+            return raw if not edits else await pool.run(encode_edited, raw, edits)
+        if pool is not None:
+            # Another wire format: translated here, from the whole body.
+            body = await self._off_loop(raw, parse_chat, raw)
+            apply_edits(body, edits)
+        try:
+            return await self._off_loop(raw, adapter.encode_request, body, raw, bool(edits))
+        except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
+            # A shape the provider translation cannot take (e.g. "tool_calls" as an
+            # object on an Anthropic key) is the client's to fix: 400, never 500.
+            raise InvalidRequest(
+                "The request cannot be translated for this key's provider: a field has "
+                f"an unexpected shape ({type(exc).__name__})"
+            ) from None
 
     async def admit(
         self,
@@ -214,45 +263,59 @@ class Admission:
         if not content_type_ok(headers):
             raise UnsupportedMediaType()
         raw = await read_body(receive)
-        body = await self._off_loop(raw, _parse_chat, raw)
+        # The size alone can prove the request within the limit: admitted at once,
+        # counted exactly for the record while the upstream answers. Not for keys
+        # whose budget reserves the input (it must know it now), nor where the
+        # provider's own counter is to decide.
+        bound = counting.input_upper_bound(raw, key.model)
+        upstream_counts = self.upstream_counter is not None and self.upstream_counter.applies(key)
+        deferred = (
+            (key.limits.input_limit <= 0 or bound <= key.limits.input_limit)
+            and key.budget is None
+            and not upstream_counts
+        )
+        # A large body is parsed, checked and counted in a worker process; this
+        # process keeps only its small top-level fields (``body``) and the count.
+        pool = self.pool if self.pool is not None and self.pool.takes(raw) else None
+        if pool is not None and upstream_counts:
+            pool = None  # the provider's counter needs the whole body here
+        inspected: Inspected | None = None
+        if pool is not None:
+            inspected = await pool.run(
+                inspect_chat_body, raw, None if deferred else key.encoding, self.max_tokenize_chars
+            )
+            body = inspected.head
+        else:
+            body = await self._off_loop(raw, parse_chat, raw)
+        edits: dict[str, Any] = {}
         model = body.get("model")
         if model is None:
-            body["model"] = key.model
-            modified = True
+            body["model"] = edits["model"] = key.model
         elif model != key.model:
             raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
-        else:
-            modified = False
         stream = entry.stream = body.get("stream") is True
         requested = [
-            _optional_int(body, field, 1, MAX_OUTPUT_TOKENS)
+            optional_int(body, field, 1, MAX_OUTPUT_TOKENS)
             for field in ("max_tokens", "max_completion_tokens")
         ]
         given = [value for value in requested if value is not None]
         requested_max = max(given) if given else None
 
         encoding = await self.encoders.aget(key.encoding)
-        bound = counting.input_upper_bound(raw, key.model)
-        # The size alone can prove the request within the limit: admitted at once,
-        # counted exactly for the record while the upstream answers. Not for keys
-        # whose budget reserves the input (it must know it now), nor where the
-        # provider's own counter is to decide.
-        deferred = (
-            (key.limits.input_limit <= 0 or bound <= key.limits.input_limit)
-            and key.budget is None
-            and not (self.upstream_counter is not None and self.upstream_counter.applies(key))
-        )
         if deferred:
             counted = counting.InputCount(0)
         else:
-            counted = await self._count(body, encoding, len(raw))
+            if inspected is not None and inspected.count is not None:
+                counted = inspected.count
+            else:
+                counted = await self._count(body, encoding, len(raw))
             if self.upstream_counter is not None:
                 counted = await self.upstream_counter.judge(key, adapter, body, counted, entry)
             entry.input_tokens = counted.tokens
         decision = decide(key.limits, counted.tokens, requested_max, input_exact=counted.exact)
         if deferred and decision.rejection is not None:
             # Refused for its output bound: the record still gets the exact input.
-            counted = await self._count(body, encoding, len(raw))
+            counted = await self._count_raw(pool, raw, body, encoding, key)
             entry.input_tokens = counted.tokens
             deferred = False
         input_tokens = counted.tokens
@@ -278,23 +341,16 @@ class Admission:
         injected = False
         if decision.inject_max_tokens is not None:
             body[max_tokens_field(key.model)] = decision.inject_max_tokens
-            modified = injected = True
+            edits[max_tokens_field(key.model)] = decision.inject_max_tokens
+            injected = True
         client_wants_usage = False
         if stream:
             options = body.get("stream_options")
             client_wants_usage = bool(options and options.get("include_usage"))
             if not client_wants_usage:
                 body["stream_options"] = {**(options or {}), "include_usage": True}
-                modified = True
-        try:
-            upstream_body = await self._off_loop(raw, adapter.encode_request, body, raw, modified)
-        except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
-            # A shape the provider translation cannot take (e.g. "tool_calls" as an
-            # object on an Anthropic key) is the client's to fix: 400, never 500.
-            raise InvalidRequest(
-                "The request cannot be translated for this key's provider: a field has "
-                f"an unexpected shape ({type(exc).__name__})"
-            ) from None
+                edits["stream_options"] = {"include_usage": True}
+        upstream_body = await self._upstream_body(pool, adapter, raw, body, edits)
         exceeded = decision.exceeded_header()
         # Budgets and rates (aigw.budgets): checked and reserved last, once nothing
         # else can refuse the request; the pipeline settles the hold.
@@ -313,7 +369,7 @@ class Admission:
             response_headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
         pending: asyncio.Future[counting.InputCount] | None = None
         if deferred:
-            pending = asyncio.ensure_future(self._count(body, encoding, len(raw)))
+            pending = asyncio.ensure_future(self._count_raw(pool, raw, body, encoding, key))
             pending.add_done_callback(lambda done: _record_count(done, entry))
         return Admitted(
             pending_count=pending,

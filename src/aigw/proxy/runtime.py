@@ -25,6 +25,7 @@ from aigw.config import Settings
 from aigw.db.engine import libpq_url
 from aigw.metrics import Metrics
 from aigw.proxy.counting import O200K_BASE, Encoders, load_encoding
+from aigw.proxy.counting.offload import CountingPool
 from aigw.proxy.keycache import KeyCache
 from aigw.proxy.pipeline import Pipeline
 from aigw.proxy.upstream import create_upstream_session
@@ -109,5 +110,14 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
             metrics=metrics,
             limiter=limiter,
         )
+        # Large bodies are parsed and counted in worker processes (issue 10).
+        pool = CountingPool(
+            processes=settings.count_processes,
+            min_bytes=settings.count_process_bytes,
+            queue=settings.count_queue,
+            idle_seconds=settings.count_process_idle,
+        )
+        stack.callback(pool.close)
+        pipeline.admission.pool = pool
         state.proxy = pipeline
         yield pipeline

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigw.apikeys import service as apikeys
+from aigw.db.filters import utc_instant
 from aigw.errors import NotFound, ValidationFailed
 from aigw.usage import repository
 from aigw.usage.schemas import DayUsage, KeyUsage, ModelDrift, OutcomeUsage, UsageFigures
@@ -25,15 +26,30 @@ _SUMMED = (
 )
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+def _utc(value: datetime, field: str) -> datetime:
+    try:
+        return utc_instant(value)
+    except ValueError as exc:
+        raise _invalid(field, str(exc)) from None
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"{field}: {message}", errors=[{"field": field, "message": message, "type": "value_error"}]
+    )
 
 
 def resolve_period(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
     """``[from, to)``: *to* defaults to now, *from* to 30 days before *to*; naive
-    times are UTC; at most 366 days."""
-    end = _aware(end) if end is not None else datetime.now(UTC)
-    start = _aware(start) if start is not None else end - DEFAULT_PERIOD
+    times are UTC; at most 366 days; both within the years 1 to 9999 in UTC."""
+    end = _utc(end, "to") if end is not None else datetime.now(UTC)
+    if start is not None:
+        start = _utc(start, "from")
+    else:
+        try:
+            start = end - DEFAULT_PERIOD
+        except OverflowError:
+            raise _invalid("from", "30 days before 'to' is before the year 1") from None
     errors = []
     if start >= end:
         errors.append({"field": "from", "message": "must be before 'to'", "type": "value_error"})
@@ -78,11 +94,12 @@ async def key_usage(
 
     totals = UsageFigures()
     days: dict[object, DayUsage] = {}
-    day = period_start.astimezone(UTC).date()
-    last_day = (period_end - timedelta(microseconds=1)).astimezone(UTC).date()
-    while day <= last_day:
+    first_day = period_start.date()
+    last_day = (period_end - timedelta(microseconds=1)).date()
+    # By offset, never past last_day: the day after 9999-12-31 does not exist.
+    for offset in range((last_day - first_day).days + 1):
+        day = first_day + timedelta(days=offset)
         days[day] = DayUsage(date=day)
-        day += timedelta(days=1)
     for row in rows:
         _add(totals, row)
         bucket = days.get(row.day)

@@ -20,6 +20,7 @@ import orjson
 
 from aigw.proxy.counting.functions import compact_json, function_definitions, render_functions
 from aigw.proxy.counting.images import image_part_tokens
+from aigw.proxy.counting.media import audio_part_tokens
 from aigw.proxy.counting.rules import rules_for_model
 
 _REPLY_PRIMING = 3
@@ -49,7 +50,7 @@ _YIELD_EVERY = 512
 
 # Top-level fields with their own rule in _Collector.
 _BODY_RULES = frozenset({"messages", "model", "tool_choice", "function_call"})
-# Sampling and transport settings: free while they hold no text (_is_setting).
+# Sampling and transport settings: free while they hold no text (is_setting).
 _SETTINGS = frozenset(
     {
         "stream",
@@ -146,7 +147,7 @@ class _Collector:
         for key, value in body.items():
             if key in _BODY_RULES:
                 continue
-            if key in _SETTINGS and _is_setting(value):
+            if key in _SETTINGS and is_setting(value):
                 continue
             if key == "tools":
                 self._other_tools(value)
@@ -261,7 +262,7 @@ class _Collector:
                     last_text = len(texts) - 1
                 else:
                     self._json(value)
-                self._extra(part, ("type", kind, "cache_control"))
+                self._extra(part, ("type", kind), free=("cache_control",))
             elif kind == "image_url":
                 image = part.get("image_url")
                 self.fixed += image_part_tokens(image, self.model)
@@ -275,11 +276,20 @@ class _Collector:
                 ):
                     texts.append(url)
                 if isinstance(image, Mapping):
-                    self._extra(image, ("url", "detail"))
-                self._extra(part, ("type", "image_url"))
+                    self._extra(image, ("url",), free=("detail",))
+                self._extra(part, ("type", "image_url"), free=("cache_control",))
+            elif kind == "input_audio" and (
+                tokens := audio_part_tokens(audio := part.get("input_audio"))
+            ):
+                # Its duration at 20 tokens a second (media.py); what else the
+                # part holds as JSON text.
+                self.fixed += tokens
+                if isinstance(audio, Mapping):
+                    self._extra(audio, ("data",), free=("format",))
+                self._extra(part, ("type", "input_audio"))
             else:
-                # input_audio, file and unknown parts: their JSON text (errs high
-                # for media; see docs/proxy.md).
+                # file parts, audio whose duration cannot be read, unknown parts:
+                # their JSON text (see docs/proxy.md).
                 self._json(part)
         if suffix:
             if last_text >= 0:
@@ -287,10 +297,16 @@ class _Collector:
             else:
                 texts.append(suffix)
 
-    def _extra(self, mapping: Mapping[str, Any], known: tuple[object, ...]) -> None:
+    def _extra(
+        self, mapping: Mapping[str, Any], known: tuple[object, ...], free: tuple[str, ...] = ()
+    ) -> None:
+        """Count what of *mapping* no rule read: keys not in *known*, and keys in
+        *free* (settings such as ``detail`` or ``cache_control``) once they hold
+        more than a setting can (:func:`is_setting`), as their JSON text."""
         for key, value in mapping.items():
-            if key not in known:
-                self._json({key: value})
+            if key in known or (key in free and is_setting(value)):
+                continue
+            self._json({key: value})
 
     def _function_call(self, call: Mapping[str, Any]) -> None:
         # Legacy function_call (0613): name + arguments as sent + 3 (hmarr).
@@ -413,7 +429,7 @@ def _is_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) <= _FREE_ID_CHARS
 
 
-def _is_setting(value: object) -> bool:
+def is_setting(value: object) -> bool:
     """A value that cannot carry prompt text: a number, boolean, null, short
     string, or a small flat list/object of those."""
     if value is None or isinstance(value, bool | int | float):

@@ -33,9 +33,9 @@ publishes nothing, the estimate is stated where it is made:
   and its compact JSON text, an estimate that errs high (``json_object`` and
   ``text`` add nothing).
 * Images: OpenAI's published per-model rates
-  (:func:`~aigw.proxy.counting.images.image_tokens`). ``input_audio`` and
-  ``file`` parts are not counted (they cannot be priced without decoding the
-  media).
+  (:func:`~aigw.proxy.counting.images.image_tokens`). ``input_audio``: its
+  duration at 20 tokens a second (:mod:`~aigw.proxy.counting.media`); ``file``
+  parts as their JSON text (docs/proxy.md, "Input counting").
 
 Text is always encoded with ``encode_ordinary``: a client sending
 ``<|endoftext|>`` gets it counted as ordinary text, never as a special token.
@@ -66,7 +66,7 @@ import tiktoken
 from aigw.proxy.counting.collect import Prompt, collect
 from aigw.proxy.counting.encodings import MAX_TOKEN_BYTES
 
-__all__ = ["InputCount", "count_chat_input", "count_chat_input_async"]
+__all__ = ["InputCount", "count_chat_input", "count_chat_input_async", "count_collected"]
 
 DEFAULT_MAX_TOKENIZE_CHARS: Final = 2_000_000
 # Below this many characters a prompt is tokenized inline: ~1 ms of CPU costs
@@ -131,23 +131,24 @@ async def count_chat_input_async(
     loop = asyncio.get_running_loop()
     if body_bytes is not None:
         if body_bytes <= inline_bytes:
-            return _count(collect(request_body), encoding, max_chars)
+            return count_collected(collect(request_body), encoding, max_chars)
         return await loop.run_in_executor(
             executor, _collect_and_count, request_body, encoding, max_chars
         )
     prompt = collect(request_body)
     if prompt.chars <= inline_chars:
-        return _count(prompt, encoding, max_chars)
-    return await loop.run_in_executor(executor, _count, prompt, encoding, max_chars)
+        return count_collected(prompt, encoding, max_chars)
+    return await loop.run_in_executor(executor, count_collected, prompt, encoding, max_chars)
 
 
 def _collect_and_count(
     body: Mapping[str, Any], encoding: tiktoken.Encoding, max_chars: int
 ) -> InputCount:
-    return _count(collect(body), encoding, max_chars)
+    return count_collected(collect(body), encoding, max_chars)
 
 
-def _count(prompt: Prompt, encoding: tiktoken.Encoding, max_chars: int) -> InputCount:
+def count_collected(prompt: Prompt, encoding: tiktoken.Encoding, max_chars: int) -> InputCount:
+    """The count of a collected *prompt*, tokenizing at most *max_chars* characters."""
     encode = encoding.encode_ordinary
     tokens = prompt.fixed
     if prompt.chars <= max_chars:

@@ -184,6 +184,37 @@ def _json_text(value: Any) -> str:
         raise ValueError("nested too deeply") from None
 
 
+# Per block kind: the keys the translation reads, and those free while plain
+# (short ids, flags, cache_control); anything else in the block is counted.
+_BLOCK_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "text": (("type", "text"), ("cache_control", "citations")),
+    "image": (("type", "source"), ("cache_control",)),
+    "tool_result": (("type", "tool_use_id", "content"), ("is_error", "cache_control")),
+    "tool_use": (("type", "id", "name", "input"), ("cache_control",)),
+}
+_SOURCE_KEYS = ("type", "media_type", "data", "url")
+_TOOL_KEYS = ("type", "name", "description", "input_schema")
+
+
+def _extra(obj: dict[str, Any], known: tuple[str, ...], free: tuple[str, ...] = ()) -> list[str]:
+    """The JSON text of what of *obj* the translation does not read: keys not in
+    *known*, and keys in *free* once they hold more than a short plain value."""
+    return [
+        _json_text({name: value})
+        for name, value in obj.items()
+        if name not in known and not (name in free and (value in (None, [], {}) or _plain(value)))
+    ]
+
+
+def _block_extra(block: dict[str, Any]) -> list[str]:
+    known, free = _BLOCK_KEYS[block["type"]]
+    texts = _extra(block, known, free)
+    source = block.get("source")
+    if block["type"] == "image" and isinstance(source, dict):
+        texts.extend(_extra(source, _SOURCE_KEYS))
+    return texts
+
+
 def untranslated(body: dict[str, Any]) -> list[dict[str, Any]]:
     """What :func:`to_chat_request` drops but a Messages upstream is sent as is,
     as chat messages holding its compact JSON text, so that it is counted
@@ -191,8 +222,10 @@ def untranslated(body: dict[str, Any]) -> list[dict[str, Any]]:
     top-level fields, settings holding more than plain values, blocks the
     translation has no rule for (``document``, ``search_result``, ``thinking``,
     server-tool blocks, non-text ``tool_result`` content, non-text ``system``
-    blocks) and typed (server) tools. Raises ``ValueError`` for a value too
-    deeply nested to write."""
+    blocks), typed (server) tools, and at every level the keys of a known
+    object it does not read (a message's, a block's, an image source's, a
+    tool's, ``tool_choice``'s; ids, flags and ``cache_control`` while short and
+    plain are free). Raises ``ValueError`` for a value too deeply nested to write."""
     texts: list[str] = []
     for name, value in body.items():
         if name in _MAPPED or (name in _SETTINGS and _plain(value)):
@@ -200,13 +233,16 @@ def untranslated(body: dict[str, Any]) -> list[dict[str, Any]]:
         texts.append(_json_text({name: value}))
     system = body.get("system")
     if isinstance(system, list):
-        texts.extend(
-            _json_text(block)
-            for block in system
-            if not (isinstance(block, dict) and block.get("type") == "text")
-        )
+        for block in system:
+            if isinstance(block, dict) and block.get("type") == "text":
+                texts.extend(_block_extra(block))
+            else:
+                texts.append(_json_text(block))
     for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(message, dict):
+            continue
+        texts.extend(_extra(message, ("role", "content")))
+        content = message.get("content")
         if not isinstance(content, list):
             continue
         kinds = _USER_BLOCKS if message.get("role") == "user" else _ASSISTANT_BLOCKS
@@ -214,15 +250,38 @@ def untranslated(body: dict[str, Any]) -> list[dict[str, Any]]:
             kind = block.get("type") if isinstance(block, dict) else None
             if not (isinstance(kind, str) and kind in kinds):
                 texts.append(_json_text(block))
-            elif kind == "tool_result" and isinstance(block.get("content"), list):
-                texts.extend(
-                    _json_text(part)
-                    for part in block["content"]
-                    if not (isinstance(part, dict) and part.get("type") == "text")
-                )
-            elif kind == "image" and _image_part(block) is None:
+                continue
+            if kind == "image" and _image_part(block) is None:
                 texts.append(_json_text(block))
+                continue
+            texts.extend(_block_extra(block))
+            if kind == "tool_result" and isinstance(block.get("content"), list):
+                for part in block["content"]:
+                    if isinstance(part, dict) and part.get("type") == "text":
+                        texts.extend(_block_extra(part))
+                    else:
+                        texts.append(_json_text(part))
+    tools = [tool for tool in body.get("tools") or () if _tool(tool) is None]
+    texts.extend(_json_text(tool) for tool in tools)
     for tool in body.get("tools") or ():
-        if _tool(tool) is None:
-            texts.append(_json_text(tool))
+        if _tool(tool) is not None:
+            texts.extend(_extra(tool, _TOOL_KEYS, ("cache_control",)))
+    texts.extend(
+        _tool_choice_extra(body.get("tool_choice"), len(tools) < len(body.get("tools") or ()))
+    )
     return [{"role": "user", "content": text} for text in texts]
+
+
+def _tool_choice_extra(choice: Any, mapped: bool) -> list[str]:
+    """``tool_choice`` keys the translation does not read (all of it when there
+    are no custom tools to map it onto)."""
+    if choice is None:
+        return []
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if not mapped or not isinstance(kind, str) or kind not in _CHOICES:
+        return [] if _plain(choice) else [_json_text({"tool_choice": choice})]
+    known = ("type", "name") if kind == "tool" else ("type",)
+    return _extra(choice, known, ("disable_parallel_tool_use",))
+
+
+_CHOICES = frozenset({"auto", "any", "none", "tool"})

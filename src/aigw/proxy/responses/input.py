@@ -23,6 +23,10 @@ is not exact it errs high, never low:
   a message of its own; ``tool_choice`` naming a function and
   ``text.format`` with a JSON schema count as their chat equivalents.
 
+* at every level, a key the mapping does not read (inside a known item,
+  content part, function tool, ``tool_choice`` or ``text.format``) counts as
+  the compact JSON text of ``{"key": value}``, and so do ids, statuses and
+  flags once they hold more than a short plain value;
 * any other top-level field counts as the compact JSON text of
   ``{"field": value}`` (a message of its own), the gateway's settings
   (``temperature``, ``metadata``, ``reasoning``, …) too once they hold more
@@ -60,6 +64,9 @@ _SETTINGS = frozenset(
     | {"safety_identifier", "prompt_cache_key", "prompt_cache_retention"}
 )
 _FREE_SETTING_CHARS = 64
+# Keys of items and parts that hold no prompt while short (ids, statuses).
+_ITEM_FREE = ("id", "status")
+_FUNCTION_TOOL = ("type", "name", "description", "parameters")
 _FREE_SETTING_ITEMS = 64
 
 
@@ -92,6 +99,8 @@ def chat_view(request: Mapping[str, Any]) -> ChatView:
     extra_tools: list[dict[str, Any]] = []
     chat: dict[str, Any] = {"model": request.get("model"), "messages": messages}
     tools = request.get("tools")
+    choice = request.get("tool_choice")
+    choice_mapped = False
     if isinstance(tools, list):
         functions = []
         for tool in tools:
@@ -99,16 +108,20 @@ def chat_view(request: Mapping[str, Any]) -> ChatView:
                 continue
             if tool.get("type") == "function" and isinstance(tool.get("name"), str):
                 functions.append({"type": "function", "function": _function_definition(tool)})
+                extra_tools.extend(_leftovers(tool, _FUNCTION_TOOL, ("strict",), uncountable))
             else:
                 text = _json_text(tool, "tools", uncountable)
                 extra_tools.append({"role": "user", "content": text})
         if functions:
             chat["tools"] = functions
-            choice = request.get("tool_choice")
             if isinstance(choice, Mapping) and choice.get("type") == "function":
                 chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+                extra_tools.extend(_leftovers(choice, ("type", "name"), (), uncountable))
+                choice_mapped = True
             elif choice == "none":
                 chat["tool_choice"] = "none"
+    if not choice_mapped and choice is not None and not _plain(choice, 2):
+        extra_tools.append(_text_message({"tool_choice": choice}, "tool_choice", uncountable))
     messages.extend(extra_tools)
     for name, value in request.items():
         if name in _MAPPED or name in _STORED_CONTEXT or value is None:
@@ -117,15 +130,54 @@ def chat_view(request: Mapping[str, Any]) -> ChatView:
             continue
         text = _json_text({name: value}, name, uncountable)
         messages.append({"role": "user", "content": text})
-    text_config = request.get("text")
-    fmt = text_config.get("format") if isinstance(text_config, Mapping) else None
+    _text_config(request.get("text"), chat, uncountable)
+    return ChatView(chat, uncountable[0] if uncountable else None)
+
+
+def _text_config(config: object, chat: dict[str, Any], uncountable: list[str]) -> None:
+    """``text``: a JSON-schema format counts as chat's ``response_format``; what
+    else it holds (a format's description, unknown keys) as its JSON text."""
+    if config is None:
+        return
+    if not isinstance(config, Mapping):
+        chat["messages"].append(_text_message({"text": config}, "text", uncountable))
+        return
+    left = _leftovers(config, ("format",), ("verbosity",), uncountable)
+    fmt = config.get("format")
     if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
         _json_text(fmt, "text", uncountable)  # only to learn whether it can be written
         chat["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": fmt.get("name"), "schema": fmt.get("schema")},
         }
-    return ChatView(chat, uncountable[0] if uncountable else None)
+        left.extend(_leftovers(fmt, ("type", "name", "schema"), ("strict",), uncountable))
+    elif isinstance(fmt, Mapping) and fmt.get("type") in ("text", "json_object"):
+        left.extend(_leftovers(fmt, ("type",), (), uncountable))
+    elif fmt is not None:
+        left.append(_text_message({"format": fmt}, "text", uncountable))
+    chat["messages"].extend(left)
+
+
+def _leftovers(
+    obj: Mapping[str, Any], known: tuple[str, ...], free: tuple[str, ...], uncountable: list[str]
+) -> list[dict[str, Any]]:
+    """What of *obj* no rule read, as messages holding its JSON text: keys not in
+    *known*, and keys in *free* (ids, statuses, flags) once they hold more than
+    a short plain value (issue 10: the gateway never forwards text it did not count)."""
+    return [
+        _text_message({name: value}, name, uncountable)
+        for name, value in obj.items()
+        if name not in known and not (name in free and _free(value))
+    ]
+
+
+def _free(value: Any) -> bool:
+    # Empty containers (``"annotations": []``, as the SDK sends back) hold no text.
+    return value is None or value == [] or value == {} or _plain(value, 0)
+
+
+def _text_message(value: Mapping[str, Any], where: str, uncountable: list[str]) -> dict[str, Any]:
+    return {"role": "user", "content": _json_text(value, where, uncountable)}
 
 
 def _plain(value: Any, depth: int) -> bool:
@@ -165,7 +217,8 @@ def _item_messages(
                 # A list or an object is unhashable: it cannot be looked up in a set.
                 "role": role if isinstance(role, str) and role in _MESSAGE_ROLES else "user",
                 "content": _content(item.get("content"), where, uncountable),
-            }
+            },
+            *_leftovers(item, ("type", "role", "content"), _ITEM_FREE, uncountable),
         ]
     if kind == "function_call":
         call = {
@@ -173,11 +226,17 @@ def _item_messages(
             "type": "function",
             "function": {"name": item.get("name"), "arguments": item.get("arguments")},
         }
-        return [{"role": "assistant", "content": None, "tool_calls": [call]}]
+        return [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            *_leftovers(item, ("type", "call_id", "name", "arguments"), _ITEM_FREE, uncountable),
+        ]
     if kind == "function_call_output":
         output = item.get("output")
         content = output if isinstance(output, str) else _content(output, where, uncountable)
-        return [{"role": "tool", "tool_call_id": item.get("call_id"), "content": content}]
+        return [
+            {"role": "tool", "tool_call_id": item.get("call_id"), "content": content},
+            *_leftovers(item, ("type", "call_id", "output"), _ITEM_FREE, uncountable),
+        ]
     if kind == "reasoning":
         parts: list[dict[str, Any]] = []
         for field in ("summary", "content"):
@@ -187,13 +246,19 @@ def _item_messages(
         secret = item.get("encrypted_content")
         if isinstance(secret, str) and secret:
             parts.append({"type": "text", "text": secret})
-        return [{"role": "assistant", "content": parts}]
+        known = ("type", "summary", "content", "encrypted_content")
+        return [
+            {"role": "assistant", "content": parts},
+            *_leftovers(item, known, _ITEM_FREE, uncountable),
+        ]
     if kind == "item_reference":
         uncountable.append(where)
         return []
     # Hosted tool calls and outputs, custom tools, MCP, …: their JSON text, which is
-    # more than the model is shown of them.
-    shown = {name: value for name, value in item.items() if name not in ("id", "status")}
+    # more than the model is shown of them (an id or a status too, once it is long).
+    shown = {
+        name: value for name, value in item.items() if not (name in _ITEM_FREE and _free(value))
+    }
     return [{"role": "assistant", "content": _json_text(shown, where, uncountable)}]
 
 
@@ -221,22 +286,31 @@ def _parts(parts: list[Any], where: str, uncountable: list[str]) -> list[dict[st
         kind = part.get("type")
         if isinstance(kind, str) and kind in _TEXT_PARTS and isinstance(part.get("text"), str):
             converted.append({"type": "text", "text": part["text"]})
+            known: tuple[str, ...] = ("type", "text")
+            free: tuple[str, ...] = ("annotations", "logprobs")
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             converted.append({"type": "refusal", "refusal": part["refusal"]})
+            known, free = ("type", "refusal"), ()
         elif kind == "input_image":
             url = part.get("image_url")
+            detail = part.get("detail")
             converted.append(
                 {
                     "type": "image_url",
                     "image_url": {
                         "url": url if isinstance(url, str) else "",
-                        "detail": part.get("detail") or "auto",
+                        "detail": detail if isinstance(detail, str) and _free(detail) else "auto",
                     },
                 }
             )
+            known, free = ("type", "image_url"), ("detail", "file_id")
         elif kind == "input_file":
             uncountable.append(f"{where}.content[{index}]")
+            continue
         else:
             text = _json_text(part, f"{where}.content[{index}]", uncountable)
             converted.append({"type": "text", "text": text})
+            continue
+        for left in _leftovers(part, known, free, uncountable):
+            converted.append({"type": "text", "text": left["content"]})
     return converted

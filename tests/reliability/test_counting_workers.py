@@ -1,0 +1,173 @@
+"""Large bodies are counted in worker processes (issue 10, item 1), against a real
+``aigw serve``:
+
+* an idle gateway holds no worker process: the first large body starts one,
+  and it exits again after ``AIGW_COUNT_PROCESS_IDLE`` seconds without another;
+* a flood of large bodies past ``AIGW_COUNT_QUEUE`` is answered 503
+  ``counting_busy`` with ``Retry-After`` at once, rather than piling up;
+* a large body that passes is forwarded byte for byte (or with the gateway's
+  edits, made in a worker), and its exact count reaches the response header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes import FakeUpstream
+from tests.reliability.conftest import gateway_environment, unique
+from tests.support import Gateway, start_gateway
+
+MODEL = "gpt-4o-mini"
+# 150k one-token numbers in tiny messages: ~5 MB, well past the 256 KiB threshold.
+TINY = [{"role": "user", "content": str(i % 10)} for i in range(150_000)]
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes *pid* spawned (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("workers-gateway")
+    env = gateway_environment(
+        database_url,
+        root / "data",
+        AIGW_MAX_BODY_BYTES=str(8 * 1024 * 1024),
+        AIGW_COUNT_QUEUE="1",
+        AIGW_COUNT_PROCESS_IDLE="3",
+    )
+    started = start_gateway(env, root / "gateway.log")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def _key(gateway: Gateway, fake: FakeUpstream, **limits: Any) -> str:
+    provider = unique("workers")
+    with gateway.admin() as admin:
+        created = admin.post(
+            "/providers",
+            json={"name": provider, "base_url": fake.url, "models": [{"name": MODEL}]},
+        )
+        assert created.status_code == 201, created.text
+        key = admin.post(
+            "/apikeys",
+            json={
+                "alias": unique("k"),
+                "provider": provider,
+                "model": MODEL,
+                "key_code": "sk-workers",
+                "status": "enabled",
+                "usage_limit": "reject",
+                **limits,
+            },
+        )
+        assert key.status_code == 201, key.text
+        token: str = key.json()["token"]
+    deadline = time.monotonic() + 5
+    while (
+        httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {token}"})
+    ).status_code != 200:
+        assert time.monotonic() < deadline, "the key never reached the key cache"
+        time.sleep(0.05)
+    return token
+
+
+def test_an_idle_gateway_starts_a_worker_only_for_a_large_body(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    token = _key(gateway, fake, input_limit=1_000, output_limit=0)
+    headers = {"Authorization": f"Bearer {token}"}
+    small = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        headers=headers,
+    )
+    assert small.status_code == 200, small.text
+    assert _workers(gateway.proc.pid) == []
+    large = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": TINY},
+        headers=headers,
+        timeout=60,
+    )
+    assert large.status_code == 400, large.text
+    assert large.json()["error"]["code"] == "input_token_limit_exceeded"
+    # 150,000 messages of 3 + 1 ("user") + 1 (a digit) tokens, plus 3: a hand count.
+    assert "at least" not in large.json()["error"]["message"]
+    assert "750003 tokens" in large.json()["error"]["message"]
+    assert _workers(gateway.proc.pid), "no worker process counted the large body"
+    # Idle for AIGW_COUNT_PROCESS_IDLE (3 s): the worker exits again.
+    deadline = time.monotonic() + 15
+    while _workers(gateway.proc.pid):
+        assert time.monotonic() < deadline, "the idle worker never exited"
+        time.sleep(0.2)
+
+
+def test_a_large_body_that_passes_is_forwarded_with_its_exact_count(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    # No input limit, an output limit: the gateway must add max_tokens and
+    # include_usage to a body it never parsed itself.
+    token = _key(gateway, fake, input_limit=0, output_limit=50)
+    body = {"model": MODEL, "messages": TINY, "stream": True, "stream_options": {"x": 1}}
+    before = fake.stats()["chat_requests"]
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        content=json.dumps(body),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["x-aigw-input-tokens"] == "750003"
+        b"".join(response.iter_bytes())
+    assert fake.stats()["chat_requests"] == before + 1
+    sent = fake.last_request()["body"]
+    assert len(sent["messages"]) == len(TINY)
+    assert sent["max_tokens"] == 50
+    assert sent["stream_options"] == {"x": 1, "include_usage": True}
+
+
+async def test_a_flood_of_large_bodies_is_answered_503_not_queued(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    token = _key(gateway, fake, input_limit=1_000, output_limit=0)
+    raw = json.dumps({"model": MODEL, "messages": TINY}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=120) as http:
+        responses = await asyncio.gather(
+            *(http.post("/v1/chat/completions", content=raw, headers=headers) for _ in range(6))
+        )
+    statuses = sorted(response.status_code for response in responses)
+    assert set(statuses) <= {400, 503}, statuses
+    busy = [response for response in responses if response.status_code == 503]
+    assert busy, statuses
+    for response in busy:
+        assert response.json()["error"]["code"] == "counting_busy"
+        assert response.headers["retry-after"] == "1"
+    assert 400 in statuses
+    assert os.path.exists(f"/proc/{gateway.proc.pid}")
