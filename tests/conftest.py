@@ -219,10 +219,10 @@ def key_body(**overrides: Any) -> dict[str, Any]:
 
 @pytest.hookimpl(tryfirst=True)  # before tests/reliability's hook puts its final check last
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The slow load and fault runs first (stable, so each keeps its place among
-    # them): pytest-xdist hands out tests in this order, and a minute-long run
-    # started last would leave one worker busy while the other has nothing to do.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # The contract fuzz first (stable: everything else keeps its order):
+    # pytest-xdist hands out tests in this order, and a minute-long run started
+    # last would leave one worker busy while the other has nothing to do.
+    items.sort(key=lambda item: item.get_closest_marker("fuzz") is None)
     # Tests marked ``timing`` compare durations (a hostile body against a benign
     # one, late chunks against early ones, a probe's latency under load). On a
     # shared 2-core machine another tenant can stretch one sample; a regression

@@ -212,7 +212,7 @@ def _fuzz(
         run()
 
 
-@pytest.mark.slow  # a minute of fuzzing: `make test` runs it, `make test-fast` does not
+@pytest.mark.fuzz  # a minute of fuzzing: `make test` runs it, `make test-fast` does not
 @pytest.mark.parametrize("credential", ["admin", "client", "none"])
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     fuzzed_gateway: Gateway, fake: FakeUpstream, credential: str
