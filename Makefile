@@ -20,9 +20,11 @@ DEV := $(VENV)/.installed-dev
 CHROMIUM ?= /usr/bin/chromium
 # pytest-xdist processes for the suite; each starts its own embedded PostgreSQL.
 JOBS ?= 2
+# Cases per operation, generation mode and credential for `make fuzz`.
+FUZZ_EXAMPLES ?= 100
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-fast test-slow test-reliability browser lint typecheck openapi \
+.PHONY: help serve test test-fast test-slow test-reliability fuzz browser lint typecheck openapi \
 	bench bench-quick clean replicas
 
 help:  ## list the targets
@@ -62,17 +64,25 @@ browser:  ## make sure the browser tests' Chromium is there (/usr/bin/chromium, 
 		exit 1; \
 	fi
 
-test: $(DEV) browser  ## everything CI runs: lint, types, bandit, the whole suite (browser and slow runs too)
+# The suite on both cores (the contract fuzz among it, handed out first, see
+# tests/conftest.py), then the load and fault runs marked `slow` one at a time:
+# they assert time bounds (a timeout fires within a second of its setting, a
+# drain ends within its grace), and run beside another worker on a busy 2-core
+# machine they failed on lateness alone.
+test: $(DEV) browser  ## everything CI runs: lint, types, bandit, the whole suite (browser, fuzz and slow runs too)
 	$(MAKE) --no-print-directory lint typecheck
 	$(BIN)/bandit -q -ll -c pyproject.toml -r src  # medium and high findings fail
 	AIGW_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -n $(JOBS) -m "not slow and not replicas" --durations=10
 	$(BIN)/pytest -q -m "slow and not replicas" --durations=5
 
-test-fast: $(DEV)  ## the inner loop: the suite without the browser tests and the slow load/fault runs
-	$(BIN)/pytest -q -n $(JOBS) -m "not browser and not slow"
+test-fast: $(DEV)  ## the inner loop: the suite without the browser tests, the fuzz and the slow load/fault runs
+	$(BIN)/pytest -q -n $(JOBS) -m "not browser and not slow and not fuzz"
 
-test-slow: $(DEV)  ## only the load and fault runs marked slow (part of make test)
+test-slow: $(DEV)  ## only the load and fault runs marked slow, one at a time (part of make test)
 	$(BIN)/pytest -q -m "slow and not replicas" --durations=5
+
+fuzz: $(DEV)  ## the contract fuzz with 100 cases per operation, mode and credential (make test runs 8; FUZZ_EXAMPLES=...)
+	AIGW_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s -n $(JOBS) tests/reliability/test_contract_fuzz.py
 
 test-reliability: $(DEV)  ## only the reliability and security proofs (part of make test)
 	$(BIN)/pytest -q -n $(JOBS) tests/reliability

@@ -111,3 +111,16 @@ async def test_unknown_key_bad_period_and_auth(client: httpx.AsyncClient) -> Non
 
     response = await client.get(f"/apikeys/{key['id']}/usage", headers={"Authorization": ""})
     assert response.status_code == 401
+
+
+async def test_a_number_is_not_a_time_of_the_period(client: httpx.AsyncClient, db: str) -> None:
+    """``?to=0.0`` once read as the Unix epoch (pydantic's lax datetime) and answered
+    200 with a 1969 period; the schema says ISO 8601 (found by the contract fuzz)."""
+    provider = await create_provider(client, "http://127.0.0.1:9")
+    key = await create_key(client, provider=provider["name"])
+    for query in ("to=0.0", "from=1700000000", "from=-1e-5&to=2026-12-01"):
+        response = await client.get(f"/apikeys/{key['id']}/usage?{query}")
+        assert response.status_code == 422, (query, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+    iso = await client.get(f"/apikeys/{key['id']}/usage?from=2026-11-01&to=2026-12-01T00:00:00Z")
+    assert iso.status_code == 200, iso.text

@@ -15,8 +15,9 @@ import signal
 import socket
 import subprocess  # nosec B404 - runs only our own migrate command
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -38,17 +39,34 @@ err = Console(stderr=True, soft_wrap=True)  # one message, one line, even when p
 
 
 @contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """The configured database URL, or an embedded server in the data folder."""
+def database(settings: Settings, meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
+    """The configured database URL, or an embedded server in the data folder.
+
+    *meanwhile* runs in this thread while the embedded server starts in another
+    (``serve`` imports the app then: the server's start-up is spent waiting on
+    pg_ctl, the imports are spent on this CPU)."""
     if settings.database_url:
+        if meanwhile is not None:
+            meanwhile()
         yield settings.database_url
         return
     from aigw.db.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(settings.data_dir)
     err.print(f"[dim]starting embedded PostgreSQL in {server.pgdata}[/]")
+    with ThreadPoolExecutor(1, thread_name_prefix="embedded-postgres") as pool:
+        started = pool.submit(server.start)
+        try:
+            if meanwhile is not None:
+                meanwhile()
+            url = started.result()
+        except BaseException:
+            with suppress(BaseException):
+                started.result()  # let it finish starting, so it can be stopped
+            server.stop()
+            raise
     try:
-        yield server.start()
+        yield url
     finally:
         server.stop()
 
@@ -78,7 +96,9 @@ def serve(
     _refuse_busy_address(host, port)
     settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    with database(settings) as url:
+    # One worker serves in this process: import the app while the database starts.
+    preload = _import_app if workers == 1 else None
+    with database(settings, meanwhile=preload) as url:
         if not asyncio.run(schema_is_current(url)):
             _migrate_in_child(url)
         _refuse_unusable_key_ring(settings, url)
@@ -131,6 +151,11 @@ def _serve_workers(config: uvicorn.Config, host: str, port: int) -> None:
     )
     # A stand-in for a socket: each worker unpickles it as the socket it binds.
     Multiprocess(config, sockets=[PerWorkerSocket(host, port)]).run()  # type: ignore[list-item]
+
+
+def _import_app() -> None:
+    """What uvicorn imports by name (aigw.main), imported ahead of it."""
+    import aigw.main  # noqa: F401
 
 
 def _refuse_busy_address(host: str, port: int) -> None:
