@@ -107,15 +107,23 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = None
+        length_seen = chunked = False
         for name, value in scope["headers"]:
-            if name == b"content-length":
+            if name == b"content-length" and not length_seen:
+                length_seen = True
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = None
-                break
+            elif name == b"transfer-encoding":
+                chunked = True
         if declared is not None and declared > self.max_bytes:
             await self._reject(scope, receive, send)
+            return
+        if declared is not None and not chunked:
+            # The server delivers exactly the declared bytes (HTTP/1.1 framing): the
+            # body cannot cross the limit, so no wrapper is needed (the usual case).
+            await self.app(scope, receive, send)
             return
 
         seen = 0
