@@ -43,6 +43,7 @@ from aigw.proxy.counting.offload import (
     inspect_chat_body,
 )
 from aigw.proxy.errors import (
+    InputNotCountable,
     InputTokenLimitExceeded,
     InvalidRequest,
     KeyDisabled,
@@ -321,6 +322,12 @@ class Admission:
         input_tokens = counted.tokens
         entry.input_limit_exceeded = decision.input_exceeded
         entry.output_limit_exceeded = decision.output_exceeded
+        if decision.rejection == INPUT_LIMIT_EXCEEDED and counted.uncountable:
+            raise InputNotCountable(
+                f"The input cannot be counted against this key's input limit of "
+                f"{key.limits.input_limit} tokens: {counted.uncountable}",
+                param="messages",
+            )
         if decision.rejection == INPUT_LIMIT_EXCEEDED:
             counted_as = (
                 f"{input_tokens}"

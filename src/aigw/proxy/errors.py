@@ -15,7 +15,7 @@ an exception text can carry anything, so neither reaches a client or a log.
 from __future__ import annotations
 
 from aigw.errors import AigwError, openai_error_body
-from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, OUTPUT_LIMIT_EXCEEDED
+from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, INPUT_NOT_COUNTABLE, OUTPUT_LIMIT_EXCEEDED
 from aigw.proxy.sse import encode_data
 
 
@@ -44,6 +44,11 @@ class ModelNotAllowed(InvalidRequest):
 class InputTokenLimitExceeded(InvalidRequest):
     code = INPUT_LIMIT_EXCEEDED
     title = "The request's input tokens exceed this key's input limit"
+
+
+class InputNotCountable(InvalidRequest):
+    code = INPUT_NOT_COUNTABLE
+    title = "Part of the input cannot be counted against this key's input limit"
 
 
 class OutputTokenLimitExceeded(InvalidRequest):

@@ -7,6 +7,7 @@ unlimited). Nothing here does I/O; the proxy asks, then acts:
 situation                              ``reject``                       ``use_anyway``
 =====================================  ===============================  ===========================
 input over the input limit             400 input_token_limit_exceeded   forwarded, flagged
+input not countable (a ``file_id``)    400 input_not_countable          forwarded, flagged input
 requested max over the output limit    400 output_token_limit_exceeded  forwarded, flagged
 no max requested, output limit set     ask upstream for at most ``L``   forwarded unchanged
 generated output reaches the limit     cut at ``L`` tokens, "length"    delivered, flagged
@@ -22,6 +23,9 @@ from dataclasses import dataclass
 USE_ANYWAY = "use_anyway"
 
 INPUT_LIMIT_EXCEEDED = "input_token_limit_exceeded"
+# Part of the input cannot be counted (a file referenced by id, a file whose
+# text cannot be bounded): refused like an input over the limit, with its own code.
+INPUT_NOT_COUNTABLE = "input_not_countable"
 OUTPUT_LIMIT_EXCEEDED = "output_token_limit_exceeded"
 
 

@@ -11,22 +11,34 @@ at most :func:`~aigw.proxy.counting.images.max_image_tokens` each. A body with
 no ``\\u`` escape holds at most as many image parts as occurrences of
 ``image_url``; otherwise every 20 bytes could be one (``{"type":"image_url"}``
 is 20 bytes).
+
+A ``file`` part is the exception: a PDF's compressed streams inflate to more
+text than its bytes (:mod:`~aigw.proxy.counting.files`), so a body that may hold
+one (the JSON string ``"file"``, or an escape of one of its letters) has no
+bound from its size: :data:`NO_BOUND`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from aigw.proxy.counting.images import max_image_tokens
 
-__all__ = ["input_upper_bound"]
+__all__ = ["NO_BOUND", "input_upper_bound"]
+
+NO_BOUND: Final = 1 << 62
 
 _TOKENS_PER_BYTE: Final = 3
 _CONSTANT: Final = 16
 _SMALLEST_IMAGE_PART: Final = 20
+# JSON escapes of e, f, i, l (u0065, u0066, u0069, u006c): "file" spelled with an escape.
+_FILE_LETTER_ESCAPE: Final = re.compile(rb"\\u006[569cC]")
 
 
 def input_upper_bound(raw: bytes, model: str) -> int:
     """An upper bound of the input tokens of the Chat Completions request *raw*."""
+    if b'"file"' in raw or _FILE_LETTER_ESCAPE.search(raw):
+        return NO_BOUND
     images = len(raw) // _SMALLEST_IMAGE_PART if b"\\u" in raw else raw.count(b"image_url")
     return _TOKENS_PER_BYTE * len(raw) + _CONSTANT + images * max_image_tokens(model)

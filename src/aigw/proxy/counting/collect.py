@@ -18,6 +18,8 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from aigw.proxy.counting.encodings import MAX_TOKEN_BYTES
+from aigw.proxy.counting.files import file_data_tokens, file_part_reason
 from aigw.proxy.counting.functions import compact_json, function_definitions, render_functions
 from aigw.proxy.counting.images import image_part_tokens
 from aigw.proxy.counting.media import audio_part_tokens
@@ -92,6 +94,9 @@ class Prompt:
     fixed: int
     texts: list[str]
     chars: int
+    # Why part of the request cannot be counted (a file the gateway cannot see
+    # or bound); empty when all of it was counted.
+    uncountable: str = ""
 
 
 def collect(body: Mapping[str, Any]) -> Prompt:
@@ -111,6 +116,7 @@ class _Collector:
         "rules",
         "texts",
         "tool_names",
+        "uncountable",
         "unshown",
     )
 
@@ -124,6 +130,7 @@ class _Collector:
         self.parallel_ids: set[str] = set()
         # Text OpenAI's renderer drops; counted when more than _FREE_UNSHOWN_CHARS.
         self.unshown: list[str] = []
+        self.uncountable = ""
         self._body = body
 
     def prompt(self) -> Prompt:
@@ -166,7 +173,7 @@ class _Collector:
                 self._json({key: value})
         if sum(map(len, self.unshown)) > _FREE_UNSHOWN_CHARS:
             self.texts.extend(self.unshown)
-        return Prompt(self.fixed, self.texts, sum(map(len, self.texts)))
+        return Prompt(self.fixed, self.texts, sum(map(len, self.texts)), self.uncountable)
 
     def _json(self, value: object) -> None:
         self.texts.append(compact_json(value))
@@ -287,15 +294,42 @@ class _Collector:
                 if isinstance(audio, Mapping):
                     self._extra(audio, ("data",), free=("format",))
                 self._extra(part, ("type", "input_audio"))
+            elif kind == "file":
+                self._file(part.get("file"))
+                self._extra(part, ("type", "file"), free=("cache_control",))
             else:
-                # file parts, audio whose duration cannot be read, unknown parts:
-                # their JSON text (see docs/proxy.md).
+                # Audio whose duration cannot be read, unknown parts: their JSON
+                # text (see docs/proxy.md).
                 self._json(part)
         if suffix:
             if last_text >= 0:
                 texts[last_text] += suffix
             else:
                 texts.append(suffix)
+
+    def _file(self, file: object) -> None:
+        """A ``file`` part: inline ``file_data`` by the bound of :mod:`.files`;
+        what the gateway cannot see or bound (``file_id``, an unreadable file)
+        makes the request not countable, its JSON text counted all the same."""
+        data = file.get("file_data") if isinstance(file, Mapping) else None
+        if isinstance(file, Mapping) and isinstance(data, str):
+            bound = file_data_tokens(data, self.model)
+            time.sleep(0)  # inflating holds the GIL: let the loop in
+            if bound.tokens is not None:
+                self.fixed += bound.tokens
+                self._extra(file, ("file_data",))
+                return
+            # Not countable: a key with an input limit refuses it, so its data
+            # is not tokenized, only bounded below (no token holds more bytes).
+            self.uncountable = self.uncountable or f"file part: {bound.reason}"
+            self.fixed += -(-len(data) // MAX_TOKEN_BYTES)
+            self._extra(file, ("file_data",))
+            return
+        elif isinstance(file, Mapping):
+            self.uncountable = self.uncountable or f"file part: {file_part_reason(file)}"
+        else:
+            self.uncountable = self.uncountable or "file part: no file object"
+        self._json(file)
 
     def _extra(
         self, mapping: Mapping[str, Any], known: tuple[object, ...], free: tuple[str, ...] = ()

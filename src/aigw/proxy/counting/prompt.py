@@ -87,6 +87,10 @@ class InputCount:
 
     tokens: int
     exact: bool = True
+    # Set when part of the request cannot be counted at all (a file referenced
+    # by id, a file whose text cannot be bounded): ``tokens`` is then only what
+    # could be counted, and a key with an input limit refuses the request.
+    uncountable: str = ""
 
     def is_over(self, limit: int) -> bool | None:
         """Whether the request is over *limit* (0 = unlimited): ``True`` or
@@ -152,7 +156,10 @@ def count_collected(prompt: Prompt, encoding: tiktoken.Encoding, max_chars: int)
     encode = encoding.encode_ordinary
     tokens = prompt.fixed
     if prompt.chars <= max_chars:
-        return InputCount(tokens + _texts_tokens(encoding, prompt.texts))
+        tokens += _texts_tokens(encoding, prompt.texts)
+        if prompt.uncountable:
+            return InputCount(tokens, exact=False, uncountable=prompt.uncountable)
+        return InputCount(tokens)
     budget = max_chars
     for text in prompt.texts:
         if len(text) <= budget:
@@ -164,7 +171,7 @@ def count_collected(prompt: Prompt, encoding: tiktoken.Encoding, max_chars: int)
             tokens += _text_tokens(encode, text[:cut])
             budget -= cut
         tokens += -(-(len(text) - cut) // MAX_TOKEN_BYTES)
-    return InputCount(tokens, exact=False)
+    return InputCount(tokens, exact=False, uncountable=prompt.uncountable)
 
 
 def _texts_tokens(encoding: tiktoken.Encoding, texts: list[str]) -> int:

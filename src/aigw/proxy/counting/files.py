@@ -1,0 +1,163 @@
+"""What a ``file`` content part with inline ``file_data`` costs: a bound that
+never under-counts what OpenAI bills for it.
+
+OpenAI's "File inputs" guide (developers.openai.com/api/docs/guides/file-inputs,
+"How it works"): for a PDF, "we put into the model's context both the extracted
+text and an image of each page". Its text hides in content streams, usually
+Flate-compressed, which can inflate to far more text than their base64 holds;
+so the bound reads the file itself:
+
+* every ``stream`` keyword of the decoded file is tried as the start of a
+  Flate stream (zlib, then raw deflate, as lenient readers do) whatever its
+  dictionary says, and what it inflates to is counted one token per byte (no
+  token is shorter than one byte, and the text a reader extracts from a
+  stream is made of bytes that stream holds);
+* plus every byte of the file as it is (non-stream bytes, and streams that
+  are not Flate, such as JPEG page images, at their raw size);
+* plus, per page (each ``/Page`` name, at least one), the most one image can
+  cost on the model (:func:`~aigw.proxy.counting.images.max_image_tokens`,
+  OpenAI's image rule at its highest detail and size, so whatever detail the
+  upstream uses).
+
+Inflating is incremental (``zlib.decompressobj`` with ``max_length``): past
+:data:`MAX_INFLATED_BYTES` of output in one request, or
+:data:`MAX_INFLATE_INPUT` bytes fed to zlib, the walk stops and the file is
+*not countable* — a zip bomb costs bounded CPU and memory, and a key with an
+input limit refuses it. A file the walker cannot bound is not countable
+either: an encrypted PDF (``/Encrypt``), a stream filter that can expand
+without zlib (LZW, RunLength, ASCII85, ASCIIHex, Crypt), a zip container
+(DOCX, XLSX, …), or ``file_data`` that is not base64. A part without inline
+data (``file_id``, ``file_url``) is not countable: the gateway cannot see it.
+
+Known limit of the bound: a PDF reader can repeat text it holds once (a Form
+XObject drawn many times, one content stream shared by many pages, a
+``ToUnicode`` map sending one code to many characters); the bound counts such
+text once per occurrence in the file's bytes, not per drawing
+(docs/reliability.md, "Known gaps").
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from aigw.proxy.counting.images import max_image_tokens
+
+__all__ = ["MAX_INFLATED_BYTES", "MAX_INFLATE_INPUT", "FileBound", "file_data_tokens"]
+
+MAX_INFLATED_BYTES: Final = 16 * 1024 * 1024
+MAX_INFLATE_INPUT: Final = 64 * 1024 * 1024
+_CHUNK: Final = 64 * 1024
+_STREAM = re.compile(rb"stream(?:\r\n|\n|\r)")
+_NAME = re.compile(rb"/([^\x00\t\n\x0c\r ()<>\[\]{}/%]*)")
+_HEX = re.compile(rb"#([0-9A-Fa-f]{2})")
+# Filters that can expand data without zlib, and encryption: not bounded here.
+_UNBOUNDED_NAMES: Final = frozenset(
+    {
+        b"LZWDecode",
+        b"LZW",
+        b"RunLengthDecode",
+        b"RL",
+        b"ASCII85Decode",
+        b"A85",
+        b"ASCIIHexDecode",
+        b"AHx",
+        b"Crypt",
+        b"Encrypt",
+    }
+)
+_ZIP_MAGIC: Final = b"PK\x03\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class FileBound:
+    """Tokens of a file part: ``tokens`` when countable, else ``None`` with the
+    reason (``reason``) it is not."""
+
+    tokens: int | None
+    reason: str = ""
+
+
+def file_data_tokens(data: str, model: str) -> FileBound:
+    """The bound above for inline ``file_data`` (a data URL or bare base64)."""
+    if data.startswith("data:"):
+        head, sep, data = data.partition(",")
+        if not sep or not head.endswith(";base64"):
+            return FileBound(None, "file_data is not base64")
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        return FileBound(None, "file_data is not base64")
+    if raw.startswith(_ZIP_MAGIC):
+        return FileBound(None, "a compressed container (zip) cannot be bounded")
+    return _bound(raw, model)
+
+
+def _bound(raw: bytes, model: str) -> FileBound:
+    inflated: list[bytes] = []
+    total_out = 0
+    total_in = 0
+    for match in _STREAM.finditer(raw):
+        start = match.end()
+        for wbits in (zlib.MAX_WBITS, -zlib.MAX_WBITS):
+            out, fed = _inflate(raw, start, wbits, MAX_INFLATED_BYTES - total_out)
+            total_in += fed
+            if out is None:
+                return FileBound(None, "its compressed streams inflate past the bound")
+            if out:
+                inflated.append(out)
+                total_out += len(out)
+                break
+        if total_in > MAX_INFLATE_INPUT:
+            return FileBound(None, "its compressed streams inflate past the bound")
+    pages = 0
+    for chunk in (raw, *inflated):
+        for name in _NAME.findall(chunk):
+            if b"#" in name:
+                name = _HEX.sub(lambda m: bytes((int(m.group(1), 16),)), name)
+            if name in _UNBOUNDED_NAMES:
+                return FileBound(None, f"it uses /{name.decode('latin-1')}")
+            if name == b"Page":
+                pages += 1
+    tokens = len(raw) + total_out + max(1, pages) * max_image_tokens(model)
+    return FileBound(tokens)
+
+
+def _inflate(raw: bytes, start: int, wbits: int, room: int) -> tuple[bytes | None, int]:
+    """What the deflate data at *raw[start:]* inflates to (b"" when it is not
+    deflate data), and the bytes fed; ``None`` past *room* bytes of output."""
+    inflater = zlib.decompressobj(wbits)
+    out = bytearray()
+    fed = 0
+    pending = raw[start : start + _CHUNK]
+    position = start + len(pending)
+    while pending:
+        try:
+            piece = inflater.decompress(pending, min(_CHUNK, room - len(out) + 1))
+        except zlib.error:
+            return bytes(out), fed
+        fed += len(pending) - len(inflater.unconsumed_tail)
+        out += piece
+        if len(out) > room:
+            return None, fed
+        if inflater.eof:
+            break
+        if inflater.unconsumed_tail:
+            pending = inflater.unconsumed_tail
+        else:
+            pending = raw[position : position + _CHUNK]
+            position += len(pending)
+    return bytes(out), fed
+
+
+def file_part_reason(part: Mapping[str, object]) -> str:
+    """Why a file object without inline data cannot be counted."""
+    for key in ("file_id", "file_url"):
+        if key in part:
+            return f"a file referenced by {key} cannot be seen by the gateway"
+    return "a file part without file_data cannot be counted"

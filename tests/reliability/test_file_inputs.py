@@ -1,0 +1,206 @@
+"""``file`` content parts (issue 10, item 2) through a real server (the app under
+uvicorn) and raw httpx, with PDFs built here by hand.
+
+OpenAI bills a PDF's extracted text plus an image of each page ("File inputs"
+guide). A Flate-compressed content stream inflates to far more text than its
+base64 tokenizes into, so counting the part's JSON text lets ~40k tokens past
+a small input limit; a file referenced by ``file_id`` cannot be seen at all.
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from tests/proxy/conftest.py)
+from __future__ import annotations
+
+import base64
+import time
+import zlib
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.fakes.billing import load_encoding
+from tests.proxy.conftest import (  # noqa: F401
+    InLoopUpstream,
+    create_provider,
+    gateway,
+    ready_key,
+    upstream,
+)
+
+MODEL = "gpt-4o"
+JSON = {"content-type": "application/json"}
+# OpenAI's image rule for gpt-4o (platform.openai.com "Images and vision",
+# "Calculating costs"): 85 + 170 per 512 px tile; the largest image after
+# scaling (2048 x 768) is 8 tiles: 1,445 tokens, whatever the detail.
+PAGE_IMAGE_TOKENS = 85 + 170 * 8
+# 4,000 sentences of 10 words: at least 40,000 tokens (a word is at least one token).
+HIDDEN = "The quick brown fox jumps over the lazy dog again. " * 4_000
+# Room for one page image and the message, far under HIDDEN.
+LIMIT = PAGE_IMAGE_TOKENS + 1_000
+
+
+def make_pdf(page_texts: list[str], *, stream: bytes | None = None) -> bytes:
+    """A minimal valid PDF: one page per text, each with a Flate-compressed
+    content stream showing that text (or *stream* as the only content, as is)."""
+    objects: list[bytes] = []
+    page_ids = [3 + 2 * i for i in range(len(page_texts))]
+    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
+    kids = b" ".join(b"%d 0 R" % i for i in page_ids)
+    objects.append(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, len(page_ids)))
+    for index, text in enumerate(page_texts):
+        content = (
+            stream
+            if stream is not None
+            else zlib.compress(b"BT /F1 12 Tf 72 720 Td (" + text.encode() + b") Tj ET", 9)
+        )
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R >>"
+            % (page_ids[index] + 1)
+        )
+        objects.append(
+            b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(content)
+            + content
+            + b"\nendstream"
+        )
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def file_part(pdf: bytes) -> dict[str, Any]:
+    data = "data:application/pdf;base64," + base64.b64encode(pdf).decode()
+    return {"type": "file", "file": {"filename": "doc.pdf", "file_data": data}}
+
+
+def chat(*parts: dict[str, Any]) -> bytes:
+    content = [{"type": "text", "text": "Summarize."}, *parts]
+    return orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}]})
+
+
+@pytest.fixture
+def fake(upstream: InLoopUpstream) -> InLoopUpstream:
+    return upstream
+
+
+@pytest.fixture
+async def app(gateway: Any, fake: InLoopUpstream) -> Any:
+    app = await gateway()
+    await create_provider(app.admin, fake.url, models=(MODEL,))
+    return app
+
+
+async def post(app: Any, token: str, body: bytes) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
+        return await http.post(
+            "/v1/chat/completions",
+            content=body,
+            headers={**JSON, "Authorization": f"Bearer {token}"},
+        )
+
+
+def test_hidden_pdf_text_is_large_and_its_base64_small() -> None:
+    pdf = make_pdf([HIDDEN])
+    assert len(HIDDEN.split()) >= 40_000
+    assert len(base64.b64encode(pdf)) < 4_000
+
+
+async def test_compressed_pdf_text_past_the_input_limit_is_refused(
+    app: Any, fake: InLoopUpstream
+) -> None:
+    key = await ready_key(app, model=MODEL, input_limit=LIMIT)
+    response = await post(app, key["token"], chat(file_part(make_pdf([HIDDEN]))))
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["code"] == "input_token_limit_exceeded"
+    assert not fake.requests
+
+
+async def test_zip_bomb_stream_is_refused_without_inflating_it(
+    app: Any, fake: InLoopUpstream
+) -> None:
+    # 1 GiB of zeros, compressed to ~1 MB.
+    compressor = zlib.compressobj(9)
+    block = bytes(1 << 20)
+    bomb = b"".join(compressor.compress(block) for _ in range(1024)) + compressor.flush()
+    assert len(bomb) < 1_100_000
+    pdf = make_pdf(["x"], stream=bomb)
+    key = await ready_key(app, model=MODEL, input_limit=1_000_000)
+    body = chat(file_part(pdf))
+    # The first large body may start the counting worker processes: not timed.
+    await post(app, key["token"], body)
+    started = time.perf_counter()
+    response = await post(app, key["token"], body)
+    refused_in = time.perf_counter() - started
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["code"] == "input_not_countable"
+    assert not fake.requests
+    # Baseline, same process: inflating the whole stream once. The gateway
+    # (decoding, walking, inflating up to its bound) takes well under that.
+    started = time.perf_counter()
+    inflater, inflated, tail = zlib.decompressobj(), 0, bomb
+    while tail:
+        inflated += len(inflater.decompress(tail, 1 << 22))
+        tail = inflater.unconsumed_tail
+    full_inflate = time.perf_counter() - started
+    assert inflated == 1 << 30
+    assert refused_in < full_inflate / 2, (refused_in, full_inflate)
+
+
+async def test_honest_pdf_passes_and_counts_at_least_its_text_and_pages(
+    app: Any, fake: InLoopUpstream
+) -> None:
+    texts = ["Quarterly report: revenue grew by 12 percent.", "Costs fell; margins rose."]
+    key = await ready_key(app, model=MODEL, input_limit=200_000)
+    response = await post(app, key["token"], chat(file_part(make_pdf(texts))))
+    assert response.status_code == 200, response.text[:300]
+    assert len(fake.requests) == 1
+    counted = int(response.headers["x-aigw-input-tokens"])
+    encoding = load_encoding("o200k_base")
+    text_tokens = sum(len(encoding.encode_ordinary(text)) for text in texts)
+    assert counted >= text_tokens + len(texts) * PAGE_IMAGE_TOKENS
+
+
+@pytest.mark.parametrize("reference", ["file_id", "file_url"])
+async def test_file_reference_on_a_limited_reject_key_is_refused(
+    app: Any, fake: InLoopUpstream, reference: str
+) -> None:
+    key = await ready_key(app, model=MODEL, input_limit=100_000)
+    part = {"type": "file", "file": {reference: "file-abc123"}}
+    response = await post(app, key["token"], chat(part))
+    assert response.status_code == 400, response.text[:300]
+    error = response.json()["error"]
+    assert error["code"] == "input_not_countable"
+    assert reference in error["message"]
+    assert not fake.requests
+
+
+async def test_file_id_on_a_use_anyway_key_is_forwarded_and_flagged(
+    app: Any, fake: InLoopUpstream
+) -> None:
+    key = await ready_key(app, model=MODEL, input_limit=100_000, usage_limit="use_anyway")
+    part = {"type": "file", "file": {"file_id": "file-abc123"}}
+    response = await post(app, key["token"], chat(part))
+    assert response.status_code == 200, response.text[:300]
+    assert response.headers["x-aigw-limit-exceeded"] == "input"
+    assert len(fake.requests) == 1
+
+
+async def test_file_id_on_a_key_without_input_limit_is_forwarded(
+    app: Any, fake: InLoopUpstream
+) -> None:
+    key = await ready_key(app, model=MODEL)
+    part = {"type": "file", "file": {"file_id": "file-abc123"}}
+    response = await post(app, key["token"], chat(part))
+    assert response.status_code == 200, response.text[:300]
+    assert "x-aigw-limit-exceeded" not in response.headers
+    assert len(fake.requests) == 1
