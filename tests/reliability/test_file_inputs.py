@@ -13,13 +13,17 @@ from __future__ import annotations
 import base64
 import time
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.billing import load_encoding
+from tests.fakes.responses import FakeResponses, start_fake_responses
+from tests.fakes.wire import serve_in_loop
 from tests.proxy.conftest import (  # noqa: F401
     InLoopUpstream,
     create_provider,
@@ -29,6 +33,7 @@ from tests.proxy.conftest import (  # noqa: F401
 )
 
 MODEL = "gpt-4o"
+CLAUDE = "claude-sonnet-4-5"
 JSON = {"content-type": "application/json"}
 # OpenAI's image rule for gpt-4o (platform.openai.com "Images and vision",
 # "Calculating costs"): 85 + 170 per 512 px tile; the largest image after
@@ -204,3 +209,87 @@ async def test_file_id_on_a_key_without_input_limit_is_forwarded(
     assert response.status_code == 200, response.text[:300]
     assert "x-aigw-limit-exceeded" not in response.headers
     assert len(fake.requests) == 1
+
+
+@pytest.fixture
+async def fake_responses() -> AsyncIterator[FakeResponses]:
+    state, runner = await start_fake_responses()
+    yield state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def fake_anthropic() -> AsyncIterator[tuple[FakeAnthropic, str]]:
+    state = FakeAnthropic()
+    async with serve_in_loop(state.app()) as url:
+        yield state, url + "/v1"
+
+
+def pdf_data() -> str:
+    return base64.b64encode(make_pdf([HIDDEN])).decode()
+
+
+async def test_responses_inline_input_file_is_counted_by_its_text(
+    gateway: Any, fake_responses: FakeResponses
+) -> None:
+    app = await gateway()
+    await create_provider(app.admin, fake_responses.url, models=(MODEL,))
+    key = await ready_key(app, model=MODEL, input_limit=LIMIT)
+    part = {
+        "type": "input_file",
+        "filename": "doc.pdf",
+        "file_data": "data:application/pdf;base64," + pdf_data(),
+    }
+    body = {"model": MODEL, "input": [{"role": "user", "content": [part]}]}
+    async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
+        response = await http.post(
+            "/v1/responses",
+            content=orjson.dumps(body),
+            headers={**JSON, "Authorization": f"Bearer {key['token']}"},
+        )
+        assert response.status_code == 400, response.text[:300]
+        assert response.json()["error"]["code"] == "input_token_limit_exceeded"
+        # An inline file is counted, no longer refused as "not countable".
+        small = {**part, "file_data": "data:application/pdf;base64,"}
+        small["file_data"] += base64.b64encode(make_pdf(["Hello."])).decode()
+        body = {"model": MODEL, "input": [{"role": "user", "content": [small]}]}
+        response = await http.post(
+            "/v1/responses",
+            content=orjson.dumps(body),
+            headers={**JSON, "Authorization": f"Bearer {key['token']}"},
+        )
+        assert response.status_code == 200, response.text[:300]
+    assert len(fake_responses.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"type": "base64", "media_type": "application/pdf", "data": "PDF"},
+        {"type": "url", "url": "https://example.com/doc.pdf"},
+    ],
+    ids=["base64", "url"],
+)
+async def test_messages_document_block_is_counted_or_refused(
+    gateway: Any, fake_anthropic: tuple[FakeAnthropic, str], source: dict[str, Any]
+) -> None:
+    state, url = fake_anthropic
+    app = await gateway()
+    await create_provider(app.admin, url, kind="anthropic", models=(CLAUDE,))
+    key = await ready_key(app, model=CLAUDE, input_limit=LIMIT)
+    if source["type"] == "base64":
+        source = {**source, "data": pdf_data()}
+    block = {"type": "document", "source": source}
+    body = {
+        "model": CLAUDE,
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": [block, {"type": "text", "text": "Sum up."}]}],
+    }
+    async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
+        response = await http.post(
+            "/v1/messages",
+            content=orjson.dumps(body),
+            headers={**JSON, "x-api-key": key["token"]},
+        )
+    assert response.status_code == 400, response.text[:300]
+    assert not state.recorded.requests

@@ -17,7 +17,9 @@ so the bound reads the file itself:
 * plus, per page (each ``/Page`` name, at least one), the most one image can
   cost on the model (:func:`~aigw.proxy.counting.images.max_image_tokens`,
   OpenAI's image rule at its highest detail and size, so whatever detail the
-  upstream uses).
+  upstream uses), and never less than :data:`ANTHROPIC_MAX_IMAGE_TOKENS`
+  (Anthropic's PDF support also sends each page as an image; its vision guide
+  resizes an image past ~1,600 tokens, width x height / 750).
 
 Inflating is incremental (``zlib.decompressobj`` with ``max_length``): past
 :data:`MAX_INFLATED_BYTES` of output in one request, or
@@ -48,10 +50,17 @@ from typing import Final
 
 from aigw.proxy.counting.images import max_image_tokens
 
-__all__ = ["MAX_INFLATED_BYTES", "MAX_INFLATE_INPUT", "FileBound", "file_data_tokens"]
+__all__ = [
+    "ANTHROPIC_MAX_IMAGE_TOKENS",
+    "MAX_INFLATED_BYTES",
+    "MAX_INFLATE_INPUT",
+    "FileBound",
+    "file_data_tokens",
+]
 
 MAX_INFLATED_BYTES: Final = 16 * 1024 * 1024
 MAX_INFLATE_INPUT: Final = 64 * 1024 * 1024
+ANTHROPIC_MAX_IMAGE_TOKENS: Final = 1600
 _CHUNK: Final = 64 * 1024
 _STREAM = re.compile(rb"stream(?:\r\n|\n|\r)")
 _NAME = re.compile(rb"/([^\x00\t\n\x0c\r ()<>\[\]{}/%]*)")
@@ -124,7 +133,8 @@ def _bound(raw: bytes, model: str) -> FileBound:
                 return FileBound(None, f"it uses /{name.decode('latin-1')}")
             if name == b"Page":
                 pages += 1
-    tokens = len(raw) + total_out + max(1, pages) * max_image_tokens(model)
+    page_image = max(max_image_tokens(model), ANTHROPIC_MAX_IMAGE_TOKENS)
+    tokens = len(raw) + total_out + max(1, pages) * page_image
     return FileBound(tokens)
 
 

@@ -220,13 +220,15 @@ def untranslated(body: dict[str, Any]) -> list[dict[str, Any]]:
     as chat messages holding its compact JSON text, so that it is counted
     (issue 10: the gateway never forwards text it did not count): unknown
     top-level fields, settings holding more than plain values, blocks the
-    translation has no rule for (``document``, ``search_result``, ``thinking``,
+    translation has no rule for (``document`` blocks other than a base64 file,
+    a url or a file id, which count as a chat ``file`` part; ``search_result``, ``thinking``,
     server-tool blocks, non-text ``tool_result`` content, non-text ``system``
     blocks), typed (server) tools, and at every level the keys of a known
     object it does not read (a message's, a block's, an image source's, a
     tool's, ``tool_choice``'s; ids, flags and ``cache_control`` while short and
     plain are free). Raises ``ValueError`` for a value too deeply nested to write."""
     texts: list[str] = []
+    files: list[dict[str, Any]] = []
     for name, value in body.items():
         if name in _MAPPED or (name in _SETTINGS and _plain(value)):
             continue
@@ -248,6 +250,14 @@ def untranslated(body: dict[str, Any]) -> list[dict[str, Any]]:
         kinds = _USER_BLOCKS if message.get("role") == "user" else _ASSISTANT_BLOCKS
         for block in content:
             kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "document" and (file := _document_file(block)) is not None:
+                # A PDF (base64) is bounded like a chat file part; one by url or
+                # file id cannot be seen, so it is not countable (counting/files.py).
+                files.append({"role": "user", "content": [{"type": "file", "file": file}]})
+                source = block["source"]
+                texts.extend(_extra(block, ("type", "source"), ("cache_control",)))
+                texts.extend(_extra(source, ("type", "media_type", "data", "url", "file_id")))
+                continue
             if not (isinstance(kind, str) and kind in kinds):
                 texts.append(_json_text(block))
                 continue
@@ -269,7 +279,24 @@ def untranslated(body: dict[str, Any]) -> list[dict[str, Any]]:
     texts.extend(
         _tool_choice_extra(body.get("tool_choice"), len(tools) < len(body.get("tools") or ()))
     )
-    return [{"role": "user", "content": text} for text in texts]
+    return [*files, *({"role": "user", "content": text} for text in texts)]
+
+
+def _document_file(block: dict[str, Any]) -> dict[str, Any] | None:
+    """The chat ``file`` object a ``document`` block's source stands for: inline
+    base64 data as ``file_data``; a url or file id as a reference the gateway
+    cannot see. ``None`` for other sources (text, content), counted as JSON."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return None
+    kind, data = source.get("type"), source.get("data")
+    if kind == "base64" and isinstance(data, str):
+        return {"file_data": data}
+    if kind == "url":
+        return {"file_url": "url"}
+    if kind == "file":
+        return {"file_id": "file"}
+    return None
 
 
 def _tool_choice_extra(choice: Any, mapped: bool) -> list[str]:

@@ -35,8 +35,9 @@ is not exact it errs high, never low:
 
 What the gateway cannot see, it cannot count: ``previous_response_id``,
 ``conversation``, a stored ``prompt`` template, ``item_reference`` items and
-``input_file`` parts (a file's text and page images are priced by the
-upstream after extraction). :attr:`ChatView.uncountable` names the first such
+``input_file`` parts by ``file_id`` or ``file_url``. An ``input_file`` with
+inline ``file_data`` counts as a chat ``file`` part: a bound on the file's
+text and page images (:mod:`aigw.proxy.counting.files`). :attr:`ChatView.uncountable` names the first such
 field; admission refuses the request under ``reject`` with an input limit.
 """
 
@@ -304,6 +305,15 @@ def _parts(parts: list[Any], where: str, uncountable: list[str]) -> list[dict[st
                 }
             )
             known, free = ("type", "image_url"), ("detail", "file_id")
+        elif (
+            kind == "input_file"
+            and isinstance(part.get("file_data"), str)
+            and "file_id" not in part
+            and "file_url" not in part
+        ):
+            # Inline data: bounded like a chat file part (counting/files.py).
+            converted.append({"type": "file", "file": {"file_data": part["file_data"]}})
+            known, free = ("type", "file_data"), ("detail",)
         elif kind == "input_file":
             uncountable.append(f"{where}.content[{index}]")
             continue
