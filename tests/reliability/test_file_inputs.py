@@ -175,6 +175,22 @@ async def test_honest_pdf_passes_and_counts_at_least_its_text_and_pages(
     assert counted >= text_tokens + len(texts) * PAGE_IMAGE_TOKENS
 
 
+@pytest.mark.parametrize(
+    "filter_name", [b"/ASCII85Decode", b"/LZW#44ecode", b"/RunLengthDecode"], ids=str
+)
+async def test_pdf_with_a_filter_that_cannot_be_bounded_is_not_countable(
+    app: Any, fake: InLoopUpstream, filter_name: bytes
+) -> None:
+    # A stream behind a filter the gateway does not decode (LZW alone can expand
+    # data thousands of times): no bound, so the limit fails closed.
+    pdf = make_pdf(["x"]).replace(b"/Filter /FlateDecode", b"/Filter " + filter_name)
+    key = await ready_key(app, model=MODEL, input_limit=100_000)
+    response = await post(app, key["token"], chat(file_part(pdf)))
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["code"] == "input_not_countable"
+    assert not fake.requests
+
+
 @pytest.mark.parametrize("reference", ["file_id", "file_url"])
 async def test_file_reference_on_a_limited_reject_key_is_refused(
     app: Any, fake: InLoopUpstream, reference: str

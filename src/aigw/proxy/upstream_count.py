@@ -117,7 +117,7 @@ class UpstreamCounter:
                 key.counting_margin,
             )
             margin = math.ceil(estimate.tokens * key.counting_margin / 100)
-            return InputCount(estimate.tokens + margin, estimate.exact)
+            return InputCount(estimate.tokens + margin, estimate.exact, estimate.uncountable)
         entry.input_counter = UPSTREAM
         return InputCount(tokens, True)
 
