@@ -62,7 +62,7 @@ MAX_INFLATED_BYTES: Final = 16 * 1024 * 1024
 MAX_INFLATE_INPUT: Final = 64 * 1024 * 1024
 ANTHROPIC_MAX_IMAGE_TOKENS: Final = 1600
 _CHUNK: Final = 64 * 1024
-_STREAM = re.compile(rb"stream(?:\r\n|\n|\r)")
+_STREAM = re.compile(rb"stream[ \t\x0c]*(?:\r\n|\n|\r)?")
 _NAME = re.compile(rb"/([^\x00\t\n\x0c\r ()<>\[\]{}/%]*)")
 _HEX = re.compile(rb"#([0-9A-Fa-f]{2})")
 # Filters that can expand data without zlib, and encryption: not bounded here.
