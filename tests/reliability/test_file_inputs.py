@@ -196,8 +196,13 @@ async def test_file_reference_on_a_limited_reject_key_is_refused(
     app: Any, fake: InLoopUpstream, reference: str
 ) -> None:
     key = await ready_key(app, model=MODEL, input_limit=100_000)
-    part = {"type": "file", "file": {reference: "file-abc123"}}
-    response = await post(app, key["token"], chat(part))
+    for file in (
+        {reference: "file-abc123"},
+        # Beside inline data, the upstream may read the reference instead.
+        {reference: "file-abc123", "file_data": file_part(make_pdf(["Hi."]))["file"]["file_data"]},
+    ):
+        response = await post(app, key["token"], chat({"type": "file", "file": file}))
+        assert response.status_code == 400, response.text[:300]
     assert response.status_code == 400, response.text[:300]
     error = response.json()["error"]
     assert error["code"] == "input_not_countable"

@@ -312,7 +312,9 @@ class _Collector:
         what the gateway cannot see or bound (``file_id``, an unreadable file)
         makes the request not countable, its JSON text counted all the same."""
         data = file.get("file_data") if isinstance(file, Mapping) else None
-        if isinstance(file, Mapping) and isinstance(data, str):
+        # A reference beside inline data: the upstream may read either.
+        referenced = isinstance(file, Mapping) and ("file_id" in file or "file_url" in file)
+        if isinstance(file, Mapping) and isinstance(data, str) and not referenced:
             bound = file_data_tokens(data, self.model)
             time.sleep(0)  # inflating holds the GIL: let the loop in
             if bound.tokens is not None:
