@@ -101,14 +101,20 @@ def database_url() -> Iterator[str]:
                 shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[str]:
-    """The test database, emptied before the test: every test starts from zero rows."""
+async def empty_database(database_url: str) -> None:
+    """Delete every row the app writes (a module-scoped gateway calls it too: the
+    test before it on this worker may have left keys sealed under another ring)."""
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY CASCADE")
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[str]:
+    """The test database, emptied before the test: every test starts from zero rows."""
+    await empty_database(database_url)
     yield database_url
 
 
