@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import statistics
 import threading
@@ -102,6 +103,9 @@ def _padded_jpeg_url() -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
+# Built on first use, not at import: every pytest process collects this module, and
+# ~40 MB of bodies cost each one a second that only the slow runs need.
+@functools.cache
 def _slow_bodies() -> dict[str, bytes]:
     schema = _exponential_schema(12)
     tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
@@ -124,9 +128,6 @@ def _slow_bodies() -> dict[str, bytes]:
     return encoded
 
 
-SLOW_BODIES = _slow_bodies()
-
-
 # Before worker processes (issue 10, item 1), on the shared 2-core VM: p99 40-62 ms
 # while 7-8 MB bodies were parsed and walked in a thread of the gateway (orjson
 # holds the GIL for a whole parse, ~40 ms per MB of tiny objects).
@@ -138,7 +139,7 @@ SLOW_BODIES = _slow_bodies()
 async def test_adversarial_bodies_do_not_stall_healthz(
     gateway: Gateway, token: str, name: str
 ) -> None:
-    body = SLOW_BODIES[name]
+    body = _slow_bodies()[name]
     latencies: list[float] = []
     done, ready = threading.Event(), threading.Event()
 

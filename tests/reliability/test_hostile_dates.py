@@ -11,6 +11,7 @@ a real cursor tampered with).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.conftest import empty_database
 from tests.reliability.conftest import assert_problem, gateway_environment, unique
 from tests.support import Gateway, start_gateway
 
@@ -41,6 +43,7 @@ def _cursor(payload: object) -> str:
 @pytest.fixture(scope="module")
 def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("dates-gateway")
+    asyncio.run(empty_database(database_url))
     started = start_gateway(gateway_environment(database_url, root / "data"), root / "gw.log")
     try:
         yield started
