@@ -215,6 +215,7 @@ async def test_store_outage_fails_closed_for_reject_and_open_for_use_anyway(
     lenient = await ready_key(app, budget_tokens=1000, usage_limit="use_anyway")
     plain = await ready_key(app)
     store = app.state.budget_store
+    dsn, timeout = store._dsn, store.timeout
     store._dsn = "postgresql://aigw@127.0.0.1:1/none"  # nothing listens on port 1
     store.timeout = 0.5
     with pytest.raises(openai.APIStatusError) as caught:
@@ -225,6 +226,14 @@ async def test_store_outage_fails_closed_for_reject_and_open_for_use_anyway(
             model=MODEL, messages=MESSAGES
         )
         assert completion.choices[0].message.content
+    # The store comes back (its pool was made for the dead address): what was queued
+    # during the outage is written now, not waited on until the app's shutdown grace.
+    assert store._queue, "the use_anyway request's settlement waits for the store"
+    if store._pool is not None:
+        await store._pool.close()
+    store._pool, store._dsn, store.timeout = None, dsn, timeout
+    await settled(app)
+    assert not store._queue
 
 
 async def test_admin_fields_validate_and_read_back(app: Any) -> None:
