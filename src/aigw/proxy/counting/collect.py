@@ -20,6 +20,7 @@ import orjson
 
 from aigw.proxy.counting.encodings import MAX_TOKEN_BYTES
 from aigw.proxy.counting.files import file_data_tokens, file_part_reason
+from aigw.proxy.counting.free import is_plain
 from aigw.proxy.counting.functions import compact_json, function_definitions, render_functions
 from aigw.proxy.counting.images import image_part_tokens
 from aigw.proxy.counting.media import audio_part_tokens
@@ -44,8 +45,6 @@ _FREE_UNSHOWN_CHARS = 256
 # Ids (tool_call_id, tool_calls[].id) and settings (user, service_tier, …) are
 # not shown to the model; longer than this, they are counted as text anyway.
 _FREE_ID_CHARS = 64
-_FREE_SETTING_CHARS = 64
-_FREE_SETTING_ITEMS = 64
 # A remote image URL is not shown to the model; a longer one is counted as text.
 _FREE_URL_CHARS = 2048
 _YIELD_EVERY = 512
@@ -468,20 +467,4 @@ def _is_id(value: object) -> TypeGuard[str]:
 def is_setting(value: object) -> bool:
     """A value that cannot carry prompt text: a number, boolean, null, short
     string, or a small flat list/object of those."""
-    if value is None or isinstance(value, bool | int | float):
-        return True
-    if isinstance(value, str):
-        return len(value) <= _FREE_SETTING_CHARS
-    if isinstance(value, list):
-        return len(value) <= _FREE_SETTING_ITEMS and all(_is_scalar_setting(v) for v in value)
-    if isinstance(value, Mapping):
-        return len(value) <= _FREE_SETTING_ITEMS and all(
-            len(k) <= _FREE_SETTING_CHARS and _is_scalar_setting(v) for k, v in value.items()
-        )
-    return False
-
-
-def _is_scalar_setting(value: object) -> bool:
-    if value is None or isinstance(value, bool | int | float):
-        return True
-    return isinstance(value, str) and len(value) <= _FREE_SETTING_CHARS
+    return is_plain(value, 1)

@@ -47,6 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aigw.proxy.counting.free import is_plain
 from aigw.proxy.counting.functions import compact_json
 
 __all__ = ["ChatView", "chat_view"]
@@ -57,18 +58,16 @@ _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "r
 _STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
 # Top-level fields with a rule above.
 _MAPPED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "text"})
-# Settings: free while they hold no text (_plain), like the chat counter's settings.
+# Settings: free while they hold no text (is_plain), like the chat counter's settings.
 _SETTINGS = frozenset(
     {"max_output_tokens", "stream", "stream_options", "reasoning", "include", "metadata"}
     | {"store", "background", "truncation", "temperature", "top_p", "top_logprobs"}
     | {"parallel_tool_calls", "max_tool_calls", "user", "service_tier"}
     | {"safety_identifier", "prompt_cache_key", "prompt_cache_retention"}
 )
-_FREE_SETTING_CHARS = 64
 # Keys of items and parts that hold no prompt while short (ids, statuses).
 _ITEM_FREE = ("id", "status")
 _FUNCTION_TOOL = ("type", "name", "description", "parameters")
-_FREE_SETTING_ITEMS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +120,13 @@ def chat_view(request: Mapping[str, Any]) -> ChatView:
                 choice_mapped = True
             elif choice == "none":
                 chat["tool_choice"] = "none"
-    if not choice_mapped and choice is not None and not _plain(choice, 2):
+    if not choice_mapped and choice is not None and not is_plain(choice, 2):
         extra_tools.append(_text_message({"tool_choice": choice}, "tool_choice", uncountable))
     messages.extend(extra_tools)
     for name, value in request.items():
         if name in _MAPPED or name in _STORED_CONTEXT or value is None:
             continue
-        if name in _SETTINGS and _plain(value, 2):
+        if name in _SETTINGS and is_plain(value, 2):
             continue
         text = _json_text({name: value}, name, uncountable)
         messages.append({"role": "user", "content": text})
@@ -174,27 +173,11 @@ def _leftovers(
 
 def _free(value: Any) -> bool:
     # Empty containers (``"annotations": []``, as the SDK sends back) hold no text.
-    return value is None or value == [] or value == {} or _plain(value, 0)
+    return value is None or value == [] or value == {} or is_plain(value, 0)
 
 
 def _text_message(value: Mapping[str, Any], where: str, uncountable: list[str]) -> dict[str, Any]:
     return {"role": "user", "content": _json_text(value, where, uncountable)}
-
-
-def _plain(value: Any, depth: int) -> bool:
-    """Holds only numbers, booleans and short strings (no room for a prompt)."""
-    if value is None or isinstance(value, bool | int | float):
-        return True
-    if isinstance(value, str):
-        return len(value) <= _FREE_SETTING_CHARS
-    if not isinstance(value, list | dict) or depth <= 0 or len(value) > _FREE_SETTING_ITEMS:
-        return False
-    if isinstance(value, dict):
-        return all(
-            len(key) <= _FREE_SETTING_CHARS and _plain(item, depth - 1)
-            for key, item in value.items()
-        )
-    return all(_plain(item, depth - 1) for item in value)
 
 
 def _function_definition(tool: Mapping[str, Any]) -> dict[str, Any]:
