@@ -1,8 +1,8 @@
 """The shared counters, in PostgreSQL: one statement per decision.
 
 Reservations, extensions and rate checks are each one call of a SQL function
-(migration 0005) that takes the key's counter row lock, so any number of
-gateway processes on one database admit together no more than a budget.
+(migrations 0005 and 0008) that takes the key's counter row lock, so any number
+of gateway processes on one database admit together no more than a budget.
 Settlements are queued and written in batches by one task (a client that
 leaves cannot cancel them); until written, their leases stay renewed.
 
@@ -11,6 +11,20 @@ heartbeat task pushes forward every third of ``lease_seconds`` for all the
 leases this process holds. A process that dies (SIGKILL, OOM, a lost host)
 stops renewing; once its leases expire, the next reservation for the key
 returns their tokens.
+
+Lock order (migration 0008), which makes a deadlock between gateway
+connections impossible:
+
+1. counter rows (``budget_counters``) by (key, period) ascending; a
+   reservation locks its period's counter and those of the key's expired
+   leases, a settlement the counters of its whole batch, before anything else;
+2. then lease rows (``budget_leases``), only under a counter already held;
+3. then rate windows (``rate_windows``) by (key, window) ascending.
+
+Renewal is the exception: it takes lease rows and no counter, and never waits
+(``FOR UPDATE SKIP LOCKED``). A lease it skips because another transaction
+holds it (being settled, reclaimed or extended) is renewed next round; leases
+last three renewal intervals, so one skipped round costs nothing.
 
 A call that fails or takes longer than ``timeout`` raises
 :class:`StoreUnavailable`; :mod:`aigw.budgets.guard` decides what that means
@@ -24,7 +38,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -37,10 +51,15 @@ _SETTLE = (
     "$5::timestamptz[], $6::int8[])"
 )
 _RENEW = (
-    "UPDATE budget_leases SET expires_at = clock_timestamp() + make_interval(secs => $2) "
-    "WHERE id = ANY($1::uuid[])"
+    "WITH renewed AS (UPDATE budget_leases "
+    "SET expires_at = clock_timestamp() + make_interval(secs => $2) "
+    "WHERE id IN (SELECT id FROM budget_leases WHERE id = ANY($1::uuid[]) "
+    "ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING 1) "
+    "SELECT count(*) AS renewed FROM renewed"
 )
 _SETTLE_BATCH = 500
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
+_NO_LEASE = uuid.UUID(int=0)
 
 
 class StoreUnavailable(Exception):
@@ -58,6 +77,10 @@ class Settlement:
     charge: int
     window_start: datetime | None
     window_tokens: int
+
+
+def _batch_order(s: Settlement) -> tuple[uuid.UUID, datetime, uuid.UUID]:
+    return (s.api_key_id, s.period_start or _NO_TIME, s.lease or _NO_LEASE)
 
 
 class BudgetStore:
@@ -164,7 +187,8 @@ class BudgetStore:
         self._wake.set()
 
     async def _write(self, batch: list[Settlement]) -> None:
-        batch.sort(key=lambda s: (s.api_key_id, s.period_start or datetime.min))
+        # aigw_budget_settle sorts too (0008); sorted here, a batch reads the same in logs.
+        batch.sort(key=_batch_order)
         await self._call(
             _SETTLE,
             [s.lease for s in batch],
@@ -198,14 +222,22 @@ class BudgetStore:
                         self._live.discard(s.lease)
                 self.settled += len(batch)
 
+    async def renew(self) -> int:
+        """Push the expiry of every lease this process holds one lease period ahead;
+        returns how many were renewed. Never waits for a lease another transaction
+        holds (see the module docstring): that one is renewed next round."""
+        if not self._live:
+            return 0
+        row = await self._call(_RENEW, list(self._live), self.lease_seconds)
+        assert row is not None
+        return int(row["renewed"])
+
     async def _renew_forever(self) -> None:
         interval = self.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            if not self._live:
-                continue
             try:
-                await self._call(_RENEW, list(self._live), self.lease_seconds)
+                await self.renew()
             except StoreUnavailable as exc:
                 log.warning("budget lease renewal failed (%s)", exc)
 
