@@ -193,6 +193,52 @@ async def test_readiness_is_503_when_the_database_is_unreachable(
     assert response.json()["database"] == "unreachable"
 
 
+async def test_a_draining_process_answers_503_without_asking_the_database(
+    make_settings: Any,
+) -> None:
+    """A balancer checks /readyz every second: from SIGTERM on it must read
+    "draining" at once, even when the database is stalled. The engine points at a
+    listener that accepts and never answers (a frozen database): no connection
+    may reach it."""
+    import asyncio
+
+    from aigw.app import create_app
+    from aigw.db.engine import create_engine
+    from aigw.drain import DRAIN
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def freeze(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # held open, never a byte back
+
+    frozen = await asyncio.start_server(freeze, "127.0.0.1", 0)
+    port = frozen.sockets[0].getsockname()[1]
+    app = create_app(make_settings())
+    async with app.router.lifespan_context(app):
+        good_engine = app.state.engine
+        app.state.engine = create_engine(
+            make_settings(database_url=f"postgresql://nobody@127.0.0.1:{port}/none", db_timeout=1.0)
+        )
+        DRAIN.draining = True
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as http:
+                response = await http.get("/readyz")
+        finally:
+            DRAIN.draining = False
+            await app.state.engine.dispose()
+            app.state.engine = good_engine
+            for writer in accepted:
+                writer.close()
+            frozen.close()
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    assert response.json()["status"] == "draining"
+    assert accepted == []  # the database was never asked
+    assert response.json()["database"] == "unchecked"
+
+
 def test_json_logs_carry_the_request_id_of_the_response(
     start_gateway_process: Any,
 ) -> None:
