@@ -200,3 +200,82 @@ async def test_a_settlement_racing_a_reclaim_completes_and_stays_exact(
         [0],
     )
     assert await counter(watcher, key) == (147, 40)  # its 30 left reserved once, not twice
+
+
+async def _deadlocks(conn: asyncpg.Connection) -> int:
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(
+        await conn.fetchval(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+    )
+
+
+@pytest.mark.slow
+async def test_stress_many_stores_one_key_no_deadlock(
+    db: str, conns: list[asyncpg.Connection]
+) -> None:
+    """200 requests at once on one key from three stores (reserve, extend slice by
+    slice, settle) with 1 s leases renewed every third of a second, while a fourth
+    store whose process "stalls" lets its leases expire (the others reclaim them)
+    and settles them late. No deadlock (PostgreSQL's own count), no call fails, and
+    the counter ends exact: used = every charge, nothing reserved, no lease left."""
+    from aigw.budgets.store import Settlement, StoreUnavailable
+
+    watcher = conns[0]
+    key = uuid.uuid4()
+    budget = 10_000_000
+    stores = [BudgetStore(db, lease_seconds=1.0, timeout=10.0) for _ in range(3)]
+    stalled = BudgetStore(db, lease_seconds=1.0, timeout=10.0)
+    for store in stores:
+        store.start()
+    failures: list[str] = []
+    charges: list[int] = []
+
+    async def request(store: BudgetStore, index: int, *, settle_late: bool = False) -> None:
+        lease = uuid.uuid4()
+        try:
+            granted, _ = await store.reserve(key, PERIOD, budget, lease, 20, 11)
+            assert granted == 20
+            for _ in range(index % 4):  # extensions, one slice each
+                await asyncio.sleep(0.01 * (index % 7))
+                extra, _ = await store.reserve(key, PERIOD, budget, lease, 8, 1)
+                granted += extra
+        except StoreUnavailable as exc:
+            failures.append(str(exc))
+            return
+        charge = granted - index % 5
+        charges.append(charge)
+        if settle_late:
+            await asyncio.sleep(1.5)  # past the lease: others reclaim it meanwhile
+        store.settle(Settlement(key, lease, PERIOD, charge, WINDOW, index % 3))
+
+    before = await _deadlocks(watcher)
+    try:
+        for _ in range(3):  # rounds
+            await asyncio.gather(
+                *(request(stores[i % 3], i) for i in range(200)),
+                *(request(stalled, i, settle_late=True) for i in range(30)),
+            )
+        stalled.start()
+        for store in (*stores, stalled):
+            await store.flush(30.0)
+    finally:
+        for store in (*stores, stalled):
+            await store.aclose(5.0)
+    # What the stalled store left unsettled past its lease is reclaimed by a read.
+    await asyncio.sleep(1.1)
+    await watcher.fetchval(
+        "SELECT free FROM aigw_budget_reserve($1, $2, $3, NULL, 0, 0, 0)", key, PERIOD, budget
+    )
+    deadlocks = await _deadlocks(watcher) - before
+    used, reserved = await counter(watcher, key)
+    left = await lease_rows(watcher, key)
+    print(
+        f"\nstress: {len(charges)} requests settled, {len(failures)} store failures "
+        f"{sorted(set(failures))}, {deadlocks} deadlocks; used={used} (charged "
+        f"{sum(charges)}), reserved={reserved}, leases left={len(left)}"
+    )
+    assert deadlocks == 0 and failures == []
+    assert (used, reserved, len(left)) == (sum(charges), 0, 0)

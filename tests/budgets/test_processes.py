@@ -1,13 +1,17 @@
 """Budgets across real ``aigw serve`` processes on one PostgreSQL: the budget is
-never exceeded under concurrency, and a reservation held by a process killed
-with SIGKILL comes back once its lease expires."""
+never exceeded under concurrency, a reservation held by a process killed with
+SIGKILL comes back once its lease expires, and a running process crosses a
+period boundary into a fresh budget."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import struct
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import openai
@@ -111,3 +115,59 @@ async def test_a_killed_process_gives_its_reservation_back(
     while await leases(db, key["id"]):  # the survivor settles in its own time
         assert time.monotonic() - killed_at < 10
         await asyncio.sleep(0.05)
+
+
+def _fixed_zone(folder: Path, name: str, offset: int) -> None:
+    """A TZif file (RFC 8536, version 2) for a zone *offset* seconds east of UTC."""
+    abbr = b"RLV\0"
+    header = b"TZif2" + b"\0" * 15 + struct.pack(">6l", 0, 0, 0, 0, 1, len(abbr))
+    data = header + struct.pack(">lBB", offset, 0, 0) + abbr
+    sign, size = ("-" if offset >= 0 else "+"), abs(offset)  # POSIX TZ: west is positive
+    rule = f"<RLV>{sign}{size // 3600}:{size % 3600 // 60:02d}:{size % 60:02d}"
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data + data + f"\n{rule}\n".encode())
+
+
+async def test_a_running_process_rolls_over_into_a_new_period(
+    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, db: str, tmp_path: Path
+) -> None:
+    """The gateway's day ends while it runs: a key whose daily budget is used up is
+    refused before the boundary and served after it. The boundary is made near by
+    a time zone (AIGW_BUDGET_TIMEZONE) whose midnight falls 40 s after the test
+    starts; the zone file is written here, so the boundary is known independently."""
+    fake.reset()
+    midnight = (datetime.now(UTC) + timedelta(seconds=40)).replace(microsecond=0)
+    offset = 86400 - (midnight - midnight.replace(hour=0, minute=0, second=0)).seconds
+    if offset > 14 * 3600:
+        offset -= 86400  # keep it within real zones' range (-12 h .. +14 h)
+    _fixed_zone(tmp_path / "zones", "Test/Rollover", offset)
+    gateway = start_gateway_process(
+        AIGW_BUDGET_TIMEZONE="Test/Rollover", PYTHONTZPATH=str(tmp_path / "zones")
+    )
+    budget = billed_prompt() + 10
+    with gateway.admin() as admin:
+        await create_provider(admin, fake.url)
+        key = await create_key(admin, budget_tokens=budget, budget_period="day")
+        read = admin.get(f"/apikeys/{key['id']}").json()
+    assert datetime.fromisoformat(read["budget_resets_at"]) == midnight
+    await asyncio.sleep(1.0)
+    fake.set_scenario(tokens=10)
+    assert await _hammer([gateway.url], key["token"], 1) == [10]
+    assert await _hammer([gateway.url], key["token"], 1) == [-1]  # the day's budget is spent
+    assert datetime.now(UTC) < midnight, "the gateway took too long to start: no time left"
+
+    await asyncio.sleep((midnight - datetime.now(UTC)).total_seconds() + 0.2)
+    assert await _hammer([gateway.url], key["token"], 1) == [10]  # a new day
+    deadline = time.monotonic() + 10
+    while sum(c["used"] for c in await counters(db, key["id"])) < 2 * budget:
+        assert time.monotonic() < deadline, "the settlements were never written"
+        await asyncio.sleep(0.05)
+    days = sorted(
+        (c["period_start"], c["used"], c["reserved"]) for c in await counters(db, key["id"])
+    )
+    assert days == [(midnight - timedelta(days=1), budget, 0), (midnight, budget, 0)]
+    with gateway.admin() as admin:
+        read = admin.get(f"/apikeys/{key['id']}").json()
+    assert read["budget_used"] == budget
+    assert datetime.fromisoformat(read["budget_resets_at"]) == midnight + timedelta(days=1)
