@@ -216,24 +216,26 @@ async def _deadlocks(conn: asyncpg.Connection) -> int:
 async def test_stress_many_stores_one_key_no_deadlock(
     db: str, conns: list[asyncpg.Connection]
 ) -> None:
-    """200 requests at once on one key from three stores (reserve, extend slice by
-    slice, settle) with 1 s leases renewed every third of a second, while a fourth
-    store whose process "stalls" lets its leases expire (the others reclaim them)
-    and settles them late. No deadlock (PostgreSQL's own count), no call fails, and
-    the counter ends exact: used = every charge, nothing reserved, no lease left."""
+    """Five rounds of 200 requests at once on one key from three stores (reserve,
+    extend slice by slice, settle) with 1 s leases renewed every third of a second,
+    while six more stores "stall" one after another: each reserves 30 leases, lets
+    them expire (the others' reservations reclaim them), then wakes up and settles
+    them in one batch while the traffic goes on. No deadlock (PostgreSQL's own
+    count), no call fails, and the counter ends exact: used = every charge, nothing
+    reserved, no lease left."""
     from aigw.budgets.store import Settlement, StoreUnavailable
 
     watcher = conns[0]
     key = uuid.uuid4()
     budget = 10_000_000
     stores = [BudgetStore(db, lease_seconds=1.0, timeout=10.0) for _ in range(3)]
-    stalled = BudgetStore(db, lease_seconds=1.0, timeout=10.0)
+    stalled = [BudgetStore(db, lease_seconds=1.0, timeout=10.0) for _ in range(6)]
     for store in stores:
         store.start()
     failures: list[str] = []
     charges: list[int] = []
 
-    async def request(store: BudgetStore, index: int, *, settle_late: bool = False) -> None:
+    async def request(store: BudgetStore, index: int) -> None:
         lease = uuid.uuid4()
         try:
             granted, _ = await store.reserve(key, PERIOD, budget, lease, 20, 11)
@@ -247,28 +249,27 @@ async def test_stress_many_stores_one_key_no_deadlock(
             return
         charge = granted - index % 5
         charges.append(charge)
-        if settle_late:
-            await asyncio.sleep(1.5)  # past the lease: others reclaim it meanwhile
         store.settle(Settlement(key, lease, PERIOD, charge, WINDOW, index % 3))
 
+    async def traffic() -> None:
+        for _ in range(5):
+            await asyncio.gather(*(request(stores[i % 3], i) for i in range(200)))
+
+    async def stall(store: BudgetStore, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await asyncio.gather(*(request(store, i) for i in range(30)))
+        await asyncio.sleep(1.2)  # no renewal: the leases expire
+        store.start()  # its settle task writes the queued batch now
+
+    all_stores = (*stores, *stalled)
     before = await _deadlocks(watcher)
     try:
-        for _ in range(3):  # rounds
-            await asyncio.gather(
-                *(request(stores[i % 3], i) for i in range(200)),
-                *(request(stalled, i, settle_late=True) for i in range(30)),
-            )
-        stalled.start()
-        for store in (*stores, stalled):
+        await asyncio.gather(traffic(), *(stall(store, 0.4 * n) for n, store in enumerate(stalled)))
+        for store in all_stores:
             await store.flush(30.0)
     finally:
-        for store in (*stores, stalled):
+        for store in all_stores:
             await store.aclose(5.0)
-    # What the stalled store left unsettled past its lease is reclaimed by a read.
-    await asyncio.sleep(1.1)
-    await watcher.fetchval(
-        "SELECT free FROM aigw_budget_reserve($1, $2, $3, NULL, 0, 0, 0)", key, PERIOD, budget
-    )
     deadlocks = await _deadlocks(watcher) - before
     used, reserved = await counter(watcher, key)
     left = await lease_rows(watcher, key)
