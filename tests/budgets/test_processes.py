@@ -19,7 +19,7 @@ import pytest
 
 from tests.budgets.conftest import MESSAGES, billed_prompt, counters, leases, words_of
 from tests.fakes import FakeUpstream
-from tests.proxy.conftest import MODEL, create_key, create_provider
+from tests.proxy.conftest import MODEL, create_key, create_provider, usage_rows
 from tests.support import Gateway
 
 
@@ -171,3 +171,60 @@ async def test_a_running_process_rolls_over_into_a_new_period(
         read = admin.get(f"/apikeys/{key['id']}").json()
     assert read["budget_used"] == budget
     assert datetime.fromisoformat(read["budget_resets_at"]) == midnight + timedelta(days=1)
+
+
+async def test_cut_rates_and_use_anyway_through_a_served_process(
+    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, db: str
+) -> None:
+    """The in-process tests of test_budgets.py, once through ``aigw serve``: the cut
+    where the budget has no room, a rate limit, a ``use_anyway`` flag."""
+    fake.reset()
+    gateway = start_gateway_process(AIGW_BUDGET_OUTPUT_SLICE="8")
+    prompt = billed_prompt()
+    with gateway.admin() as admin:
+        await create_provider(admin, fake.url)
+        cut = await create_key(admin, budget_tokens=prompt + 37, budget_period="day")
+        rated = await create_key(admin, rpm_limit=2)
+        lenient = await create_key(admin, budget_tokens=5, usage_limit="use_anyway")
+    await asyncio.sleep(1.0)
+
+    def client(key: dict) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=f"{gateway.url}/v1", api_key=key["token"], max_retries=0, timeout=60
+        )
+
+    fake.set_scenario(tokens=200)
+    stream = await client(cut).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+    text, reason = [], None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            reason = choice.finish_reason or reason
+    assert (words_of("".join(text)), reason) == (37, "length")  # a slice of 8 at a time
+
+    fake.set_scenario(tokens=3)
+    for _ in range(2):
+        await client(rated).chat.completions.create(model=MODEL, messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client(rated).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert caught.value.code == "rate_limited"
+    assert 1 <= int(caught.value.response.headers["retry-after"]) <= 60
+
+    response = await client(lenient).chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES
+    )
+    assert response.headers["x-aigw-limit-exceeded"] == "budget"
+    assert words_of(response.parse().choices[0].message.content or "") == 3
+
+    rows = await usage_rows(db, expected=5)
+    flags = {(str(r["api_key_id"]), r["budget_exceeded"], r["rate_exceeded"]) for r in rows}
+    assert flags == {
+        (cut["id"], False, False),
+        (rated["id"], False, False),
+        (rated["id"], False, True),
+        (lenient["id"], True, False),
+    }
+    deadline = time.monotonic() + 10
+    while [(c["used"], c["reserved"]) for c in await counters(db, cut["id"])] != [(prompt + 37, 0)]:
+        assert time.monotonic() < deadline, await counters(db, cut["id"])
+        await asyncio.sleep(0.05)
