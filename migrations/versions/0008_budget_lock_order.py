@@ -45,45 +45,50 @@ CREATE OR REPLACE FUNCTION aigw_budget_reserve(
     p_want bigint, p_min bigint, p_ttl double precision
 ) RETURNS TABLE (granted bigint, free bigint) LANGUAGE plpgsql AS $$
 DECLARE
-    v_periods timestamptz[] := ARRAY[]::timestamptz[];
+    v_expired timestamptz[];
     v_used bigint;
     v_reserved bigint;
     v_free bigint;
     v_grant bigint;
+    v_period timestamptz;
     r record;
 BEGIN
-    -- 1. Counters, ascending: this period's, and those of the key's expired leases.
-    FOR r IN
-        SELECT p_period AS p
-        UNION
-        SELECT l.period_start FROM budget_leases l
-        WHERE l.api_key_id = p_key AND l.expires_at < clock_timestamp()
-        ORDER BY 1
-    LOOP
-        IF r.p = p_period THEN
-            INSERT INTO budget_counters (api_key_id, period_start) VALUES (p_key, p_period)
-            ON CONFLICT (api_key_id, period_start) DO NOTHING;
-        END IF;
+    -- The periods of this key's leases nobody renews any more (their process died).
+    SELECT coalesce(array_agg(DISTINCT l.period_start ORDER BY l.period_start), '{}')
+    INTO v_expired FROM budget_leases l
+    WHERE l.api_key_id = p_key AND l.expires_at < clock_timestamp();
+    -- 1. Counters, ascending: those periods' and this one's.
+    FOREACH v_period IN ARRAY v_expired LOOP
+        EXIT WHEN v_period >= p_period;
         PERFORM 1 FROM budget_counters c
-        WHERE c.api_key_id = p_key AND c.period_start = r.p FOR UPDATE;
-        v_periods := v_periods || r.p;
+        WHERE c.api_key_id = p_key AND c.period_start = v_period FOR UPDATE;
     END LOOP;
-    -- 2. Leases nobody renews any more (their process died) give their tokens
-    -- back: only those under a counter held since step 1.
-    FOR r IN
-        WITH gone AS (
-            DELETE FROM budget_leases l
-            WHERE l.api_key_id = p_key AND l.expires_at < clock_timestamp()
-              AND l.period_start = ANY (v_periods)
-            RETURNING l.period_start, l.tokens
-        )
-        SELECT g.period_start, sum(g.tokens) AS tokens FROM gone g GROUP BY g.period_start
-    LOOP
-        UPDATE budget_counters c SET reserved = greatest(c.reserved - r.tokens, 0)
-        WHERE c.api_key_id = p_key AND c.period_start = r.period_start;
-    END LOOP;
+    INSERT INTO budget_counters (api_key_id, period_start) VALUES (p_key, p_period)
+    ON CONFLICT (api_key_id, period_start) DO NOTHING;
     SELECT c.used, c.reserved INTO v_used, v_reserved FROM budget_counters c
-    WHERE c.api_key_id = p_key AND c.period_start = p_period;
+    WHERE c.api_key_id = p_key AND c.period_start = p_period FOR UPDATE;
+    FOREACH v_period IN ARRAY v_expired LOOP
+        CONTINUE WHEN v_period <= p_period;
+        PERFORM 1 FROM budget_counters c
+        WHERE c.api_key_id = p_key AND c.period_start = v_period FOR UPDATE;
+    END LOOP;
+    -- 2. Those leases give their tokens back (only under a counter held since step 1).
+    IF cardinality(v_expired) > 0 THEN
+        FOR r IN
+            WITH gone AS (
+                DELETE FROM budget_leases l
+                WHERE l.api_key_id = p_key AND l.expires_at < clock_timestamp()
+                  AND l.period_start = ANY (v_expired)
+                RETURNING l.period_start, l.tokens
+            )
+            SELECT g.period_start, sum(g.tokens) AS tokens FROM gone g GROUP BY g.period_start
+        LOOP
+            UPDATE budget_counters c SET reserved = greatest(c.reserved - r.tokens, 0)
+            WHERE c.api_key_id = p_key AND c.period_start = r.period_start;
+        END LOOP;
+        SELECT c.used, c.reserved INTO v_used, v_reserved FROM budget_counters c
+        WHERE c.api_key_id = p_key AND c.period_start = p_period;
+    END IF;
     v_free := greatest(p_budget - v_used - v_reserved, 0);
     v_grant := least(p_want, v_free);
     IF v_grant < p_min OR v_grant <= 0 THEN
@@ -106,7 +111,6 @@ CREATE OR REPLACE FUNCTION aigw_budget_settle(
     p_windows timestamptz[], p_window_tokens bigint[]
 ) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    v_tokens bigint;
     r record;
 BEGIN
     -- Sorted here, whatever order the caller sends the batch in.
@@ -120,23 +124,26 @@ BEGIN
         PERFORM 1 FROM budget_counters c
         WHERE c.api_key_id = r.k AND c.period_start = r.p FOR UPDATE;
     END LOOP;
-    -- 2. Release each lease (under its counter, held) and charge. A lease already
-    -- reclaimed (expired) gave its tokens back then: nothing more leaves reserved.
-    FOR r IN
+    -- 2. Release the leases (each under its counter, held) and charge, in one
+    -- statement. A lease already reclaimed (expired) gave its tokens back then:
+    -- it is not found, and nothing more leaves reserved.
+    WITH s AS (
         SELECT s.k, s.p, s.l, s.c FROM unnest(p_keys, p_periods, p_leases, p_charges)
             AS s (k, p, l, c)
-        WHERE s.p IS NOT NULL ORDER BY s.k, s.p, s.l
-    LOOP
-        v_tokens := NULL;
-        IF r.l IS NOT NULL THEN
-            DELETE FROM budget_leases l
-            WHERE l.id = r.l AND l.api_key_id = r.k AND l.period_start = r.p
-            RETURNING l.tokens INTO v_tokens;
-        END IF;
-        UPDATE budget_counters c
-        SET used = c.used + r.c, reserved = greatest(c.reserved - coalesce(v_tokens, 0), 0)
-        WHERE c.api_key_id = r.k AND c.period_start = r.p;
-    END LOOP;
+        WHERE s.p IS NOT NULL
+    ), gone AS (
+        DELETE FROM budget_leases b USING s
+        WHERE b.id = s.l AND b.api_key_id = s.k AND b.period_start = s.p
+        RETURNING b.api_key_id AS k, b.period_start AS p, b.tokens AS t
+    ), charged AS (
+        SELECT s.k, s.p, sum(s.c) AS c FROM s GROUP BY s.k, s.p
+    ), released AS (
+        SELECT gone.k, gone.p, sum(gone.t) AS t FROM gone GROUP BY gone.k, gone.p
+    )
+    UPDATE budget_counters x
+    SET used = x.used + ch.c, reserved = greatest(x.reserved - coalesce(rl.t, 0), 0)
+    FROM charged ch LEFT JOIN released rl ON rl.k = ch.k AND rl.p = ch.p
+    WHERE x.api_key_id = ch.k AND x.period_start = ch.p;
     -- 3. Rate windows last, (key, window) ascending, one update each.
     FOR r IN
         SELECT s.k, s.w, sum(s.t) AS t FROM unnest(p_keys, p_windows, p_window_tokens)
