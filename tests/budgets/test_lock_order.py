@@ -228,8 +228,10 @@ async def test_stress_many_stores_one_key_no_deadlock(
     watcher = conns[0]
     key = uuid.uuid4()
     budget = 10_000_000
-    stores = [BudgetStore(db, lease_seconds=1.0, timeout=10.0) for _ in range(3)]
-    stalled = [BudgetStore(db, lease_seconds=1.0, timeout=10.0) for _ in range(6)]
+    stores = [BudgetStore(db, lease_seconds=1.0, timeout=10.0, max_connections=5) for _ in range(3)]
+    stalled = [
+        BudgetStore(db, lease_seconds=1.0, timeout=10.0, max_connections=5) for _ in range(6)
+    ]
     for store in stores:
         store.start()
     failures: list[str] = []
