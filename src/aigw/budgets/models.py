@@ -1,8 +1,9 @@
-"""The shared counters behind budgets and rate limits (see migration 0005).
+"""The shared counters behind budgets and rate limits (migrations 0005, 0008).
 
 Rows change only through the SQL functions ``aigw_budget_reserve``,
-``aigw_budget_settle`` and ``aigw_rate_take`` (:mod:`aigw.budgets.store`), each
-one statement under one row lock, so any number of gateway processes agree.
+``aigw_budget_settle`` and ``aigw_rate_take`` (:mod:`aigw.budgets.store`, whose
+docstring gives the lock order), each one statement under the key's counter row
+lock, so any number of gateway processes agree.
 No foreign keys: a request in flight may settle after its key was deleted.
 """
 
