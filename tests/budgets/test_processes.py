@@ -1,6 +1,7 @@
-"""Budgets across real ``aigw serve`` processes on one PostgreSQL: the budget is
-never exceeded under concurrency, and a reservation held by a process killed
-with SIGKILL comes back once its lease expires."""
+"""Budgets across real ``aigw serve`` processes sharing one store (PostgreSQL, or
+Redis with ``AIGW_REDIS_URL``): the budget is never exceeded under concurrency,
+and a reservation held by a process killed with SIGKILL comes back once its
+lease expires."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.budgets.conftest import MESSAGES, billed_prompt, counters, leases, words_of
+from tests.budgets.conftest import MESSAGES, StoreView, billed_prompt, words_of
 from tests.fakes import FakeUpstream
 from tests.proxy.conftest import MODEL, create_key, create_provider
 from tests.support import Gateway
@@ -49,11 +50,11 @@ async def _hammer(
 
 @pytest.mark.slow
 async def test_three_processes_never_pass_the_budget(
-    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, db: str
+    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, store: StoreView
 ) -> None:
     fake.reset()
     fake.set_scenario(tokens=30, delay_per_chunk=0.01)
-    gateways = [start_gateway_process(AIGW_BUDGET_OUTPUT_SLICE="16") for _ in range(3)]
+    gateways = [start_gateway_process(AIGW_BUDGET_OUTPUT_SLICE="16", **store.env) for _ in range(3)]
     with gateways[0].admin() as admin:
         await create_provider(admin, fake.url)
         key = await create_key(admin, budget_tokens=4000, budget_period="day")
@@ -63,9 +64,9 @@ async def test_three_processes_never_pass_the_budget(
     admitted = [r for r in results if r >= 0]
     spent = sum(billed_prompt() + words for words in admitted)
     await asyncio.sleep(1.5)  # settlements are written in batches
-    [counter] = await counters(db, key["id"])
+    [counter] = await store.counters(key["id"])
     print(
-        f"\nbudget 4000: {len(admitted)} of 200 admitted, {spent} tokens received "
+        f"\n[{store.kind}] budget 4000: {len(admitted)} of 200 admitted, {spent} tokens received "
         f"({spent / 4000:.1%}), counter used={counter['used']} reserved={counter['reserved']}"
     )
     assert spent == counter["used"] <= 4000 and counter["reserved"] == 0
@@ -73,10 +74,10 @@ async def test_three_processes_never_pass_the_budget(
 
 
 async def test_a_killed_process_gives_its_reservation_back(
-    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, db: str
+    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, store: StoreView
 ) -> None:
     fake.reset()
-    env = {"AIGW_BUDGET_LEASE_SECONDS": "2"}
+    env = {"AIGW_BUDGET_LEASE_SECONDS": "2", **store.env}
     doomed, survivor = start_gateway_process(**env), start_gateway_process(**env)
     with doomed.admin() as admin:
         await create_provider(admin, fake.url)
@@ -88,7 +89,7 @@ async def test_a_killed_process_gives_its_reservation_back(
     fake.set_scenario(tokens=100, delay_per_chunk=1.0)
     holder = asyncio.create_task(_hammer([doomed.url], key["token"], 1, max_tokens=100))
     deadline = time.monotonic() + 10
-    while await leases(db, key["id"]) == 0:
+    while await store.leases(key["id"]) == 0:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     fake.set_scenario(tokens=10)
@@ -106,8 +107,8 @@ async def test_a_killed_process_gives_its_reservation_back(
         assert time.monotonic() - killed_at < 10, "the lease never expired"
         await asyncio.sleep(0.25)
     took = time.monotonic() - killed_at
-    print(f"\nreservation back {took:.1f}s after SIGKILL (lease 2s)")
+    print(f"\n[{store.kind}] reservation back {took:.1f}s after SIGKILL (lease 2s)")
     assert result == 10 and 0 < took < 6
-    while await leases(db, key["id"]):  # the survivor settles in its own time
+    while await store.leases(key["id"]):  # the survivor settles in its own time
         assert time.monotonic() - killed_at < 10
         await asyncio.sleep(0.05)
