@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import statistics
 import time
 from typing import Any
@@ -220,6 +221,11 @@ class RedisAigw(Aigw):
         self.admin_token = self.base.admin_token
         data_dir = env.workdir / f"{self.name}-data"
         data_dir.mkdir(parents=True, exist_ok=True)
+        # The same database: the same key ring and pepper (generated into the base's
+        # data folder at its start) or the stored key codes cannot be opened.
+        base_dir = env.workdir / f"{self.base.name}-data"
+        for secret in ("encryption_keys", "token_pepper"):
+            shutil.copy2(base_dir / secret, data_dir / secret)
         server_env = {
             "AIGW_ADMIN_TOKEN": self.admin_token,
             "AIGW_DATA_DIR": str(data_dir),
