@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from aigw.apikeys import service
 from aigw.apikeys.schemas import (
@@ -17,22 +17,21 @@ from aigw.apikeys.schemas import (
     UsageLimit,
 )
 from aigw.apikeys.search import KeyFilters
-from aigw.budgets.backend import redis_counters
-from aigw.budgets.redis_store import RedisBudgetStore
 from aigw.config import Settings
-from aigw.deps import AdminDep, HasherDep, IfMatchDep, KeyRingDep, SessionDep, SettingsDep
+from aigw.deps import (
+    AdminDep,
+    BudgetCountersDep,
+    HasherDep,
+    IfMatchDep,
+    KeyRingDep,
+    SessionDep,
+    SettingsDep,
+    budget_counters,
+)
 from aigw.etag import with_etag
 from aigw.routing import AdminRoute, problem_responses
 
 router = APIRouter(prefix="/apikeys", tags=["apikeys"], route_class=AdminRoute)
-
-
-async def _budget_counters(request: Request) -> RedisBudgetStore | None:
-    """The Redis store when the budget counters live there (docs/budgets.md)."""
-    return redis_counters(getattr(request.app.state, "budget_store", None))
-
-
-CountersDep = Annotated[RedisBudgetStore | None, Depends(_budget_counters)]
 
 
 @router.post(
@@ -50,7 +49,7 @@ async def create_api_key(
     hasher: HasherDep,
     response: Response,
     settings: SettingsDep,
-    counters: CountersDep,
+    counters: BudgetCountersDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -102,7 +101,7 @@ async def search_api_keys(
     # The settings from the app, not SettingsDep: a plain-def dependency costs a
     # hop to the thread pool, and this route is the one that must stay fast.
     settings: Settings = request.app.state.settings
-    counters = redis_counters(getattr(request.app.state, "budget_store", None))
+    counters = budget_counters(request)
     await service.add_budget_usage(session, page.items, settings.budget_timezone, counters)
     return page
 
@@ -114,7 +113,7 @@ async def get_api_key(
     _admin: AdminDep,
     response: Response,
     settings: SettingsDep,
-    counters: CountersDep,
+    counters: BudgetCountersDep,
 ) -> ApiKeyRead:
     key = service.to_read(await service.get_api_key(session, key_id))
     await service.add_budget_usage(session, [key], settings.budget_timezone, counters)
@@ -136,7 +135,7 @@ async def update_api_key(
     if_match: IfMatchDep,
     response: Response,
     settings: SettingsDep,
-    counters: CountersDep,
+    counters: BudgetCountersDep,
 ) -> ApiKeyRead:
     key = await service.update_api_key(
         session,
@@ -180,7 +179,7 @@ async def rotate_api_key_token(
     if_match: IfMatchDep,
     response: Response,
     settings: SettingsDep,
-    counters: CountersDep,
+    counters: BudgetCountersDep,
 ) -> ApiKeyWithToken:
     rotated = await service.rotate_token(
         session, key_id, if_match=if_match, hasher=hasher, actor=actor

@@ -80,8 +80,6 @@ class RedisBudgetStore:
     def __repr__(self) -> str:
         return f"RedisBudgetStore(live_leases={len(self._live)}, queued={len(self._queue)})"
 
-    # -- keys -------------------------------------------------------------------
-
     def _base(self, api_key_id: uuid.UUID) -> str:
         return f"{self.prefix}{{{api_key_id}}}"
 
@@ -97,8 +95,6 @@ class RedisBudgetStore:
     def counter_expiry(period_start: datetime) -> int:
         """When a period's counter may go (epoch ms); 0: never (``total``)."""
         return 0 if period_start <= EPOCH else _ms(period_start + COUNTER_LIFETIME)
-
-    # -- calls ------------------------------------------------------------------
 
     def _connect(self) -> aioredis.Redis:
         if self._client is None:
@@ -270,8 +266,6 @@ class RedisBudgetStore:
             client, self._client = self._client, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.aclose(), 5.0)
-
-    # -- admin reads (aigw.budgets.service) -------------------------------------
 
     async def used(self, pairs: list[tuple[uuid.UUID, datetime]]) -> list[int]:
         """``used`` of each ``(key, period start)`` counter, in one round trip."""
