@@ -15,6 +15,12 @@ the last response are charged to the cell that caused them. The ratios to
 ``plain`` in the same run are the figures; docs/budgets.md turns them into the
 PostgreSQL-or-Redis decision.
 
+Then the same keys on a second aigw process on the same database with
+``AIGW_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``, its own key prefix,
+deleted afterwards): the Redis store's cost, its side CPU being PostgreSQL's
+(usage records) plus redis-server's. Skipped, with the reason, when no Redis
+answers.
+
 ``python -m benchmarks.run --quick --skip throughput,latency,ttfb,chunk,memory,search,bigprompt``
 runs this phase alone (with the warm-up).
 """
@@ -23,12 +29,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import statistics
 import time
 from typing import Any
 
 from benchmarks import budget_store
-from benchmarks.targets import Aigw, _http_json
+from benchmarks.procs import CpuReading, cpu_reading, free_port, wait_http
+from benchmarks.targets import ROOT, Aigw, _http_json
 from benchmarks.workload import SHORT, body
 
 BUDGET = 10**12  # never reached: every request pays the whole path, none is refused
@@ -114,6 +122,38 @@ def _median(rows: list[dict], field: str) -> float | None:
 
 
 def _measure(bench: Any, target: Aigw) -> None:
+    out = _keys_cost(bench, target)
+    out["store"] = "PostgreSQL (the gateway's own database)"
+    bench.results[target.name].budget = out  # kept whatever the Redis runs do
+    from benchmarks.run import log  # run imports this module
+
+    redis_url = os.environ.get("AIGW_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if target.database_url:
+        variant = RedisAigw(target, redis_url)
+        missing = variant.missing()
+        if missing:
+            out["redis"] = {"skipped": missing}
+        else:
+            try:
+                variant.launch(bench.env)
+                variant.ready(bench.env)
+                log(f"budget, the same keys with AIGW_REDIS_URL ({variant.name})")
+                redis_out = _keys_cost(bench, variant)
+                redis_out["store"] = f"Redis ({redis_url}), usage records in PostgreSQL"
+                out["redis"] = redis_out
+            finally:
+                if variant.server is not None:
+                    variant.server.stop()
+                variant.cleanup()
+        n = 3000 if bench.quick else 20000
+        log(f"budget store alone: {n} reservations on one key, c={CONCURRENCY}")
+        out["stores"] = bench.aio(budget_store.compare(target.database_url, redis_url, n))
+    for line in summary(out):
+        log("  " + line)
+
+
+def _keys_cost(bench: Any, target: Aigw) -> dict[str, Any]:
+    """The four keys on *target*, interleaved: per key and mode, the medians."""
     plan = bench.plan
     duration = max(2.0, plan.duration)
     rounds = max(2, plan.reps)
@@ -134,11 +174,10 @@ def _measure(bench: Any, target: Aigw) -> None:
                 cells[name][mode].append(row)
                 log(
                     f"  {name:12} {mode:6} {row['rps']:7.0f}/s  aigw {row['cpu_ms']:6.3f} ms/req  "
-                    f"PostgreSQL {row['db_cpu_ms'] or 0:6.3f} ms/req  p50 {row['p50_ms']:6.2f} ms  "
+                    f"store {row['db_cpu_ms'] or 0:6.3f} ms/req  p50 {row['p50_ms']:6.2f} ms  "
                     f"err {row['errors']}"
                 )
     out: dict[str, Any] = {"concurrency": CONCURRENCY, "duration_s": duration, "rounds": rounds}
-    out["store"] = "PostgreSQL (the gateway's own database)"
     out["keys"] = {}
     for name in names:
         out["keys"][name] = {
@@ -150,14 +189,79 @@ def _measure(bench: Any, target: Aigw) -> None:
         }
     out["ratios"] = _ratios(out["keys"])
     out["budget_used"] = _used(target, keys["budget"]["id"])
-    bench.results[target.name].budget = out  # kept whatever the store comparison does
-    if target.database_url:
-        redis_url = os.environ.get("AIGW_REDIS_URL", "redis://127.0.0.1:6379/0")
-        n = 3000 if bench.quick else 20000
-        log(f"budget store alone: {n} reservations on one key, c={CONCURRENCY}")
-        out["stores"] = bench.aio(budget_store.compare(target.database_url, redis_url, n))
-    for line in summary(out):
-        log("  " + line)
+    return out
+
+
+class RedisAigw(Aigw):
+    """A second aigw on the same database whose budget counters live in Redis
+    (``AIGW_REDIS_URL``, its own key prefix): the same keys measured against it.
+    Its side CPU is PostgreSQL's backends of the database (usage records) plus
+    redis-server's."""
+
+    def __init__(self, base: Aigw, redis_url: str) -> None:
+        super().__init__(name=f"{base.name}-redis")
+        self.base = base
+        self.redis_url = redis_url
+        self.database = base.database  # shared, and left for the base to drop
+        self.database_url = base.database_url
+        self.prefix = f"aigw-bench-{secrets.token_hex(4)}:"
+
+    def missing(self) -> str | None:
+        """Why the variant cannot run (no redis-py, no Redis answering), or None."""
+        import redis
+
+        try:
+            redis.Redis.from_url(self.redis_url, socket_timeout=1.0).ping()
+        except (redis.RedisError, OSError) as exc:
+            return f"no Redis at {self.redis_url}: {type(exc).__name__}"
+        return None
+
+    def launch(self, env: Any) -> None:
+        self.port = free_port()
+        self.admin_token = self.base.admin_token
+        data_dir = env.workdir / f"{self.name}-data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # The same database: the same key ring and pepper (generated into the base's
+        # data folder at its start) or the stored key codes cannot be opened.
+        base_dir = env.workdir / f"{self.base.name}-data"
+        for secret in ("encryption_keys", "token_pepper"):
+            shutil.copy2(base_dir / secret, data_dir / secret)
+        server_env = {
+            "AIGW_ADMIN_TOKEN": self.admin_token,
+            "AIGW_DATA_DIR": str(data_dir),
+            "AIGW_LOG_LEVEL": "WARNING",
+            "AIGW_DATABASE_URL": str(self.database_url),
+            "AIGW_REDIS_URL": self.redis_url,
+            "AIGW_REDIS_PREFIX": self.prefix,
+        }
+        argv = [*self.command(), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.server = env.procs.start(
+            self.name, argv, cpu=env.gateway_cpu, env=server_env, cwd=ROOT
+        )
+
+    def ready(self, env: Any) -> None:
+        assert self.server is not None
+        wait_http(self.server, f"http://127.0.0.1:{self.port}/healthz", 120)
+        self.provider_name = self.base.provider_name  # same database: already there
+
+    def side_cpu(self) -> CpuReading | None:
+        pg = super().side_cpu()
+        server = cpu_reading(budget_store._redis_pids())
+        if pg is None:
+            return server
+        return CpuReading(pg.ticks + server.ticks, pg.runtime + server.runtime)
+
+    def cleanup(self) -> None:
+        import redis
+
+        try:
+            client = redis.Redis.from_url(self.redis_url, socket_timeout=5.0)
+            names = list(client.scan_iter(match=f"{self.prefix}*", count=1000))
+            if names:
+                client.delete(*names)
+        except (redis.RedisError, OSError) as exc:
+            print(f"  {self.name}: could not delete its Redis keys: {exc}")
+        self.database = None  # the base drops it
 
 
 def _used(target: Aigw, key_id: str) -> int | None:
@@ -202,13 +306,21 @@ def summary(out: dict) -> list[str]:
             )
         elif isinstance(row, dict):
             lines.append(f"store alone, {store}: {row.get('skipped')}")
-    for name, modes in out["ratios"].items():
-        for mode, r in modes.items():
-            lines.append(
-                f"{name}/plain {mode}: aigw CPU {r['cpu']:.2f}x ({r['added_cpu_ms']:+.3f} ms/req), "
-                f"with PostgreSQL {r['cpu_with_db']:.2f}x ({r['added_db_cpu_ms']:+.3f} ms/req in "
-                f"PostgreSQL), req/s {r['rps']:.2f}x"
-            )
+    redis = out.get("redis") or {}
+    runs = [("PostgreSQL", out)]
+    if redis.get("ratios"):
+        runs.append(("Redis", redis))
+    elif redis.get("skipped"):
+        lines.append(f"Redis store: {redis['skipped']}")
+    for label, run in runs:
+        side = "PostgreSQL" if label == "PostgreSQL" else "PostgreSQL + Redis"
+        for name, modes in run["ratios"].items():
+            for mode, r in modes.items():
+                lines.append(
+                    f"[{label} store] {name}/plain {mode}: aigw CPU {r['cpu']:.2f}x "
+                    f"({r['added_cpu_ms']:+.3f} ms/req), with {side} {r['cpu_with_db']:.2f}x "
+                    f"({r['added_db_cpu_ms']:+.3f} ms/req in {side}), req/s {r['rps']:.2f}x"
+                )
     return lines
 
 
@@ -221,16 +333,23 @@ def markdown(aigw: dict | None) -> list[str]:
     parts.append(
         f"Four keys on the same aigw process, c={out['concurrency']}, "
         f"{out['rounds']} interleaved rounds of {out['duration_s']:g} s per cell, short prompt; "
-        f"store: {out['store']}. CPU per request counted until the process is idle again "
-        "(settlements included). Medians; ratios to `plain` in the same run."
+        "first with the budget store in PostgreSQL (the default), then on a second aigw "
+        "process on the same database with `AIGW_REDIS_URL` set. CPU per request counted "
+        "until the process is idle again (settlements included); the store's column is "
+        "PostgreSQL's backends of aigw's database, plus redis-server for the Redis run. "
+        "Medians; ratios to `plain` in the same run."
     )
-    parts += ["", "| key | mode | req/s | aigw CPU ms/req | PostgreSQL CPU ms/req | p50 ms |"]
-    parts.append("|---|---|---|---|---|---|")
-    for name, modes in out["keys"].items():
-        for mode, row in modes.items():
-            parts.append(
-                f"| {name} | {mode} | {row['rps']:.0f} | {row['cpu_ms']:.3f} | "
-                f"{row['db_cpu_ms'] or 0:.3f} | {row['p50_ms']:.2f} |"
-            )
+    parts += ["", "| store | key | mode | req/s | aigw CPU ms/req | store CPU ms/req | p50 ms |"]
+    parts.append("|---|---|---|---|---|---|---|")
+    runs = [("PostgreSQL", out)]
+    if (out.get("redis") or {}).get("keys"):
+        runs.append(("Redis", out["redis"]))
+    for label, run in runs:
+        for name, modes in run["keys"].items():
+            for mode, row in modes.items():
+                parts.append(
+                    f"| {label} | {name} | {mode} | {row['rps']:.0f} | {row['cpu_ms']:.3f} | "
+                    f"{row['db_cpu_ms'] or 0:.3f} | {row['p50_ms']:.2f} |"
+                )
     parts += ["", *(f"- {line}" for line in summary(out)), ""]
     return parts

@@ -4,8 +4,10 @@ reserve/settle logic as Redis Lua scripts, from one asyncio process, on one key
 
 Per operation (one reservation, settlements batched by 50 as the gateway's
 settle task does): wall time, the client's CPU and the server's (PostgreSQL's
-backends of the database, or redis-server). redis-py is installed into
-``benchmarks/.work/pylib`` when missing; it is never an aigw dependency.
+backends of the database, or redis-server). The Lua here is the measuring stick
+the Redis store (aigw.budgets.redis_scripts) was built against; redis-py is an
+aigw dependency now, and is still installed into ``benchmarks/.work/pylib`` when a
+foreign ``AIGW_BENCH_CMD`` setup lacks it.
 """
 
 from __future__ import annotations

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     budget_output_slice: int = Field(default=256, ge=1, le=1_000_000)
     budget_lease_seconds: float = Field(default=30.0, ge=1.0, le=3600.0)
     budget_store_timeout: float = Field(default=5.0, gt=0, le=60.0)
+    # Set: the budget and rate counters live in this Redis, not PostgreSQL
+    # (aigw.budgets.redis_store); keys there start with redis_prefix.
+    redis_url: SecretStr | None = None
+    redis_prefix: str = Field(default="aigw:", min_length=1, max_length=64)
 
     metrics_token: SecretStr | None = None
     # Distinct key aliases given their own metrics label; later ones share "other".
@@ -133,6 +137,14 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r} (an IANA name such as UTC)") from None
+        return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty AIGW_REDIS_URL (a chart value left blank) means PostgreSQL.
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
     @field_validator("admin_token", "token_pepper")

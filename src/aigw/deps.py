@@ -12,6 +12,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigw.budgets.backend import redis_counters
+from aigw.budgets.redis_store import RedisBudgetStore
 from aigw.config import Settings
 from aigw.crypto import KeyRing, TokenHasher
 from aigw.errors import ServiceUnavailable
@@ -64,6 +66,17 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         await session.close()
 
 
+def budget_counters(request: Request) -> RedisBudgetStore | None:
+    """The Redis store when the budget counters live there (else they are read
+    from PostgreSQL in the request's session): docs/budgets.md."""
+    return redis_counters(getattr(request.app.state, "budget_store", None))
+
+
+async def get_budget_counters(request: Request) -> RedisBudgetStore | None:
+    # async: a plain-def dependency would cost a hop to the thread pool.
+    return budget_counters(request)
+
+
 async def require_admin(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -81,3 +94,4 @@ AdminDep = Annotated[str, Depends(require_admin)]
 KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
 HasherDep = Annotated[TokenHasher, Depends(get_hasher)]
 IfMatchDep = Annotated[int | None, Depends(parse_if_match)]
+BudgetCountersDep = Annotated[RedisBudgetStore | None, Depends(get_budget_counters)]

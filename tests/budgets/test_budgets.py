@@ -5,24 +5,25 @@ settlement, rates, ``use_anyway`` flags, period rollover, a store outage."""
 from __future__ import annotations
 
 import asyncio
-import uuid
+import contextlib
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import httpx
 import openai
 import pytest
 
-from tests.budgets.conftest import MESSAGES, billed_prompt, counters, leases, words_of
+from tests.budgets.conftest import MESSAGES, StoreView, billed_prompt, silent_server, words_of
 from tests.fakes import FakeUpstream
 from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk, usage_rows
 
 
 @pytest.fixture
-async def app(gateway: Any, fake: FakeUpstream) -> Any:
+async def app(gateway: Any, fake: FakeUpstream, store: StoreView) -> Any:
     fake.reset()
-    app = await gateway(budget_output_slice=8)
+    app = await gateway(budget_output_slice=8, **store.settings)
     await create_provider(app.admin, fake.url)
     return app
 
@@ -44,7 +45,7 @@ async def stream_text(client: Any, **kwargs: Any) -> tuple[str, str | None]:
 
 
 async def test_output_is_cut_exactly_where_the_budget_has_no_room(
-    app: Any, fake: FakeUpstream, db: str
+    app: Any, fake: FakeUpstream, db: str, store: StoreView
 ) -> None:
     prompt = billed_prompt()
     budget = prompt + 37
@@ -54,8 +55,8 @@ async def test_output_is_cut_exactly_where_the_budget_has_no_room(
     # Reserved: input + a slice of 8; extended 8 at a time up to the 37 left.
     assert words_of(text) == 37 and reason == "length"
     await settled(app)
-    assert [(c["used"], c["reserved"]) for c in await counters(db, key["id"])] == [(budget, 0)]
-    assert await leases(db, key["id"]) == 0
+    assert [(c["used"], c["reserved"]) for c in await store.counters(key["id"])] == [(budget, 0)]
+    assert await store.leases(key["id"]) == 0
 
     # Nothing is left: the next request is refused before going upstream.
     sent = fake.stats()["chat_requests"]
@@ -80,7 +81,7 @@ async def test_output_is_cut_exactly_where_the_budget_has_no_room(
 
 
 async def test_reservation_extends_slice_by_slice_while_there_is_room(
-    app: Any, fake: FakeUpstream, db: str
+    app: Any, fake: FakeUpstream, db: str, store: StoreView
 ) -> None:
     key = await ready_key(app, budget_tokens=10_000)
     fake.set_scenario(tokens=100, chunk_tokens=3)
@@ -92,7 +93,7 @@ async def test_reservation_extends_slice_by_slice_while_there_is_room(
     assert words_of(completion.choices[0].message.content or "") == 100
     await settled(app)
     used = 2 * (billed_prompt() + 100)
-    assert [(c["used"], c["reserved"]) for c in await counters(db, key["id"])] == [(used, 0)]
+    assert [(c["used"], c["reserved"]) for c in await store.counters(key["id"])] == [(used, 0)]
 
 
 async def test_whole_answer_is_cut_too(app: Any, fake: FakeUpstream, db: str) -> None:
@@ -110,7 +111,7 @@ async def test_whole_answer_is_cut_too(app: Any, fake: FakeUpstream, db: str) ->
 
 
 async def test_concurrent_requests_in_one_process_never_pass_the_budget(
-    app: Any, fake: FakeUpstream, db: str
+    app: Any, fake: FakeUpstream, db: str, store: StoreView
 ) -> None:
     per_request = billed_prompt() + 20
     budget = 10 * per_request + 7
@@ -129,7 +130,7 @@ async def test_concurrent_requests_in_one_process_never_pass_the_budget(
     admitted = [r for r in results if r >= 0]
     await settled(app)
     spent = sum(billed_prompt() + words for words in admitted)
-    [counter] = await counters(db, key["id"])
+    [counter] = await store.counters(key["id"])
     assert spent == counter["used"] <= budget and counter["reserved"] == 0
     assert spent >= budget - per_request  # at most one request's worth left unused
 
@@ -159,7 +160,9 @@ async def test_rate_limits(app: Any, fake: FakeUpstream, db: str) -> None:
     assert sum(r["rate_exceeded"] for r in rows) == 2
 
 
-async def test_use_anyway_forwards_and_flags(app: Any, fake: FakeUpstream, db: str) -> None:
+async def test_use_anyway_forwards_and_flags(
+    app: Any, fake: FakeUpstream, db: str, store: StoreView
+) -> None:
     key = await ready_key(app, budget_tokens=5, usage_limit="use_anyway", rpm_limit=1)
     fake.set_scenario(tokens=10)
     client = sdk(app, key["token"])
@@ -175,7 +178,7 @@ async def test_use_anyway_forwards_and_flags(app: Any, fake: FakeUpstream, db: s
         (True, True),
     ]
     await settled(app)
-    [counter] = await counters(db, key["id"])
+    [counter] = await store.counters(key["id"])
     assert counter["used"] == 2 * (billed_prompt() + 10)
     metrics = (await app.admin.get("/metrics")).text
     assert (
@@ -184,56 +187,88 @@ async def test_use_anyway_forwards_and_flags(app: Any, fake: FakeUpstream, db: s
     )
 
 
-async def test_a_new_period_starts_from_zero(app: Any, fake: FakeUpstream, db: str) -> None:
+async def test_a_new_period_starts_from_zero(
+    app: Any, fake: FakeUpstream, store: StoreView
+) -> None:
     key = await ready_key(app, budget_tokens=100, budget_period="day")
     yesterday = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
         days=1
     )
-    conn = await asyncpg.connect(db)
-    try:
-        await conn.execute(
-            "INSERT INTO budget_counters (api_key_id, period_start, used) VALUES ($1, $2, 100)",
-            uuid.UUID(key["id"]),
-            yesterday,
-        )
-    finally:
-        await conn.close()
+    await store.add_used(key["id"], yesterday, 100)
     fake.set_scenario(tokens=3)
     completion = await sdk(app, key["token"]).chat.completions.create(
         model=MODEL, messages=MESSAGES
     )
     assert completion.choices[0].finish_reason == "stop"
     await settled(app)
-    used = sorted((c["period_start"], c["used"]) for c in await counters(db, key["id"]))
+    used = sorted((c["period_start"], c["used"]) for c in await store.counters(key["id"]))
     assert [u for _, u in used] == [100, billed_prompt() + 3]
 
 
+@contextlib.asynccontextmanager
+async def store_hangs(app: Any, store: StoreView) -> AsyncIterator[None]:
+    """Point the app's budget store at a server that accepts and never answers
+    (timeout 0.5 s), then back at the real one."""
+    backend = app.state.budget_store
+    timeout = backend.timeout
+    async with silent_server() as address:
+        if store.kind == "redis":
+            url, backend._url = backend._url, f"redis://{address}/0"
+            real, backend._client = backend._client, None
+        else:
+            url, backend._dsn = backend._dsn, f"postgresql://aigw@{address}/none"
+            real, backend._pool = backend._pool, None
+        backend.timeout = 0.5
+        try:
+            yield
+        finally:
+            # The store comes back (its connections were made for the dead address).
+            if store.kind == "redis":
+                if backend._client is not None:
+                    await backend._client.aclose()
+                backend._url, backend._client = url, real
+            else:
+                if backend._pool is not None:
+                    backend._pool.terminate()
+                backend._dsn, backend._pool = url, real
+            backend.timeout = timeout
+
+
 async def test_store_outage_fails_closed_for_reject_and_open_for_use_anyway(
-    app: Any, fake: FakeUpstream
+    app: Any, fake: FakeUpstream, store: StoreView
 ) -> None:
     strict = await ready_key(app, budget_tokens=1000)
     lenient = await ready_key(app, budget_tokens=1000, usage_limit="use_anyway")
     plain = await ready_key(app)
-    store = app.state.budget_store
-    dsn, timeout = store._dsn, store.timeout
-    store._dsn = "postgresql://aigw@127.0.0.1:1/none"  # nothing listens on port 1
-    store.timeout = 0.5
-    with pytest.raises(openai.APIStatusError) as caught:
-        await sdk(app, strict["token"]).chat.completions.create(model=MODEL, messages=MESSAGES)
-    assert caught.value.status_code == 503 and caught.value.code == "budget_store_unavailable"
-    for key in (lenient, plain):
-        completion = await sdk(app, key["token"]).chat.completions.create(
-            model=MODEL, messages=MESSAGES
-        )
-        assert completion.choices[0].message.content
-    # The store comes back (its pool was made for the dead address): what was queued
-    # during the outage is written now, not waited on until the app's shutdown grace.
-    assert store._queue, "the use_anyway request's settlement waits for the store"
-    if store._pool is not None:
-        await store._pool.close()
-    store._pool, store._dsn, store.timeout = None, dsn, timeout
+    backend = app.state.budget_store
+    async with store_hangs(app, store):
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk(app, strict["token"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+        waited = time.monotonic() - started
+        assert caught.value.status_code == 503 and caught.value.code == "budget_store_unavailable"
+        assert caught.value.response.headers["retry-after"] == "1"
+        assert waited < 5.0, "the store timeout (0.5 s) bounds the wait"
+        for key in (lenient, plain):
+            completion = await sdk(app, key["token"]).chat.completions.create(
+                model=MODEL, messages=MESSAGES
+            )
+            assert completion.choices[0].message.content
+        assert backend._queue, "the use_anyway request's settlement waits for the store"
+        if store.kind == "redis":
+            # The admin read of budget_used comes from Redis too: 503, not a made-up 0.
+            read = await app.admin.get(f"/apikeys/{strict['id']}")
+            assert read.status_code == 503, read.text
+            assert read.headers["content-type"].startswith("application/problem+json")
+            assert read.json()["code"] == "budget_store_unavailable"
+    # Back: what was queued during the outage is written now, not at shutdown.
     await settled(app)
-    assert not store._queue
+    assert not backend._queue
+    [counter] = await store.counters(lenient["id"])
+    assert counter["used"] > 0 and counter["reserved"] == 0
+    assert (await app.admin.get(f"/apikeys/{lenient['id']}")).json()["budget_used"] == counter[
+        "used"
+    ]
 
 
 async def test_admin_fields_validate_and_read_back(app: Any) -> None:
@@ -264,5 +299,6 @@ async def test_admin_fields_validate_and_read_back(app: Any) -> None:
 async def test_keys_without_budget_never_touch_the_store(app: Any) -> None:
     key = await ready_key(app)
     await sdk(app, key["token"]).chat.completions.create(model=MODEL, messages=MESSAGES)
-    assert app.state.budget_store._pool is None
+    backend = app.state.budget_store
+    assert getattr(backend, "_pool", None) is None and getattr(backend, "_client", None) is None
     assert isinstance(app.admin, httpx.AsyncClient)

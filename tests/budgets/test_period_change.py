@@ -12,16 +12,16 @@ import asyncpg
 import openai
 import pytest
 
-from tests.budgets.conftest import MESSAGES, billed_prompt
+from tests.budgets.conftest import MESSAGES, StoreView, billed_prompt
 from tests.fakes import FakeUpstream
 from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk, usage_rows, wait_for
 
 
 @pytest.fixture
-async def app(gateway: Any, fake: FakeUpstream) -> Any:
+async def app(gateway: Any, fake: FakeUpstream, store: StoreView) -> Any:
     fake.reset()
     fake.set_scenario(tokens=3)
-    app = await gateway(budget_output_slice=8)
+    app = await gateway(budget_output_slice=8, **store.settings)
     await create_provider(app.admin, fake.url)
     return app
 
@@ -114,7 +114,7 @@ async def test_a_budget_set_on_a_key_without_one_counts_todays_spending(
 
 
 async def test_a_counter_ahead_of_the_records_is_not_lowered(
-    app: Any, fake: FakeUpstream, db: str
+    app: Any, fake: FakeUpstream, db: str, store: StoreView
 ) -> None:
     key = await ready_key(app, budget_tokens=10_000, budget_period="week")
     charged = await spend(app, key, 1)
@@ -123,15 +123,6 @@ async def test_a_counter_ahead_of_the_records_is_not_lowered(
     # whose records are not written yet). Weeks start on Monday, 00:00 UTC.
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     monday = today - timedelta(days=today.weekday())
-    conn = await asyncpg.connect(db)
-    try:
-        await conn.execute(
-            "UPDATE budget_counters SET used = used + 5000 "
-            "WHERE api_key_id = $1 AND period_start = $2",
-            uuid.UUID(key["id"]),
-            monday,
-        )
-    finally:
-        await conn.close()
+    await store.add_used(key["id"], monday, 5000)
     await change(app, key, budget_period="day")
     assert (await change(app, key, budget_period="week"))["budget_used"] == charged + 5000

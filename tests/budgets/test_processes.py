@@ -1,7 +1,7 @@
-"""Budgets across real ``aigw serve`` processes on one PostgreSQL: the budget is
-never exceeded under concurrency, a reservation held by a process killed with
-SIGKILL comes back once its lease expires, and a running process crosses a
-period boundary into a fresh budget."""
+"""Budgets across real ``aigw serve`` processes sharing one store (PostgreSQL, or
+Redis with ``AIGW_REDIS_URL``): the budget is never exceeded under concurrency, a
+reservation held by a process killed with SIGKILL comes back once its lease
+expires, and a running process crosses a period boundary into a fresh budget."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.budgets.conftest import MESSAGES, billed_prompt, counters, leases, words_of
+from tests.budgets.conftest import MESSAGES, StoreView, billed_prompt, words_of
 from tests.fakes import FakeUpstream
 from tests.proxy.conftest import MODEL, create_key, create_provider, usage_rows
 from tests.support import Gateway
@@ -53,11 +53,11 @@ async def _hammer(
 
 @pytest.mark.slow
 async def test_three_processes_never_pass_the_budget(
-    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, db: str
+    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, store: StoreView
 ) -> None:
     fake.reset()
     fake.set_scenario(tokens=30, delay_per_chunk=0.01)
-    gateways = [start_gateway_process(AIGW_BUDGET_OUTPUT_SLICE="16") for _ in range(3)]
+    gateways = [start_gateway_process(AIGW_BUDGET_OUTPUT_SLICE="16", **store.env) for _ in range(3)]
     with gateways[0].admin() as admin:
         await create_provider(admin, fake.url)
         key = await create_key(admin, budget_tokens=4000, budget_period="day")
@@ -67,9 +67,9 @@ async def test_three_processes_never_pass_the_budget(
     admitted = [r for r in results if r >= 0]
     spent = sum(billed_prompt() + words for words in admitted)
     await asyncio.sleep(1.5)  # settlements are written in batches
-    [counter] = await counters(db, key["id"])
+    [counter] = await store.counters(key["id"])
     print(
-        f"\nbudget 4000: {len(admitted)} of 200 admitted, {spent} tokens received "
+        f"\n[{store.kind}] budget 4000: {len(admitted)} of 200 admitted, {spent} tokens received "
         f"({spent / 4000:.1%}), counter used={counter['used']} reserved={counter['reserved']}"
     )
     assert spent == counter["used"] <= 4000 and counter["reserved"] == 0
@@ -77,10 +77,10 @@ async def test_three_processes_never_pass_the_budget(
 
 
 async def test_a_killed_process_gives_its_reservation_back(
-    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, db: str
+    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, store: StoreView
 ) -> None:
     fake.reset()
-    env = {"AIGW_BUDGET_LEASE_SECONDS": "2"}
+    env = {"AIGW_BUDGET_LEASE_SECONDS": "2", **store.env}
     doomed, survivor = start_gateway_process(**env), start_gateway_process(**env)
     with doomed.admin() as admin:
         await create_provider(admin, fake.url)
@@ -92,7 +92,7 @@ async def test_a_killed_process_gives_its_reservation_back(
     fake.set_scenario(tokens=100, delay_per_chunk=1.0)
     holder = asyncio.create_task(_hammer([doomed.url], key["token"], 1, max_tokens=100))
     deadline = time.monotonic() + 10
-    while await leases(db, key["id"]) == 0:
+    while await store.leases(key["id"]) == 0:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     fake.set_scenario(tokens=10)
@@ -110,9 +110,9 @@ async def test_a_killed_process_gives_its_reservation_back(
         assert time.monotonic() - killed_at < 10, "the lease never expired"
         await asyncio.sleep(0.25)
     took = time.monotonic() - killed_at
-    print(f"\nreservation back {took:.1f}s after SIGKILL (lease 2s)")
+    print(f"\n[{store.kind}] reservation back {took:.1f}s after SIGKILL (lease 2s)")
     assert result == 10 and 0 < took < 6
-    while await leases(db, key["id"]):  # the survivor settles in its own time
+    while await store.leases(key["id"]):  # the survivor settles in its own time
         assert time.monotonic() - killed_at < 10
         await asyncio.sleep(0.05)
 
@@ -130,7 +130,10 @@ def _fixed_zone(folder: Path, name: str, offset: int) -> None:
 
 
 async def test_a_running_process_rolls_over_into_a_new_period(
-    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, db: str, tmp_path: Path
+    start_gateway_process: Callable[..., Gateway],
+    fake: FakeUpstream,
+    store: StoreView,
+    tmp_path: Path,
 ) -> None:
     """The gateway's day ends while it runs: a key whose daily budget is used up is
     refused before the boundary and served after it. The boundary is made near by
@@ -143,7 +146,7 @@ async def test_a_running_process_rolls_over_into_a_new_period(
         offset -= 86400  # keep it within real zones' range (-12 h .. +14 h)
     _fixed_zone(tmp_path / "zones", "Test/Rollover", offset)
     gateway = start_gateway_process(
-        AIGW_BUDGET_TIMEZONE="Test/Rollover", PYTHONTZPATH=str(tmp_path / "zones")
+        AIGW_BUDGET_TIMEZONE="Test/Rollover", PYTHONTZPATH=str(tmp_path / "zones"), **store.env
     )
     budget = billed_prompt() + 10
     with gateway.admin() as admin:
@@ -160,11 +163,11 @@ async def test_a_running_process_rolls_over_into_a_new_period(
     await asyncio.sleep((midnight - datetime.now(UTC)).total_seconds() + 0.2)
     assert await _hammer([gateway.url], key["token"], 1) == [10]  # a new day
     deadline = time.monotonic() + 10
-    while sum(c["used"] for c in await counters(db, key["id"])) < 2 * budget:
+    while sum(c["used"] for c in await store.counters(key["id"])) < 2 * budget:
         assert time.monotonic() < deadline, "the settlements were never written"
         await asyncio.sleep(0.05)
     days = sorted(
-        (c["period_start"], c["used"], c["reserved"]) for c in await counters(db, key["id"])
+        (c["period_start"], c["used"], c["reserved"]) for c in await store.counters(key["id"])
     )
     assert days == [(midnight - timedelta(days=1), budget, 0), (midnight, budget, 0)]
     with gateway.admin() as admin:
@@ -179,7 +182,8 @@ async def test_cut_rates_and_use_anyway_through_a_served_process(
     """The in-process tests of test_budgets.py, once through ``aigw serve``: the cut
     where the budget has no room, a rate limit, a ``use_anyway`` flag."""
     fake.reset()
-    gateway = start_gateway_process(AIGW_BUDGET_OUTPUT_SLICE="8")
+    pg = StoreView("pg", db)
+    gateway = start_gateway_process(AIGW_BUDGET_OUTPUT_SLICE="8", **pg.env)
     prompt = billed_prompt()
     with gateway.admin() as admin:
         await create_provider(admin, fake.url)
@@ -225,6 +229,6 @@ async def test_cut_rates_and_use_anyway_through_a_served_process(
         (lenient["id"], True, False),
     }
     deadline = time.monotonic() + 10
-    while [(c["used"], c["reserved"]) for c in await counters(db, cut["id"])] != [(prompt + 37, 0)]:
-        assert time.monotonic() < deadline, await counters(db, cut["id"])
+    while [(c["used"], c["reserved"]) for c in await pg.counters(cut["id"])] != [(prompt + 37, 0)]:
+        assert time.monotonic() < deadline, await pg.counters(cut["id"])
         await asyncio.sleep(0.05)

@@ -82,3 +82,14 @@ def test_missing_secrets_fail_the_render() -> None:
         HelmRenderError, match=r"secrets\.databaseUrl \(or existingSecret\) is required"
     ):
         render({})
+
+
+def test_a_redis_url_goes_into_the_secret_only_when_given() -> None:
+    def secret(values: dict[str, Any]) -> dict[str, Any]:
+        [doc] = [doc for doc in render(values) if doc["kind"] == "Secret"]
+        return dict(doc["stringData"])
+
+    assert "AIGW_REDIS_URL" not in secret({"secrets": SECRETS})
+    url = "redis://:pw@redis.example:6379/0"
+    with_redis = secret({"secrets": {**SECRETS, "redisUrl": url}})
+    assert with_redis["AIGW_REDIS_URL"] == url

@@ -18,7 +18,16 @@ from aigw.apikeys.schemas import (
 )
 from aigw.apikeys.search import KeyFilters
 from aigw.config import Settings
-from aigw.deps import AdminDep, HasherDep, IfMatchDep, KeyRingDep, SessionDep, SettingsDep
+from aigw.deps import (
+    AdminDep,
+    BudgetCountersDep,
+    HasherDep,
+    IfMatchDep,
+    KeyRingDep,
+    SessionDep,
+    SettingsDep,
+    budget_counters,
+)
 from aigw.etag import with_etag
 from aigw.routing import AdminRoute, problem_responses
 
@@ -40,6 +49,7 @@ async def create_api_key(
     hasher: HasherDep,
     response: Response,
     settings: SettingsDep,
+    counters: BudgetCountersDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -54,7 +64,7 @@ async def create_api_key(
     created, replayed = await service.create_api_key(
         session, body, keyring=keyring, hasher=hasher, actor=actor, idempotency_key=idempotency_key
     )
-    await service.add_budget_usage(session, [created], settings.budget_timezone)
+    await service.add_budget_usage(session, [created], settings.budget_timezone, counters)
     response.headers["Location"] = f"/apikeys/{created.id}"
     with_etag(response, created)
     response.headers["Cache-Control"] = "no-store"
@@ -91,7 +101,8 @@ async def search_api_keys(
     # The settings from the app, not SettingsDep: a plain-def dependency costs a
     # hop to the thread pool, and this route is the one that must stay fast.
     settings: Settings = request.app.state.settings
-    await service.add_budget_usage(session, page.items, settings.budget_timezone)
+    counters = budget_counters(request)
+    await service.add_budget_usage(session, page.items, settings.budget_timezone, counters)
     return page
 
 
@@ -102,9 +113,10 @@ async def get_api_key(
     _admin: AdminDep,
     response: Response,
     settings: SettingsDep,
+    counters: BudgetCountersDep,
 ) -> ApiKeyRead:
     key = service.to_read(await service.get_api_key(session, key_id))
-    await service.add_budget_usage(session, [key], settings.budget_timezone)
+    await service.add_budget_usage(session, [key], settings.budget_timezone, counters)
     return with_etag(response, key)
 
 
@@ -123,6 +135,7 @@ async def update_api_key(
     if_match: IfMatchDep,
     response: Response,
     settings: SettingsDep,
+    counters: BudgetCountersDep,
 ) -> ApiKeyRead:
     key = await service.update_api_key(
         session,
@@ -132,9 +145,10 @@ async def update_api_key(
         keyring=keyring,
         actor=actor,
         budget_zone=settings.budget_timezone,
+        counters=counters,
     )
     read = service.to_read(key)
-    await service.add_budget_usage(session, [read], settings.budget_timezone)
+    await service.add_budget_usage(session, [read], settings.budget_timezone, counters)
     return with_etag(response, read)
 
 
@@ -165,11 +179,12 @@ async def rotate_api_key_token(
     if_match: IfMatchDep,
     response: Response,
     settings: SettingsDep,
+    counters: BudgetCountersDep,
 ) -> ApiKeyWithToken:
     rotated = await service.rotate_token(
         session, key_id, if_match=if_match, hasher=hasher, actor=actor
     )
-    await service.add_budget_usage(session, [rotated], settings.budget_timezone)
+    await service.add_budget_usage(session, [rotated], settings.budget_timezone, counters)
     with_etag(response, rotated)
     response.headers["Cache-Control"] = "no-store"
     return rotated

@@ -21,6 +21,7 @@ from aigw.apikeys.schemas import ApiKeyCreate, ApiKeyPage, ApiKeyRead, ApiKeyUpd
 from aigw.apikeys.search import KeyConditions, KeyFilters
 from aigw.audit import service as audit
 from aigw.budgets import service as budgets
+from aigw.budgets.redis_store import RedisBudgetStore
 from aigw.crypto import (
     KeyRing,
     TokenHasher,
@@ -63,12 +64,19 @@ def _snapshot(key: ApiKey) -> dict[str, Any]:
     return to_read(key).model_dump(mode="json", exclude={"budget_used", "budget_resets_at"})
 
 
-async def add_budget_usage(session: AsyncSession, reads: list[ApiKeyRead], zone: str) -> None:
-    """Fill in ``budget_used`` and ``budget_resets_at`` of *reads* (one query)."""
+async def add_budget_usage(
+    session: AsyncSession,
+    reads: list[ApiKeyRead],
+    zone: str,
+    counters: RedisBudgetStore | None = None,
+) -> None:
+    """Fill in ``budget_used`` and ``budget_resets_at`` of *reads* (one query, or
+    one Redis round trip when *counters* holds them)."""
     status = await budgets.current_usage(
         session,
         [(read.id, read.budget_period) for read in reads if read.budget_tokens],
         ZoneInfo(zone),
+        counters,
     )
     for read in reads:
         if read.budget_tokens:
@@ -258,6 +266,7 @@ async def update_api_key(
     keyring: KeyRing,
     actor: str,
     budget_zone: str = "UTC",
+    counters: RedisBudgetStore | None = None,
 ) -> ApiKey:
     key = await ApiKeyRepository(session).get_to_change(key_id, if_match)
     changes = data.model_dump(exclude_unset=True)
@@ -289,7 +298,7 @@ async def update_api_key(
     key.updated_at = func.now()
     await flush(session, _alias_taken(data.alias))
     if budgets.needs_recount(before, changes):  # docs/budgets.md, "Changing the period"
-        await budgets.recount(session, key.id, key.budget_period, ZoneInfo(budget_zone))
+        await budgets.recount(session, key.id, key.budget_period, ZoneInfo(budget_zone), counters)
     # The repository loads with populate_existing: server-side timestamps are fresh.
     key = await get_api_key(session, key_id)
     after = _snapshot(key)

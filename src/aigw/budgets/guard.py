@@ -36,10 +36,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from aigw.budgets.backend import BudgetBackend
 from aigw.budgets.errors import BudgetExceeded, BudgetStoreUnavailable, RateLimited
 from aigw.budgets.periods import PeriodClock, rate_window
 from aigw.budgets.rules import KeyBudget
-from aigw.budgets.store import BudgetStore, Settlement, StoreUnavailable
+from aigw.budgets.store import Settlement, StoreUnavailable
 from aigw.usage.recorder import UsageEntry
 
 log = logging.getLogger("aigw.budgets")
@@ -198,7 +199,9 @@ class Hold:
 class Limiter:
     """Budget and rate decisions for one process (see the module docstring)."""
 
-    def __init__(self, store: BudgetStore, clock: PeriodClock, *, output_slice: int = 256) -> None:
+    def __init__(
+        self, store: BudgetBackend, clock: PeriodClock, *, output_slice: int = 256
+    ) -> None:
         self.store = store
         self.clock = clock
         self.output_slice = output_slice

@@ -8,6 +8,13 @@ was charged since the window began: input plus output tokens of every request
 that went upstream), so spending earlier in the window counts whatever the key's
 settings were then. A counter kept meanwhile is never lowered (``greatest``):
 it may already hold requests whose records are not written yet.
+
+With the Redis store (``AIGW_REDIS_URL``) the counters are read from and
+raised in Redis (*store*): the records' sum is still one query in the caller's
+transaction, and the counter is raised before that transaction commits — so a
+change that then fails to commit leaves the counter at what the records show,
+never above. A Redis that does not answer makes these reads raise
+:class:`~aigw.budgets.errors.BudgetStoreUnavailable` (503).
 """
 
 from __future__ import annotations
@@ -20,21 +27,36 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigw.budgets.errors import BudgetStoreUnavailable
 from aigw.budgets.models import BudgetCounter
 from aigw.budgets.periods import period_bounds
+from aigw.budgets.redis_store import RedisBudgetStore
+from aigw.budgets.store import StoreUnavailable
 from aigw.usage.models import UsageRecord
 
 
 async def current_usage(
-    session: AsyncSession, keys: list[tuple[uuid.UUID, str]], zone: ZoneInfo
+    session: AsyncSession,
+    keys: list[tuple[uuid.UUID, str]],
+    zone: ZoneInfo,
+    store: RedisBudgetStore | None = None,
 ) -> dict[uuid.UUID, tuple[int, datetime | None]]:
     """``{key id: (tokens used in the current period, when it ends)}`` for *keys*
-    given as ``(id, period)``, in one query."""
+    given as ``(id, period)``, in one query (or one Redis round trip)."""
     if not keys:
         return {}
     now = datetime.now(UTC)
     bounds = {key_id: period_bounds(period, now, zone) for key_id, period in keys}
     pairs = [(key_id, start) for key_id, (start, _) in bounds.items()]
+    if store is not None:
+        try:
+            values = await store.used(pairs)
+        except StoreUnavailable:
+            raise BudgetStoreUnavailable(headers={"Retry-After": "1"}) from None
+        return {
+            key_id: (value, bounds[key_id][1])
+            for (key_id, _), value in zip(pairs, values, strict=True)
+        }
     rows = await session.execute(
         select(BudgetCounter.api_key_id, BudgetCounter.used).where(
             tuple_(BudgetCounter.api_key_id, BudgetCounter.period_start).in_(pairs)
@@ -57,10 +79,16 @@ def needs_recount(before: dict[str, object], changes: dict[str, object]) -> bool
     return period_changed or not before["budget_tokens"]
 
 
-async def recount(session: AsyncSession, key_id: uuid.UUID, period: str, zone: ZoneInfo) -> int:
+async def recount(
+    session: AsyncSession,
+    key_id: uuid.UUID,
+    period: str,
+    zone: ZoneInfo,
+    store: RedisBudgetStore | None = None,
+) -> int:
     """Set the counter of *period*'s current window from the usage records (never
     lower than it is); returns its ``used``. One statement, in the caller's
-    transaction."""
+    transaction (with Redis: the sum, then one script call)."""
     start, _ = period_bounds(period, datetime.now(UTC), zone)
     charged = (
         select(func.coalesce(func.sum(UsageRecord.input_tokens + UsageRecord.output_tokens), 0))
@@ -71,6 +99,12 @@ async def recount(session: AsyncSession, key_id: uuid.UUID, period: str, zone: Z
         )
         .scalar_subquery()
     )
+    if store is not None:
+        counted = int((await session.execute(select(charged))).scalar_one())
+        try:
+            return await store.raise_used(key_id, start, counted)
+        except StoreUnavailable:
+            raise BudgetStoreUnavailable(headers={"Retry-After": "1"}) from None
     statement = insert(BudgetCounter).values(
         api_key_id=key_id, period_start=start, used=charged, reserved=0
     )

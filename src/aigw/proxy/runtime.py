@@ -18,9 +18,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from aigw.budgets.backend import create_budget_store
 from aigw.budgets.guard import Limiter
 from aigw.budgets.periods import PeriodClock
-from aigw.budgets.store import BudgetStore
 from aigw.config import Settings
 from aigw.db.engine import libpq_url
 from aigw.metrics import Metrics
@@ -84,13 +84,9 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
         stack.push_async_callback(session.close)
         state.upstream = session
 
-        # Budgets and rates: the store opens connections on first use only.
-        budget_store = BudgetStore(
-            libpq_url(settings.database_url),
-            lease_seconds=settings.budget_lease_seconds,
-            timeout=settings.budget_store_timeout,
-            max_connections=settings.db_pool_size,
-        )
+        # Budgets and rates (PostgreSQL, or Redis with AIGW_REDIS_URL): the store
+        # opens connections on first use only.
+        budget_store = create_budget_store(settings)
         budget_store.start()
         stack.push_async_callback(budget_store.aclose, settings.shutdown_grace)
         state.budget_store = budget_store
