@@ -48,7 +48,11 @@ async def _hammer(
             text.extend(choice.delta.content or "" for choice in chunk.choices)
         return words_of("".join(text))
 
-    return await asyncio.gather(*(one(i) for i in range(requests)))
+    try:
+        return await asyncio.gather(*(one(i) for i in range(requests)))
+    finally:  # a client left open past this test's event loop is closed by GC in the next one
+        for client in clients:
+            await client.close()
 
 
 @pytest.mark.slow
