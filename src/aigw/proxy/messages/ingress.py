@@ -24,15 +24,19 @@ from starlette.types import Receive, Scope, Send
 
 from aigw.errors import AigwError, UnsupportedMediaType
 from aigw.proxy import counting
+from aigw.proxy.adapters import ADAPTERS
 from aigw.proxy.admission import (
     MAX_OUTPUT_TOKENS,
     Admitted,
     bearer_token,
     key_headers,
     max_tokens_field,
+    untranslatable,
 )
 from aigw.proxy.body import Names, content_type_ok, names, off_loop, parse_unambiguous, read_body
+from aigw.proxy.counting.offload import CountingPool, Refusal
 from aigw.proxy.counting.prompt import InputCount
+from aigw.proxy.counting.workers import Inspected, inspect_messages_body
 from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import (
     ClientGone,
@@ -195,23 +199,48 @@ def validate(body: Any, *, require_max_tokens: bool) -> int | None:
     return max_tokens
 
 
-def _chat_forms(
+def fill_model(body: dict[str, Any], model: str) -> bool:
+    """The key's *model* filled in when omitted (True: the body changed); any
+    other model refused."""
+    if body.get("model") is None:
+        body["model"] = model
+        return True
+    if body["model"] != model:
+        raise ModelNotAllowed(f"This key may use model '{model}' only", param="model")
+    return False
+
+
+def chat_forms(
     body: dict[str, Any], model: str, native: bool
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Chat Completions request *body* stands for, and the one to count: the
     same, plus what a native upstream is sent that the translation drops."""
-    chat = request.to_chat_request(body, max_tokens_field(model))
-    if not native:
-        return chat, chat
-    return chat, {**chat, "messages": [*chat["messages"], *request.untranslated(body)]}
+    try:
+        chat = request.to_chat_request(body, max_tokens_field(model))
+        if not native:
+            return chat, chat
+        return chat, {**chat, "messages": [*chat["messages"], *request.untranslated(body)]}
+    except (TypeError, ValueError):  # a value too deeply nested to write as JSON text
+        raise InvalidRequest("The request body is nested too deeply") from None
 
 
-def _encode(
-    adapter: Any, body: dict[str, Any], chat: dict[str, Any], modified: bool, raw: bytes
+def encode_upstream(
+    kind: str, body: dict[str, Any], chat: dict[str, Any], modified: bool, raw: bytes
 ) -> bytes:
-    if adapter.kind == "anthropic":
-        return orjson.dumps(body) if modified else raw
-    return adapter.encode_request(chat, b"", True)
+    """The body to forward to a provider of *kind*: an ``anthropic`` one gets the
+    client's Messages body (*raw* itself unless *modified*), others the Chat
+    Completions translation *chat* (``include_usage`` asked for on a stream)."""
+    try:
+        if kind == "anthropic":
+            return orjson.dumps(body) if modified else raw
+        if chat.get("stream") is True:
+            chat["stream_options"] = {"include_usage": True}
+        return ADAPTERS[kind].encode_request(chat, b"", True)
+    except TypeError:  # orjson writes at most 255 levels but reads up to 1024
+        raise InvalidRequest("The request body is nested too deeply") from None
+    except (AttributeError, ValueError, KeyError, IndexError) as exc:
+        # A shape the provider translation cannot take: the client's to fix.
+        raise untranslatable(exc) from None
 
 
 def _scratch_entry(scope: Scope, key: ResolvedKey) -> UsageEntry:
@@ -250,11 +279,10 @@ class MessagesIngress:
         return key
 
     async def _read(
-        self, scope: Scope, receive: Receive, key: ResolvedKey, *, require_max_tokens: bool
-    ) -> tuple[bytes, dict[str, Any]]:
-        """The body, as received and parsed: a checked Messages request with no
-        duplicate member name and no case variant of a name the gateway reads
-        (400 ``ambiguous_field``); parsed off the loop when large."""
+        self, scope: Scope, receive: Receive, key: ResolvedKey
+    ) -> tuple[bytes, CountingPool | None]:
+        """The body as received, and the worker pool that is to parse and count it
+        (``None``: this process does, :meth:`_parse`)."""
         if not key.enabled:
             raise KeyDisabled()
         if key.key_code is None:
@@ -262,10 +290,44 @@ class MessagesIngress:
         if not content_type_ok(scope["headers"]):
             raise UnsupportedMediaType()
         raw = await read_body(receive)
+        pool = self.pipeline.admission.pool
+        if pool is None or not pool.takes(raw) or self.pipeline.upstream_counter.applies(key):
+            # The provider's own counter needs the whole request here.
+            return raw, None
+        return raw, pool
+
+    async def _parse(self, raw: bytes, *, require_max_tokens: bool) -> dict[str, Any]:
+        """*raw* as a checked Messages request with no duplicate member name and
+        no case variant of a name the gateway reads (400 ``ambiguous_field``);
+        parsed off the loop when large."""
         check = functools.partial(validate, require_max_tokens=require_max_tokens)
         executor = self.pipeline.encoders.executor
-        body = await off_loop(raw, executor, parse_unambiguous, raw, MESSAGES_NAMES, check)
-        return raw, body
+        return await off_loop(raw, executor, parse_unambiguous, raw, MESSAGES_NAMES, check)
+
+    async def _inspect(
+        self,
+        pool: CountingPool,
+        raw: bytes,
+        key: ResolvedKey,
+        *,
+        require_max_tokens: bool,
+        translate: bool,
+    ) -> Inspected:
+        """:meth:`_parse`, the model rule, :meth:`_count` (and with *translate*,
+        the body to forward) of a large body, in a worker process."""
+        adapter = self.pipeline.adapters.get(key.provider_kind)
+        return await pool.run(
+            functools.partial(
+                inspect_messages_body,
+                kind=adapter.kind if adapter is not None else None,
+                require_max_tokens=require_max_tokens,
+                translate=translate,
+            ),
+            raw,
+            key.model,
+            key.encoding,
+            self.pipeline.settings.max_tokenize_chars,
+        )
 
     async def _count(
         self, key: ResolvedKey, raw: bytes, body: dict[str, Any], entry: UsageEntry
@@ -278,10 +340,7 @@ class MessagesIngress:
         adapter = pipeline.adapters.get(key.provider_kind)
         native = adapter is not None and adapter.kind == "anthropic"
         executor = pipeline.encoders.executor
-        try:
-            chat, view = await off_loop(raw, executor, _chat_forms, body, key.model, native)
-        except (TypeError, ValueError):  # a value too deeply nested to write as JSON text
-            raise InvalidRequest("The request body is nested too deeply") from None
+        chat, view = await off_loop(raw, executor, chat_forms, body, key.model, native)
         counted = await counting.count_chat_input_async(
             view,
             await pipeline.encoders.aget(key.encoding),
@@ -301,16 +360,25 @@ class MessagesIngress:
         adapter = self.pipeline.adapters.get(key.provider_kind)
         if adapter is None:
             raise UnsupportedProvider()
-        raw, body = await self._read(scope, receive, key, require_max_tokens=True)
-        max_tokens = body["max_tokens"]
-        modified = False
-        if body.get("model") is None:
-            body["model"] = key.model
-            modified = True
-        elif body["model"] != key.model:
-            raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
-        stream = entry.stream = body.get("stream") is True
-        chat, counted = await self._count(key, raw, body, entry)
+        raw, pool = await self._read(scope, receive, key)
+        upstream: bytes | Refusal | None = None
+        if pool is not None:
+            inspected = await self._inspect(pool, raw, key, require_max_tokens=True, translate=True)
+            # The chat form's small fields, all the relay reads of it.
+            chat = {"model": inspected.head["model"], "stream": inspected.head["stream"]}
+            max_tokens, stream = inspected.head["max_tokens"], inspected.head["stream"]
+            assert inspected.count is not None
+            counted = await self.pipeline.upstream_counter.judge(
+                key, adapter, chat, inspected.count, entry
+            )
+            upstream = raw if inspected.upstream is None else inspected.upstream
+        else:
+            body = await self._parse(raw, require_max_tokens=True)
+            max_tokens = body["max_tokens"]
+            modified = fill_model(body, key.model)
+            stream = body.get("stream") is True
+            chat, counted = await self._count(key, raw, body, entry)
+        entry.stream = stream
         entry.input_tokens = counted.tokens
         decision = decide(key.limits, counted.tokens, max_tokens, input_exact=counted.exact)
         entry.input_limit_exceeded = decision.input_exceeded
@@ -328,28 +396,20 @@ class MessagesIngress:
                 f"this key allows {key.limits.output_limit}",
                 param="max_tokens",
             )
-        if stream and adapter.kind != "anthropic":
-            chat["stream_options"] = {"include_usage": True}
-        try:
+        if isinstance(upstream, Refusal):
+            raise upstream.exception()
+        if upstream is None:
             executor = self.pipeline.encoders.executor
-            upstream_body = await off_loop(
-                raw, executor, _encode, adapter, body, chat, modified, raw
+            upstream = await off_loop(
+                raw, executor, encode_upstream, adapter.kind, body, chat, modified, raw
             )
-        except TypeError:  # orjson writes at most 255 levels but reads up to 1024
-            raise InvalidRequest("The request body is nested too deeply") from None
-        except (AttributeError, ValueError, KeyError, IndexError) as exc:
-            # A shape the provider translation cannot take: the client's to fix.
-            raise InvalidRequest(
-                "The request cannot be translated for this key's provider: a field has "
-                f"an unexpected shape ({type(exc).__name__})"
-            ) from None
         headers = key_headers(key, entry)
         exceeded = decision.exceeded_header()
         if exceeded:
             headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
         return Admitted(
             body=chat,
-            upstream_body=upstream_body,
+            upstream_body=upstream,
             stream=stream,
             client_wants_usage=True,  # message_delta always carries usage
             decision=decision,
@@ -391,10 +451,20 @@ class MessagesIngress:
         gateway judges the input limit by. Not a generation: no usage record."""
         try:
             key = self.authenticate(scope["headers"])
-            raw, body = await self._read(scope, receive, key, require_max_tokens=False)
-            if body.get("model") not in (None, key.model):
-                raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
-            _, counted = await self._count(key, raw, body, _scratch_entry(scope, key))
+            raw, pool = await self._read(scope, receive, key)
+            if pool is not None:
+                inspected = await self._inspect(
+                    pool, raw, key, require_max_tokens=False, translate=False
+                )
+                assert inspected.count is not None
+                counted = inspected.count
+            else:
+                body = await self._parse(raw, require_max_tokens=False)
+                if body.get("model") not in (None, key.model):
+                    raise ModelNotAllowed(
+                        f"This key may use model '{key.model}' only", param="model"
+                    )
+                _, counted = await self._count(key, raw, body, _scratch_entry(scope, key))
         except AigwError as exc:
             await _send_error(send, exc, [], None)
             return
