@@ -104,6 +104,8 @@ class CountingPool:
         self.idle_seconds = idle_seconds
         self._executor: ProcessPoolExecutor | None = None
         self._pending = 0
+        #: Bodies handed to a worker since start (a figure for tests and operators).
+        self.submitted = 0
         self._idle: asyncio.TimerHandle | None = None
 
     def takes(self, raw: bytes) -> bool:
@@ -120,6 +122,7 @@ class CountingPool:
         if self._pending >= self.queue:
             raise CountingBusy()
         self._pending += 1
+        self.submitted += 1
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
