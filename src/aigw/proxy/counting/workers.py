@@ -190,14 +190,15 @@ def inspect_messages_body(
     client's bytes with ``model`` filled in for an ``anthropic`` provider, the
     Chat Completions translation in the provider's format for others). The head
     holds ``model`` (filled in), ``stream`` and ``max_tokens``."""
-    from aigw.proxy.messages import ingress
+    from aigw.proxy.body import parse_unambiguous
+    from aigw.proxy.messages import checks
 
     native = kind == "anthropic"
     try:
-        check = functools.partial(ingress.validate, require_max_tokens=require_max_tokens)
-        body = ingress.parse_unambiguous(raw, ingress.MESSAGES_NAMES, check)
-        modified = ingress.fill_model(body, model)
-        chat, view = ingress.chat_forms(body, model, native)
+        check = functools.partial(checks.validate, require_max_tokens=require_max_tokens)
+        body = parse_unambiguous(raw, checks.MESSAGES_NAMES, check)
+        modified = checks.fill_model(body, model)
+        chat, view = checks.chat_forms(body, model, native)
     except AigwError as exc:
         return _refusal(exc)
     head = {"model": body["model"], "stream": body.get("stream") is True}
@@ -205,7 +206,7 @@ def inspect_messages_body(
     upstream: bytes | Refusal | None = None
     if translate and kind is not None:
         try:
-            encoded = ingress.encode_upstream(kind, body, chat, modified, raw)
+            encoded = checks.encode_upstream(kind, body, chat, modified, raw)
         except AigwError as exc:
             upstream = _refusal(exc)
         else:
