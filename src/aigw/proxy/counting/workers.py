@@ -203,6 +203,8 @@ def inspect_messages_body(
         return _refusal(exc)
     head = {"model": body["model"], "stream": body.get("stream") is True}
     head["max_tokens"] = body.get("max_tokens")
+    # Counted before the translation adds what the gateway asks for (include_usage).
+    counted = _count(view, encoding, max_chars)
     upstream: bytes | Refusal | None = None
     if translate and kind is not None:
         try:
@@ -211,4 +213,4 @@ def inspect_messages_body(
             upstream = _refusal(exc)
         else:
             upstream = None if encoded is raw else encoded
-    return Inspected(head, _count(view, encoding, max_chars), None, upstream)
+    return Inspected(head, counted, None, upstream)
