@@ -11,6 +11,7 @@ names, ``input_not_countable``, limits), same bodies upstream. Each gateway's
 pool is started before the test (a cold worker imports the gateway's modules
 and loads an encoding: seconds on a busy machine, longer than the SDK
 clients' timeouts some tests set), and each test must have sent bodies to it.
+The other provider kinds' translations: ``test_worker_path_kinds.py``.
 """
 
 from __future__ import annotations
