@@ -34,13 +34,13 @@ from aigw.proxy.body import (
     parse_unambiguous,
     read_body,
 )
-from aigw.proxy.counting.offload import (
-    CountingPool,
+from aigw.proxy.counting.offload import CountingPool
+from aigw.proxy.counting.workers import (
     Inspected,
-    apply_edits,
     count_chat_body,
     encode_edited,
     inspect_chat_body,
+    translate_chat,
 )
 from aigw.proxy.errors import (
     InputNotCountable,
@@ -130,6 +130,15 @@ def _validate(body: dict[str, Any]) -> None:
 
 def parse_chat(raw: bytes) -> dict[str, Any]:
     return parse_unambiguous(raw, CHAT_NAMES, _validate)
+
+
+def untranslatable(exc: Exception) -> InvalidRequest:
+    """A shape the provider translation cannot take (e.g. ``tool_calls`` as an
+    object on an Anthropic key) is the client's to fix: 400, never 500."""
+    return InvalidRequest(
+        "The request cannot be translated for this key's provider: a field has "
+        f"an unexpected shape ({type(exc).__name__})"
+    )
 
 
 def key_headers(key: ResolvedKey, entry: UsageEntry) -> list[tuple[bytes, bytes]]:
@@ -232,18 +241,12 @@ class Admission:
             # The client's bytes, or those bytes with the gateway's edits (in a worker).
             return raw if not edits else await pool.run(encode_edited, raw, edits)
         if pool is not None:
-            # Another wire format: translated here, from the whole body.
-            body = await self._off_loop(raw, parse_chat, raw)
-            apply_edits(body, edits)
+            # Another wire format: translated from the whole body, in a worker too.
+            return await pool.run(translate_chat, raw, edits, adapter.kind)
         try:
             return await self._off_loop(raw, adapter.encode_request, body, raw, bool(edits))
         except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
-            # A shape the provider translation cannot take (e.g. "tool_calls" as an
-            # object on an Anthropic key) is the client's to fix: 400, never 500.
-            raise InvalidRequest(
-                "The request cannot be translated for this key's provider: a field has "
-                f"an unexpected shape ({type(exc).__name__})"
-            ) from None
+            raise untranslatable(exc) from None
 
     async def admit(
         self,

@@ -108,15 +108,18 @@ class EmbeddingsEndpoint:
     name = "embeddings"
     path = "/embeddings"
     names = EMBEDDINGS_NAMES
+    # Parsed and counted in this process (in the tokenizer threads when large).
+    offloaded = False
 
     async def admit(
         self,
         pipeline: Pipeline,
         raw: bytes,
-        body: dict[str, Any],
+        body: dict[str, Any] | None,
         key: ResolvedKey,
         entry: UsageEntry,
     ) -> Prepared:
+        assert body is not None  # not offloaded: always parsed
         modified = apply_model_rule(body, key)
         executor = pipeline.encoders.executor
         # Everything that grows with the input runs off the loop for a large body.

@@ -26,6 +26,7 @@ from aigw.errors import AigwError, UnsupportedMediaType
 from aigw.proxy.adapters.openai import OpenAIAdapter, _endpoint
 from aigw.proxy.admission import key_headers
 from aigw.proxy.body import Names, content_type_ok, off_loop, parse_unambiguous, read_body
+from aigw.proxy.counting.offload import CountingPool
 from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import InvalidRequest, KeyDisabled, KeyUnusable, ModelNotAllowed
 from aigw.proxy.forward import AnswerRelay, Recorded, UpstreamCall, forward, send_error
@@ -115,12 +116,15 @@ class Endpoint(Protocol):
     #: The member names it reads: a case variant of one, or a duplicate name
     #: anywhere, is refused (400 ``ambiguous_field``).
     names: Names
+    #: Whether its admission takes a large body unparsed, for a worker process
+    #: (:mod:`aigw.proxy.counting.workers`) to parse, check and count.
+    offloaded: bool
 
     async def admit(
         self,
         pipeline: Pipeline,
         raw: bytes,
-        body: dict[str, Any],
+        body: dict[str, Any] | None,
         key: ResolvedKey,
         entry: UsageEntry,
     ) -> Prepared: ...
@@ -142,11 +146,14 @@ async def read_request(
     key: ResolvedKey,
     endpoint: Endpoint,
     executor: Executor | None = None,
-) -> tuple[bytes, dict[str, Any]]:
+    pool: CountingPool | None = None,
+) -> tuple[bytes, dict[str, Any] | None]:
     """The checks every endpoint makes before its own: the key is usable, its
     provider kind serves *endpoint*, and the body is a JSON object with no
     duplicate member name and no case variant of a name *endpoint* reads
-    (returned as received and parsed; parsed in *executor* when large)."""
+    (returned as received and parsed; parsed in *executor* when large). A body
+    *pool* takes, for an endpoint that is ``offloaded``, is returned unparsed
+    (``None``): its admission has a worker parse and check it."""
     if not key.enabled:
         raise KeyDisabled()
     if key.key_code is None:
@@ -160,6 +167,8 @@ async def read_request(
     if not content_type_ok(headers):
         raise UnsupportedMediaType()
     raw = await read_body(receive)
+    if endpoint.offloaded and pool is not None and pool.takes(raw):
+        return raw, None
     body = await off_loop(raw, executor, parse_unambiguous, raw, endpoint.names)
     return raw, body
 
@@ -167,14 +176,22 @@ async def read_request(
 def apply_model_rule(body: dict[str, Any], key: ResolvedKey) -> bool:
     """Fill in the key's model when omitted (returns True: the body changed);
     refuse any other model."""
-    model = body.get("model")
-    if model is None:
+    if check_model(body, key.model):
         body["model"] = key.model
         return True
-    if not isinstance(model, str):
+    return False
+
+
+def check_model(body: Mapping[str, Any], model: str) -> bool:
+    """Whether *body* omits its model (True: the key's *model* is to be filled
+    in); 400 for any model but *model*."""
+    given = body.get("model")
+    if given is None:
+        return True
+    if not isinstance(given, str):
         raise InvalidRequest("'model' must be a string", param="model")
-    if model != key.model:
-        raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
+    if given != model:
+        raise ModelNotAllowed(f"This key may use model '{model}' only", param="model")
     return False
 
 
@@ -235,7 +252,12 @@ async def run(
     async with Recorded(pipeline.recorder, entry, downstream, started):
         try:
             raw, body = await read_request(
-                scope["headers"], receive, key, endpoint, pipeline.encoders.executor
+                scope["headers"],
+                receive,
+                key,
+                endpoint,
+                pipeline.encoders.executor,
+                pipeline.admission.pool,
             )
             prepared = await endpoint.admit(pipeline, raw, body, key, entry)
         except AigwError as exc:

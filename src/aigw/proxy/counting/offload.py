@@ -1,15 +1,20 @@
-"""Parsing and counting large request bodies in worker processes (issue 10, item 1).
+"""The worker processes that parse and count large request bodies (issue 10, item 1).
 
 orjson holds the GIL for a whole parse (~40 ms per MB of tiny JSON objects),
 and walking a parsed body is Python code: in a thread of the gateway's process
 either starves the event loop, so ``/healthz`` waits behind an adversarial
-body. A body larger than ``count_process_bytes`` is therefore parsed, checked
-(:func:`aigw.proxy.body.parse_unambiguous`), walked and tokenized in a worker
-process; the gateway gets back only the count and the few top-level fields it
-decides with (:class:`Inspected`), and, once admitted, the body to forward
-(the client's bytes, or those bytes re-encoded with the gateway's edits by a
-worker). Nothing whose cost grows with the body then runs in the gateway's
-process besides receiving it and two ``bytes`` scans in C.
+body. A body larger than ``count_process_bytes`` sent to
+``/v1/chat/completions``, ``/v1/responses`` or ``/v1/messages`` (and
+``/v1/messages/count_tokens``) is therefore parsed, checked
+(:func:`aigw.proxy.body.parse_unambiguous`), converted, walked and tokenized in
+a worker process (what a worker does per endpoint: :mod:`.workers`); the gateway
+gets back only the count and the few top-level fields it decides with
+(:class:`.workers.Inspected`), and, once admitted, the body to forward (the
+client's bytes, those bytes re-encoded with the gateway's edits, or their
+translation to the provider's wire format, each made by a worker). Nothing
+whose cost grows with the body then runs in the gateway's process besides
+receiving it and two ``bytes`` scans in C. This module is the pool, shared by
+the three endpoints: one set of workers, one queue bound, one busy error.
 
 The pool is started on the first large body (an idle gateway holds no extra
 process), stopped again after ``count_process_idle`` seconds without one, and
@@ -28,37 +33,20 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-import orjson
-import tiktoken
-
 from aigw.errors import AigwError
-from aigw.proxy.counting.collect import collect
-from aigw.proxy.counting.encodings import load_encoding
-from aigw.proxy.counting.prompt import InputCount, count_collected
 
-__all__ = [
-    "CountingBusy",
-    "CountingPool",
-    "Inspected",
-    "apply_edits",
-    "count_chat_body",
-    "encode_edited",
-    "inspect_chat_body",
-]
+__all__ = ["CountingBusy", "CountingPool", "Refusal"]
 
 log = logging.getLogger("aigw.proxy")
 
 _T = TypeVar("_T")
 
 _WORKER_NICENESS: Final = 10
-
-#: Top-level fields of a chat body the gateway decides with (all small once checked).
-HEAD_FIELDS: Final = ("model", "stream", "n", "max_tokens", "max_completion_tokens")
 
 
 class CountingBusy(AigwError):
@@ -81,79 +69,6 @@ class Refusal:
 
     def exception(self) -> AigwError:
         return self.error(self.detail, param=self.param)
-
-
-@dataclass(frozen=True, slots=True)
-class Inspected:
-    """What the gateway needs of a body a worker parsed and checked: its small
-    top-level fields (:data:`HEAD_FIELDS`, and ``stream_options`` reduced to
-    ``include_usage``) and, when asked for, its input count."""
-
-    head: dict[str, Any]
-    count: InputCount | None
-
-
-# --- in the worker ---------------------------------------------------------------
-
-_ENCODINGS: dict[str, tiktoken.Encoding] = {}
-
-
-def _encoding(name: str) -> tiktoken.Encoding:
-    encoding = _ENCODINGS.get(name)
-    if encoding is None:
-        encoding = _ENCODINGS[name] = load_encoding(name)
-    return encoding
-
-
-def inspect_chat_body(raw: bytes, encoding: str | None, max_chars: int) -> Inspected | Refusal:
-    """Parse and check the Chat Completions body *raw* as admission does, and
-    count it with *encoding* (``None``: no count)."""
-    # Imported here: admission imports this module.
-    from aigw.proxy.admission import MAX_OUTPUT_TOKENS, optional_int, parse_chat
-
-    try:
-        body = parse_chat(raw)
-        for field in ("max_tokens", "max_completion_tokens"):
-            optional_int(body, field, 1, MAX_OUTPUT_TOKENS)
-    except AigwError as exc:
-        return Refusal(type(exc), exc.detail, exc.param)
-    head: dict[str, Any] = {field: body[field] for field in HEAD_FIELDS if field in body}
-    options = body.get("stream_options")
-    if isinstance(options, Mapping):
-        head["stream_options"] = {"include_usage": bool(options.get("include_usage"))}
-    counted = None
-    if encoding is not None:
-        counted = count_collected(collect(body), _encoding(encoding), max_chars)
-    return Inspected(head, counted)
-
-
-def count_chat_body(raw: bytes, encoding: str, max_chars: int) -> InputCount:
-    """The input count of a Chat Completions body already checked by
-    :func:`inspect_chat_body` (for the record, after it was admitted)."""
-    return count_collected(collect(orjson.loads(raw)), _encoding(encoding), max_chars)
-
-
-def apply_edits(body: dict[str, Any], edits: Mapping[str, Any]) -> None:
-    """The gateway's edits to a body: top-level fields set; ``stream_options``
-    merged into the client's own."""
-    for name, value in edits.items():
-        if name == "stream_options":
-            options = body.get("stream_options")
-            body[name] = {**(options if isinstance(options, dict) else {}), **value}
-        else:
-            body[name] = value
-
-
-def encode_edited(raw: bytes, edits: Mapping[str, Any]) -> bytes | Refusal:
-    """*raw* re-encoded with the gateway's *edits* (:func:`apply_edits`)."""
-    from aigw.proxy.errors import InvalidRequest
-
-    body = orjson.loads(raw)
-    apply_edits(body, edits)
-    try:
-        return orjson.dumps(body)
-    except TypeError:  # orjson writes at most 255 levels but reads up to 1024
-        return Refusal(InvalidRequest, "The request body is nested too deeply", None)
 
 
 def _spawnable() -> bool:
@@ -189,6 +104,8 @@ class CountingPool:
         self.idle_seconds = idle_seconds
         self._executor: ProcessPoolExecutor | None = None
         self._pending = 0
+        #: Bodies handed to a worker since start (a figure for tests and operators).
+        self.submitted = 0
         self._idle: asyncio.TimerHandle | None = None
 
     def takes(self, raw: bytes) -> bool:
@@ -205,6 +122,7 @@ class CountingPool:
         if self._pending >= self.queue:
             raise CountingBusy()
         self._pending += 1
+        self.submitted += 1
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None

@@ -25,20 +25,19 @@ from starlette.types import Receive, Scope, Send
 from aigw.errors import AigwError, UnsupportedMediaType
 from aigw.proxy import counting
 from aigw.proxy.admission import (
-    MAX_OUTPUT_TOKENS,
     Admitted,
     bearer_token,
     key_headers,
-    max_tokens_field,
 )
-from aigw.proxy.body import Names, content_type_ok, names, off_loop, parse_unambiguous, read_body
+from aigw.proxy.body import content_type_ok, off_loop, parse_unambiguous, read_body
+from aigw.proxy.counting.offload import CountingPool, Refusal
 from aigw.proxy.counting.prompt import InputCount
+from aigw.proxy.counting.workers import Inspected, inspect_messages_body
 from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import (
     ClientGone,
     InputTokenLimitExceeded,
     InvalidApiKey,
-    InvalidRequest,
     KeyDisabled,
     KeyUnusable,
     ModelNotAllowed,
@@ -47,38 +46,20 @@ from aigw.proxy.errors import (
 )
 from aigw.proxy.forward import Recorded
 from aigw.proxy.keycache import ResolvedKey
-from aigw.proxy.messages import request, wire
+from aigw.proxy.messages import wire
+from aigw.proxy.messages.checks import (
+    MESSAGES_NAMES,
+    chat_forms,
+    encode_upstream,
+    fill_model,
+    validate,
+)
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide
 from aigw.proxy.records import new_entry
 from aigw.usage.recorder import UsageEntry
 
 if TYPE_CHECKING:
     from aigw.proxy.pipeline import Pipeline
-
-_ROLES = ("user", "assistant")
-
-_SOURCE = names({"type", "media_type", "data", "url", "file_id"})
-_BLOCK_CHILDREN: dict[str, Names] = {"source": _SOURCE}
-_BLOCK = Names(
-    frozenset(
-        {"type", "text", "source", "id", "name", "input", "tool_use_id", "content"}
-        | {"is_error", "cache_control", "citations", "thinking", "signature", "title"}
-    ),
-    _BLOCK_CHILDREN,
-)
-_BLOCK_CHILDREN["content"] = _BLOCK  # a tool_result holds blocks too
-#: What ``POST /v1/messages`` reads: a case variant of one of these is refused.
-MESSAGES_NAMES = names(
-    {"model", "messages", "system", "max_tokens", "stream", "tools", "tool_choice"}
-    | {"thinking", "temperature", "top_p", "top_k", "stop_sequences", "metadata"}
-    | {"service_tier", "container", "mcp_servers"},
-    messages=names({"role", "content"}, content=_BLOCK),
-    system=_BLOCK,
-    tools=names({"type", "name", "description", "input_schema", "cache_control"}),
-    tool_choice=names({"type", "name", "disable_parallel_tool_use"}),
-    metadata=names({"user_id"}),
-    thinking=names({"type", "budget_tokens"}),
-)
 
 
 class MessagesDownstream(Downstream):
@@ -139,81 +120,6 @@ def _api_key(headers: list[tuple[bytes, bytes]]) -> str | None:
     return bearer_token(headers)
 
 
-def _check_blocks(content: Any, where: str) -> None:
-    if isinstance(content, str):
-        return
-    if not isinstance(content, list):
-        raise InvalidRequest(f"{where}.content must be a string or an array", param=where)
-    for position, block in enumerate(content):
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            raise InvalidRequest(
-                f"{where}.content[{position}] must be an object with a 'type'", param=where
-            )
-
-
-def _optional(body: dict[str, Any], field: str, kind: type | tuple[type, ...], name: str) -> None:
-    if body.get(field) is not None and not isinstance(body[field], kind):
-        raise InvalidRequest(f"'{field}' must be {name}", param=field)
-
-
-def validate(body: Any, *, require_max_tokens: bool) -> int | None:
-    """Just enough shape to count, translate and forward safely (the upstream
-    judges the rest); returns ``max_tokens``."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
-    for index, message in enumerate(messages):
-        where = f"messages.{index}"
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"{where} must be an object", param=where)
-        if message.get("role") not in _ROLES:
-            raise InvalidRequest(f"{where}.role must be user or assistant", param=where + ".role")
-        _check_blocks(message.get("content"), where)
-    system = body.get("system")
-    if system is not None:
-        _check_blocks(system, "system")
-    _optional(body, "model", str, "a string")
-    _optional(body, "stream", bool, "a boolean")
-    _optional(body, "tools", list, "an array")
-    _optional(body, "tool_choice", dict, "an object")
-    _optional(body, "metadata", dict, "an object")
-    _optional(body, "stop_sequences", list, "an array")
-    if any(not isinstance(tool, dict) for tool in body.get("tools") or []):
-        raise InvalidRequest("'tools' must be an array of objects", param="tools")
-    if any(not isinstance(stop, str) for stop in body.get("stop_sequences") or []):
-        raise InvalidRequest("'stop_sequences' must be an array of strings")
-    max_tokens = body.get("max_tokens")
-    if max_tokens is None and not require_max_tokens:
-        return None
-    if type(max_tokens) is not int or not 1 <= max_tokens <= MAX_OUTPUT_TOKENS:
-        raise InvalidRequest(
-            f"'max_tokens' is required: an integer from 1 to {MAX_OUTPUT_TOKENS}",
-            param="max_tokens",
-        )
-    return max_tokens
-
-
-def _chat_forms(
-    body: dict[str, Any], model: str, native: bool
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Chat Completions request *body* stands for, and the one to count: the
-    same, plus what a native upstream is sent that the translation drops."""
-    chat = request.to_chat_request(body, max_tokens_field(model))
-    if not native:
-        return chat, chat
-    return chat, {**chat, "messages": [*chat["messages"], *request.untranslated(body)]}
-
-
-def _encode(
-    adapter: Any, body: dict[str, Any], chat: dict[str, Any], modified: bool, raw: bytes
-) -> bytes:
-    if adapter.kind == "anthropic":
-        return orjson.dumps(body) if modified else raw
-    return adapter.encode_request(chat, b"", True)
-
-
 def _scratch_entry(scope: Scope, key: ResolvedKey) -> UsageEntry:
     """An entry nobody records (count_tokens is not a generation)."""
     limits = key.limits
@@ -250,11 +156,10 @@ class MessagesIngress:
         return key
 
     async def _read(
-        self, scope: Scope, receive: Receive, key: ResolvedKey, *, require_max_tokens: bool
-    ) -> tuple[bytes, dict[str, Any]]:
-        """The body, as received and parsed: a checked Messages request with no
-        duplicate member name and no case variant of a name the gateway reads
-        (400 ``ambiguous_field``); parsed off the loop when large."""
+        self, scope: Scope, receive: Receive, key: ResolvedKey
+    ) -> tuple[bytes, CountingPool | None]:
+        """The body as received, and the worker pool that is to parse and count it
+        (``None``: this process does, :meth:`_parse`)."""
         if not key.enabled:
             raise KeyDisabled()
         if key.key_code is None:
@@ -262,10 +167,44 @@ class MessagesIngress:
         if not content_type_ok(scope["headers"]):
             raise UnsupportedMediaType()
         raw = await read_body(receive)
+        pool = self.pipeline.admission.pool
+        if pool is None or not pool.takes(raw) or self.pipeline.upstream_counter.applies(key):
+            # The provider's own counter needs the whole request here.
+            return raw, None
+        return raw, pool
+
+    async def _parse(self, raw: bytes, *, require_max_tokens: bool) -> dict[str, Any]:
+        """*raw* as a checked Messages request with no duplicate member name and
+        no case variant of a name the gateway reads (400 ``ambiguous_field``);
+        parsed off the loop when large."""
         check = functools.partial(validate, require_max_tokens=require_max_tokens)
         executor = self.pipeline.encoders.executor
-        body = await off_loop(raw, executor, parse_unambiguous, raw, MESSAGES_NAMES, check)
-        return raw, body
+        return await off_loop(raw, executor, parse_unambiguous, raw, MESSAGES_NAMES, check)
+
+    async def _inspect(
+        self,
+        pool: CountingPool,
+        raw: bytes,
+        key: ResolvedKey,
+        *,
+        require_max_tokens: bool,
+        translate: bool,
+    ) -> Inspected:
+        """:meth:`_parse`, the model rule, :meth:`_count` (and with *translate*,
+        the body to forward) of a large body, in a worker process."""
+        adapter = self.pipeline.adapters.get(key.provider_kind)
+        return await pool.run(
+            functools.partial(
+                inspect_messages_body,
+                kind=adapter.kind if adapter is not None else None,
+                require_max_tokens=require_max_tokens,
+                translate=translate,
+            ),
+            raw,
+            key.model,
+            key.encoding,
+            self.pipeline.settings.max_tokenize_chars,
+        )
 
     async def _count(
         self, key: ResolvedKey, raw: bytes, body: dict[str, Any], entry: UsageEntry
@@ -278,10 +217,7 @@ class MessagesIngress:
         adapter = pipeline.adapters.get(key.provider_kind)
         native = adapter is not None and adapter.kind == "anthropic"
         executor = pipeline.encoders.executor
-        try:
-            chat, view = await off_loop(raw, executor, _chat_forms, body, key.model, native)
-        except (TypeError, ValueError):  # a value too deeply nested to write as JSON text
-            raise InvalidRequest("The request body is nested too deeply") from None
+        chat, view = await off_loop(raw, executor, chat_forms, body, key.model, native)
         counted = await counting.count_chat_input_async(
             view,
             await pipeline.encoders.aget(key.encoding),
@@ -301,16 +237,25 @@ class MessagesIngress:
         adapter = self.pipeline.adapters.get(key.provider_kind)
         if adapter is None:
             raise UnsupportedProvider()
-        raw, body = await self._read(scope, receive, key, require_max_tokens=True)
-        max_tokens = body["max_tokens"]
-        modified = False
-        if body.get("model") is None:
-            body["model"] = key.model
-            modified = True
-        elif body["model"] != key.model:
-            raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
-        stream = entry.stream = body.get("stream") is True
-        chat, counted = await self._count(key, raw, body, entry)
+        raw, pool = await self._read(scope, receive, key)
+        upstream: bytes | Refusal | None = None
+        if pool is not None:
+            inspected = await self._inspect(pool, raw, key, require_max_tokens=True, translate=True)
+            # The chat form's small fields, all the relay reads of it.
+            chat = {"model": inspected.head["model"], "stream": inspected.head["stream"]}
+            max_tokens, stream = inspected.head["max_tokens"], inspected.head["stream"]
+            assert inspected.count is not None
+            counted = await self.pipeline.upstream_counter.judge(
+                key, adapter, chat, inspected.count, entry
+            )
+            upstream = raw if inspected.upstream is None else inspected.upstream
+        else:
+            body = await self._parse(raw, require_max_tokens=True)
+            max_tokens = body["max_tokens"]
+            modified = fill_model(body, key.model)
+            stream = body.get("stream") is True
+            chat, counted = await self._count(key, raw, body, entry)
+        entry.stream = stream
         entry.input_tokens = counted.tokens
         decision = decide(key.limits, counted.tokens, max_tokens, input_exact=counted.exact)
         entry.input_limit_exceeded = decision.input_exceeded
@@ -328,28 +273,20 @@ class MessagesIngress:
                 f"this key allows {key.limits.output_limit}",
                 param="max_tokens",
             )
-        if stream and adapter.kind != "anthropic":
-            chat["stream_options"] = {"include_usage": True}
-        try:
+        if isinstance(upstream, Refusal):
+            raise upstream.exception()
+        if upstream is None:
             executor = self.pipeline.encoders.executor
-            upstream_body = await off_loop(
-                raw, executor, _encode, adapter, body, chat, modified, raw
+            upstream = await off_loop(
+                raw, executor, encode_upstream, adapter.kind, body, chat, modified, raw
             )
-        except TypeError:  # orjson writes at most 255 levels but reads up to 1024
-            raise InvalidRequest("The request body is nested too deeply") from None
-        except (AttributeError, ValueError, KeyError, IndexError) as exc:
-            # A shape the provider translation cannot take: the client's to fix.
-            raise InvalidRequest(
-                "The request cannot be translated for this key's provider: a field has "
-                f"an unexpected shape ({type(exc).__name__})"
-            ) from None
         headers = key_headers(key, entry)
         exceeded = decision.exceeded_header()
         if exceeded:
             headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
         return Admitted(
             body=chat,
-            upstream_body=upstream_body,
+            upstream_body=upstream,
             stream=stream,
             client_wants_usage=True,  # message_delta always carries usage
             decision=decision,
@@ -391,10 +328,20 @@ class MessagesIngress:
         gateway judges the input limit by. Not a generation: no usage record."""
         try:
             key = self.authenticate(scope["headers"])
-            raw, body = await self._read(scope, receive, key, require_max_tokens=False)
-            if body.get("model") not in (None, key.model):
-                raise ModelNotAllowed(f"This key may use model '{key.model}' only", param="model")
-            _, counted = await self._count(key, raw, body, _scratch_entry(scope, key))
+            raw, pool = await self._read(scope, receive, key)
+            if pool is not None:
+                inspected = await self._inspect(
+                    pool, raw, key, require_max_tokens=False, translate=False
+                )
+                assert inspected.count is not None
+                counted = inspected.count
+            else:
+                body = await self._parse(raw, require_max_tokens=False)
+                if body.get("model") not in (None, key.model):
+                    raise ModelNotAllowed(
+                        f"This key may use model '{key.model}' only", param="model"
+                    )
+                _, counted = await self._count(key, raw, body, _scratch_entry(scope, key))
         except AigwError as exc:
             await _send_error(send, exc, [], None)
             return

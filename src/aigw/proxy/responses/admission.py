@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from aigw.proxy import counting
 from aigw.proxy.admission import MAX_OUTPUT_TOKENS
 from aigw.proxy.body import Names, names, off_loop
+from aigw.proxy.counting.prompt import InputCount
+from aigw.proxy.counting.workers import encode_edited, inspect_responses_body
 from aigw.proxy.errors import InputTokenLimitExceeded, InvalidRequest, OutputTokenLimitExceeded
 from aigw.proxy.exchange import Prepared, apply_model_rule, encode_off_loop, response_headers
 from aigw.proxy.keycache import ResolvedKey
@@ -64,7 +66,8 @@ class InputNotCountable(InvalidRequest):
     title = "The request's input cannot be counted by the gateway"
 
 
-def _checked_view(body: dict[str, Any]) -> tuple[int | None, ChatView]:
+def checked_view(body: dict[str, Any]) -> tuple[int | None, ChatView]:
+    """The checked ``max_output_tokens`` of *body* and its chat view."""
     return _validate(body), chat_view(body)
 
 
@@ -104,36 +107,63 @@ class ResponsesAdmission:
     """Counting and judging ``POST /v1/responses`` bodies (see the module docstring)."""
 
     names = RESPONSES_NAMES
+    offloaded = True
+
+    async def _inspect(
+        self, pipeline: Pipeline, raw: bytes, body: dict[str, Any] | None, key: ResolvedKey
+    ) -> tuple[dict[str, Any], bool, int | None, str | None, InputCount]:
+        """The body (only its head when a worker parsed it), whether the gateway
+        filled in its model, ``max_output_tokens``, the first input the gateway
+        cannot count, and the count."""
+        pool = pipeline.admission.pool
+        if body is None:
+            # A large body, parsed, checked and counted in a worker process.
+            assert pool is not None
+            inspected = await pool.run(
+                inspect_responses_body,
+                raw,
+                key.model,
+                key.encoding,
+                pipeline.settings.max_tokenize_chars,
+            )
+            head = inspected.head
+            assert inspected.count is not None
+            modified = apply_model_rule(head, key)
+            return head, modified, head[OUTPUT_FIELD], inspected.uncountable, inspected.count
+        modified = apply_model_rule(body, key)
+        executor = pipeline.encoders.executor
+        # Checking and converting grow with the body: off the loop when it is large.
+        requested, view = await off_loop(raw, executor, checked_view, body)
+        counted = await counting.count_chat_input_async(
+            view.body,
+            await pipeline.encoders.aget(key.encoding),
+            max_chars=pipeline.settings.max_tokenize_chars,
+            body_bytes=len(raw),
+            executor=executor,
+        )
+        return body, modified, requested, view.uncountable, counted
 
     async def admit(
         self,
         pipeline: Pipeline,
         raw: bytes,
-        body: dict[str, Any],
+        body: dict[str, Any] | None,
         key: ResolvedKey,
         entry: UsageEntry,
     ) -> Prepared:
-        modified = apply_model_rule(body, key)
-        executor = pipeline.encoders.executor
-        # Checking and converting grow with the body: off the loop when it is large.
-        requested, view = await off_loop(raw, executor, _checked_view, body)
+        offloaded = body is None
+        body, modified, requested, uncountable, counted = await self._inspect(
+            pipeline, raw, body, key
+        )
         stream = entry.stream = body.get("stream") is True
         limits = key.limits
-        if view.uncountable is not None and limits.input_limit > 0 and not limits.use_anyway:
+        if uncountable is not None and limits.input_limit > 0 and not limits.use_anyway:
             raise InputNotCountable(
-                f"'{view.uncountable}' brings in context the gateway cannot see, so it cannot "
+                f"'{uncountable}' brings in context the gateway cannot see, so it cannot "
                 f"check this key's input limit ({limits.input_limit} tokens); send the whole "
                 "conversation in 'input' instead",
-                param=view.uncountable.split("[", 1)[0].split(".", 1)[0],
+                param=uncountable.split("[", 1)[0].split(".", 1)[0],
             )
-        encoders = pipeline.encoders
-        counted = await counting.count_chat_input_async(
-            view.body,
-            await encoders.aget(key.encoding),
-            max_chars=pipeline.settings.max_tokenize_chars,
-            body_bytes=len(raw),
-            executor=executor,
-        )
         input_tokens = entry.input_tokens = counted.tokens
         decision = decide(limits, input_tokens, requested, input_exact=counted.exact)
         entry.input_limit_exceeded = decision.input_exceeded
@@ -155,16 +185,25 @@ class ResponsesAdmission:
                 f"allows {limits.output_limit}",
                 param=OUTPUT_FIELD,
             )
+        # The gateway's edits, in the order the body takes them.
+        edits: dict[str, Any] = {"model": key.model} if modified else {}
         injected = decision.inject_max_tokens is not None
         if injected:
-            body[OUTPUT_FIELD] = decision.inject_max_tokens
-            modified = True
+            body[OUTPUT_FIELD] = edits[OUTPUT_FIELD] = decision.inject_max_tokens
+        pool = pipeline.admission.pool
+        if not edits:
+            upstream_body = raw
+        elif offloaded and pool is not None:
+            # The client's bytes with the gateway's edits, re-encoded in a worker.
+            upstream_body = await pool.run(encode_edited, raw, edits)
+        else:
+            upstream_body = await encode_off_loop(raw, pipeline.encoders.executor, body)
         return Prepared(
             body=body,
-            upstream_body=await encode_off_loop(raw, executor, body) if modified else raw,
+            upstream_body=upstream_body,
             stream=stream,
             decision=decision,
             injected_max=injected,
             response_headers=response_headers(key, entry, decision),
-            uncountable=view.uncountable is not None,
+            uncountable=uncountable is not None,
         )

@@ -1,0 +1,86 @@
+"""The worker-process path of admission gives the same answers as the in-process one.
+
+A body larger than ``AIGW_COUNT_PROCESS_BYTES`` is parsed, checked, converted,
+counted and (when the gateway edits or translates it) re-encoded in a counting
+worker process (:mod:`aigw.proxy.counting.workers`) instead of the gateway's
+own. The tests below are tests of ``test_responses.py`` and ``test_messages.py``
+(both provider kinds: the client's bytes to ``anthropic``, the translation to
+``openai``), run again unchanged with that threshold at 0, so that every body
+takes the worker path: same counts, same refusals (model, shape, duplicate
+names, ``input_not_countable``, limits), same bodies upstream. Each gateway's
+pool is started before the test (a cold worker imports the gateway's modules
+and loads an encoding: seconds on a busy machine, longer than the SDK
+clients' timeouts some tests set), and each test must have sent bodies to it.
+The other provider kinds' translations: ``test_worker_path_kinds.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from aigw.proxy.counting.workers import (
+    inspect_chat_body,
+    inspect_messages_body,
+    inspect_responses_body,
+)
+from tests.proxy.test_messages import (  # noqa: F401 (fixtures and tests run again here)
+    fake_anthropic,
+    target,
+    test_auth_and_errors,
+    test_create_and_stream,
+    test_input_limit,
+    test_policy_table_output,
+    test_tools,
+)
+from tests.proxy.test_responses import (  # noqa: F401 (fixtures and tests run again here)
+    app,
+    fake,
+    o200k,
+    test_counts_instructions_tools_and_history_like_chat,
+    test_create_whole_stream_and_stream_helper,
+    test_input_too_deeply_nested_to_count_fails_closed,
+    test_model_is_filled_in_and_other_models_refused,
+    test_reject_input_limit,
+    test_reject_without_max_asks_upstream_for_the_limit,
+    test_stored_context_under_reject_with_an_input_limit_is_refused,
+    test_use_anyway_requested_output_over_limit,
+)
+
+_HI = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+# One call of each endpoint's worker function: imports its modules and the encoding.
+_WARM_UP: tuple[tuple[Callable[..., Any], tuple[Any, ...]], ...] = (
+    (inspect_chat_body, (_HI, "o200k_base", 100)),
+    (inspect_responses_body, (orjson.dumps({"input": "hi"}), "m", "o200k_base", 100)),
+    (
+        functools.partial(
+            inspect_messages_body, kind=None, require_max_tokens=True, translate=False
+        ),
+        (_HI, "m", "o200k_base", 100),
+    ),
+)
+
+
+@pytest.fixture
+async def gateway(
+    gateway: Callable[..., Awaitable[Any]],
+) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """The proxy tests' gateway factory, with every body counted in a worker."""
+    started: list[Any] = []
+
+    async def start(**overrides: Any) -> Any:
+        gateway_app = await gateway(**{"count_process_bytes": 0, **overrides})
+        pool = gateway_app.state.proxy.admission.pool
+        assert pool.processes > 0 and pool.takes(b"{}")
+        for work, args in _WARM_UP:
+            await pool.run(work, *args)
+        started.append((pool, pool.submitted))
+        return gateway_app
+
+    yield start
+    for pool, warm in started:
+        assert pool.submitted > warm, "no request body went to a worker"
