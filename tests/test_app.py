@@ -12,3 +12,15 @@ async def test_create_then_get_round_trips(client: httpx.AsyncClient, provider: 
     assert fetched.status_code == 200
     assert "token" not in fetched.json()
     assert fetched.json()["status"] == "disabled"
+
+
+async def test_a_ready_gateway_scans_young_objects_rarely(client: httpx.AsyncClient) -> None:
+    # Issue 15: at Python's default (700) the youngest generation was collected
+    # several times per proxied request; once ready, the gateway raises it.
+    import gc
+
+    from aigw.app import GC_YOUNG_THRESHOLD
+
+    assert (await client.get("/healthz")).status_code == 200
+    assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD >= 10 * 700
+    assert gc.get_freeze_count() > 0

@@ -143,3 +143,46 @@ def test_help_has_no_doubled_backticks(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "``" not in result.output
+
+
+# -- what the serving process loads (issue 15: idle memory per worker) ---------------
+
+_LOADED_AFTER = """
+import sys
+sys.argv = ["aigw", *sys.argv[1:]]
+from aigw.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+admin = ("aigw.cli.keys", "aigw.cli.providers", "aigw.cli.apply", "aigw.cli.client", "httpx")
+print(" ".join(name for name in admin if name in sys.modules), file=sys.stderr)
+"""
+
+
+def _admin_modules_loaded(*args: str, env: dict[str, str]) -> tuple[str, str]:
+    done = subprocess.run(
+        [str(AIGW_BIN.with_name("python")), "-c", _LOADED_AFTER, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+
+
+def test_server_commands_leave_the_admin_commands_unloaded(tmp_path: Path) -> None:
+    # `aigw serve` goes on to be the gateway's process: the admin commands' HTTP
+    # client and tables would stay in its memory for nothing.
+    env = _clean_env(AIGW_DATA_DIR=str(tmp_path))
+    out, loaded = _admin_modules_loaded("serve", "--help", env=env)
+    assert "Migrate the database and serve the gateway" in out
+    assert loaded == ""
+    out, loaded = _admin_modules_loaded("admin-token", "--help", env=env)
+    assert "Print the admin token" in out and loaded == ""
+    # The whole command line is still there for the rest.
+    out, loaded = _admin_modules_loaded("--help", env=env)
+    assert all(command in out for command in ("serve", "keys", "providers", "apply"))
+    out, loaded = _admin_modules_loaded("keys", "list", "--help", env=env)
+    assert "--json" in out and "aigw.cli.keys" in loaded

@@ -6,32 +6,77 @@ database directly; admin commands (:mod:`aigw.cli.keys`,
 its HTTP admin API. Those are built for CI scripts as much as for people:
 ``--json`` output on stdout, messages on stderr, secrets only from environment
 variables, and stable exit codes (see :mod:`aigw.cli.errors`).
+
+A server command loads only the server commands: ``aigw serve`` goes on to be
+the gateway's process, which then never holds the admin commands' HTTP client,
+tables and plans (~5 MB of its idle memory, issue 15).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any
 
 import typer
 
-from aigw.cli import apply, keys, providers, server
-from aigw.cli.common import EXIT_CODES_EPILOG
-from aigw.cli.output import piped_width
+from aigw.cli import server
+from aigw.cli.width import piped_width
 
-app = typer.Typer(
-    name="aigw",
-    help="aigw: an AI gateway with per-key token limits.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,  # locals may hold secrets
-)
-app.command()(server.serve)
-app.command()(server.migrate)
-app.command("admin-token")(server.admin_token)
-app.command("new-encryption-key")(server.new_encryption_key)
-app.command("rotate-keys")(server.rotate_keys)
-app.add_typer(keys.app, name="keys")
-app.add_typer(providers.app, name="providers")
-app.command("apply", epilog=EXIT_CODES_EPILOG)(apply.apply)
+HELP = "aigw: an AI gateway with per-key token limits."
+# The commands that run on this machine, named as on the command line.
+SERVER_COMMANDS = {
+    "serve": server.serve,
+    "migrate": server.migrate,
+    "admin-token": server.admin_token,
+    "new-encryption-key": server.new_encryption_key,
+    "rotate-keys": server.rotate_keys,
+}
+
+
+def _typer() -> typer.Typer:
+    app = typer.Typer(
+        name="aigw",
+        help=HELP,
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,  # locals may hold secrets
+    )
+    for name, command in SERVER_COMMANDS.items():
+        app.command(name)(command)
+    return app
+
+
+def build_app() -> typer.Typer:
+    """The whole command line: server and admin commands."""
+    from aigw.cli import apply, keys, providers
+    from aigw.cli.common import EXIT_CODES_EPILOG
+
+    app = _typer()
+    app.add_typer(keys.app, name="keys")
+    app.add_typer(providers.app, name="providers")
+    app.command("apply", epilog=EXIT_CODES_EPILOG)(apply.apply)
+    return app
+
+
+def _server_only() -> typer.Typer:
+    app = _typer()
+    # More than one command keeps typer's group (``aigw serve``), as in build_app;
+    # the callback only makes that explicit.
+    app.callback()(lambda: None)
+    return app
+
+
+_app: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # ``aigw.cli.app``: the whole command line, built on first use.
+    if name == "app":
+        global _app
+        if _app is None:
+            _app = build_app()
+        return _app
+    raise AttributeError(name)
 
 
 def main() -> None:
@@ -42,7 +87,9 @@ def main() -> None:
         import typer.rich_utils
 
         typer.rich_utils.MAX_WIDTH = width  # typer's documented knob (TERMINAL_WIDTH)
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    app = _server_only() if command in SERVER_COMMANDS else __getattr__("app")
     app()
 
 
-__all__ = ["app", "main"]
+__all__ = ["SERVER_COMMANDS", "app", "build_app", "main"]

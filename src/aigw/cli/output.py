@@ -10,7 +10,6 @@ User-supplied strings are rendered as plain text, never as rich markup.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from rich.text import Text
 
 from aigw.cli.client import Record
 from aigw.cli.errors import AdminError
+from aigw.cli.width import piped_width
 
 TOKEN_NOTE = "Store this client token now: you will not see it again."  # noqa: S105 - prose
 
@@ -46,18 +46,6 @@ class Column:
 def when(value: str) -> str:
     # ISO 8601 from the API; seconds are enough for a table.
     return value.replace("T", " ")[:19]
-
-
-PIPED_WIDTH = 200
-
-
-def piped_width() -> int | None:
-    """Rich's own choice on a terminal (or with ``COLUMNS``); when piped, wide
-    enough that tables do not fold ids and help is not cut into 80 columns
-    (rich would assume 80)."""
-    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
-        return None
-    return PIPED_WIDTH
 
 
 class Output:

@@ -246,3 +246,69 @@ def test_giant_pretokens_are_counted_exactly(
     for start in range(0, len(text), step):
         counter.feed(text[start : start + step])
     assert counter.count == n_tokens(encoding, text)
+
+
+class _CountingEncoding:
+    """A real encoding that counts its ``encode_ordinary`` calls."""
+
+    def __init__(self, encoding: tiktoken.Encoding) -> None:
+        self._encoding = encoding
+        self._pat_str = encoding._pat_str
+        self.encodes = 0
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        self.encodes += 1
+        return self._encoding.encode_ordinary(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._encoding, name)
+
+
+def test_a_count_read_for_the_record_costs_one_encode(o200k: tiktoken.Encoding) -> None:
+    # Issue 15: within the limit in bytes nothing is counted per chunk, and the
+    # count read once at the end (for the usage record) is one encode of the text.
+    encoding = _CountingEncoding(o200k)
+    counter = OutputCounter(encoding, 4096)  # type: ignore[arg-type]
+    chunks = [f" word{i}, and another  one." for i in range(20)]
+    for chunk in chunks:
+        assert counter.feed(chunk, "content") == (chunk, False)
+    assert encoding.encodes == 0
+    assert counter.count == len(o200k.encode_ordinary("".join(chunks)))
+    assert encoding.encodes == 1
+    assert counter.close() is False
+    assert encoding.encodes == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=TRICKY,
+    cuts=st.lists(st.integers(min_value=0), max_size=60),
+    reads=st.lists(st.booleans(), max_size=60),
+    limit=st.integers(min_value=1, max_value=120),
+    name=st.sampled_from(["cl100k_base", "o200k_base"]),
+)
+def test_counts_read_mid_stream_leave_the_cut_exact(
+    encoders: Encoders, text: str, cuts: list[int], reads: list[bool], limit: int, name: str
+) -> None:
+    # Reading the count between chunks (a record, a usage chunk) settles the tail;
+    # what it may still grow by is measured only when the next text arrives.
+    encoding = encoders.get(name)
+    counter = OutputCounter(encoding, limit)
+    relayed = ""
+    reached = False
+    for i, chunk in enumerate(chunked(text, cuts)):
+        if i < len(reads) and reads[i]:
+            assert counter.count == n_tokens(encoding, relayed)
+            assert counter.room is not None
+        accepted, reached = counter.feed(chunk)
+        relayed += accepted
+        if reached:
+            break
+    reached = counter.close() or reached
+    count = n_tokens(encoding, relayed)
+    assert counter.count == count <= limit
+    assert text.startswith(relayed)
+    if reached:
+        assert count >= limit - 4
+    else:
+        assert relayed == text

@@ -57,8 +57,9 @@ class _Channel:
         # Tokens that appending text can add to the counted text itself: appending
         # re-splits its last pre-tokens ("  " is one token, "  1" three), so the
         # count can grow by more than the appended bytes. 0 while the bound of the
-        # channel's end is its bytes, not its tokens.
-        self.slack = 0
+        # channel's end is its bytes, not its tokens; None while not measured yet
+        # (measured when text is next fed: a count read only for the record never is).
+        self.slack: int | None = 0
         self.next_commit = _COMMIT_CHARS
 
 
@@ -151,7 +152,7 @@ class OutputCounter:
         if unlimited and self._limit is not None:  # no slack was kept while unlimited
             self._exact_total()
             for ch in self._channels.values():
-                self._measure_slack(ch)
+                self._stale_slack(ch)
 
     @property
     def exhausted(self) -> bool:
@@ -171,7 +172,7 @@ class OutputCounter:
             return None
         if self._holding is not None or self._exhausted:
             return 0
-        slack = max((ch.slack for ch in self._channels.values()), default=0)
+        slack = max((self._slack(ch) for ch in self._channels.values()), default=0)
         return max(0, self._limit - self._bound - slack)
 
     @property
@@ -216,16 +217,18 @@ class OutputCounter:
         if holding is not None and holding is not ch:
             self._end_held()  # the held text's channel is over: it did not fit
             return "", True
-        limit = self._limit
-        if holding is None and (limit is None or self._bound + ch.slack + size <= limit):
-            ch.parts.append(text)
-            ch.parts_bytes += size
-            self._bound += ch.slack + size
-            ch.slack = 0
-            if ch.parts_bytes >= _SETTLE_BYTES:
-                self._settle(ch)
-                self._exact_total()
-            return text, False
+        if holding is None:
+            limit = self._limit
+            slack = 0 if limit is None else self._slack(ch)
+            if limit is None or self._bound + slack + size <= limit:
+                ch.parts.append(text)
+                ch.parts_bytes += size
+                self._bound += slack + size
+                ch.slack = 0
+                if ch.parts_bytes >= _SETTLE_BYTES:
+                    self._settle(ch)
+                    self._exact_total()
+                return text, False
         return self._feed_near(ch, text, size)
 
     def charge(self, tokens: int) -> bool:
@@ -269,20 +272,30 @@ class OutputCounter:
             ch.parts_bytes = 0
         if ch.tail_tokens is None:
             ch.tail_tokens = len(self._encode(ch.tail))
-            self._measure_slack(ch)
+            self._stale_slack(ch)
         if ch.tail_bytes >= _SETTLE_BYTES:
             self._commit(ch)
 
-    def _measure_slack(self, ch: _Channel) -> None:
-        """Set ``ch.slack`` for the exactly counted tail: its last pre-tokens may be
+    def _stale_slack(self, ch: _Channel) -> None:
+        """The exactly counted tail changed: its slack is measured when next needed
+        (:meth:`_slack`), so a count read only for the record costs one encode."""
+        ch.slack = None if self._limit is not None and ch.tail else 0
+
+    def _slack(self, ch: _Channel) -> int:
+        """``ch.slack`` for the exactly counted tail: its last pre-tokens may be
         re-split by what is appended, so they are bounded by their bytes."""
-        if self._limit is None or not ch.tail:
-            ch.slack = 0
-            return
+        slack = ch.slack
+        if slack is not None:
+            return slack
         tail = ch.tail
-        starts = [m.start() for m in self._pattern.finditer(tail)]
-        suffix = tail[starts[-_UNSTABLE_PIECES] :] if len(starts) > _UNSTABLE_PIECES else tail
-        ch.slack = max(0, _utf8_len(suffix) - len(self._encode(suffix)))
+        if self._limit is None or not tail:
+            slack = 0
+        else:
+            starts = [m.start() for m in self._pattern.finditer(tail)]
+            suffix = tail[starts[-_UNSTABLE_PIECES] :] if len(starts) > _UNSTABLE_PIECES else tail
+            slack = max(0, _utf8_len(suffix) - len(self._encode(suffix)))
+        ch.slack = slack
+        return slack
 
     def _exact_total(self) -> int:
         total = self._fixed
@@ -297,10 +310,11 @@ class OutputCounter:
         limit = self._limit
         assert limit is not None
         total = self._exact_total()
-        if not ch.held and total + ch.slack + size <= limit:
+        slack = self._slack(ch)
+        if not ch.held and total + slack + size <= limit:
             ch.parts.append(text)
             ch.parts_bytes += size
-            self._bound += ch.slack + size
+            self._bound += slack + size
             ch.slack = 0
             return text, False
         if len(ch.tail) >= ch.next_commit:  # near the limit the tail is kept short
@@ -315,7 +329,7 @@ class OutputCounter:
         ch.tail += relay
         ch.tail_bytes += _utf8_len(relay)
         ch.tail_tokens = count
-        self._measure_slack(ch)
+        self._stale_slack(ch)
         self._bound = others + ch.committed + count
         if len(ch.tail) >= ch.next_commit:
             self._commit(ch)
@@ -429,4 +443,4 @@ class OutputCounter:
     def _set_tail(self, ch: _Channel, kept: str, kept_tokens: int, committed: int) -> None:
         ch.committed += committed
         ch.tail, ch.tail_bytes, ch.tail_tokens = kept, _utf8_len(kept), kept_tokens
-        self._measure_slack(ch)
+        self._stale_slack(ch)
