@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import budget, load, machine, report, search, workers
+from benchmarks import big_prompt, budget, load, machine, report, search, workers
 from benchmarks.load import Call, Response
 from benchmarks.procs import (
     Procs,
@@ -35,7 +35,6 @@ from benchmarks.procs import (
     free_port,
     wait_http,
 )
-from benchmarks.reference import load_o200k
 from benchmarks.targets import (
     ACCESS_LOG,
     ROOT,
@@ -47,7 +46,7 @@ from benchmarks.targets import (
     make_targets,
     probe,
 )
-from benchmarks.workload import SHORT, big, body, prompt_tokens, realistic
+from benchmarks.workload import SHORT, body, prompt_tokens, realistic
 
 ALL_TARGETS = ["direct", "reference", "aigw", "litellm"]
 # A throughput cell whose load core was busier than this measured the load side,
@@ -826,101 +825,8 @@ class Bench:
             return
         self.guard(aigw, "big-prompt", self._big_prompt, aigw, direct)
 
-    def _encode_seconds(self, messages: list[dict], times: int = 7) -> float:
-        """Median wall time of o200k_base ``encode_ordinary`` over the message contents,
-        run by the harness moved onto the gateway core for the measurement."""
-        encoding = load_o200k()
-        texts = [m["content"] for m in messages]
-        encoding.encode_ordinary(texts[0][:1000])
-        if self.gateway_cpu is not None:
-            os.sched_setaffinity(0, {self.gateway_cpu})
-        try:
-            samples = []
-            for _ in range(times):
-                t0 = time.perf_counter()
-                for text in texts:
-                    encoding.encode_ordinary(text)
-                samples.append(time.perf_counter() - t0)
-        finally:
-            if self.load_cpu is not None:
-                os.sched_setaffinity(0, {self.load_cpu})
-        return statistics.median(samples)
-
     def _big_prompt(self, aigw: Aigw, direct: Target) -> None:
-        plan = self.plan
-        messages = big(plan.big_tokens)
-        tokens = prompt_tokens(messages)
-        raw = body(messages, stream=True)
-        # The size bound (docs/proxy.md, "A cheap bound first": 3 tokens a byte + 16,
-        # no images here) proves a request within a limit at or above it; the other
-        # key's limit is below the byte count, so only an exact count can admit it.
-        bound_limit = max(3 * len(raw) + 16, 1_000_000)
-        count_limit = int(tokens * 1.2)
-        assert count_limit < len(raw), "the counted case needs a limit under the byte count"
-        cases = {
-            "direct": direct.call(raw),
-            "aigw, limit >= bytes (bound)": _call_as(
-                aigw, aigw.create_key("bench-big-bound", bound_limit), raw
-            ),
-            "aigw, limit < bytes (counted)": _call_as(
-                aigw, aigw.create_key("bench-big-count", count_limit), raw
-            ),
-        }
-        for name, call in cases.items():  # keys reach the gateway's cache within a moment
-            deadline = time.monotonic() + 10
-            while True:
-                first = self.aio(load.sequential(call, 1, sse=True))[0]
-                if first.status != 401 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            if not _expect_stream(first):
-                raise RuntimeError(f"{name}: {first.status} {first.body[:300]!r}")
-            counted = first.header("x-aigw-input-tokens")
-            if "counted" in name and counted != str(tokens):
-                raise RunInvalid(
-                    f"aigw counted {counted} input tokens for the big prompt, the harness {tokens}"
-                )
-        encode_s = self._encode_seconds(messages)
-        log(
-            f"big prompt: {tokens:,} tokens, {len(raw):,} bytes; tiktoken encode "
-            f"{encode_s * 1000:.1f} ms on the gateway core; {plan.big_rounds} rounds x "
-            f"{plan.big_per_round} streams"
-        )
-        ttfb: dict[str, list[float]] = {name: [] for name in cases}
-        for r in range(plan.big_rounds):
-            names = list(cases)
-            names = names[r % len(names) :] + names[: r % len(names)]
-            for name in names:
-                self.settle(direct if name == "direct" else aigw)
-                responses = self.aio(load.sequential(cases[name], plan.big_per_round, sse=True))
-                if not all(_expect_stream(x) for x in responses):
-                    raise RuntimeError(f"{name}: a bad response in round {r}")
-                ttfb[name] += [x.ttfb * 1000 for x in responses]
-        base = statistics.median(ttfb["direct"])
-        out: dict = {
-            "tokens": tokens,
-            "bytes": len(raw),
-            "encode_ms": encode_s * 1000,
-            "bound_limit": bound_limit,
-            "count_limit": count_limit,
-            "cases": {},
-        }
-        for name, values in ttfb.items():
-            p50 = statistics.median(values)
-            row = {"ttfb_p50_ms": p50, "samples": len(values)}
-            if name != "direct":
-                row["added_ms"] = p50 - base
-                row["added_vs_encode"] = (p50 - base) / (encode_s * 1000)
-            out["cases"][name] = row
-            log(
-                f"  {name:32} TTFB p50 {p50:8.2f} ms"
-                + (
-                    f"  added {row['added_ms']:+8.2f} ms = {row['added_vs_encode']:.2f}x encode"
-                    if name != "direct"
-                    else ""
-                )
-            )
-        self.results[aigw.name].big_prompt = out
+        self.results[aigw.name].big_prompt = big_prompt.measure(self, aigw, direct, RunInvalid)
 
     def scaling(self) -> None:
         """``--workers 2`` against one (benchmarks/workers.py)."""

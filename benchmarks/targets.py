@@ -176,9 +176,25 @@ async def _pg_execute(url: str, sql: str) -> None:
         await conn.close()
 
 
+def _database_name() -> str:
+    """A run's database: its harness's pid in the name, so that only the databases
+    of harnesses no longer running are ever taken for stale."""
+    return f"aigw_bench_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+def _stale(name: str) -> bool:
+    """Whether *name* was left by a harness that is gone (or predates pids in names)."""
+    parts = name.split("_")
+    if len(parts) != 4 or not parts[2].isdigit():
+        return True
+    return not os.path.exists(f"/proc/{parts[2]}")
+
+
 async def _drop_stale_databases() -> None:
     """Databases of earlier runs that were killed before they could clean up.
 
+    Only those of harnesses no longer running: another run on the machine may
+    have created one and not connected to it yet (its aigw still starting).
     Without FORCE: a database someone is still connected to stays.
     """
     conn = await _asyncpg().connect(PG_ADMIN_URL, timeout=5)
@@ -187,6 +203,8 @@ async def _drop_stale_databases() -> None:
             "SELECT datname FROM pg_database WHERE datname LIKE 'aigw\\_bench\\_%'"
         )
         for row in names:
+            if not _stale(row["datname"]):
+                continue
             try:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}"')
             except Exception:  # in use: not stale
@@ -235,7 +253,7 @@ class Aigw(Target):
             "AIGW_DATA_DIR": str(data_dir),
             "AIGW_LOG_LEVEL": "WARNING",  # the aigw.access line is INFO: ACCESS_LOG
         }
-        self.database = "aigw_bench_" + secrets.token_hex(4)
+        self.database = _database_name()
         try:
             asyncio.run(_drop_stale_databases())
             asyncio.run(_pg_execute(PG_ADMIN_URL, f'CREATE DATABASE "{self.database}"'))

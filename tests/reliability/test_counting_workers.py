@@ -189,3 +189,33 @@ async def test_a_flood_of_large_bodies_is_answered_503_not_queued(
         assert response.headers["retry-after"] == "1"
     assert 400 in statuses
     assert os.path.exists(f"/proc/{gateway.proc.pid}")
+
+
+def test_a_large_body_does_not_wait_behind_the_previous_ones_record_count(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    # Admitted on its size bound (no input limit), each body's exact count runs
+    # after its answer, for the record. A back-to-back client's next large body
+    # must be parsed at once, not queued behind that count: with the module's
+    # AIGW_COUNT_QUEUE=1, a count holding the parsing workers' only place would
+    # answer it 503 counting_busy.
+    token, key_id = _created_key(gateway, fake, input_limit=0, output_limit=0)
+    raw = json.dumps({"model": MODEL, "messages": TINY}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    statuses = []
+    with httpx.Client(base_url=gateway.url, timeout=60) as http:
+        for _ in range(3):
+            response = http.post("/v1/chat/completions", content=raw, headers=headers)
+            statuses.append((response.status_code, response.text[:200]))
+    assert [status for status, _ in statuses] == [200, 200, 200], statuses
+    # The counts reach the records (150,000 messages of 3 + 1 ("user") + 1 (a
+    # digit) tokens, plus 3: a hand count); the first always, a later one unless
+    # the record's workers, their queue as short as the module sets it, were busy.
+    deadline = time.monotonic() + 60
+    with gateway.admin() as admin:
+        while True:
+            totals = admin.get(f"/apikeys/{key_id}/usage").json()["totals"]
+            if totals["requests"] == 3 and totals["input_tokens"] in (750003, 1500006, 2250009):
+                break
+            assert time.monotonic() < deadline, f"the counts never reached the record: {totals}"
+            time.sleep(0.2)

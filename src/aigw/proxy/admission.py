@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from starlette.types import Receive
 
 from aigw.budgets.guard import Hold, Limiter
-from aigw.errors import UnsupportedMediaType
+from aigw.errors import AigwError, UnsupportedMediaType
 from aigw.proxy import counting
 from aigw.proxy.adapters.base import Adapter
 from aigw.proxy.adapters.openai import OpenAIAdapter
@@ -173,7 +173,13 @@ class Admitted:
         ``x-aigw-input-tokens`` header (call before the answer starts)."""
         if self.pending_count is None:
             return
-        counted = await asyncio.shield(self.pending_count)
+        try:
+            counted = await asyncio.shield(self.pending_count)
+        except AigwError:
+            # Refused (its workers busy: counting_busy): the request was already
+            # admitted on its size, so it is answered, without the header.
+            self.pending_count = None
+            return
         self.pending_count = None
         entry.input_tokens = counted.tokens
         self.response_headers[:] = [
@@ -199,6 +205,10 @@ class Admission:
     upstream_counter: UpstreamCounter | None = None
     # Worker processes for large bodies (aigw.proxy.counting.offload); None: threads.
     pool: CountingPool | None = None
+    # Worker processes for the record's count of a large body admitted on its size
+    # bound (after the answer started): apart from ``pool``, so that the next large
+    # request's parsing never queues behind an earlier request's record count.
+    record_pool: CountingPool | None = None
 
     async def _off_loop(self, raw: bytes, work: Callable[..., _T], *args: Any) -> _T:
         # Work that grows with the body (parsing, checking, re-serialising) runs
@@ -379,7 +389,8 @@ class Admission:
             response_headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
         pending: asyncio.Future[counting.InputCount] | None = None
         if deferred:
-            pending = asyncio.ensure_future(self._count_raw(pool, raw, body, encoding, key))
+            recorder = self.record_pool if pool is not None and self.record_pool else pool
+            pending = asyncio.ensure_future(self._count_raw(recorder, raw, body, encoding, key))
             pending.add_done_callback(lambda done: _record_count(done, entry))
         return Admitted(
             pending_count=pending,

@@ -115,5 +115,16 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
         )
         stack.callback(pool.close)
         pipeline.admission.pool = pool
+        # The counts of large bodies admitted on their size bound, for the record:
+        # their own workers (started on first use too), so that a back-to-back
+        # client's next large body is parsed at once rather than after them.
+        record_pool = CountingPool(
+            processes=settings.count_processes,
+            min_bytes=settings.count_process_bytes,
+            queue=settings.count_queue,
+            idle_seconds=settings.count_process_idle,
+        )
+        stack.callback(record_pool.close)
+        pipeline.admission.record_pool = record_pool
         state.proxy = pipeline
         yield pipeline
