@@ -98,8 +98,11 @@ class Prompt:
     uncountable: str = ""
 
 
-def collect(body: Mapping[str, Any]) -> Prompt:
-    return _Collector(body).prompt()
+def collect(body: Mapping[str, Any], stop_above: int | None = None) -> Prompt:
+    """What *body* is made of. With *stop_above* (a key's input limit), a file
+    whose bound alone takes the count past it stops being read there: the
+    request is over the limit whatever the rest of it holds."""
+    return _Collector(body, stop_above).prompt()
 
 
 class _Collector:
@@ -113,13 +116,15 @@ class _Collector:
         "model",
         "parallel_ids",
         "rules",
+        "stop_above",
         "texts",
         "tool_names",
         "uncountable",
         "unshown",
     )
 
-    def __init__(self, body: Mapping[str, Any]) -> None:
+    def __init__(self, body: Mapping[str, Any], stop_above: int | None = None) -> None:
+        self.stop_above = stop_above
         self.texts: list[str] = []
         self.fixed = _REPLY_PRIMING
         model = body.get("model")
@@ -314,7 +319,8 @@ class _Collector:
         # A reference beside inline data: the upstream may read either.
         referenced = isinstance(file, Mapping) and ("file_id" in file or "file_url" in file)
         if isinstance(file, Mapping) and isinstance(data, str) and not referenced:
-            bound = file_data_tokens(data, self.model)
+            room = None if self.stop_above is None else self.stop_above - self.fixed
+            bound = file_data_tokens(data, self.model, room)
             time.sleep(0)  # inflating holds the GIL: let the loop in
             if bound.tokens is not None:
                 self.fixed += bound.tokens
