@@ -173,6 +173,8 @@ def _bound(raw: bytes, model: str, stop_above: int | None) -> FileBound:
         draws = repeated_bytes(raw, inflated, cap)
     except NotBounded as exc:
         return FileBound(None, f"a reader may repeat its text: {exc}")
+    except (ValueError, IndexError, RecursionError):  # a shape the walk did not foresee
+        return FileBound(None, "its structure cannot be read")
     pages = max(1, pages, draws.pages)
     return FileBound(len(raw) + total_out + draws.repeated + pages * page_image)
 

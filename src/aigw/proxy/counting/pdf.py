@@ -150,7 +150,10 @@ class _Walk:
         raw = self.raw
         matches = list(_OBJ.finditer(raw))
         headers = [(m.end(), int(m.group(1))) for m in matches]
-        ends = [*(m.start() for m in matches[1:]), len(raw)]
+        ends = [m.start() for m in matches[1:]]
+        ends.append(len(raw))
+        if not matches:
+            return
         unsized: list[tuple[_Object, int]] = []
         for (body_start, number), end in zip(headers, ends, strict=True):
             if end != len(raw) and raw.find(b"endobj", body_start, end) < 0:
