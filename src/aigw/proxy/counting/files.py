@@ -149,6 +149,7 @@ def _bound(raw: bytes, model: str, stop_above: int | None) -> FileBound:
             INFLATE_STATS.fed += fed
             if out is None and by_limit:
                 # Past what is left of the limit: over it, whatever follows.
+                INFLATE_STATS.out += room + 1  # _inflate stops one byte past room
                 return FileBound(floor + total_out + room + 1)
             if out is None:
                 return FileBound(None, "its compressed streams inflate past the bound")
