@@ -20,7 +20,7 @@ import orjson
 
 from aigw.proxy.counting.encodings import MAX_TOKEN_BYTES
 from aigw.proxy.counting.files import file_data_tokens, file_part_reason
-from aigw.proxy.counting.free import is_plain
+from aigw.proxy.counting.free import is_setting
 from aigw.proxy.counting.functions import compact_json, function_definitions, render_functions
 from aigw.proxy.counting.images import image_part_tokens
 from aigw.proxy.counting.media import audio_part_tokens
@@ -468,9 +468,3 @@ def _compact_arguments(arguments: str) -> str:
 
 def _is_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) <= _FREE_ID_CHARS
-
-
-def is_setting(value: object) -> bool:
-    """A value that cannot carry prompt text: a number, boolean, null, short
-    string, or a small flat list/object of those."""
-    return is_plain(value, 1)
