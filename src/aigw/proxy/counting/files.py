@@ -169,6 +169,8 @@ def _bound(raw: bytes, model: str, stop_above: int | None) -> FileBound:
                 return FileBound(None, f"it uses /{name.decode('latin-1')}")
             if name == b"Page":
                 pages += 1
+    if stop_above is not None and floor + total_out + max(0, pages - 1) * page_image > stop_above:
+        return FileBound(floor + total_out + max(0, pages - 1) * page_image)  # no need to walk
     cap = _CAP if stop_above is None else stop_above + 1
     try:
         draws = repeated_bytes(raw, inflated, cap)

@@ -43,6 +43,7 @@ cap, so an exponential page tree costs its size in steps, not its page count.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -61,7 +62,7 @@ _STREAM_KW = re.compile(rb"(?<!end)stream(?:[ \t\x0c]*(?:\r\n|\n|\r))?")
 _NAME = re.compile(rb"/(" + _REGULAR + rb"*)")
 _HEX = re.compile(rb"#([0-9A-Fa-f]{2})")
 _DO = re.compile(rb"(?<!" + _REGULAR + rb")Do(?!" + _REGULAR + rb")")
-_NAME_BEFORE = re.compile(rb"/(" + _REGULAR + rb"*)" + _WS + rb"*\Z")
+_NAMED_DO = re.compile(rb"/(" + _REGULAR + rb"*)" + _WS + rb"*Do(?!" + _REGULAR + rb")")
 _INT = re.compile(rb"\d+")
 _LENGTH = re.compile(
     rb"/Length(?!" + _REGULAR + rb")" + _WS + rb"*(\d+)(" + _WS + rb"+\d+" + _WS + rb"+R)?"
@@ -94,18 +95,25 @@ def _name(raw: bytes) -> bytes:
 
 
 def _value_after(body: bytes, key: bytes) -> list[bytes]:
-    """The text after each ``/key`` name in *body*, up to the next ``/key`` and
-    at most 64 KiB: the slices add up to at most the body's size (plus one
-    64 KiB), however many times the key appears. A value cut short reads as
-    unterminated, and the walk gives up on it rather than under-count."""
-    starts = [m.end() for m in _NAME.finditer(body) if _name(m.group(1)) == key]
+    """The text after each ``/key`` name in *body*, up to the next ``/key``: the
+    slices add up to at most the body's size, however many times the key
+    appears. A value cut short reads as unterminated, and the walk gives up
+    on it rather than under-count."""
+    if b"#" in body:  # names may be spelled with #xx escapes: decode each
+        starts = [m.end() for m in _NAME.finditer(body) if _name(m.group(1)) == key]
+    else:
+        starts = [m.end() for m in _key_pattern(key).finditer(body)]
     if not starts:
         return []
     ends = [*starts[1:], len(body)]
     return [
-        body[start : min(end, start + 65536)].lstrip(b"\x00\t\n\x0c\r ")
-        for start, end in zip(starts, ends, strict=True)
+        body[start:end].lstrip(b"\x00\t\n\x0c\r ") for start, end in zip(starts, ends, strict=True)
     ]
+
+
+@functools.cache
+def _key_pattern(key: bytes) -> re.Pattern[bytes]:
+    return re.compile(rb"/" + re.escape(key) + rb"(?!" + _REGULAR + rb")")
 
 
 def _type(body: bytes) -> bytes | None:
@@ -263,10 +271,10 @@ class _Walk:
 
     def _dos(self, data: bytes) -> Counter[bytes | None]:
         """``Do`` tokens in *data* by the name before each (None: no name)."""
-        found: Counter[bytes | None] = Counter()
-        for match in _DO.finditer(data):
-            name = _NAME_BEFORE.search(data, max(0, match.start() - 160), match.start())
-            found[_name(name.group(1)) if name else None] += 1
+        found: Counter[bytes | None] = Counter(map(_name, _NAMED_DO.findall(data)))
+        unnamed = len(_DO.findall(data)) - sum(found.values())
+        if unnamed > 0:
+            found[None] = unnamed
         return found
 
     def any_form(self) -> int:
