@@ -102,6 +102,16 @@ def packed_in_an_object_stream() -> bytes:
     )
 
 
+def page_listed_many_times_as_a_stream() -> bytes:
+    # A page object written as a stream (its dictionary is still a page's).
+    objects: dict[int, bytes | Stream] = {1: CATALOG, 3: FONT, 5: text_stream(TEXT)}
+    objects[2] = b"<< /Type /Pages /Kids [%s] /Count 800 >>" % (b"4 0 R " * 800)
+    objects[4] = Stream(
+        b"", b"/Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] %s /Contents 5 0 R" % FONTS
+    )
+    return pdf(objects)
+
+
 CRAFTED = [
     shared_contents,
     repeated_in_one_page,
@@ -111,6 +121,7 @@ CRAFTED = [
     page_listed_many_times,
     page_tree_repeated_at_every_level,
     packed_in_an_object_stream,
+    page_listed_many_times_as_a_stream,
 ]
 
 
@@ -180,9 +191,15 @@ def page_tree_cycle() -> bytes:
     return pdf(objects)
 
 
+def comment_in_contents_array() -> bytes:
+    # "%]" ends the array for a scan that ignores comments, not for a reader.
+    contents = b"[5 0 R %]\n" + b"5 0 R " * 1000 + b"]"
+    return pages_pdf([contents], {5: text_stream(TEXT)})
+
+
 @pytest.mark.parametrize(
     "build",
-    [forms_in_a_cycle, form_without_resources, page_tree_cycle],
+    [forms_in_a_cycle, form_without_resources, page_tree_cycle, comment_in_contents_array],
     ids=lambda build: build.__name__,
 )
 async def test_unbounded_repetition_is_not_countable(

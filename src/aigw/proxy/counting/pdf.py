@@ -133,6 +133,9 @@ def _refs_in(value: bytes) -> list[int] | None:
         end = value.find(b"]")
         if end < 0:
             raise NotBounded("an array without its end")
+        if value.find(b"%", 1, end) >= 0 or value.find(b"(", 1, end) >= 0:
+            # A comment or a string could hide the array's real end.
+            raise NotBounded("an array of references holding a comment or a string")
         return [int(m.group(1)) for m in _REF.finditer(value, 1, end)]
     return None
 
@@ -253,7 +256,7 @@ class _Walk:
         if not table.startswith(b"<<"):
             return
         end = table.find(b">>")
-        if end < 0 or table.find(b"<<", 2, end) >= 0:
+        if end < 0 or any(table.find(c, 2, end) >= 0 for c in (b"<<", b"%", b"(")):
             raise NotBounded("an XObject table that nests dictionaries")
         for match in re.finditer(
             rb"/(" + _REGULAR + rb"*)" + _WS + rb"*" + _REF.pattern, table[:end]
@@ -381,7 +384,8 @@ class _Walk:
         distinct: set[int] = set()
         for number, times in reached.items():
             for obj in self._get(number):
-                if _type(obj.body) == b"Pages" or obj.data is not None:
+                # A stream listed as a kid is a page too (pypdf reads its dictionary).
+                if _type(obj.body) == b"Pages":
                     continue
                 pages = self._clamp(pages + times)
                 contents = list(self._contents(obj.body))
