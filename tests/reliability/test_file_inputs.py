@@ -11,6 +11,7 @@ a small input limit; a file referenced by ``file_id`` cannot be seen at all.
 from __future__ import annotations
 
 import base64
+import os
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ import httpx
 import orjson
 import pytest
 
+from aigw.proxy.counting.files import INFLATE_STATS
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.billing import load_encoding
 from tests.fakes.responses import FakeResponses, start_fake_responses
@@ -314,3 +316,52 @@ async def test_messages_document_block_is_counted_or_refused(
         )
     assert response.status_code == 400, response.text[:300]
     assert not state.recorded.requests
+
+
+async def test_inflating_stops_once_the_bound_passes_the_limit(
+    app: Any, fake: InLoopUpstream
+) -> None:
+    # A page of ~200 KB of text (far past LIMIT), then a stream of 15 MiB of
+    # zeros (under the 16 MiB inflate cap, so a full read finishes it).
+    compressor = zlib.compressobj(9)
+    zeros = b"".join(compressor.compress(bytes(1 << 20)) for _ in range(15)) + compressor.flush()
+    pdf = make_pdf([HIDDEN]).replace(
+        b"trailer",
+        b"99 0 obj\n<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(zeros)
+        + zeros
+        + b"\nendstream\nendobj\ntrailer",
+    )
+    body = chat(file_part(pdf))
+    # Over the file's bytes and a page image, under the page's text: the
+    # first stream is read until the bound passes it, the zeros never.
+    limit = 100_000
+    assert len(pdf) + 1600 < limit < len(HIDDEN)
+    limited = await ready_key(app, model=MODEL, input_limit=limit)
+    # Baseline in the same process: a use_anyway key reads the whole file.
+    anyway = await ready_key(app, model=MODEL, input_limit=limit, usage_limit="use_anyway")
+    await post(app, anyway["token"], body)  # warm-up, not measured
+
+    async def measure(token: str) -> tuple[httpx.Response, float, int]:
+        before_cpu, before_out = time.process_time(), INFLATE_STATS.out
+        response = await post(app, token, body)
+        return response, time.process_time() - before_cpu, INFLATE_STATS.out - before_out
+
+    full, full_cpu, full_out = min([await measure(anyway["token"]) for _ in range(3)], key=_cpu)
+    refused, refused_cpu, refused_out = min(
+        [await measure(limited["token"]) for _ in range(3)], key=_cpu
+    )
+    print(
+        f"cpu full {full_cpu:.3f}s stopped {refused_cpu:.3f}s; inflated {full_out} vs "
+        f"{refused_out} bytes; load {os.getloadavg()}"
+    )
+    assert full.status_code == 200 and full.headers["x-aigw-limit-exceeded"] == "input"
+    assert full_out >= 15 << 20
+    assert refused.status_code == 400, refused.text[:300]
+    assert refused.json()["error"]["code"] == "input_token_limit_exceeded"
+    assert 0 < refused_out <= limit
+    assert refused_cpu < full_cpu / 2, (refused_cpu, full_cpu)
+    assert len(fake.requests) == 4  # the use_anyway requests only
+
+
+def _cpu(measured: tuple[Any, float, int]) -> float:
+    return measured[1]

@@ -49,8 +49,21 @@ IMAGE_PLACES = frozenset(
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
 
 
+def _spread(text: str) -> dict[str, dict[str, str]]:
+    """*text* in pieces no longer than 64 characters, two objects deep (at most
+    64 keys each): every value "short" and "plain" on its own."""
+    pieces = [text[i : i + 51] for i in range(0, len(text), 51)]
+    rows = [pieces[i : i + 64] for i in range(0, len(pieces), 64)]
+    assert len(rows) <= 64
+    return {f"k{r}": {f"j{c}": piece for c, piece in enumerate(row)} for r, row in enumerate(rows)}
+
+
+SPREAD = _spread(HIDDEN)
+
+
 def test_hidden_text_is_at_least_40k_tokens() -> None:
     assert len(HIDDEN.split()) >= 40_000
+    assert "".join(v for row in SPREAD.values() for v in row.values()) == HIDDEN
 
 
 @pytest.fixture
@@ -193,6 +206,9 @@ RESPONSES_PLACES: dict[str, dict[str, Any]] = {
         "text": {"format": {"type": "json_object", "note": HIDDEN}},
     },
     "text_unknown_key": {"input": "hi", "text": {"verbosity": "low", "note": HIDDEN}},
+    # Short pieces, two levels deep: a setting is free one level deep only.
+    "metadata_spread_two_deep": {"input": "hi", "metadata": SPREAD},
+    "reasoning_spread_two_deep": {"input": "hi", "reasoning": SPREAD},
 }
 
 
@@ -345,6 +361,14 @@ MESSAGES_PLACES: dict[str, dict[str, Any]] = {
         "tool_choice": {"type": "auto", "note": HIDDEN},
     },
     "tool_choice_unmapped_without_tools": {"tool_choice": {"type": "none", "x": HIDDEN}},
+    # Short pieces, two levels deep: free settings and flags are one level deep only.
+    "cache_control_spread_two_deep": {
+        "messages": [
+            {"role": "user", "content": [_block(type="text", text="hi", cache_control=SPREAD)]}
+        ]
+    },
+    "metadata_spread_two_deep": {"metadata": SPREAD},
+    "thinking_spread_two_deep": {"thinking": SPREAD},
 }
 
 

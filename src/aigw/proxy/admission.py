@@ -53,7 +53,7 @@ from aigw.proxy.errors import (
     UnsupportedProvider,
 )
 from aigw.proxy.keycache import ResolvedKey
-from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, Decision, decide
+from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, Decision, decide, refusal_limit
 from aigw.usage.recorder import UsageEntry
 
 _T = TypeVar("_T")
@@ -216,7 +216,7 @@ class Admission:
         return await off_loop(raw, self.encoders.executor, work, *args)
 
     async def _count(
-        self, body: dict[str, Any], encoding: Any, body_bytes: int
+        self, body: dict[str, Any], encoding: Any, body_bytes: int, stop_above: int | None = None
     ) -> counting.InputCount:
         return await counting.count_chat_input_async(
             body,
@@ -224,6 +224,7 @@ class Admission:
             max_chars=self.max_tokenize_chars,
             body_bytes=body_bytes,
             executor=self.encoders.executor,
+            stop_above=stop_above,
         )
 
     async def _count_raw(
@@ -322,7 +323,7 @@ class Admission:
             if inspected is not None and inspected.count is not None:
                 counted = inspected.count
             else:
-                counted = await self._count(body, encoding, len(raw))
+                counted = await self._count(body, encoding, len(raw), refusal_limit(key.limits))
             if self.upstream_counter is not None:
                 counted = await self.upstream_counter.judge(key, adapter, body, counted, entry)
             entry.input_tokens = counted.tokens

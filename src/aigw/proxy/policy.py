@@ -100,6 +100,14 @@ def decide(
     return Decision()
 
 
+def refusal_limit(limits: Limits) -> int | None:
+    """The input count past which a request is refused (a ``reject`` key's
+    input limit), so counting may stop there; ``None`` when no count is."""
+    if limits.input_limit > 0 and not limits.use_anyway:
+        return limits.input_limit
+    return None
+
+
 def output_exceeded(limits: Limits, output_tokens: int) -> bool:
     """Whether generated output went past the output limit."""
     return is_over(output_tokens, limits.output_limit)

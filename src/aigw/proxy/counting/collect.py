@@ -20,7 +20,7 @@ import orjson
 
 from aigw.proxy.counting.encodings import MAX_TOKEN_BYTES
 from aigw.proxy.counting.files import file_data_tokens, file_part_reason
-from aigw.proxy.counting.free import is_plain
+from aigw.proxy.counting.free import is_setting
 from aigw.proxy.counting.functions import compact_json, function_definitions, render_functions
 from aigw.proxy.counting.images import image_part_tokens
 from aigw.proxy.counting.media import audio_part_tokens
@@ -98,8 +98,11 @@ class Prompt:
     uncountable: str = ""
 
 
-def collect(body: Mapping[str, Any]) -> Prompt:
-    return _Collector(body).prompt()
+def collect(body: Mapping[str, Any], stop_above: int | None = None) -> Prompt:
+    """What *body* is made of. With *stop_above* (a key's input limit), a file
+    whose bound alone takes the count past it stops being read there: the
+    request is over the limit whatever the rest of it holds."""
+    return _Collector(body, stop_above).prompt()
 
 
 class _Collector:
@@ -113,13 +116,15 @@ class _Collector:
         "model",
         "parallel_ids",
         "rules",
+        "stop_above",
         "texts",
         "tool_names",
         "uncountable",
         "unshown",
     )
 
-    def __init__(self, body: Mapping[str, Any]) -> None:
+    def __init__(self, body: Mapping[str, Any], stop_above: int | None = None) -> None:
+        self.stop_above = stop_above
         self.texts: list[str] = []
         self.fixed = _REPLY_PRIMING
         model = body.get("model")
@@ -314,7 +319,8 @@ class _Collector:
         # A reference beside inline data: the upstream may read either.
         referenced = isinstance(file, Mapping) and ("file_id" in file or "file_url" in file)
         if isinstance(file, Mapping) and isinstance(data, str) and not referenced:
-            bound = file_data_tokens(data, self.model)
+            room = None if self.stop_above is None else self.stop_above - self.fixed
+            bound = file_data_tokens(data, self.model, room)
             time.sleep(0)  # inflating holds the GIL: let the loop in
             if bound.tokens is not None:
                 self.fixed += bound.tokens
@@ -462,9 +468,3 @@ def _compact_arguments(arguments: str) -> str:
 
 def _is_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) <= _FREE_ID_CHARS
-
-
-def is_setting(value: object) -> bool:
-    """A value that cannot carry prompt text: a number, boolean, null, short
-    string, or a small flat list/object of those."""
-    return is_plain(value, 1)

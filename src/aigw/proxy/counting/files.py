@@ -49,9 +49,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from aigw.proxy.counting.images import max_image_tokens
+from aigw.proxy.counting.pdf import NotBounded, repeated_bytes
 
 __all__ = [
     "ANTHROPIC_MAX_IMAGE_TOKENS",
+    "INFLATE_STATS",
     "MAX_INFLATED_BYTES",
     "MAX_INFLATE_INPUT",
     "FileBound",
@@ -60,6 +62,7 @@ __all__ = [
 
 MAX_INFLATED_BYTES: Final = 16 * 1024 * 1024
 MAX_INFLATE_INPUT: Final = 64 * 1024 * 1024
+_CAP: Final = 1 << 62  # totals are clamped here: past any limit, and cheap to add
 ANTHROPIC_MAX_IMAGE_TOKENS: Final = 1600
 _CHUNK: Final = 64 * 1024
 _STREAM = re.compile(rb"stream[ \t\x0c]*(?:\r\n|\n|\r)?")
@@ -83,6 +86,18 @@ _UNBOUNDED_NAMES: Final = frozenset(
 _ZIP_MAGIC: Final = b"PK\x03\x04"
 
 
+@dataclass(slots=True)
+class InflateStats:
+    """Bytes fed to and produced by zlib in this process, for tests and
+    benchmarks (each worker process keeps its own)."""
+
+    fed: int = 0
+    out: int = 0
+
+
+INFLATE_STATS: Final = InflateStats()
+
+
 @dataclass(frozen=True, slots=True)
 class FileBound:
     """Tokens of a file part: ``tokens`` when countable, else ``None`` with the
@@ -92,8 +107,13 @@ class FileBound:
     reason: str = ""
 
 
-def file_data_tokens(data: str, model: str) -> FileBound:
-    """The bound above for inline ``file_data`` (a data URL or bare base64)."""
+def file_data_tokens(data: str, model: str, stop_above: int | None = None) -> FileBound:
+    """The bound above for inline ``file_data`` (a data URL or bare base64).
+
+    With *stop_above* (what is left of an input limit), reading stops as soon
+    as the bound passes it: the answer (over the limit) is known, and the
+    tokens returned are only what was counted so far, more than *stop_above*.
+    """
     if data.startswith("data:"):
         head, sep, data = data.partition(",")
         if not sep or not head.endswith(";base64"):
@@ -104,28 +124,44 @@ def file_data_tokens(data: str, model: str) -> FileBound:
         return FileBound(None, "file_data is not base64")
     if raw.startswith(_ZIP_MAGIC):
         return FileBound(None, "a compressed container (zip) cannot be bounded")
-    return _bound(raw, model)
+    return _bound(raw, model, stop_above)
 
 
-def _bound(raw: bytes, model: str) -> FileBound:
-    inflated: list[bytes] = []
+def _bound(raw: bytes, model: str, stop_above: int | None) -> FileBound:
+    page_image = max(max_image_tokens(model), ANTHROPIC_MAX_IMAGE_TOKENS)
+    # What is counted before any stream inflates: the file's bytes and one page.
+    floor = len(raw) + page_image
+    limit_room = None if stop_above is None else stop_above - floor
+    if limit_room is not None and limit_room < 0:
+        return FileBound(floor)
+    inflated: dict[int, bytes] = {}
     total_out = 0
     total_in = 0
     for match in _STREAM.finditer(raw):
         start = match.end()
+        room = MAX_INFLATED_BYTES - total_out
+        by_limit = limit_room is not None and limit_room - total_out < room
+        if limit_room is not None and by_limit:
+            room = limit_room - total_out
         for wbits in (zlib.MAX_WBITS, -zlib.MAX_WBITS):
-            out, fed = _inflate(raw, start, wbits, MAX_INFLATED_BYTES - total_out)
+            out, fed = _inflate(raw, start, wbits, room)
             total_in += fed
+            INFLATE_STATS.fed += fed
+            if out is None and by_limit:
+                # Past what is left of the limit: over it, whatever follows.
+                INFLATE_STATS.out += room + 1  # _inflate stops one byte past room
+                return FileBound(floor + total_out + room + 1)
             if out is None:
                 return FileBound(None, "its compressed streams inflate past the bound")
             if out:
-                inflated.append(out)
+                INFLATE_STATS.out += len(out)
+                inflated[match.start()] = out
                 total_out += len(out)
                 break
         if total_in > MAX_INFLATE_INPUT:
             return FileBound(None, "its compressed streams inflate past the bound")
     pages = 0
-    for chunk in (raw, *inflated):
+    for chunk in (raw, *inflated.values()):
         for name in _NAME.findall(chunk):
             if b"#" in name:
                 name = _HEX.sub(lambda m: bytes((int(m.group(1), 16),)), name)
@@ -133,9 +169,17 @@ def _bound(raw: bytes, model: str) -> FileBound:
                 return FileBound(None, f"it uses /{name.decode('latin-1')}")
             if name == b"Page":
                 pages += 1
-    page_image = max(max_image_tokens(model), ANTHROPIC_MAX_IMAGE_TOKENS)
-    tokens = len(raw) + total_out + max(1, pages) * page_image
-    return FileBound(tokens)
+    if stop_above is not None and floor + total_out + max(0, pages - 1) * page_image > stop_above:
+        return FileBound(floor + total_out + max(0, pages - 1) * page_image)  # no need to walk
+    cap = _CAP if stop_above is None else stop_above + 1
+    try:
+        draws = repeated_bytes(raw, inflated, cap)
+    except NotBounded as exc:
+        return FileBound(None, f"a reader may repeat its text: {exc}")
+    except (ValueError, IndexError, RecursionError):  # a shape the walk did not foresee
+        return FileBound(None, "its structure cannot be read")
+    pages = max(1, pages, draws.pages)
+    return FileBound(len(raw) + total_out + draws.repeated + pages * page_image)
 
 
 def _inflate(raw: bytes, start: int, wbits: int, room: int) -> tuple[bytes | None, int]:

@@ -120,6 +120,7 @@ async def count_chat_input_async(
     inline_bytes: int = INLINE_BODY_BYTES,
     inline_chars: int = INLINE_TOKENIZE_CHARS,
     executor: Executor | None = None,
+    stop_above: int | None = None,
 ) -> InputCount:
     """Like :func:`count_chat_input`, but tokenizes at most *max_chars*
     characters of text (beyond that the count is a lower bound), and without
@@ -131,24 +132,30 @@ async def count_chat_input_async(
     the body costs time linear in its size too, so nothing that grows with
     the body runs on the loop. Without it, the body is walked inline and
     prompts over *inline_chars* characters are tokenized in *executor*.
+
+    *stop_above* (a ``reject`` key's input limit) lets a file part stop being
+    read once its bound passes it (:func:`.collect.collect`).
     """
     loop = asyncio.get_running_loop()
     if body_bytes is not None:
         if body_bytes <= inline_bytes:
-            return count_collected(collect(request_body), encoding, max_chars)
+            return count_collected(collect(request_body, stop_above), encoding, max_chars)
         return await loop.run_in_executor(
-            executor, _collect_and_count, request_body, encoding, max_chars
+            executor, _collect_and_count, request_body, encoding, max_chars, stop_above
         )
-    prompt = collect(request_body)
+    prompt = collect(request_body, stop_above)
     if prompt.chars <= inline_chars:
         return count_collected(prompt, encoding, max_chars)
     return await loop.run_in_executor(executor, count_collected, prompt, encoding, max_chars)
 
 
 def _collect_and_count(
-    body: Mapping[str, Any], encoding: tiktoken.Encoding, max_chars: int
+    body: Mapping[str, Any],
+    encoding: tiktoken.Encoding,
+    max_chars: int,
+    stop_above: int | None = None,
 ) -> InputCount:
-    return count_collected(collect(body), encoding, max_chars)
+    return count_collected(collect(body, stop_above), encoding, max_chars)
 
 
 def count_collected(prompt: Prompt, encoding: tiktoken.Encoding, max_chars: int) -> InputCount:

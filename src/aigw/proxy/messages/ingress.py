@@ -36,6 +36,7 @@ from aigw.proxy.counting.workers import Inspected, inspect_messages_body
 from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import (
     ClientGone,
+    InputNotCountable,
     InputTokenLimitExceeded,
     InvalidApiKey,
     KeyDisabled,
@@ -54,7 +55,7 @@ from aigw.proxy.messages.checks import (
     fill_model,
     validate,
 )
-from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide
+from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide, refusal_limit
 from aigw.proxy.records import new_entry
 from aigw.usage.recorder import UsageEntry
 
@@ -224,6 +225,7 @@ class MessagesIngress:
             max_chars=pipeline.settings.max_tokenize_chars,
             body_bytes=len(raw),
             executor=executor,
+            stop_above=refusal_limit(key.limits),
         )
         if adapter is not None:
             counted = await pipeline.upstream_counter.judge(
@@ -260,6 +262,14 @@ class MessagesIngress:
         decision = decide(key.limits, counted.tokens, max_tokens, input_exact=counted.exact)
         entry.input_limit_exceeded = decision.input_exceeded
         entry.output_limit_exceeded = decision.output_exceeded
+        if decision.rejection == INPUT_LIMIT_EXCEEDED and counted.uncountable:
+            # A document by url or file id, or one the gateway cannot bound: the
+            # same answer as the other endpoints give for such a file.
+            raise InputNotCountable(
+                f"The input cannot be counted against this key's input limit of "
+                f"{key.limits.input_limit} tokens: {counted.uncountable}",
+                param="messages",
+            )
         if decision.rejection == INPUT_LIMIT_EXCEEDED:
             counted_as = str(counted.tokens) if counted.exact else f"at least {counted.tokens}"
             raise InputTokenLimitExceeded(

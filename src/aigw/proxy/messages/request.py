@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from aigw.proxy.counting.free import is_setting
+
 # OpenAI finish_reason → Anthropic stop_reason.
 
 
@@ -164,19 +166,6 @@ _USER_BLOCKS = frozenset({"text", "image", "tool_result"})
 _ASSISTANT_BLOCKS = frozenset({"text", "tool_use"})
 
 
-_FREE_CHARS = 64
-
-
-def _plain(value: Any, depth: int = 2) -> bool:
-    if value is None or isinstance(value, bool | int | float):
-        return True
-    if isinstance(value, str):
-        return len(value) <= _FREE_CHARS
-    if isinstance(value, dict) and depth > 0 and len(value) <= _FREE_CHARS:
-        return all(len(k) <= _FREE_CHARS and _plain(v, depth - 1) for k, v in value.items())
-    return False
-
-
 def _json_text(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
@@ -202,7 +191,8 @@ def _extra(obj: dict[str, Any], known: tuple[str, ...], free: tuple[str, ...] = 
     return [
         _json_text({name: value})
         for name, value in obj.items()
-        if name not in known and not (name in free and (value in (None, [], {}) or _plain(value)))
+        if name not in known
+        and not (name in free and (value in (None, [], {}) or is_setting(value)))
     ]
 
 
@@ -230,7 +220,7 @@ def untranslated(body: dict[str, Any]) -> list[dict[str, Any]]:
     texts: list[str] = []
     files: list[dict[str, Any]] = []
     for name, value in body.items():
-        if name in _MAPPED or (name in _SETTINGS and _plain(value)):
+        if name in _MAPPED or (name in _SETTINGS and is_setting(value)):
             continue
         texts.append(_json_text({name: value}))
     system = body.get("system")
@@ -306,7 +296,7 @@ def _tool_choice_extra(choice: Any, mapped: bool) -> list[str]:
         return []
     kind = choice.get("type") if isinstance(choice, dict) else None
     if not mapped or not isinstance(kind, str) or kind not in _CHOICES:
-        return [] if _plain(choice) else [_json_text({"tool_choice": choice})]
+        return [] if is_setting(choice) else [_json_text({"tool_choice": choice})]
     known = ("type", "name") if kind == "tool" else ("type",)
     return _extra(choice, known, ("disable_parallel_tool_use",))
 

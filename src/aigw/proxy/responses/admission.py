@@ -21,7 +21,7 @@ from aigw.proxy.counting.workers import encode_edited, inspect_responses_body
 from aigw.proxy.errors import InputTokenLimitExceeded, InvalidRequest, OutputTokenLimitExceeded
 from aigw.proxy.exchange import Prepared, apply_model_rule, encode_off_loop, response_headers
 from aigw.proxy.keycache import ResolvedKey
-from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide
+from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide, refusal_limit
 from aigw.proxy.responses.input import ChatView, chat_view
 from aigw.usage.recorder import UsageEntry
 
@@ -140,6 +140,7 @@ class ResponsesAdmission:
             max_chars=pipeline.settings.max_tokenize_chars,
             body_bytes=len(raw),
             executor=executor,
+            stop_above=refusal_limit(key.limits),
         )
         return body, modified, requested, view.uncountable, counted
 
@@ -168,6 +169,14 @@ class ResponsesAdmission:
         decision = decide(limits, input_tokens, requested, input_exact=counted.exact)
         entry.input_limit_exceeded = decision.input_exceeded
         entry.output_limit_exceeded = decision.output_exceeded
+        if decision.rejection == INPUT_LIMIT_EXCEEDED and counted.uncountable:
+            # An inline file the gateway cannot bound: the same answer as a
+            # file it cannot see (and as /v1/chat/completions gives).
+            raise InputNotCountable(
+                f"The input cannot be counted against this key's input limit of "
+                f"{limits.input_limit} tokens: {counted.uncountable}",
+                param="input",
+            )
         if decision.rejection == INPUT_LIMIT_EXCEEDED:
             counted_as = (
                 f"{input_tokens}"

@@ -47,7 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aigw.proxy.counting.free import is_plain
+from aigw.proxy.counting.free import is_plain, is_setting
 from aigw.proxy.counting.functions import compact_json
 
 __all__ = ["ChatView", "chat_view"]
@@ -58,7 +58,7 @@ _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "r
 _STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
 # Top-level fields with a rule above.
 _MAPPED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "text"})
-# Settings: free while they hold no text (is_plain), like the chat counter's settings.
+# Settings: free while they hold no text (is_setting), as the chat counter's settings.
 _SETTINGS = frozenset(
     {"max_output_tokens", "stream", "stream_options", "reasoning", "include", "metadata"}
     | {"store", "background", "truncation", "temperature", "top_p", "top_logprobs"}
@@ -120,13 +120,13 @@ def chat_view(request: Mapping[str, Any]) -> ChatView:
                 choice_mapped = True
             elif choice == "none":
                 chat["tool_choice"] = "none"
-    if not choice_mapped and choice is not None and not is_plain(choice, 2):
+    if not choice_mapped and choice is not None and not is_setting(choice):
         extra_tools.append(_text_message({"tool_choice": choice}, "tool_choice", uncountable))
     messages.extend(extra_tools)
     for name, value in request.items():
         if name in _MAPPED or name in _STORED_CONTEXT or value is None:
             continue
-        if name in _SETTINGS and is_plain(value, 2):
+        if name in _SETTINGS and is_setting(value):
             continue
         text = _json_text({name: value}, name, uncountable)
         messages.append({"role": "user", "content": text})
