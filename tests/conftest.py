@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from aigw.app import create_app
 from aigw.config import Settings
+from aigw.db import notify
 from aigw.db.engine import libpq_url
 from aigw.db.migrate import upgrade
 from tests.support import Gateway, start_gateway
@@ -203,6 +204,49 @@ def start_gateway_process(
         gateway.stop()
 
 
+@pytest.fixture(scope="session")
+def shared_gateway_process(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """One default ``aigw serve`` process per xdist worker, for the tests that only
+    talk to a gateway over HTTP (the CLI's admin commands, the console): each start
+    costs ~4 s of CPU (imports, the encodings, the lifespan, the shutdown), and
+    twenty of them were a tenth of the suite's CPU. Tests take it through
+    :func:`gateway_process`, which resets it."""
+    root = tmp_path_factory.mktemp("shared-gateway")
+    env = {
+        "AIGW_DATABASE_URL": database_url,
+        "AIGW_DATA_DIR": str(root / "gw-data"),
+        "AIGW_ADMIN_TOKEN": ADMIN_TOKEN,
+        "AIGW_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
+        "AIGW_TOKEN_PEPPER": TOKEN_PEPPER,
+        "AIGW_LOG_LEVEL": "INFO",
+        # A test's usage rows are written before the next test empties the tables.
+        "AIGW_USAGE_FLUSH_INTERVAL": "0.05",
+    }
+    gateway = start_gateway(env, root / "gateway.log")
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture
+async def gateway_process(db: str, shared_gateway_process: Gateway) -> Gateway:
+    """A running default gateway, as if started for this test: ``db`` has emptied
+    every table, a change notice the key cache does not recognise makes it reload
+    every key (none now; the notices of this test's changes come after it on the
+    same channel), and ``logs()`` shows only what it writes during this test."""
+    gateway = shared_gateway_process
+    assert gateway.proc.poll() is None, f"the shared gateway exited:\n{gateway.logs()[-4000:]}"
+    conn = await asyncpg.connect(db)
+    try:
+        await conn.execute(f"SELECT pg_notify('{notify.CHANNEL}', 'reset')")
+    finally:
+        await conn.close()
+    return gateway.from_here()
+
+
 @pytest.fixture
 async def provider(client: httpx.AsyncClient) -> dict[str, Any]:
     """A registered provider with two models."""
@@ -231,12 +275,28 @@ def key_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
+# What makes a test a ``process`` test: a fixture that starts (or hands out) a
+# real gateway process, or a module that starts processes itself.
+PROCESS_FIXTURES = frozenset(
+    {"start_gateway_process", "gateway_process", "shared_gateway_process", "module_gateway", "cli"}
+)
+PROCESS_NAMES = ("start_gateway", "AIGW_BIN", "subprocess", "stop_process")
+
+
 @pytest.hookimpl(tryfirst=True)  # before tests/reliability's hook puts its final check last
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The contract fuzz first (stable: everything else keeps its order):
     # pytest-xdist hands out tests in this order, and a minute-long run started
     # last would leave one worker busy while the other has nothing to do.
     items.sort(key=lambda item: item.get_closest_marker("fuzz") is None)
+    # ``process``: the test starts a real ``aigw serve`` (or another subprocess),
+    # ~4 s of CPU each; ``make test-fast`` leaves these out (see the Makefile).
+    for item in items:
+        module = vars(getattr(item, "module", None) or object())
+        if not PROCESS_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())) or any(
+            name in module for name in PROCESS_NAMES
+        ):
+            item.add_marker(pytest.mark.process)
     # Tests marked ``timing`` compare durations (a hostile body against a benign
     # one, late chunks against early ones, a probe's latency under load). On a
     # shared 2-core machine another tenant can stretch one sample; a regression

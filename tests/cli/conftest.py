@@ -1,10 +1,10 @@
 """Drive the real ``aigw`` CLI (in process, through typer's runner) against a
-real gateway process on a clean PostgreSQL."""
+real gateway process on a clean PostgreSQL (the worker's shared gateway, reset
+for each test: tests/conftest.py's ``gateway_process``)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +73,8 @@ def _clean_cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def cli(start_gateway_process: Callable[..., Gateway]) -> Cli:
-    gateway = start_gateway_process()
+def cli(gateway_process: Gateway) -> Cli:
+    gateway = gateway_process
     return Cli(url=gateway.url, admin_token=gateway.admin_token, gateway=gateway)
 
 

@@ -5,9 +5,10 @@ and ``.ci/run`` run it first), never from here: Playwright's own browser
 download does not work in CI here, so the tests use ``/usr/bin/chromium`` (or
 ``$AIGW_TEST_CHROMIUM``). Without it the browser tests are skipped, saying how
 to get it; without Playwright (the ``browser`` extra of pyproject.toml) they are
-not collected. Each test gets a real ``aigw serve`` process on a clean database and
-a fresh browser context. Screenshots go to ``test-artifacts/ui/`` (and a
-failing test leaves one there).
+not collected. Each test gets a real ``aigw serve`` process on a clean database
+(the worker's shared one, reset: ``gateway_process``) and a fresh browser
+context. Screenshots go to ``test-artifacts/ui/`` (and a failing test leaves one
+there).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def chromium_executable() -> str:
 
 
 @pytest.fixture
-def browser(chromium_executable: str, start_gateway_process: Any) -> Iterator[Any]:
+def browser(
+    chromium_executable: str, start_gateway_process: Any, gateway_process: Gateway
+) -> Iterator[Any]:
     """Chromium for one test.
 
     Playwright's sync API marks its own event loop as running in this thread
@@ -163,13 +166,14 @@ class Console:
 
 @pytest.fixture
 def console_factory(
-    browser: Any, start_gateway_process: Any, request: pytest.FixtureRequest
+    browser: Any, gateway_process: Gateway, request: pytest.FixtureRequest
 ) -> Iterator[Any]:
-    """Make a Console at a viewport; pages and gateways are closed after the test."""
+    """Make a Console at a viewport, on the worker's shared gateway (reset for this
+    test, see tests/conftest.py) unless given another; pages are closed after the test."""
     made: list[tuple[Console, Any]] = []
 
     def make(viewport: dict[str, int] = DESKTOP, gateway: Gateway | None = None) -> Console:
-        gw = gateway or start_gateway_process()
+        gw = gateway or gateway_process
         context = browser.new_context(
             viewport=viewport,
             locale="en-US",

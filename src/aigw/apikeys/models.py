@@ -22,15 +22,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from aigw.apikeys.bounds import MAX_BUDGET, MAX_LIMIT, MAX_RPM
 from aigw.db.base import Base, TimestampedMixin
 from aigw.providers.models import Provider, ProviderModel
 
-MAX_LIMIT = 10_000_000
 STATUSES = ("enabled", "disabled")
 USAGE_LIMITS = ("reject", "use_anyway")
 BUDGET_PERIODS = ("day", "week", "month", "total")
-MAX_BUDGET = 1_000_000_000_000
-MAX_RPM = 10_000_000
 # The columns `GET /apikeys` filters on besides the alias.
 SEARCH_FILTERS = ("status", "usage_limit", "provider_id", "model_id")
 

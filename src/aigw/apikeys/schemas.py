@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from aigw.apikeys.models import MAX_BUDGET, MAX_LIMIT, MAX_RPM
+from aigw.apikeys.bounds import MAX_BUDGET, MAX_LIMIT, MAX_RPM
 from aigw.schemas import PartialUpdate, StrictInput
 
 Status = Literal["enabled", "disabled"]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
-from aigw.apikeys.models import MAX_BUDGET, MAX_LIMIT, MAX_RPM
+from aigw.apikeys.bounds import MAX_BUDGET, MAX_LIMIT, MAX_RPM
 from aigw.apikeys.schemas import BudgetPeriod, SortField, Status, UsageLimit
 from aigw.cli import resource
 from aigw.cli.client import DEFAULT_URL, item_path
