@@ -852,9 +852,12 @@ class Bench:
             "ttfb": self.ttfb,
             "chunk": self.per_chunk,
             "memory": self.slow_streams,
+            # budget before search: search seeds 100k keys straight into the database
+            # with stand-in key codes, and the budget phase's second aigw (Redis store)
+            # starts on that database, where the startup check refuses codes it cannot open.
+            "budget": lambda: budget.phase(self),
             "search": self.search,
             "bigprompt": self.big_prompt,
-            "budget": lambda: budget.phase(self),
             "workers": self.scaling,
         }
         self.warm_up()
