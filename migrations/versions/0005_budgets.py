@@ -15,7 +15,12 @@ functions below, so every decision is one statement under one row lock:
   reservation for that key returns its tokens;
 - ``rate_windows``: per key and minute, requests and tokens.
 
-Lock order everywhere: leases before counters, counters in (key, period) order.
+Lock order: counter rows by (key, period) ascending, then lease rows (only
+under a counter already held), then rate windows by (key, window) ascending.
+The functions as written here did not keep one order (settlement locked a
+counter then a lease, a reservation reclaimed leases before locking their
+counters), which could deadlock; migration 0008 replaced them with functions
+that keep this order (see its docstring and :mod:`aigw.budgets.store`).
 """
 
 from collections.abc import Sequence
