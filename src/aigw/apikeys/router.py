@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
@@ -28,10 +28,22 @@ from aigw.deps import (
     SettingsDep,
     budget_counters,
 )
+from aigw.errors import PROBLEM_JSON
 from aigw.etag import with_etag
 from aigw.routing import AdminRoute, problem_responses
 
 router = APIRouter(prefix="/apikeys", tags=["apikeys"], route_class=AdminRoute)
+
+# The routes that answer with a key's budget use read it from the budget store:
+# with AIGW_REDIS_URL set, a Redis that does not answer is a 503 of its own
+# (docs/budgets.md, "PostgreSQL or Redis").
+_STORE_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "The database is unavailable (`database_unavailable`), or the Redis "
+        "budget store is (`budget_store_unavailable`); retry after Retry-After seconds",
+        "content": {PROBLEM_JSON: {}},
+    }
+}
 
 
 @router.post(
@@ -39,7 +51,7 @@ router = APIRouter(prefix="/apikeys", tags=["apikeys"], route_class=AdminRoute)
     status_code=status.HTTP_201_CREATED,
     response_model=ApiKeyWithToken,
     summary="Create an AI API key; the response carries its client token, once",
-    responses=problem_responses(409, 422),
+    responses=problem_responses(409, 422) | _STORE_DOWN,
 )
 async def create_api_key(
     body: ApiKeyCreate,
@@ -73,7 +85,7 @@ async def create_api_key(
     return created
 
 
-@router.get("", response_model=ApiKeyPage, summary="Search AI API keys")
+@router.get("", response_model=ApiKeyPage, summary="Search AI API keys", responses=_STORE_DOWN)
 async def search_api_keys(
     session: SessionDep,
     _admin: AdminDep,
@@ -106,7 +118,7 @@ async def search_api_keys(
     return page
 
 
-@router.get("/{key_id}", response_model=ApiKeyRead, responses=problem_responses(404))
+@router.get("/{key_id}", response_model=ApiKeyRead, responses=problem_responses(404) | _STORE_DOWN)
 async def get_api_key(
     key_id: uuid.UUID,
     session: SessionDep,
@@ -124,7 +136,7 @@ async def get_api_key(
     "/{key_id}",
     response_model=ApiKeyRead,
     summary="Change any writable field; a new key_code replaces the old",
-    responses=problem_responses(404, 409, 412, 422),
+    responses=problem_responses(404, 409, 412, 422) | _STORE_DOWN,
 )
 async def update_api_key(
     key_id: uuid.UUID,
@@ -169,7 +181,7 @@ async def delete_api_key(
     "/{key_id}/token",
     response_model=ApiKeyWithToken,
     summary="Rotate the client token; the old one stops working at once",
-    responses=problem_responses(404, 412),
+    responses=problem_responses(404, 412) | _STORE_DOWN,
 )
 async def rotate_api_key_token(
     key_id: uuid.UUID,
