@@ -14,6 +14,11 @@ Each phase returns its figures; :func:`report` prints them and :func:`check`
 lists what failed. ``make replicas`` runs it against an embedded PostgreSQL (or
 ``AIGW_TEST_DATABASE_URL``); ``tests/deploy/test_replicas.py`` runs it as a
 test (marker ``replicas``, not part of ``make test``).
+
+The gateways inherit the caller's environment: with ``AIGW_REDIS_URL`` exported
+their budget counters live in that Redis, so (a) reads the budget's ``used``
+through the admin API (``budget_used``, from whichever store serves it) and
+what is still ``reserved`` from that same store (:func:`_budget_counter`).
 """
 
 from __future__ import annotations
@@ -24,13 +29,18 @@ import re
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
 import openai
+import redis.asyncio as aioredis
 
+from aigw.budgets.periods import period_bounds
+from aigw.budgets.redis_store import RedisBudgetStore
 from tests.conftest import ADMIN_TOKEN
 from tests.deploy.cluster import Cluster, Restart, cluster
 from tests.fakes.billing import load_encoding, prompt_tokens
@@ -84,6 +94,36 @@ async def _records(c: Cluster, key_id: str, expected: int, wait: float = 10.0) -
         if int(row["n"]) >= expected or time.monotonic() > deadline:
             return int(row["n"])
         await asyncio.sleep(0.2)
+
+
+async def _budget_counter(c: Cluster, key: dict[str, Any]) -> tuple[int, int]:
+    """``(used, reserved)`` of *key*'s budget in its current period: ``used`` as the
+    admin API reads it, ``reserved`` from the store the gateways use (PostgreSQL, or
+    Redis when ``AIGW_REDIS_URL`` reached them; the admin API does not show it)."""
+    with c.admin() as admin:
+        read = admin.get(f"/apikeys/{key['id']}")
+        read.raise_for_status()
+        used = int(read.json()["budget_used"])
+    env = {**os.environ, **c.env}
+    redis_url = env.get("AIGW_REDIS_URL", "").strip()
+    if not redis_url:
+        row = await _db(
+            c,
+            "SELECT coalesce(sum(reserved), 0) AS reserved FROM budget_counters "
+            "WHERE api_key_id = $1",
+            uuid.UUID(key["id"]),
+        )
+        return used, int(row["reserved"])
+    zone = ZoneInfo(env.get("AIGW_BUDGET_TIMEZONE", "UTC"))
+    start, _ = period_bounds(key["budget_period"], datetime.now(UTC), zone)
+    store = RedisBudgetStore(redis_url, prefix=env.get("AIGW_REDIS_PREFIX", "aigw:"))
+    counter = store.period_keys(uuid.UUID(key["id"]), start)[0]
+    client = aioredis.from_url(redis_url)
+    try:
+        reserved = await client.hget(counter, "reserved")
+    finally:
+        await client.aclose()
+    return used, int(reserved or 0)
 
 
 def billed_prompt() -> int:
@@ -146,13 +186,7 @@ async def budget_under_load(c: Cluster, budget: int = 4000, requests: int = 200)
     received = sum(billed_prompt() + words for words in admitted)
     records = await _records(c, key["id"], requests)
     await asyncio.sleep(0.5)  # settlements are written every few ms; be generous
-    counter = await _db(
-        c,
-        "SELECT coalesce(sum(used), 0) AS used, coalesce(sum(reserved), 0) AS reserved "
-        "FROM budget_counters WHERE api_key_id = $1",
-        uuid.UUID(key["id"]),
-    )
-    used = int(counter["used"])
+    used, reserved = await _budget_counter(c, key)
     return {
         "budget": budget,
         "requests": requests,
@@ -162,7 +196,7 @@ async def budget_under_load(c: Cluster, budget: int = 4000, requests: int = 200)
         "failures": failures,
         "received": received,
         "used": used,
-        "reserved": int(counter["reserved"]),
+        "reserved": reserved,
         "used_pct": 100.0 * used / budget,
         "records": records,
         "seconds": seconds,
