@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Protocol
 
 from aigw.budgets.redis_store import RedisBudgetStore
-from aigw.budgets.store import BudgetStore, Settlement
+from aigw.budgets.settling import Settlement
+from aigw.budgets.store import BudgetStore
 from aigw.config import Settings
 from aigw.db.engine import libpq_url
 

@@ -3,7 +3,8 @@
 The same surface and semantics as :class:`aigw.budgets.store.BudgetStore` (the
 PostgreSQL store): :meth:`reserve` (and extend), :meth:`free`,
 :meth:`take_rate`, :meth:`settle` (queued, written in batches by one task),
-:meth:`flush`, :meth:`aclose`, a heartbeat that renews this process's leases,
+:meth:`flush`, :meth:`aclose` (those three shared with it:
+:mod:`aigw.budgets.settling`), a heartbeat that renews this process's leases,
 and :class:`StoreUnavailable` for a call that fails or takes longer than
 ``timeout``. The scripts and the key layout are in
 :mod:`aigw.budgets.redis_scripts`; docs/budgets.md has the why.
@@ -24,7 +25,6 @@ and sets vanish when their last lease is settled or reclaimed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -36,11 +36,10 @@ from redis.exceptions import RedisError
 
 from aigw.budgets import redis_scripts
 from aigw.budgets.periods import EPOCH
-from aigw.budgets.store import Settlement, StoreUnavailable
+from aigw.budgets.settling import Settlement, SettlingStore, StoreUnavailable
 
 log = logging.getLogger("aigw.budgets")
 
-_SETTLE_BATCH = 500
 _RENEW_BATCH = 1000
 # Long enough for any period to have ended (a month is at most 31 days and an
 # hour of daylight saving), plus margin for requests settling late.
@@ -52,7 +51,7 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-class RedisBudgetStore:
+class RedisBudgetStore(SettlingStore):
     """The Redis store; one per process (see the module docstring)."""
 
     def __init__(
@@ -64,6 +63,7 @@ class RedisBudgetStore:
         timeout: float = 5.0,
         max_connections: int = 10,
     ) -> None:
+        super().__init__()
         self._url = url
         self.prefix = prefix
         self.lease_seconds = lease_seconds
@@ -72,10 +72,6 @@ class RedisBudgetStore:
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._live: dict[uuid.UUID, str] = {}  # lease -> its expiry set
-        self._queue: list[Settlement] = []
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self.settled = 0
 
     def __repr__(self) -> str:
         return f"RedisBudgetStore(live_leases={len(self._live)}, queued={len(self._queue)})"
@@ -121,12 +117,6 @@ class RedisBudgetStore:
             return await self._scripts[script](keys=list(keys), args=list(args), client=client)
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
-
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._settle_forever(), name="aigw-budget-settle"),
-            asyncio.create_task(self._renew_forever(), name="aigw-budget-leases"),
-        ]
 
     async def reserve(
         self,
@@ -182,11 +172,6 @@ class RedisBudgetStore:
         )
         return bool(allowed)
 
-    def settle(self, settlement: Settlement) -> None:
-        """Queue a settlement; it cannot fail or block (written by the settle task)."""
-        self._queue.append(settlement)
-        self._wake.set()
-
     async def _write(self, batch: list[Settlement]) -> None:
         keys: list[str] = []
         args: list[object] = []
@@ -205,28 +190,8 @@ class RedisBudgetStore:
             ]
         await self._run("SETTLE", keys, args)
 
-    async def _settle_forever(self) -> None:
-        backoff = 0.05
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch = self._queue[:_SETTLE_BATCH]
-                try:
-                    await self._write(batch)
-                except StoreUnavailable as exc:
-                    # The leases stay renewed meanwhile; nothing is lost unless the
-                    # process dies too (then the leases expire and give back).
-                    log.warning("budget settlement failed (%s); retrying in %.2fs", exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    continue
-                backoff = 0.05
-                del self._queue[: len(batch)]
-                for s in batch:
-                    if s.lease is not None:
-                        self._live.pop(s.lease, None)
-                self.settled += len(batch)
+    def _forget(self, lease: uuid.UUID) -> None:
+        self._live.pop(lease, None)
 
     async def _renew_forever(self) -> None:
         interval = self.lease_seconds / 3
@@ -245,27 +210,10 @@ class RedisBudgetStore:
                     log.warning("budget lease renewal failed (%s)", exc)
                     break
 
-    async def flush(self, grace: float) -> None:
-        """Wait until every queued settlement is written (or *grace* seconds pass)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                while self._queue:
-                    self._wake.set()
-                    await asyncio.sleep(0.01)
-
-    async def aclose(self, grace: float) -> None:
-        await self.flush(grace)
-        if self._queue:
-            log.error("%d budget settlements not written at shutdown", len(self._queue))
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    async def _disconnect(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.aclose(), 5.0)
+            await asyncio.wait_for(client.aclose(), 5.0)
 
     async def used(self, pairs: list[tuple[uuid.UUID, datetime]]) -> list[int]:
         """``used`` of each ``(key, period start)`` counter, in one round trip."""

@@ -4,7 +4,8 @@ Reservations, extensions and rate checks are each one call of a SQL function
 (migrations 0005 and 0008) that takes the key's counter row lock, so any number
 of gateway processes on one database admit together no more than a budget.
 Settlements are queued and written in batches by one task (a client that
-leaves cannot cancel them); until written, their leases stay renewed.
+leaves cannot cancel them); until written, their leases stay renewed
+(:mod:`aigw.budgets.settling`, shared with the Redis store).
 
 Leases: every reservation is a row in ``budget_leases`` with an expiry a
 heartbeat task pushes forward every third of ``lease_seconds`` for all the
@@ -34,13 +35,15 @@ per policy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+
+from aigw.budgets.settling import Settlement, SettlingStore, StoreUnavailable
+
+__all__ = ["BudgetStore", "Settlement", "StoreUnavailable"]
 
 log = logging.getLogger("aigw.budgets")
 
@@ -57,33 +60,15 @@ _RENEW = (
     "ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING 1) "
     "SELECT count(*) AS renewed FROM renewed"
 )
-_SETTLE_BATCH = 500
 _NO_TIME = datetime.min.replace(tzinfo=UTC)
 _NO_LEASE = uuid.UUID(int=0)
-
-
-class StoreUnavailable(Exception):
-    """The shared store did not answer (down, unreachable, or too slow)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """What one finished request owes: ``charge`` tokens to its budget period (and
-    its lease, if it held one, released), ``window_tokens`` to its rate window."""
-
-    api_key_id: uuid.UUID
-    lease: uuid.UUID | None
-    period_start: datetime | None
-    charge: int
-    window_start: datetime | None
-    window_tokens: int
 
 
 def _batch_order(s: Settlement) -> tuple[uuid.UUID, datetime, uuid.UUID]:
     return (s.api_key_id, s.period_start or _NO_TIME, s.lease or _NO_LEASE)
 
 
-class BudgetStore:
+class BudgetStore(SettlingStore):
     """The PostgreSQL store; one per process. Connections open on first use, so a
     gateway whose keys have no budgets never opens one."""
 
@@ -95,6 +80,7 @@ class BudgetStore:
         timeout: float = 5.0,
         max_connections: int = 10,
     ) -> None:
+        super().__init__()
         self._dsn = dsn
         self.lease_seconds = lease_seconds
         self.timeout = timeout
@@ -102,11 +88,6 @@ class BudgetStore:
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._live: set[uuid.UUID] = set()
-        self._queue: list[Settlement] = []
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closing = False
-        self.settled = 0
 
     def __repr__(self) -> str:
         return f"BudgetStore(live_leases={len(self._live)}, queued={len(self._queue)})"
@@ -131,12 +112,6 @@ class BudgetStore:
                 return await pool.fetchrow(sql, *args)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
-
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._settle_forever(), name="aigw-budget-settle"),
-            asyncio.create_task(self._renew_forever(), name="aigw-budget-leases"),
-        ]
 
     async def reserve(
         self,
@@ -181,11 +156,6 @@ class BudgetStore:
         assert row is not None
         return bool(row["allowed"])
 
-    def settle(self, settlement: Settlement) -> None:
-        """Queue a settlement; it cannot fail or block (written by the settle task)."""
-        self._queue.append(settlement)
-        self._wake.set()
-
     async def _write(self, batch: list[Settlement]) -> None:
         # aigw_budget_settle sorts too (0008); sorted here, a batch reads the same in logs.
         batch.sort(key=_batch_order)
@@ -199,28 +169,8 @@ class BudgetStore:
             [s.window_tokens for s in batch],
         )
 
-    async def _settle_forever(self) -> None:
-        backoff = 0.05
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch = self._queue[:_SETTLE_BATCH]
-                try:
-                    await self._write(batch)
-                except StoreUnavailable as exc:
-                    # The leases stay renewed meanwhile; nothing is lost unless the
-                    # process dies too (then the leases expire and give back).
-                    log.warning("budget settlement failed (%s); retrying in %.2fs", exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    continue
-                backoff = 0.05
-                del self._queue[: len(batch)]
-                for s in batch:
-                    if s.lease is not None:
-                        self._live.discard(s.lease)
-                self.settled += len(batch)
+    def _forget(self, lease: uuid.UUID) -> None:
+        self._live.discard(lease)
 
     async def renew(self) -> int:
         """Push the expiry of every lease this process holds one lease period ahead;
@@ -241,23 +191,6 @@ class BudgetStore:
             except StoreUnavailable as exc:
                 log.warning("budget lease renewal failed (%s)", exc)
 
-    async def flush(self, grace: float) -> None:
-        """Wait until every queued settlement is written (or *grace* seconds pass)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                while self._queue:
-                    self._wake.set()
-                    await asyncio.sleep(0.01)
-
-    async def aclose(self, grace: float) -> None:
-        await self.flush(grace)
-        if self._queue:
-            log.error("%d budget settlements not written at shutdown", len(self._queue))
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    async def _disconnect(self) -> None:
         if self._pool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pool.close(), 5.0)
+            await asyncio.wait_for(self._pool.close(), 5.0)
