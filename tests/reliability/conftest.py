@@ -22,6 +22,11 @@ import pytest
 from aigw.crypto import KeyRing, key_code_aad, mask_secret
 from tests.conftest import ADMIN_TOKEN, ENCRYPTION_KEYS, TOKEN_PEPPER
 from tests.fakes import FakeUpstream, start_fake_upstream
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.responses import FakeResponses, start_fake_responses
+from tests.fakes.wire import serve_in_loop
+from tests.proxy.conftest import create_provider
+from tests.proxy.conftest import gateway as gateway  # the fixture openai_app and anthropic_app use
 from tests.support import Gateway, start_gateway
 
 TABLES = (
@@ -96,12 +101,17 @@ def raw_exchange(url: str, data: bytes, timeout: float = 5.0) -> bytes:
     """Send *data* as is and read until the server closes or goes quiet for *timeout*."""
     with socket.create_connection(host_port(url), timeout=timeout) as sock:
         sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
+        return read_until_closed(sock)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """What *sock* receives until the peer closes, resets, or its timeout passes."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
     return received
 
 
@@ -137,6 +147,20 @@ def gateway_environment(database_url: str, data_dir: Path, **extra: str) -> dict
     }
 
 
+@contextlib.contextmanager
+def running_gateway(
+    database_url: str, root: Path, *, log_name: str = "gateway.log", **extra: str
+) -> Iterator[Gateway]:
+    """``aigw serve`` on :func:`gateway_environment` (*extra* added), its data in
+    ``root/data`` and its log at ``root/log_name``; stopped on exit."""
+    env = gateway_environment(database_url, root / "data", **extra)
+    gateway = start_gateway(env, root / log_name)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
 @pytest.fixture(scope="module")
 def module_gateway(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -144,12 +168,8 @@ def module_gateway(
     """One ``aigw serve`` process shared by a module's tests (1 MiB body limit, so
     the over-limit cases stay quick)."""
     root = tmp_path_factory.mktemp("gateway")
-    env = gateway_environment(database_url, root / "data", AIGW_MAX_BODY_BYTES=str(1024 * 1024))
-    gateway = start_gateway(env, root / "gateway.log")
-    try:
+    with running_gateway(database_url, root, AIGW_MAX_BODY_BYTES=str(1024 * 1024)) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 async def seed_keys(
@@ -205,6 +225,38 @@ async def seed_keys(
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_usable(gateway: Gateway, token: str, timeout: float = 5.0) -> None:
+    """Wait until *gateway*'s key cache has the key (``/v1/models`` answers 200)."""
+    deadline = time.monotonic() + timeout
+    while (
+        httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {token}"})
+    ).status_code != 200:
+        assert time.monotonic() < deadline, "the key never reached the key cache"
+        time.sleep(0.05)
+
+
+def gateway_key(
+    gateway: Gateway, upstream_url: str, provider: str, model: str, **key: Any
+) -> dict[str, Any]:
+    """Through a real gateway's admin API: a provider *provider* on *upstream_url*
+    serving *model*, and an enabled key on it (*key*: its other fields), once the
+    gateway can use it; returns the key as created (``token`` included)."""
+    with gateway.admin() as admin:
+        created = admin.post(
+            "/providers",
+            json={"name": provider, "base_url": upstream_url, "models": [{"name": model}]},
+        )
+        assert created.status_code == 201, created.text
+        response = admin.post(
+            "/apikeys",
+            json={"provider": provider, "model": model, "status": "enabled", **key},
+        )
+        assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    wait_usable(gateway, body["token"])
+    return body
 
 
 # --- the app in process, with a fake upstream ---------------------------------------------
@@ -279,6 +331,44 @@ async def provider_and_key(
 
     await wait_for(cached, 5.0)
     return provider, key
+
+
+# --- the app served in the test's loop, on the Responses and Anthropic fakes -------------
+
+CLAUDE = "claude-sonnet-4-5"
+
+
+@pytest.fixture
+async def fake_responses() -> AsyncIterator[FakeResponses]:
+    """The fake Responses API (``/v1/responses``, ``/v1/embeddings``, chat)."""
+    state, runner = await start_fake_responses()
+    yield state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def fake_anthropic() -> AsyncIterator[tuple[FakeAnthropic, str]]:
+    """The fake Anthropic Messages API and its base URL."""
+    state = FakeAnthropic()
+    async with serve_in_loop(state.app()) as url:
+        yield state, url + "/v1"
+
+
+@pytest.fixture
+async def openai_app(gateway: Any, fake_responses: FakeResponses) -> Any:
+    """A served gateway with an ``openai`` provider on :func:`fake_responses`."""
+    app = await gateway()
+    await create_provider(app.admin, fake_responses.url)
+    return app
+
+
+@pytest.fixture
+async def anthropic_app(gateway: Any, fake_anthropic: tuple[FakeAnthropic, str]) -> Any:
+    """A served gateway with an ``anthropic`` provider, ``fake``, serving :data:`CLAUDE`."""
+    app = await gateway()
+    _, url = fake_anthropic
+    await create_provider(app.admin, url, name="fake", kind="anthropic", models=(CLAUDE,))
+    return app
 
 
 # --- canaries: secrets that must never show up outside their ciphertext --------------------

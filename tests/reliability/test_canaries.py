@@ -30,9 +30,9 @@ from tests.fakes import FakeUpstream
 from tests.reliability.conftest import (
     SECRET_PATTERNS,
     SECRET_WATCH,
-    gateway_environment,
+    running_gateway,
 )
-from tests.support import Gateway, start_gateway
+from tests.support import Gateway
 
 CIPHERTEXT_COLUMNS = {
     ("api_keys", "key_code_ciphertext"),
@@ -62,12 +62,10 @@ class Recorder:
 
 @pytest.fixture
 def debug_gateway(db: str, tmp_path: Path) -> Any:
-    env = gateway_environment(db, tmp_path / "data", AIGW_LOG_LEVEL="DEBUG")
-    gateway = start_gateway(env, tmp_path / "canary-gateway.log")
-    try:
+    with running_gateway(
+        db, tmp_path, log_name="canary-gateway.log", AIGW_LOG_LEVEL="DEBUG"
+    ) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 async def _dump(db: str) -> list[str]:

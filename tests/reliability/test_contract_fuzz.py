@@ -42,8 +42,8 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes import FakeUpstream
-from tests.reliability.conftest import gateway_environment
-from tests.support import Gateway, start_gateway
+from tests.reliability.conftest import running_gateway
+from tests.support import Gateway
 
 CHECKS = [
     not_a_server_error,
@@ -64,12 +64,8 @@ def fuzzed_gateway(
     database_url: str, tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream
 ) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("fuzz")
-    env = gateway_environment(database_url, root / "data", AIGW_MAX_BODY_BYTES=str(256 * 1024))
-    gateway = start_gateway(env, root / "gateway.log")
-    try:
+    with running_gateway(database_url, root, AIGW_MAX_BODY_BYTES=str(256 * 1024)) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 class Resources:

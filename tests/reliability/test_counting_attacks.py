@@ -30,8 +30,8 @@ import openai
 import pytest
 
 from tests.fakes import FakeUpstream
-from tests.reliability.conftest import gateway_environment, unique
-from tests.support import Gateway, start_gateway
+from tests.reliability.conftest import gateway_key, running_gateway, unique
+from tests.support import Gateway
 
 MODEL = "gpt-4o-mini"
 INPUT_LIMIT = 1_000
@@ -44,43 +44,23 @@ HIDDEN = "The quick brown fox jumps over the lazy dog again. " * 4_000
 @pytest.fixture(scope="module")
 def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("counting-gateway")
-    env = gateway_environment(database_url, root / "data", AIGW_MAX_BODY_BYTES=str(BODY_LIMIT))
-    started = start_gateway(env, root / "gateway.log")
-    try:
+    with running_gateway(database_url, root, AIGW_MAX_BODY_BYTES=str(BODY_LIMIT)) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")
 def token(gateway: Gateway, fake: FakeUpstream) -> str:
-    provider = unique("counting")
-    with gateway.admin() as admin:
-        created = admin.post(
-            "/providers",
-            json={"name": provider, "base_url": fake.url, "models": [{"name": MODEL}]},
-        )
-        assert created.status_code == 201, created.text
-        key = admin.post(
-            "/apikeys",
-            json={
-                "alias": unique("limited"),
-                "provider": provider,
-                "model": MODEL,
-                "key_code": "sk-counting-attacks",
-                "status": "enabled",
-                "input_limit": INPUT_LIMIT,
-                "usage_limit": "reject",
-            },
-        )
-        assert key.status_code == 201, key.text
-        value: str = key.json()["token"]
-    deadline = time.monotonic() + 5
-    while (
-        httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {value}"})
-    ).status_code != 200:
-        assert time.monotonic() < deadline, "the key never reached the key cache"
-        time.sleep(0.05)
+    key = gateway_key(
+        gateway,
+        fake.url,
+        unique("counting"),
+        MODEL,
+        alias=unique("limited"),
+        key_code="sk-counting-attacks",
+        input_limit=INPUT_LIMIT,
+        usage_limit="reject",
+    )
+    value: str = key["token"]
     return value
 
 

@@ -32,7 +32,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes import FakeUpstream
-from tests.reliability.conftest import gateway_environment
+from tests.reliability.conftest import gateway_environment, gateway_key
 from tests.reliability.faults import Seen, chat, usage_by_request, wait_usage_count
 from tests.support import Gateway, start_gateway
 
@@ -85,35 +85,15 @@ def own_postgres() -> Iterator[OwnPostgres]:
 
 
 def _setup_key(gateway: Gateway, upstream_url: str, alias: str = "steady") -> dict[str, Any]:
-    with gateway.admin() as admin:
-        created = admin.post(
-            "/providers",
-            json={"name": f"up-{alias}", "base_url": upstream_url, "models": [{"name": MODEL}]},
-        )
-        assert created.status_code == 201, created.text
-        key = admin.post(
-            "/apikeys",
-            json={
-                "alias": alias,
-                "provider": f"up-{alias}",
-                "model": MODEL,
-                "key_code": "sk-db-fault",
-                "status": "enabled",
-                "input_limit": 0,
-            },
-        )
-        assert key.status_code == 201, key.text
-    deadline = time.monotonic() + 5
-    token = key.json()["token"]
-    while (
-        httpx.get(
-            f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {token}"}
-        ).status_code
-        != 200
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    return dict(key.json())
+    return gateway_key(
+        gateway,
+        upstream_url,
+        f"up-{alias}",
+        MODEL,
+        alias=alias,
+        key_code="sk-db-fault",
+        input_limit=0,
+    )
 
 
 class Traffic:

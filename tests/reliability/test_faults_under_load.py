@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from tests.fakes import FakeUpstream
-from tests.reliability.conftest import gateway_environment
+from tests.reliability.conftest import running_gateway, wait_usable
 from tests.reliability.faults import (
     Seen,
     chat,
@@ -44,7 +44,7 @@ from tests.reliability.faults import (
     usage_by_request,
     wait_usage_count,
 )
-from tests.support import Gateway, start_gateway
+from tests.support import Gateway
 
 pytestmark = pytest.mark.slow
 
@@ -54,20 +54,16 @@ MODEL = "gpt-4o-mini"
 
 @pytest.fixture
 def fault_gateway(db: str, tmp_path: Path) -> Iterator[Gateway]:
-    env = gateway_environment(
+    with running_gateway(
         db,
-        tmp_path / "data",
+        tmp_path,
         AIGW_UPSTREAM_FIRST_BYTE_TIMEOUT=str(FIRST_BYTE),
         AIGW_UPSTREAM_IDLE_TIMEOUT=str(IDLE),
         AIGW_UPSTREAM_TOTAL_TIMEOUT=str(TOTAL),
         AIGW_USAGE_FLUSH_INTERVAL="0.2",
         AIGW_LOG_LEVEL="WARNING",
-    )
-    gateway = start_gateway(env, tmp_path / "gateway.log")
-    try:
+    ) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 def make_keys(gateway: Gateway, upstream_url: str, count: int) -> list[str]:
@@ -92,16 +88,8 @@ def make_keys(gateway: Gateway, upstream_url: str, count: int) -> list[str]:
             )
             assert key.status_code == 201, key.text
             tokens.append(key.json()["token"])
-    deadline = time.monotonic() + 5
     for token in tokens:
-        while True:
-            response = httpx.get(
-                f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {token}"}
-            )
-            if response.status_code == 200:
-                break
-            assert time.monotonic() < deadline, "keys never reached the key cache"
-            time.sleep(0.05)
+        wait_usable(gateway, token)
     return tokens
 
 

@@ -12,19 +12,15 @@ and nothing reaches the upstream, on ``/v1/responses``, ``/v1/messages`` (sent
 as is to an ``anthropic`` provider) and ``/v1/chat/completions``.
 """
 
-# ruff: noqa: F811  (pytest fixtures imported from tests/proxy/conftest.py)
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.responses import FakeResponses, start_fake_responses
-from tests.fakes.wire import serve_in_loop
+from tests.fakes.responses import FakeResponses
 from tests.proxy.conftest import (  # noqa: F401
     MODEL,
     InLoopUpstream,
@@ -33,8 +29,8 @@ from tests.proxy.conftest import (  # noqa: F401
     ready_key,
     upstream,
 )
+from tests.reliability.conftest import CLAUDE
 
-CLAUDE = "claude-sonnet-4-5"
 JSON = {"content-type": "application/json"}
 # 4,000 sentences of 10 words: at least 40,000 tokens (a word is at least one token).
 HIDDEN = "The quick brown fox jumps over the lazy dog again. " * 4_000
@@ -64,35 +60,6 @@ SPREAD = _spread(HIDDEN)
 def test_hidden_text_is_at_least_40k_tokens() -> None:
     assert len(HIDDEN.split()) >= 40_000
     assert "".join(v for row in SPREAD.values() for v in row.values()) == HIDDEN
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeResponses]:
-    state, runner = await start_fake_responses()
-    yield state
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def fake_anthropic() -> AsyncIterator[tuple[FakeAnthropic, str]]:
-    state = FakeAnthropic()
-    async with serve_in_loop(state.app()) as url:
-        yield state, url + "/v1"
-
-
-@pytest.fixture
-async def openai_app(gateway: Any, fake: FakeResponses) -> Any:
-    app = await gateway()
-    await create_provider(app.admin, fake.url)
-    return app
-
-
-@pytest.fixture
-async def anthropic_app(gateway: Any, fake_anthropic: tuple[FakeAnthropic, str]) -> Any:
-    app = await gateway()
-    _, url = fake_anthropic
-    await create_provider(app.admin, url, name="fake", kind="anthropic", models=(CLAUDE,))
-    return app
 
 
 def _message(content: Any, **extra: Any) -> dict[str, Any]:
@@ -213,7 +180,7 @@ RESPONSES_PLACES: dict[str, dict[str, Any]] = {
 
 
 async def test_responses_text_nested_in_known_objects_counts(
-    openai_app: Any, fake: FakeResponses
+    openai_app: Any, fake_responses: FakeResponses
 ) -> None:
     keys = {
         limit: (await ready_key(openai_app, input_limit=limit))["token"]
@@ -248,7 +215,7 @@ async def test_responses_text_nested_in_known_objects_counts(
         )
         assert ok.status_code == 200, ok.text
     assert not failures, failures
-    assert len(fake.requests) == 1
+    assert len(fake_responses.requests) == 1
 
 
 def _block(**fields: Any) -> dict[str, Any]:
@@ -458,7 +425,7 @@ CHAT_PLACES: dict[str, dict[str, Any]] = {
 
 
 async def test_chat_text_nested_in_known_objects_counts(
-    openai_app: Any, fake: FakeResponses
+    openai_app: Any, fake_responses: FakeResponses
 ) -> None:
     keys = {
         limit: (await ready_key(openai_app, input_limit=limit))["token"]
@@ -477,4 +444,4 @@ async def test_chat_text_nested_in_known_objects_counts(
             if not error or error.get("code") != "input_token_limit_exceeded":
                 failures.append((place, response.status_code, response.text[:200]))
     assert not failures, failures
-    assert not fake.requests
+    assert not fake_responses.requests

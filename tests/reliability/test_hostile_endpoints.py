@@ -13,7 +13,6 @@ official SDKs for the well-formed ones.
 # ruff: noqa: F811  (pytest fixtures imported from tests/proxy/conftest.py)
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -23,8 +22,7 @@ import orjson
 import pytest
 
 from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.responses import FakeResponses, start_fake_responses
-from tests.fakes.wire import serve_in_loop
+from tests.fakes.responses import FakeResponses
 from tests.proxy.conftest import (  # noqa: F401
     MODEL,
     InLoopUpstream,
@@ -34,40 +32,11 @@ from tests.proxy.conftest import (  # noqa: F401
     sdk,
     upstream,
 )
+from tests.reliability.conftest import CLAUDE
 
-CLAUDE = "claude-sonnet-4-5"
 JSON = {"content-type": "application/json"}
 # About 4,000 tokens of prompt text (one-token words).
 LONG = " fox" * 4000
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeResponses]:
-    state, runner = await start_fake_responses()
-    yield state
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def fake_anthropic() -> AsyncIterator[tuple[FakeAnthropic, str]]:
-    state = FakeAnthropic()
-    async with serve_in_loop(state.app()) as url:
-        yield state, url + "/v1"
-
-
-@pytest.fixture
-async def openai_app(gateway: Any, fake: FakeResponses) -> Any:
-    app = await gateway()
-    await create_provider(app.admin, fake.url)
-    return app
-
-
-@pytest.fixture
-async def anthropic_app(gateway: Any, fake_anthropic: tuple[FakeAnthropic, str]) -> Any:
-    app = await gateway()
-    _, url = fake_anthropic
-    await create_provider(app.admin, url, name="fake", kind="anthropic", models=(CLAUDE,))
-    return app
 
 
 def fields(**values: bytes) -> bytes:
@@ -159,7 +128,7 @@ def assert_anthropic_shape(response: httpx.Response, status: int, code: str) -> 
 
 
 async def test_responses_ambiguous_names_are_refused_and_nothing_goes_upstream(
-    openai_app: Any, fake: FakeResponses
+    openai_app: Any, fake_responses: FakeResponses
 ) -> None:
     key = await ready_key(openai_app, output_limit=20)
     headers = {**JSON, "Authorization": f"Bearer {key['token']}"}
@@ -173,11 +142,11 @@ async def test_responses_ambiguous_names_are_refused_and_nothing_goes_upstream(
             "/v1/responses", content=fields(input=RESPONSES_INPUT), headers=headers
         )
         assert ok.status_code == 200, ok.text
-    assert len(fake.requests) == 1
+    assert len(fake_responses.requests) == 1
 
 
 async def test_embeddings_ambiguous_names_are_refused_and_nothing_goes_upstream(
-    openai_app: Any, fake: FakeResponses
+    openai_app: Any, fake_responses: FakeResponses
 ) -> None:
     key = await ready_key(openai_app)
     headers = {**JSON, "Authorization": f"Bearer {key['token']}"}
@@ -185,7 +154,7 @@ async def test_embeddings_ambiguous_names_are_refused_and_nothing_goes_upstream(
         for body in EMBEDDINGS_CASES.values():
             response = await http.post("/v1/embeddings", content=body, headers=headers)
             assert_openai_shape(response, 400, "ambiguous_field")
-    assert not fake.requests
+    assert not fake_responses.requests
 
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
@@ -222,14 +191,16 @@ async def test_messages_sdk_sees_a_bad_request(
     assert not state.recorded.requests
 
 
-async def test_responses_sdk_sees_a_bad_request(openai_app: Any, fake: FakeResponses) -> None:
+async def test_responses_sdk_sees_a_bad_request(
+    openai_app: Any, fake_responses: FakeResponses
+) -> None:
     key = await ready_key(openai_app, output_limit=20)
     with pytest.raises(openai.BadRequestError) as refused:
         await sdk(openai_app, key["token"]).responses.create(
             model=MODEL, input="hi", max_output_tokens=10, extra_body={"Max_Output_Tokens": 100000}
         )
     assert refused.value.code == "ambiguous_field"
-    assert not fake.requests
+    assert not fake_responses.requests
 
 
 # -- unhashable values where a set lookup happens: 400, never 500 -----------------------
@@ -254,7 +225,7 @@ async def test_chat_role_of_any_json_type_is_a_400(gateway: Any, upstream: InLoo
 
 
 async def test_responses_unhashable_roles_and_part_types_are_not_a_500(
-    openai_app: Any, fake: FakeResponses
+    openai_app: Any, fake_responses: FakeResponses
 ) -> None:
     key = await ready_key(openai_app)
     headers = {**JSON, "Authorization": f"Bearer {key['token']}"}
@@ -295,7 +266,9 @@ async def test_messages_unhashable_values_are_a_400(
     assert len(state.recorded.requests) == 1
 
 
-async def test_embeddings_odd_shapes_are_a_400(openai_app: Any, fake: FakeResponses) -> None:
+async def test_embeddings_odd_shapes_are_a_400(
+    openai_app: Any, fake_responses: FakeResponses
+) -> None:
     key = await ready_key(openai_app)
     headers = {**JSON, "Authorization": f"Bearer {key['token']}"}
     async with httpx.AsyncClient(base_url=openai_app.url) as http:
@@ -306,14 +279,14 @@ async def test_embeddings_odd_shapes_are_a_400(openai_app: Any, fake: FakeRespon
         ):
             response = await http.post("/v1/embeddings", content=body, headers=headers)
             assert_openai_shape(response, 400, "invalid_request")
-    assert not fake.requests
+    assert not fake_responses.requests
 
 
 # -- unknown fields that can carry text count against the input limit ------------------
 
 
 async def test_responses_unknown_field_with_text_counts_against_the_limit(
-    openai_app: Any, fake: FakeResponses
+    openai_app: Any, fake_responses: FakeResponses
 ) -> None:
     key = await ready_key(openai_app, input_limit=1000)
     headers = {**JSON, "Authorization": f"Bearer {key['token']}"}
@@ -331,11 +304,11 @@ async def test_responses_unknown_field_with_text_counts_against_the_limit(
         body = orjson.dumps({"input": "hi", "metadata": {"a": "b"}, "temperature": 0.5})
         ok = await http.post("/v1/responses", content=body, headers=headers)
         assert ok.status_code == 200, ok.text
-    assert len(fake.requests) == 1
+    assert len(fake_responses.requests) == 1
 
 
 async def test_embeddings_unknown_field_with_text_counts_against_the_limit(
-    openai_app: Any, fake: FakeResponses
+    openai_app: Any, fake_responses: FakeResponses
 ) -> None:
     key = await ready_key(openai_app, input_limit=1000)
     headers = {**JSON, "Authorization": f"Bearer {key['token']}"}
@@ -343,7 +316,7 @@ async def test_embeddings_unknown_field_with_text_counts_against_the_limit(
         body = orjson.dumps({"input": "hi", "messages": [{"role": "user", "content": LONG}]})
         response = await http.post("/v1/embeddings", content=body, headers=headers)
         assert_openai_shape(response, 400, "input_token_limit_exceeded")
-    assert not fake.requests
+    assert not fake_responses.requests
 
 
 async def test_messages_native_unknown_fields_and_blocks_count_against_the_limit(
@@ -388,7 +361,7 @@ PADDING = orjson.dumps(["x" * 1000] * 600)  # ~600 KB, past the inline size
 
 
 async def test_large_ambiguous_bodies_are_refused_the_same_way(
-    openai_app: Any, fake: FakeResponses
+    openai_app: Any, fake_responses: FakeResponses
 ) -> None:
     """Past the inline size the checks run in the tokenizer threads; the answers
     are the same."""
@@ -404,7 +377,7 @@ async def test_large_ambiguous_bodies_are_refused_the_same_way(
         body = fields(input=PADDING)  # the same size, unambiguous: counted and forwarded
         response = await http.post("/v1/embeddings", content=body, headers=headers)
         assert response.status_code == 200, response.text
-    assert len(fake.requests) == 1
+    assert len(fake_responses.requests) == 1
 
 
 async def test_large_ambiguous_messages_are_refused_the_same_way(

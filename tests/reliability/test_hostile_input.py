@@ -30,6 +30,7 @@ from tests.reliability.conftest import (
     median_seconds,
     parse_responses,
     raw_exchange,
+    read_until_closed,
     row_counts,
     seed_keys,
 )
@@ -861,12 +862,7 @@ def test_idle_and_unfinished_heads_are_closed(database_url: str, tmp_path: Path)
         closed: dict[str, tuple[float, bytes]] = {}
         for name, sock in {"silent": silent, "partial": partial, "whole": slow_but_whole}.items():
             sock.settimeout(5)
-            data = b""
-            try:
-                while chunk := sock.recv(65536):
-                    data += chunk
-            except (TimeoutError, ConnectionResetError):
-                pass
+            data = read_until_closed(sock)
             closed[name] = (round(time.monotonic() - started, 2), data)
             sock.close()
         print(f"\nclosed after (s): { {k: v[0] for k, v in closed.items()} }")

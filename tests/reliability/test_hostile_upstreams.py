@@ -25,7 +25,7 @@ import openai
 import orjson
 import pytest
 
-from tests.reliability.conftest import gateway_environment, host_port
+from tests.reliability.conftest import gateway_environment, host_port, running_gateway
 from tests.reliability.faults import open_sockets, rss_mib
 from tests.reliability.hostile_upstream import IAM_SECRET, HostileUpstream
 from tests.support import AIGW_BIN, Gateway, start_gateway
@@ -60,12 +60,8 @@ def hostile() -> Iterator[HostileUpstream]:
 @pytest.fixture(scope="module")
 def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("hostile")
-    env = gateway_environment(database_url, root / "data", **BOUNDS)
-    gateway = start_gateway(env, root / "gateway.log")
-    try:
+    with running_gateway(database_url, root, **BOUNDS) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 class Keys:
