@@ -85,7 +85,8 @@ async def seed(target: Aigw, n: int) -> dict:
         # No change notifications for these rows: the gateway's key cache would try to
         # open 100k placeholder ciphertexts. Search reads the table, not the cache. Only
         # that trigger is off, and only in this transaction: the others (the search
-        # counters of migration 0007) see the rows as they would any insert.
+        # counters of migration 0007, the search table of 0009) see the rows as
+        # they would any insert.
         async with conn.transaction():
             await conn.execute("ALTER TABLE api_keys DISABLE TRIGGER api_keys_notify")
             await conn.copy_records_to_table("api_keys", records=records, columns=COLUMNS)
@@ -93,6 +94,8 @@ async def seed(target: Aigw, n: int) -> dict:
         # What autovacuum does to a table soon after a bulk insert (PostgreSQL 13+ vacuums
         # on inserts too): statistics, and the visibility map index-only counts rely on.
         await conn.execute("VACUUM ANALYZE api_keys")
+        if await conn.fetchval("SELECT to_regclass('api_key_search') IS NOT NULL"):
+            await conn.execute("VACUUM ANALYZE api_key_search")
         total = await conn.fetchval("SELECT count(*) FROM api_keys")
     finally:
         await conn.close()
