@@ -267,9 +267,18 @@ async def test_walks_read_only_the_index(client: httpx.AsyncClient, db: str) -> 
 async def test_fetches_use_the_term_index(db: str, term: str) -> None:
     """The fetch's condition is the indexed expression, or every fetch reads the table."""
     where = search._fetch_conditions(search.KeyConditions(q=term), term)
-    stmt = select(search.SEARCH.id).where(*where)
+    stmt = select(search._fetch_source(term).id).where(*where)
     index = "ix_api_key_search_short_grams" if len(term) <= 2 else "ix_api_key_search_trgm"
     assert index in await _explain(db, stmt, "seqscan")
+
+
+async def test_fetches_without_a_term_use_the_keys_filter_indexes(db: str) -> None:
+    """A rare provider or model alone is fetched through ``api_keys``' own indexes
+    (``api_key_search`` has none on them: it would be read whole)."""
+    conditions = search.KeyConditions(provider_ids=[uuid.uuid4()], model_ids=[uuid.uuid4()])
+    stmt = select(search._fetch_source(None).id).where(*search._fetch_conditions(conditions, None))
+    plan = await _explain(db, stmt, "seqscan")
+    assert "ix_api_keys_provider_id" in plan or "ix_api_keys_model_id" in plan, plan
 
 
 async def _explain(db: str, stmt: Any, *disabled: str) -> str:

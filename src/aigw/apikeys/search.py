@@ -205,11 +205,18 @@ def _walk_conditions(entity: Any, c: KeyConditions, term: str | None) -> list[Co
     return where
 
 
+def _fetch_source(term: str | None) -> Any:
+    """Where a fetch finds its matches: ``api_key_search`` for a term (its term
+    indexes), ``api_keys`` for filters alone (its provider, model and status
+    indexes)."""
+    return ApiKey if term is None else SEARCH
+
+
 def _fetch_conditions(c: KeyConditions, term: str | None) -> list[ColumnElement[bool]]:
-    """Every condition on ``api_key_search``, in the shapes its term indexes serve."""
-    where = _filters(SEARCH, c)
+    """Every condition on :func:`_fetch_source`, in the shapes its indexes serve."""
     if term is None:
-        return where
+        return _filters(ApiKey, c)
+    where = _filters(SEARCH, c)
     if len(term) <= SHORT_GRAM_MAX:
         # A term this short is a substring exactly when it is one of the grams
         # (the indexed expression of migration 0009, called the same way).
@@ -283,12 +290,14 @@ async def page(
         # page found there is the page.
         if len(walked) == limit:
             return walked
-    # The matches from api_key_search (its term indexes, its narrow rows), with
-    # the sort keys it holds, equal to the key's own (the same transaction wrote them).
-    search_keys = sort_keys(SEARCH, field)
+    # With a term, the matches come from api_key_search (its term indexes, its
+    # narrow rows), with the sort keys it holds, equal to the key's own (the same
+    # transaction wrote them).
+    source = _fetch_source(found.term)
+    search_keys = sort_keys(source, field)
     labels = [k.label(f"k{i}") for i, k in enumerate(search_keys)]
     matched = (
-        select(SEARCH.id, *labels)
+        select(source.id, *labels)
         .where(*_fetch_conditions(c, found.term), *after_where(search_keys))
         .cte("matched")
         .prefix_with("MATERIALIZED")  # a fence: find the matches first, then sort
