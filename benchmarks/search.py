@@ -106,6 +106,7 @@ def queries(n: int) -> list[tuple[str, dict]]:
     last = n - 1
     return [
         ("q=payments (1 in 20 match)", {"q": "payments"}),
+        ("q=payments, sort=alias (clustered)", {"q": "payments", "sort": "alias"}),
         ("q=payments-chat-prod (1 in 2,000)", {"q": "payments-chat-prod"}),
         (f"q=-{last:06d} (one match)", {"q": f"-{last:06d}"}),
         ("q=no-such-key (none)", {"q": "no-such-key"}),
