@@ -295,10 +295,17 @@ async def page(
     # transaction wrote them).
     source = _fetch_source(found.term)
     search_keys = sort_keys(source, field)
+    where = [*_fetch_conditions(c, found.term), *after_where(search_keys)]
+    if source is SEARCH:
+        # api_key_search has no index in any sort order: the matches can only be
+        # found through its term index, then sorted (no fence needed; one costs
+        # ~1.3 ms for 5,000 matches).
+        first = select(SEARCH.id).where(*where).order_by(*ordered(search_keys)).limit(limit)
+        return await rows(first)
     labels = [k.label(f"k{i}") for i, k in enumerate(search_keys)]
     matched = (
         select(source.id, *labels)
-        .where(*_fetch_conditions(c, found.term), *after_where(search_keys))
+        .where(*where)
         .cte("matched")
         .prefix_with("MATERIALIZED")  # a fence: find the matches first, then sort
     )
