@@ -37,6 +37,9 @@ from tests.support import Gateway, start_gateway
 # processes the tests start (aigw serve, the CLI) keep their bytecode caches.
 sys.dont_write_bytecode = False
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+# A warm counting worker per gateway the suite starts (in process or `aigw serve`)
+# would cost seconds of CPU each; the tests of warming turn it on.
+os.environ.setdefault("AIGW_COUNT_WARM", "false")
 
 ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(24)
 ENCRYPTION_KEYS = "k1:" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()

@@ -8,15 +8,22 @@
 * a large body that passes is forwarded byte for byte (or with the gateway's
   edits, made in a worker), and its exact count reaches the usage record (the
   answer does not wait for it: a body under its limit by its bytes alone is
-  counted after the answer starts, so the header is only there if it was done).
+  counted after the answer starts, so the header is only there if it was done);
+* a small body holding a PDF (whose streams can inflate to 16 MiB) is counted
+  in a worker too, whatever its size, and so is a large ``/v1/embeddings`` body;
+* with ``AIGW_COUNT_WARM``, a worker is started and warmed once the gateway is
+  ready, before any large body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,7 @@ import pytest
 
 from tests.fakes import FakeUpstream
 from tests.reliability.conftest import gateway_environment, unique
+from tests.reliability.test_file_inputs import make_pdf
 from tests.support import Gateway, start_gateway
 
 MODEL = "gpt-4o-mini"
@@ -219,3 +227,99 @@ def test_a_large_body_does_not_wait_behind_the_previous_ones_record_count(
                 break
             assert time.monotonic() < deadline, f"the counts never reached the record: {totals}"
             time.sleep(0.2)
+
+
+def _no_workers(gateway: Gateway) -> None:
+    """Wait for the workers an earlier test started to exit (AIGW_COUNT_PROCESS_IDLE)."""
+    deadline = time.monotonic() + 20
+    while _workers(gateway.proc.pid):
+        assert time.monotonic() < deadline, "the idle worker never exited"
+        time.sleep(0.2)
+
+
+class _Probe:
+    """/healthz asked in a loop from a thread while a test posts; the slowest
+    answers are printed, not asserted (the machine is shared)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.times, self.stop = url, list[float](), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                http.get(f"{self.url}/healthz")
+                self.times.append(time.perf_counter() - started)
+                time.sleep(0.002)
+
+    def __enter__(self) -> _Probe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        slowest = sorted(self.times)[-3:]
+        print(f"/healthz: {len(self.times)} probes, slowest {slowest}; load {os.getloadavg()}")
+
+
+def test_a_small_body_holding_a_pdf_is_counted_in_a_worker(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    # 15 MiB of zeros in a Flate stream: ~15 KB compressed, a body under the
+    # 32 KiB the gateway counts on its event loop, and ~100 ms of inflating.
+    compressor = zlib.compressobj(9)
+    zeros = b"".join(compressor.compress(bytes(1 << 20)) for _ in range(15)) + compressor.flush()
+    data = "data:application/pdf;base64," + base64.b64encode(make_pdf(["x"], stream=zeros)).decode()
+    content = [
+        {"type": "text", "text": "Summarize."},
+        {"type": "file", "file": {"filename": "doc.pdf", "file_data": data}},
+    ]
+    raw = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}]})
+    assert len(raw) < 32 * 1024
+    token = _key(gateway, fake, input_limit=1_000, output_limit=0, usage_limit="use_anyway")
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    _no_workers(gateway)
+    with _Probe(gateway.url), httpx.Client(base_url=gateway.url, timeout=60) as http:
+        for _ in range(5):
+            response = http.post("/v1/chat/completions", content=raw, headers=headers)
+            assert response.status_code == 200, response.text
+            # Over the limit by the inflated zeros alone (one token a byte at most).
+            assert response.headers["x-aigw-limit-exceeded"] == "input"
+            assert _workers(gateway.proc.pid), "the body holding a PDF was counted in the gateway"
+
+
+def test_a_large_embeddings_body_is_counted_in_a_worker(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    # 80,000 one-token strings: ~320 KB, past the 256 KiB threshold.
+    raw = json.dumps({"model": MODEL, "input": ["7"] * 80_000})
+    assert len(raw) > 256 * 1024
+    token = _key(gateway, fake, input_limit=1_000, output_limit=0)
+    _no_workers(gateway)
+    response = httpx.post(
+        f"{gateway.url}/v1/embeddings",
+        content=raw,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    # A string counts as its tokens, with no per-item overhead: 80,000 by hand.
+    assert "The input is 80000 tokens" in response.json()["error"]["message"]
+    assert _workers(gateway.proc.pid), "the large embeddings body was counted in the gateway"
+
+
+def test_a_warm_gateway_starts_its_worker_once_ready(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream
+) -> None:
+    root = tmp_path_factory.mktemp("warm-gateway")
+    env = gateway_environment(database_url, root / "data", AIGW_COUNT_WARM="true")
+    warm = start_gateway(env, root / "gateway.log")
+    try:
+        deadline = time.monotonic() + 30
+        while not _workers(warm.proc.pid):
+            assert time.monotonic() < deadline, "no worker was started once the gateway was ready"
+            time.sleep(0.2)
+    finally:
+        warm.stop()

@@ -102,7 +102,9 @@ def fake(upstream: InLoopUpstream) -> InLoopUpstream:
 
 @pytest.fixture
 async def app(gateway: Any, fake: InLoopUpstream) -> Any:
-    app = await gateway()
+    # The bound is the subject here, counted in this process (a body holding a
+    # file goes to a worker process by default: test_counting_workers.py).
+    app = await gateway(count_processes=0)
     await create_provider(app.admin, fake.url, models=(MODEL,))
     return app
 
@@ -149,7 +151,9 @@ async def test_zip_bomb_stream_is_refused_without_inflating_it(
     response = await post(app, key["token"], body)
     refused_in = time.perf_counter() - started
     assert response.status_code == 400, response.text[:300]
-    assert response.json()["error"]["code"] == "input_not_countable"
+    # Inflating stops once the bound passes the key's limit (under the 16 MiB
+    # cap, past which the file would be input_not_countable).
+    assert response.json()["error"]["code"] == "input_token_limit_exceeded"
     assert not fake.requests
     # Baseline, same process: inflating the whole stream once. The gateway
     # (decoding, walking, inflating up to its bound) takes well under that.
@@ -255,7 +259,9 @@ def pdf_data() -> str:
 async def test_responses_inline_input_file_is_counted_by_its_text(
     gateway: Any, fake_responses: FakeResponses
 ) -> None:
-    app = await gateway()
+    # The bound is the subject here, counted in this process (a body holding a
+    # file goes to a worker process by default: test_counting_workers.py).
+    app = await gateway(count_processes=0)
     await create_provider(app.admin, fake_responses.url, models=(MODEL,))
     key = await ready_key(app, model=MODEL, input_limit=LIMIT)
     part = {
@@ -297,7 +303,9 @@ async def test_messages_document_block_is_counted_or_refused(
     gateway: Any, fake_anthropic: tuple[FakeAnthropic, str], source: dict[str, Any]
 ) -> None:
     state, url = fake_anthropic
-    app = await gateway()
+    # The bound is the subject here, counted in this process (a body holding a
+    # file goes to a worker process by default: test_counting_workers.py).
+    app = await gateway(count_processes=0)
     await create_provider(app.admin, url, kind="anthropic", models=(CLAUDE,))
     key = await ready_key(app, model=CLAUDE, input_limit=LIMIT)
     if source["type"] == "base64":

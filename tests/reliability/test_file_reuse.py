@@ -135,7 +135,9 @@ def reader_tokens(data: bytes) -> tuple[int, int]:
 
 @pytest.fixture
 async def app(gateway: Any, upstream: InLoopUpstream) -> Any:
-    app = await gateway()
+    # The bound is the subject here, counted in this process (a body holding a
+    # file goes to a worker process by default: test_counting_workers.py).
+    app = await gateway(count_processes=0)
     await create_provider(app.admin, upstream.url, models=(MODEL,))
     return app
 

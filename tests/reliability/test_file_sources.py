@@ -145,7 +145,9 @@ async def test_each_file_source_gets_its_code(
 ) -> None:
     url, provider_kind, fake = upstreams[endpoint]
     model = CLAUDE if endpoint == "messages" else MODEL
-    app = await gateway()
+    # The bound is the subject here, counted in this process (a body holding a
+    # file goes to a worker process by default: test_counting_workers.py).
+    app = await gateway(count_processes=0)
     await create_provider(app.admin, url, kind=provider_kind, models=(model,))
     key = await ready_key(app, model=model, input_limit=LIMIT)
     path, body = _request(endpoint, file)

@@ -289,15 +289,19 @@ class Admission:
             and key.budget is None
             and not upstream_counts
         )
-        # A large body is parsed, checked and counted in a worker process; this
-        # process keeps only its small top-level fields (``body``) and the count.
+        # A large body (or one that may hold a file) is parsed, checked and counted
+        # in a worker process; this process keeps only its small top-level fields
+        # (``body``), the count, and the body the provider's counter is asked with.
         pool = self.pool if self.pool is not None and self.pool.takes(raw) else None
-        if pool is not None and upstream_counts:
-            pool = None  # the provider's counter needs the whole body here
         inspected: Inspected | None = None
         if pool is not None:
             inspected = await pool.run(
-                inspect_chat_body, raw, None if deferred else key.encoding, self.max_tokenize_chars
+                inspect_chat_body,
+                raw,
+                None if deferred else key.encoding,
+                self.max_tokenize_chars,
+                refusal_limit(key.limits),
+                (adapter.kind, key.model) if upstream_counts else None,
             )
             body = inspected.head
         else:
@@ -325,7 +329,10 @@ class Admission:
             else:
                 counted = await self._count(body, encoding, len(raw), refusal_limit(key.limits))
             if self.upstream_counter is not None:
-                counted = await self.upstream_counter.judge(key, adapter, body, counted, entry)
+                prepared = inspected.counter_body if inspected is not None else None
+                counted = await self.upstream_counter.judge(
+                    key, adapter, body, counted, entry, prepared=prepared
+                )
             entry.input_tokens = counted.tokens
         decision = decide(key.limits, counted.tokens, requested_max, input_exact=counted.exact)
         if deferred and decision.rejection is not None:

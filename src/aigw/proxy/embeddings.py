@@ -19,7 +19,10 @@ import orjson
 
 from aigw.proxy import counting
 from aigw.proxy.body import Names, names, off_loop
+from aigw.proxy.counting.collect import collect
 from aigw.proxy.counting.functions import compact_json
+from aigw.proxy.counting.prompt import count_collected
+from aigw.proxy.counting.workers import encode_edited, inspect_embeddings_body
 from aigw.proxy.downstream import Downstream
 from aigw.proxy.errors import InputTokenLimitExceeded, InvalidRequest, UpstreamProtocolError
 from aigw.proxy.exchange import (
@@ -104,12 +107,25 @@ def embedding_inputs(value: Any) -> tuple[list[str], int]:
     raise InvalidRequest(_SHAPE, param="input")
 
 
+def count_embeddings(body: dict[str, Any], encoding: Any, max_chars: int) -> tuple[int, bool]:
+    """The input tokens of the checked embeddings *body* and whether the count
+    is exact (linear in the input: off the loop, or in a worker process)."""
+    as_chat, id_tokens, texts = _as_chat(body)
+    if not texts:
+        return id_tokens, True
+    # The chat counter brings the size cap; one user message per text costs a
+    # fixed overhead, counted and removed.
+    counted = count_collected(collect(as_chat), encoding, max_chars)
+    return id_tokens + counted.tokens - _overhead(texts, encoding), counted.exact
+
+
 class EmbeddingsEndpoint:
     name = "embeddings"
     path = "/embeddings"
     names = EMBEDDINGS_NAMES
-    # Parsed and counted in this process (in the tokenizer threads when large).
-    offloaded = False
+    # A large body is parsed and counted in a worker process (issue 10), a
+    # smaller one in this process (in the tokenizer threads past the inline size).
+    offloaded = True
 
     async def admit(
         self,
@@ -119,25 +135,29 @@ class EmbeddingsEndpoint:
         key: ResolvedKey,
         entry: UsageEntry,
     ) -> Prepared:
-        assert body is not None  # not offloaded: always parsed
-        modified = apply_model_rule(body, key)
         executor = pipeline.encoders.executor
-        # Everything that grows with the input runs off the loop for a large body.
-        as_chat, id_tokens, texts = await off_loop(raw, executor, _as_chat, body)
-        tokens, exact = id_tokens, True
-        if texts:
-            # The chat counter brings the size cap and the executor for large inputs;
-            # one user message per text costs a fixed overhead, counted and removed.
-            encoding = await pipeline.encoders.aget(key.encoding)
-            counted = await counting.count_chat_input_async(
-                as_chat,
-                encoding,
-                max_chars=pipeline.settings.max_tokenize_chars,
-                body_bytes=len(raw),
-                executor=executor,
+        max_chars = pipeline.settings.max_tokenize_chars
+        pool = pipeline.admission.pool
+        if body is None:
+            assert pool is not None  # offloaded: a body the pool takes comes unparsed
+            inspected = await pool.run(
+                inspect_embeddings_body, raw, key.model, key.encoding, max_chars
             )
-            tokens += counted.tokens - await off_loop(raw, executor, _overhead, texts, encoding)
-            exact = counted.exact
+            assert inspected.count is not None
+            modified = inspected.head.pop("modified")
+            body = inspected.head
+            tokens, exact = inspected.count.tokens, inspected.count.exact
+            upstream_body = (
+                await pool.run(encode_edited, raw, {"model": key.model}) if modified else raw
+            )
+        else:
+            modified = apply_model_rule(body, key)
+            encoding = await pipeline.encoders.aget(key.encoding)
+            # Everything that grows with the input runs off the loop for a large body.
+            tokens, exact = await off_loop(
+                raw, executor, count_embeddings, body, encoding, max_chars
+            )
+            upstream_body = await encode_off_loop(raw, executor, body) if modified else raw
         entry.input_tokens = tokens
         limits = key.limits
         # No output limit applies: an embedding is not generated text.
@@ -154,7 +174,7 @@ class EmbeddingsEndpoint:
             )
         return Prepared(
             body=body,
-            upstream_body=await encode_off_loop(raw, executor, body) if modified else raw,
+            upstream_body=upstream_body,
             stream=False,
             decision=decision,
             injected_max=False,

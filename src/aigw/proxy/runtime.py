@@ -12,6 +12,7 @@ in-flight requests finish by then).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -26,6 +27,7 @@ from aigw.db.engine import libpq_url
 from aigw.metrics import Metrics
 from aigw.proxy.counting import O200K_BASE, Encoders, load_encoding
 from aigw.proxy.counting.offload import CountingPool
+from aigw.proxy.counting.workers import warm_up
 from aigw.proxy.keycache import KeyCache
 from aigw.proxy.pipeline import Pipeline
 from aigw.proxy.upstream import create_upstream_session
@@ -35,6 +37,23 @@ from aigw.usage.spool import SPOOL_DIR, Spool
 # Parsed once per process and shared: encodings are immutable, and an app built
 # twice in one process (as tests do) should not parse them twice.
 _load_encoding_once = functools.lru_cache(maxsize=None)(load_encoding)
+
+
+#: Seconds after the runtime is built before the counting pool is warmed: the
+#: server is serving by then, and its start does not compete with the warm-up.
+_WARM_AFTER = 1.0
+
+
+def _counting_pool(settings: Settings, stack: AsyncExitStack) -> CountingPool:
+    """A :class:`CountingPool` as *settings* configure it, closed with *stack*."""
+    pool = CountingPool(
+        processes=settings.count_processes,
+        min_bytes=settings.count_process_bytes,
+        queue=settings.count_queue,
+        idle_seconds=settings.count_process_idle,
+    )
+    stack.callback(pool.close)
+    return pool
 
 
 @asynccontextmanager
@@ -106,25 +125,21 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
             metrics=metrics,
             limiter=limiter,
         )
-        # Large bodies are parsed and counted in worker processes (issue 10).
-        pool = CountingPool(
-            processes=settings.count_processes,
-            min_bytes=settings.count_process_bytes,
-            queue=settings.count_queue,
-            idle_seconds=settings.count_process_idle,
-        )
-        stack.callback(pool.close)
+        # Large bodies (and bodies holding files) are parsed and counted in worker
+        # processes (issue 10); the counts of large bodies admitted on their size
+        # bound, for the record, in workers of their own (started on first use
+        # too), so that a back-to-back client's next large body is parsed at once
+        # rather than after them.
+        pool = _counting_pool(settings, stack)
         pipeline.admission.pool = pool
-        # The counts of large bodies admitted on their size bound, for the record:
-        # their own workers (started on first use too), so that a back-to-back
-        # client's next large body is parsed at once rather than after them.
-        record_pool = CountingPool(
-            processes=settings.count_processes,
-            min_bytes=settings.count_process_bytes,
-            queue=settings.count_queue,
-            idle_seconds=settings.count_process_idle,
-        )
-        stack.callback(record_pool.close)
-        pipeline.admission.record_pool = record_pool
+        pipeline.admission.record_pool = _counting_pool(settings, stack)
+        if settings.count_warm:
+            # Once the app is serving: one worker imports and loads the encodings
+            # in use, so that the first large body does not wait for it.
+            encodings = tuple(sorted(keys.encodings_in_use())) or (O200K_BASE,)
+            warming = asyncio.get_running_loop().call_later(
+                _WARM_AFTER, pool.warm, warm_up, encodings
+            )
+            stack.callback(warming.cancel)
         state.proxy = pipeline
         yield pipeline

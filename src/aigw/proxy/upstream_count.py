@@ -39,7 +39,8 @@ from yarl import URL
 
 from aigw.proxy.adapters.anthropic import ANTHROPIC_VERSION, to_messages_request
 from aigw.proxy.adapters.base import Adapter
-from aigw.proxy.adapters.gemini import GeminiAdapter
+from aigw.proxy.adapters.gemini import GeminiAdapter, model_path
+from aigw.proxy.adapters.gemini_request import to_gemini_request
 from aigw.proxy.adapters.openai import _endpoint
 from aigw.proxy.counting.prompt import InputCount
 from aigw.proxy.keycache import ResolvedKey
@@ -57,13 +58,27 @@ class CounterFailed(Exception):
     """The upstream counter gave no usable answer."""
 
 
-def _anthropic_count(
-    key: ResolvedKey, chat: dict[str, Any], native: dict[str, Any] | None
-) -> bytes:
-    request = native if native is not None else to_messages_request(chat)
-    body = {field: request[field] for field in _ANTHROPIC_COUNT_FIELDS if field in request}
-    body["model"] = key.model
-    return orjson.dumps(body)
+def counter_body(
+    kind: str, model: str, chat: dict[str, Any], native: dict[str, Any] | None = None
+) -> bytes | str:
+    """The body the counter of a provider of *kind* is asked with for the Chat
+    Completions request *chat* (or the Messages request *native*) on *model*,
+    or why there is none. Linear in the request: made in a counting worker for
+    a large body (issue 10), otherwise here."""
+    try:
+        if kind == "gemini":
+            request = to_gemini_request(chat)
+            request.pop("generationConfig", None)
+            request["model"] = model_path(model)
+            return orjson.dumps({"generateContentRequest": request})
+        if kind == "anthropic":
+            request = native if native is not None else to_messages_request(chat)
+            body = {field: request[field] for field in _ANTHROPIC_COUNT_FIELDS if field in request}
+            body["model"] = model
+            return orjson.dumps(body)
+    except TypeError:  # too deeply nested to write; the forward refuses it too
+        return "request not encodable"
+    return f"kind {kind} has no token counter"
 
 
 def _anthropic_counted(body: bytes) -> int:
@@ -97,15 +112,17 @@ class UpstreamCounter:
         estimate: InputCount,
         entry: UsageEntry,
         native: dict[str, Any] | None = None,
+        prepared: bytes | str | None = None,
     ) -> InputCount:
         """The count the input limit is judged by: *estimate* (tiktoken) unless the
         provider counts upstream; then its counter's answer, or the estimate plus
-        the margin when the counter cannot answer. Says which in *entry*."""
+        the margin when the counter cannot answer. Says which in *entry*.
+        *prepared*: as for :meth:`count`."""
         if not self.applies(key):
             entry.input_counter = TIKTOKEN
             return estimate
         try:
-            tokens = await self.count(key, adapter, chat, native)
+            tokens = await self.count(key, adapter, chat, native, prepared)
         except CounterFailed as exc:
             entry.input_counter = FALLBACK
             log.warning(
@@ -121,18 +138,11 @@ class UpstreamCounter:
         entry.input_counter = UPSTREAM
         return InputCount(tokens, True)
 
-    def _request(
-        self,
-        key: ResolvedKey,
-        adapter: Adapter,
-        chat: dict[str, Any],
-        native: dict[str, Any] | None,
-    ) -> tuple[URL, bytes, dict[str, str]]:
+    def _request(self, key: ResolvedKey, adapter: Adapter) -> tuple[URL, dict[str, str]]:
         assert key.key_code is not None
         if isinstance(adapter, GeminiAdapter):
             return (
                 adapter.count_url(key),
-                adapter.count_request(key, chat),
                 {
                     "x-goog-api-key": key.key_code,
                     "Content-Type": "application/json",
@@ -142,7 +152,6 @@ class UpstreamCounter:
         if adapter.kind == "anthropic":
             return (
                 _endpoint(key.base_url, "/messages/count_tokens"),
-                _anthropic_count(key, chat, native),
                 {
                     "x-api-key": key.key_code,
                     "anthropic-version": ANTHROPIC_VERSION,
@@ -158,14 +167,17 @@ class UpstreamCounter:
         adapter: Adapter,
         chat: dict[str, Any],
         native: dict[str, Any] | None = None,
+        prepared: bytes | str | None = None,
     ) -> int:
-        """The provider's count of the request; raises :class:`CounterFailed`."""
+        """The provider's count of the request; raises :class:`CounterFailed`.
+        *prepared*: the counter's body (:func:`counter_body`) already made (in
+        a counting worker: *chat* is then only the request's head)."""
         if not key.upstream_allowed or key.key_code is None:
             raise CounterFailed("upstream not allowed")
-        try:
-            url, body, headers = self._request(key, adapter, chat, native)
-        except TypeError:  # too deeply nested to write; the forward refuses it too
-            raise CounterFailed("request not encodable") from None
+        url, headers = self._request(key, adapter)
+        body = counter_body(adapter.kind, key.model, chat, native) if prepared is None else prepared
+        if isinstance(body, str):
+            raise CounterFailed(body)
         cache_key = hashlib.sha256(
             key.provider_id.bytes + key.model.encode() + b"\0" + body
         ).digest()

@@ -31,11 +31,15 @@ without zlib (LZW, RunLength, ASCII85, ASCIIHex, Crypt), a zip container
 (DOCX, XLSX, …), or ``file_data`` that is not base64. A part without inline
 data (``file_id``, ``file_url``) is not countable: the gateway cannot see it.
 
-Known limit of the bound: a PDF reader can repeat text it holds once (a Form
-XObject drawn many times, one content stream shared by many pages, a
-``ToUnicode`` map sending one code to many characters); the bound counts such
-text once per occurrence in the file's bytes, not per drawing
-(docs/reliability.md, "Known gaps").
+A reader can also repeat text it holds once (a Form XObject drawn many times,
+one content stream shared by many pages): :mod:`.pdf` counts each drawing. A
+``ToUnicode`` CMap can send one code to many characters: the text part of the
+bound is multiplied by the most UTF-8 bytes one code can become
+(:func:`.pdf.expansion`). A filter chain (``[/FlateDecode /FlateDecode]``) is
+inflated level by level, every level counted, under the one total bound.
+Known limit: a simple font's encoding or a glyph name mapping one byte to a
+character of several UTF-8 bytes, or to several characters, without a
+``ToUnicode`` map (docs/reliability.md, "Known gaps").
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from aigw.proxy.counting.images import max_image_tokens
-from aigw.proxy.counting.pdf import NotBounded, repeated_bytes
+from aigw.proxy.counting.pdf import NotBounded, expansion, repeated_bytes
 
 __all__ = [
     "ANTHROPIC_MAX_IMAGE_TOKENS",
@@ -143,23 +147,31 @@ def _bound(raw: bytes, model: str, stop_above: int | None) -> FileBound:
         by_limit = limit_room is not None and limit_room - total_out < room
         if limit_room is not None and by_limit:
             room = limit_room - total_out
-        for wbits in (zlib.MAX_WBITS, -zlib.MAX_WBITS):
-            out, fed = _inflate(raw, start, wbits, room)
+        # A filter chain ([/FlateDecode /FlateDecode]) is inflated level by
+        # level, every level under the one total: what a level inflates to is
+        # tried as deflate data again, and all levels count (the walk sees them
+        # joined, so a drawing costs at least the level a reader shows).
+        levels: list[bytes] = []
+        source, at = raw, start
+        while True:
+            out, fed = _inflate_any(source, at, room - sum(map(len, levels)), inner=bool(levels))
             total_in += fed
-            INFLATE_STATS.fed += fed
             if out is None and by_limit:
                 # Past what is left of the limit: over it, whatever follows.
                 INFLATE_STATS.out += room + 1  # _inflate stops one byte past room
                 return FileBound(floor + total_out + room + 1)
             if out is None:
                 return FileBound(None, "its compressed streams inflate past the bound")
-            if out:
-                INFLATE_STATS.out += len(out)
-                inflated[match.start()] = out
-                total_out += len(out)
+            if total_in > MAX_INFLATE_INPUT:
+                return FileBound(None, "its compressed streams inflate past the bound")
+            if not out:
                 break
-        if total_in > MAX_INFLATE_INPUT:
-            return FileBound(None, "its compressed streams inflate past the bound")
+            INFLATE_STATS.out += len(out)
+            total_out += len(out)
+            levels.append(out)
+            source, at = out, 0
+        if levels:
+            inflated[match.start()] = levels[0] if len(levels) == 1 else b"".join(levels)
     pages = 0
     for chunk in (raw, *inflated.values()):
         for name in _NAME.findall(chunk):
@@ -179,12 +191,33 @@ def _bound(raw: bytes, model: str, stop_above: int | None) -> FileBound:
     except (ValueError, IndexError, RecursionError):  # a shape the walk did not foresee
         return FileBound(None, "its structure cannot be read")
     pages = max(1, pages, draws.pages)
-    return FileBound(len(raw) + total_out + draws.repeated + pages * page_image)
+    # A ToUnicode CMap can turn one drawn byte into several characters.
+    text = (len(raw) + total_out + draws.repeated) * expansion((raw, *inflated.values()))
+    return FileBound(min(text, _CAP) + pages * page_image)
 
 
-def _inflate(raw: bytes, start: int, wbits: int, room: int) -> tuple[bytes | None, int]:
+def _inflate_any(source: bytes, start: int, room: int, *, inner: bool) -> tuple[bytes | None, int]:
+    """:func:`_inflate` of *source[start:]* as zlib data, else as raw deflate.
+    Inside an inflated level (*inner*), raw
+    deflate counts only when it reaches its final block: text a reader shows
+    (``BT ... ET``) can start like raw deflate data, and the garbage it would
+    inflate to is no level of a chain."""
+    fed_total = 0
+    for wbits in (zlib.MAX_WBITS, -zlib.MAX_WBITS):
+        out, fed, eof = _inflate(source, start, wbits, room)
+        fed_total += fed
+        INFLATE_STATS.fed += fed
+        if out is not None and wbits < 0 and inner and not eof:
+            out = b""
+        if out is None or out:
+            return out, fed_total
+    return b"", fed_total
+
+
+def _inflate(raw: bytes, start: int, wbits: int, room: int) -> tuple[bytes | None, int, bool]:
     """What the deflate data at *raw[start:]* inflates to (b"" when it is not
-    deflate data), and the bytes fed; ``None`` past *room* bytes of output."""
+    deflate data), the bytes fed, and whether its end was reached; ``None``
+    past *room* bytes of output."""
     inflater = zlib.decompressobj(wbits)
     out = bytearray()
     fed = 0
@@ -194,11 +227,11 @@ def _inflate(raw: bytes, start: int, wbits: int, room: int) -> tuple[bytes | Non
         try:
             piece = inflater.decompress(pending, min(_CHUNK, room - len(out) + 1))
         except zlib.error:
-            return bytes(out), fed
+            return bytes(out), fed, False
         fed += len(pending) - len(inflater.unconsumed_tail)
         out += piece
         if len(out) > room:
-            return None, fed
+            return None, fed, False
         if inflater.eof:
             break
         if inflater.unconsumed_tail:
@@ -206,7 +239,7 @@ def _inflate(raw: bytes, start: int, wbits: int, room: int) -> tuple[bytes | Non
         else:
             pending = raw[position : position + _CHUNK]
             position += len(pending)
-    return bytes(out), fed
+    return bytes(out), fed, inflater.eof
 
 
 def file_part_reason(part: Mapping[str, object]) -> str:

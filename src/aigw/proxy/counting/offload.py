@@ -17,7 +17,10 @@ receiving it and two ``bytes`` scans in C. This module is the pool, shared by
 the three endpoints: one set of workers, one queue bound, one busy error.
 
 The pool is started on the first large body (an idle gateway holds no extra
-process), stopped again after ``count_process_idle`` seconds without one, and
+process), or, with ``count_warm``, once the gateway is ready, with one worker
+that imports what counting needs and loads the encodings in use
+(:meth:`CountingPool.warm`); it is stopped again after ``count_process_idle``
+seconds without a large body (and, warming on, a fresh worker warmed again), and
 bounded: at most ``count_processes`` workers, and at most
 ``count_queue`` large bodies admitted to it at once; past that a request is
 answered 503 ``counting_busy`` with ``Retry-After`` rather than queued without
@@ -32,6 +35,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import re
 import sys
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
@@ -40,13 +44,29 @@ from typing import Any, Final, TypeVar
 
 from aigw.errors import AigwError
 
-__all__ = ["CountingBusy", "CountingPool", "Refusal"]
+__all__ = ["CountingBusy", "CountingPool", "Refusal", "may_hold_file"]
 
 log = logging.getLogger("aigw.proxy")
 
 _T = TypeVar("_T")
 
 _WORKER_NICENESS: Final = 10
+
+# What can bring content whose counting cost is not linear in the body's size
+# (a PDF's streams inflate to up to 16 MiB, :mod:`.files`): a ``file_data``
+# member (a chat ``file`` part, a Responses ``input_file``) or a Messages
+# ``document`` block; and, since a member name or a string may spell its
+# letters as JSON escapes (``"file\u005fdata"``), any escaped ASCII letter
+# (``\u0040``-``\u007f``; clients escape control characters, quotes and at
+# most ``<>&``, which stay outside that range). Images and audio cost linear
+# time in their bytes (a header read, a frame walk) and need no such care.
+_MAY_HOLD_FILE: Final = re.compile(rb'"file_data"|"document"|\\u00[4-7]')
+
+
+def may_hold_file(raw: bytes) -> bool:
+    """Whether the body *raw* may hold a file whose counting cost is not linear
+    in its size (one ``bytes`` scan in C, no parse; errs towards yes)."""
+    return _MAY_HOLD_FILE.search(raw) is not None
 
 
 class CountingBusy(AigwError):
@@ -107,14 +127,43 @@ class CountingPool:
         #: Bodies handed to a worker since start (a figure for tests and operators).
         self.submitted = 0
         self._idle: asyncio.TimerHandle | None = None
+        self._warm_up: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
+        self._warming: asyncio.Future[Any] | None = None
 
     def takes(self, raw: bytes) -> bool:
-        """Whether a body of this size is worked on in a worker."""
-        return self.processes > 0 and len(raw) > self.min_bytes
+        """Whether the body *raw* is worked on in a worker: one larger than
+        ``min_bytes``, or one of any size that may hold a file
+        (:func:`may_hold_file`)."""
+        return self.processes > 0 and (len(raw) > self.min_bytes or may_hold_file(raw))
 
     @property
     def started(self) -> bool:
         return self._executor is not None
+
+    def warm(self, work: Callable[..., Any], *args: Any) -> None:
+        """Start one worker now and have it run ``work(*args)`` (imports,
+        encodings), so that the first large body does not wait seconds for a
+        cold worker. The warm worker stays until a body uses it; after that,
+        the idle rule applies, and once the workers exit for it a fresh one is
+        started and warmed again (its memory back to a new worker's)."""
+        if self.processes <= 0:
+            return
+        self._warm_up = (work, args)
+        if self._executor is None:
+            self._start_warm()
+
+    def _start_warm(self) -> None:
+        assert self._warm_up is not None
+        work, args = self._warm_up
+        executor = self._executor = self._new_executor()
+        future = asyncio.get_running_loop().run_in_executor(executor, work, *args)
+        future.add_done_callback(self._warmed)
+        self._warming = future
+
+    def _warmed(self, future: asyncio.Future[Any]) -> None:
+        self._warming = None
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("warming a counting worker failed: %r", future.exception())
 
     async def run(self, work: Callable[..., _T | Refusal], *args: Any) -> _T:
         """``work(*args)`` in a worker; a :class:`Refusal` it returns is raised
@@ -141,11 +190,7 @@ class CountingPool:
     async def _submit(self, work: Callable[..., _T], *args: Any) -> _T:
         executor = self._executor
         if executor is None:
-            executor = self._executor = ProcessPoolExecutor(
-                self.processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_lower_priority,
-            )
+            executor = self._executor = self._new_executor()
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, work, *args)
         except BrokenExecutor:
@@ -156,6 +201,13 @@ class CountingPool:
                 executor.shutdown(wait=False, cancel_futures=True)
             raise CountingBusy("A counting worker stopped; retry shortly") from None
 
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_lower_priority,
+        )
+
     def _stop_idle(self) -> None:
         # Idle for idle_seconds: the workers exit, and the gateway's footprint is
         # back to what it was before the first large body.
@@ -163,10 +215,15 @@ class CountingPool:
         executor, self._executor = self._executor, None
         if executor is not None and self._pending == 0:
             executor.shutdown(wait=False)
+            if self._warm_up is not None:
+                self._start_warm()
         elif executor is not None:
             self._executor = executor
 
     def close(self) -> None:
+        self._warm_up = None
+        if self._warming is not None:
+            self._warming.cancel()
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Final
 
-__all__ = ["MAX_DEPTH", "NotBounded", "PdfDraws", "repeated_bytes"]
+__all__ = ["MAX_DEPTH", "NotBounded", "PdfDraws", "expansion", "repeated_bytes"]
 
 MAX_DEPTH: Final = 64
 _WS = rb"[\x00\t\n\x0c\r ]"
@@ -433,3 +433,77 @@ def repeated_bytes(raw: bytes, inflated: dict[int, bytes], cap: int) -> PdfDraws
     the offset of each ``stream`` keyword whose data inflated to what it
     inflated to. Raises :class:`NotBounded`."""
     return _Walk(raw, inflated, cap).walk()
+
+
+_BF_BEGIN = re.compile(rb"begin(bfchar|bfrange)")
+_HEX_STRING = re.compile(rb"<([0-9A-Fa-f\x00\t\n\x0c\r ]*)>")
+_NOT_HEX = re.compile(rb"[^0-9A-Fa-f]")
+_BF_ITEM = re.compile(rb"<[^<>]*>|\[[^\]]*\]")
+
+
+def expansion(chunks: Iterable[bytes]) -> int:
+    """The most UTF-8 bytes one drawn byte can turn into through a ``ToUnicode``
+    CMap of the file (1 when it has none): the longest destination string of
+    any ``bfchar``/``bfrange`` block in *chunks* (the file and what its streams
+    inflate to), as UTF-8 (:func:`_utf8_bytes`). A code is at least one byte and a token at least one
+    UTF-8 byte of the extracted text, so a stream of ``n`` bytes extracts to at
+    most ``n`` times this many tokens. Every hex string of a block is taken as
+    a possible destination (source codes too: they are short, so only ever
+    raise it), a ``bfrange`` destination stands for the strings it counts up
+    to (same length), and an array destination for each of its strings.
+    Linear in the chunks' size."""
+    longest = 1
+    for chunk in chunks:
+        if b"beginbf" not in chunk:
+            continue
+        # Each block runs to its end keyword, or to the chunk's end: each byte
+        # is read once, however many begin keywords there are.
+        at = 0
+        while (begin := _BF_BEGIN.search(chunk, at)) is not None:
+            kind = begin.group(1)
+            end = chunk.find(b"end" + kind, begin.end())
+            stop = len(chunk) if end < 0 else end
+            longest = max(longest, _longest_destination(kind, chunk[begin.end() : stop]))
+            at = stop
+    return longest
+
+
+def _longest_destination(kind: bytes, block: bytes) -> int:
+    """The most UTF-8 bytes of a destination in a ``bfchar`` block (pairs of
+    source and destination strings) or a ``bfrange`` block (triples whose
+    destination is a string or an array of strings); in a block of another
+    shape, every string counts as a destination, at 3 bytes a unit."""
+    items = _BF_ITEM.findall(block)
+    size = 3 if kind == b"bfrange" else 2
+    sources = [item for i, item in enumerate(items) if i % size != size - 1]
+    if len(items) % size or any(item.startswith(b"[") for item in sources):
+        return max((3 * -(-len(d) // 4) for d in _hex_digits(block)), default=1)
+    longest = 1
+    for destination in items[size - 1 :: size]:
+        if destination.startswith(b"["):  # one whole string per code of the range
+            for digits in _hex_digits(destination):
+                longest = max(longest, _utf8_bytes(digits, False))
+        else:
+            digits = _NOT_HEX.sub(b"", destination)
+            longest = max(longest, _utf8_bytes(digits, kind == b"bfrange"))
+    return longest
+
+
+def _hex_digits(text: bytes) -> list[bytes]:
+    return [_NOT_HEX.sub(b"", m.group(1)) for m in _HEX_STRING.finditer(text)]
+
+
+def _utf8_bytes(digits: bytes, ranged: bool) -> int:
+    """The most UTF-8 bytes the hex string *digits* stands for as a ``ToUnicode``
+    destination: exact for a string of whole UTF-16 units that decodes; else 3
+    per unit (a unit is at most 3 bytes of UTF-8, a surrogate pair 4). In a
+    ``bfrange`` its last unit counts up, so it counts as 3."""
+    units = -(-len(digits) // 4)
+    if len(digits) % 4 or not digits:
+        return units * 3
+    head = digits[:-4] if ranged else digits
+    try:
+        size = len(bytes.fromhex(head.decode("ascii")).decode("utf-16-be").encode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return units * 3
+    return size + 3 if ranged else size

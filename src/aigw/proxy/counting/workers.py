@@ -35,6 +35,7 @@ __all__ = [
     "count_chat_body",
     "encode_edited",
     "inspect_chat_body",
+    "inspect_embeddings_body",
     "inspect_messages_body",
     "inspect_responses_body",
     "translate_chat",
@@ -51,12 +52,15 @@ class Inspected:
     ``/v1/responses`` the first input the gateway cannot count; for
     ``/v1/messages`` the body to forward (``None``: the client's bytes), or the
     refusal its translation met (raised only once the request is admitted, as
-    in the gateway's own path)."""
+    in the gateway's own path); when asked for, the body the provider's own
+    token counter is to be asked with, or why there is none
+    (:func:`aigw.proxy.upstream_count.counter_body`)."""
 
     head: dict[str, Any]
     count: InputCount | None
     uncountable: str | None = None
     upstream: bytes | Refusal | None = None
+    counter_body: bytes | str | None = None
 
 
 _ENCODINGS: dict[str, tiktoken.Encoding] = {}
@@ -73,18 +77,44 @@ def _refusal(exc: AigwError) -> Refusal:
     return Refusal(type(exc), exc.detail, exc.param)
 
 
-def _count(body: Mapping[str, Any], encoding: str | None, max_chars: int) -> InputCount | None:
+def _count(
+    body: Mapping[str, Any], encoding: str | None, max_chars: int, stop_above: int | None = None
+) -> InputCount | None:
     if encoding is None:
         return None
-    return count_collected(collect(body), _encoding(encoding), max_chars)
+    return count_collected(collect(body, stop_above), _encoding(encoding), max_chars)
+
+
+def warm_up(encodings: tuple[str, ...]) -> None:
+    """Import what the ``inspect_*`` functions import on first use and load
+    *encodings*, so that the first body a new worker gets does not wait for
+    them (:meth:`.offload.CountingPool.warm`)."""
+    import aigw.proxy.adapters
+    import aigw.proxy.admission
+    import aigw.proxy.embeddings
+    import aigw.proxy.messages.checks
+    import aigw.proxy.responses.admission  # noqa: F401
+
+    for name in encodings:
+        _encoding(name)
 
 
 # --- /v1/chat/completions ---------------------------------------------------------
 
 
-def inspect_chat_body(raw: bytes, encoding: str | None, max_chars: int) -> Inspected | Refusal:
+def inspect_chat_body(
+    raw: bytes,
+    encoding: str | None,
+    max_chars: int,
+    stop_above: int | None = None,
+    counter: tuple[str, str] | None = None,
+) -> Inspected | Refusal:
     """Parse and check the Chat Completions body *raw* as admission does, and
-    count it with *encoding* (``None``: no count)."""
+    count it with *encoding* (``None``: no count); *stop_above* (a ``reject``
+    key's input limit) lets a file stop being inflated once its bound passes
+    it, as in the gateway's own path (:func:`.collect.collect`). With *counter*
+    (a provider kind and model), also make the body that provider's token
+    counter is asked with."""
     # Imported here: admission imports this module.
     from aigw.proxy.admission import MAX_OUTPUT_TOKENS, optional_int, parse_chat
 
@@ -98,7 +128,13 @@ def inspect_chat_body(raw: bytes, encoding: str | None, max_chars: int) -> Inspe
     options = body.get("stream_options")
     if isinstance(options, Mapping):
         head["stream_options"] = {"include_usage": bool(options.get("include_usage"))}
-    return Inspected(head, _count(body, encoding, max_chars))
+    counted = _count(body, encoding, max_chars, stop_above)
+    if counter is None:
+        return Inspected(head, counted)
+    from aigw.proxy.upstream_count import counter_body
+
+    kind, model = counter
+    return Inspected(head, counted, counter_body=counter_body(kind, model, body))
 
 
 def count_chat_body(raw: bytes, encoding: str, max_chars: int) -> InputCount:
@@ -150,12 +186,13 @@ def translate_chat(raw: bytes, edits: Mapping[str, Any], kind: str) -> bytes | R
 
 
 def inspect_responses_body(
-    raw: bytes, model: str, encoding: str, max_chars: int
+    raw: bytes, model: str, encoding: str, max_chars: int, stop_above: int | None = None
 ) -> Inspected | Refusal:
     """Parse and check the Responses body *raw* for a key of *model*, as
     :class:`aigw.proxy.responses.admission.ResponsesAdmission` does, and count
-    its chat view. The head holds the client's ``model`` (when sent),
-    ``stream`` and ``max_output_tokens``."""
+    its chat view (*stop_above*: as for :func:`inspect_chat_body`). The head
+    holds the client's ``model`` (when sent), ``stream`` and
+    ``max_output_tokens``."""
     from aigw.proxy.body import parse_unambiguous
     from aigw.proxy.exchange import check_model
     from aigw.proxy.responses.admission import OUTPUT_FIELD, RESPONSES_NAMES, checked_view
@@ -168,7 +205,8 @@ def inspect_responses_body(
     except AigwError as exc:
         return _refusal(exc)
     head[OUTPUT_FIELD] = requested
-    return Inspected(head, _count(view.body, encoding, max_chars), view.uncountable)
+    counted = _count(view.body, encoding, max_chars, stop_above)
+    return Inspected(head, counted, view.uncountable)
 
 
 # --- /v1/messages -----------------------------------------------------------------
@@ -183,13 +221,17 @@ def inspect_messages_body(
     kind: str | None,
     require_max_tokens: bool,
     translate: bool,
+    stop_above: int | None = None,
+    counter: bool = False,
 ) -> Inspected | Refusal:
     """Parse and check the Messages body *raw* for a key of *model* whose
     provider is of *kind*, as :class:`aigw.proxy.messages.ingress.MessagesIngress`
     does, and count it; with *translate*, also make the body to forward (the
     client's bytes with ``model`` filled in for an ``anthropic`` provider, the
     Chat Completions translation in the provider's format for others). The head
-    holds ``model`` (filled in), ``stream`` and ``max_tokens``."""
+    holds ``model`` (filled in), ``stream`` and ``max_tokens``. *stop_above*:
+    as for :func:`inspect_chat_body`; with *counter*, also make the body the
+    provider's token counter is asked with."""
     from aigw.proxy.body import parse_unambiguous
     from aigw.proxy.messages import checks
 
@@ -204,7 +246,13 @@ def inspect_messages_body(
     head = {"model": body["model"], "stream": body.get("stream") is True}
     head["max_tokens"] = body.get("max_tokens")
     # Counted before the translation adds what the gateway asks for (include_usage).
-    counted = _count(view, encoding, max_chars)
+    counted = _count(view, encoding, max_chars, stop_above)
+    # Made before the translation, which may add to the chat form.
+    made: bytes | str | None = None
+    if counter and kind is not None:
+        from aigw.proxy.upstream_count import counter_body
+
+        made = counter_body(kind, model, chat, body if native else None)
     upstream: bytes | Refusal | None = None
     if translate and kind is not None:
         try:
@@ -213,4 +261,28 @@ def inspect_messages_body(
             upstream = _refusal(exc)
         else:
             upstream = None if encoded is raw else encoded
-    return Inspected(head, counted, None, upstream)
+    return Inspected(head, counted, None, upstream, made)
+
+
+# --- /v1/embeddings ---------------------------------------------------------------
+
+
+def inspect_embeddings_body(
+    raw: bytes, model: str, encoding: str, max_chars: int
+) -> Inspected | Refusal:
+    """Parse and check the embeddings body *raw* for a key of *model*, as
+    :class:`aigw.proxy.embeddings.EmbeddingsEndpoint` does, and count its
+    input. The head holds ``model`` and ``modified`` (whether the key's model
+    is to be filled in)."""
+    from aigw.proxy.body import parse_unambiguous
+    from aigw.proxy.embeddings import EMBEDDINGS_NAMES, count_embeddings
+    from aigw.proxy.exchange import check_model
+
+    try:
+        body = parse_unambiguous(raw, EMBEDDINGS_NAMES)
+        modified = check_model(body, model)
+        tokens, exact = count_embeddings(body, _encoding(encoding), max_chars)
+    except AigwError as exc:
+        return _refusal(exc)
+    head = {"model": model, "modified": modified}
+    return Inspected(head, InputCount(tokens, exact))

@@ -169,8 +169,7 @@ class MessagesIngress:
             raise UnsupportedMediaType()
         raw = await read_body(receive)
         pool = self.pipeline.admission.pool
-        if pool is None or not pool.takes(raw) or self.pipeline.upstream_counter.applies(key):
-            # The provider's own counter needs the whole request here.
+        if pool is None or not pool.takes(raw):
             return raw, None
         return raw, pool
 
@@ -200,6 +199,8 @@ class MessagesIngress:
                 kind=adapter.kind if adapter is not None else None,
                 require_max_tokens=require_max_tokens,
                 translate=translate,
+                stop_above=refusal_limit(key.limits),
+                counter=self.pipeline.upstream_counter.applies(key),
             ),
             raw,
             key.model,
@@ -248,7 +249,7 @@ class MessagesIngress:
             max_tokens, stream = inspected.head["max_tokens"], inspected.head["stream"]
             assert inspected.count is not None
             counted = await self.pipeline.upstream_counter.judge(
-                key, adapter, chat, inspected.count, entry
+                key, adapter, chat, inspected.count, entry, prepared=inspected.counter_body
             )
             upstream = raw if inspected.upstream is None else inspected.upstream
         else:
@@ -345,6 +346,16 @@ class MessagesIngress:
                 )
                 assert inspected.count is not None
                 counted = inspected.count
+                adapter = self.pipeline.adapters.get(key.provider_kind)
+                if adapter is not None:
+                    counted = await self.pipeline.upstream_counter.judge(
+                        key,
+                        adapter,
+                        {},
+                        counted,
+                        _scratch_entry(scope, key),
+                        prepared=inspected.counter_body,
+                    )
             else:
                 body = await self._parse(raw, require_max_tokens=False)
                 if body.get("model") not in (None, key.model):

@@ -125,6 +125,7 @@ class ResponsesAdmission:
                 key.model,
                 key.encoding,
                 pipeline.settings.max_tokenize_chars,
+                refusal_limit(key.limits),
             )
             head = inspected.head
             assert inspected.count is not None
