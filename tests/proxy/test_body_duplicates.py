@@ -80,3 +80,12 @@ def test_text_shaped_like_names_hides_no_duplicate() -> None:
 from aigw.proxy.body import names as _names  # noqa: E402
 
 _SPEC = _names(set())
+
+
+def test_a_duplicate_is_refused_whatever_validation_adds_to_the_body() -> None:
+    from aigw.proxy.body import parse_unambiguous
+    from aigw.proxy.errors import AmbiguousField
+
+    raw = b'{"model":"m","x":1,"x":2}'
+    with pytest.raises(AmbiguousField):
+        parse_unambiguous(raw, _SPEC, lambda body: body.setdefault("filled_in", True))

@@ -226,12 +226,17 @@ def _no_duplicates(raw: bytes, body: Any) -> bool:
     return _names_in(raw) == _members(body)
 
 
-def ambiguous_names(raw: bytes, body: dict[str, Any], spec: Names = CHAT_NAMES) -> str | None:
+def ambiguous_names(
+    raw: bytes, body: dict[str, Any], spec: Names = CHAT_NAMES, *, unique: bool | None = None
+) -> str | None:
     """The first member name an upstream could read differently from the gateway:
     a duplicate anywhere in *raw*, or a case variant among the names the gateway
     reads in *body* (parsed from *raw*; *spec* says which). ``None``: nothing
-    ambiguous."""
-    if _no_duplicates(raw, body):
+    ambiguous. *unique*: :func:`_no_duplicates` as found on *raw*'s parse before
+    it was changed (``None``: found here, on *body*)."""
+    if unique is None:
+        unique = _no_duplicates(raw, body)
+    if unique:
         return _case_variant(body, spec, "")
     try:
         json.loads(raw, object_pairs_hook=_unique_pairs)
@@ -266,10 +271,12 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def refuse_ambiguous(raw: bytes, body: dict[str, Any], spec: Names) -> None:
+def refuse_ambiguous(
+    raw: bytes, body: dict[str, Any], spec: Names, *, unique: bool | None = None
+) -> None:
     """400 ``ambiguous_field`` for a member name an upstream could read differently
     from the gateway (issue 10: what is checked is what is sent)."""
-    ambiguous = ambiguous_names(raw, body, spec)
+    ambiguous = ambiguous_names(raw, body, spec, unique=unique)
     if ambiguous is not None:
         raise AmbiguousField(
             f"The member name '{ambiguous[:100]}' is a duplicate or a case variant of "
@@ -287,9 +294,11 @@ def parse_unambiguous(
     upstream could read differently (:func:`refuse_ambiguous`). Linear in the
     body's size: run it through :func:`off_loop`."""
     body = parse_object(raw)
+    # Counted before *validate* may change the body.
+    unique = _no_duplicates(raw, body)
     if validate is not None:
         validate(body)
-    refuse_ambiguous(raw, body, spec)
+    refuse_ambiguous(raw, body, spec, unique=unique)
     return body
 
 
