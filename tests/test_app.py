@@ -24,3 +24,16 @@ async def test_a_ready_gateway_scans_young_objects_rarely(client: httpx.AsyncCli
     assert (await client.get("/healthz")).status_code == 200
     assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD >= 10 * 700
     assert gc.get_freeze_count() > 0
+
+
+def test_the_gateway_loads_no_redis_client_without_a_redis_store() -> None:
+    # Issue 15: redis's client (~6 MB of an idle worker) is imported with the
+    # first Redis store client, never by a gateway whose budgets are in PostgreSQL.
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, aigw.main; print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -8,6 +8,7 @@ cache and the usage recorder.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -35,6 +36,24 @@ from aigw.ui import mount_ui
 from aigw.usage.router import router as usage_router
 
 log = logging.getLogger("aigw")
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``).
+
+    Startup frees much of what it allocates (an encoding's ranks parsed in
+    Python before tiktoken copies them, import-time garbage), and glibc keeps
+    freed pages mapped. Once, after startup: with the encodings built on the
+    loop's thread (aigw.proxy.counting.encodings) the idle RSS is ~4 MB lower
+    (issue 15). A no-op where the C library has no ``malloc_trim``.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+
 
 # Net container allocations between two collections of the youngest generation.
 GC_YOUNG_THRESHOLD = 20_000
@@ -75,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # an in-process A/B, 1.18 vs 0.96 ms per request with its client). Only
                 # cyclic garbage waits longer to be collected.
                 gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+                release_free_memory()
             log.info("aigw %s ready", __version__)
             yield
             log.info("aigw shutting down")

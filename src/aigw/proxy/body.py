@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -178,11 +179,65 @@ def _case_variant(value: Any, spec: Names, where: str) -> str | None:
     return None
 
 
-def ambiguous_names(raw: bytes, body: dict[str, Any], spec: Names = CHAT_NAMES) -> str | None:
+# Where a member name ends: its closing quote, optional JSON whitespace, the
+# colon. Inside a string a quote is escaped (an odd run of backslashes before
+# it), and a string value is never followed by a colon; so in valid JSON the
+# matches of _NAME_END, less those after an odd run of backslashes, are exactly
+# its members.
+_NAME_END = re.compile(rb'"[ \t\n\r]*:')
+_ESCAPED_END = re.compile(rb'\\"[ \t\n\r]*:')
+
+
+def _names_in(raw: bytes) -> int:
+    """How many members the valid JSON *raw* holds (see :data:`_NAME_END`)."""
+    names = len(_NAME_END.findall(raw))
+    for match in _ESCAPED_END.finditer(raw):
+        end = match.start()
+        start = end
+        while start > 0 and raw[start - 1] == 0x5C:  # the backslashes before the quote
+            start -= 1
+        names -= (end + 1 - start) % 2
+    return names
+
+
+def _members(body: Any) -> int:
+    """How many members the objects of *body* hold, all levels (no recursion)."""
+    count = 0
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if type(value) is dict:
+            count += len(value)
+            value = value.values()
+        elif type(value) is not list:
+            continue
+        for item in value:
+            if type(item) is dict or type(item) is list:
+                stack.append(item)
+    return count
+
+
+def _no_duplicates(raw: bytes, body: Any) -> bool:
+    """Whether the valid JSON *raw*, parsed into *body* (orjson: the last of
+    duplicate names wins), has no duplicate member name, without a second parse:
+    :func:`_names_in` counts *raw*'s members, and a duplicate leaves
+    *body* with fewer members than that. ``False``: a name repeats (or *body* is
+    not *raw*'s parse: the caller parses again)."""
+    return _names_in(raw) == _members(body)
+
+
+def ambiguous_names(
+    raw: bytes, body: dict[str, Any], spec: Names = CHAT_NAMES, *, unique: bool | None = None
+) -> str | None:
     """The first member name an upstream could read differently from the gateway:
     a duplicate anywhere in *raw*, or a case variant among the names the gateway
     reads in *body* (parsed from *raw*; *spec* says which). ``None``: nothing
-    ambiguous."""
+    ambiguous. *unique*: :func:`_no_duplicates` as found on *raw*'s parse before
+    it was changed (``None``: found here, on *body*)."""
+    if unique is None:
+        unique = _no_duplicates(raw, body)
+    if unique:
+        return _case_variant(body, spec, "")
     try:
         json.loads(raw, object_pairs_hook=_unique_pairs)
     except _Duplicate as exc:
@@ -216,10 +271,12 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def refuse_ambiguous(raw: bytes, body: dict[str, Any], spec: Names) -> None:
+def refuse_ambiguous(
+    raw: bytes, body: dict[str, Any], spec: Names, *, unique: bool | None = None
+) -> None:
     """400 ``ambiguous_field`` for a member name an upstream could read differently
     from the gateway (issue 10: what is checked is what is sent)."""
-    ambiguous = ambiguous_names(raw, body, spec)
+    ambiguous = ambiguous_names(raw, body, spec, unique=unique)
     if ambiguous is not None:
         raise AmbiguousField(
             f"The member name '{ambiguous[:100]}' is a duplicate or a case variant of "
@@ -237,9 +294,11 @@ def parse_unambiguous(
     upstream could read differently (:func:`refuse_ambiguous`). Linear in the
     body's size: run it through :func:`off_loop`."""
     body = parse_object(raw)
+    # Counted before *validate* may change the body.
+    unique = _no_duplicates(raw, body)
     if validate is not None:
         validate(body)
-    refuse_ambiguous(raw, body, spec)
+    refuse_ambiguous(raw, body, spec, unique=unique)
     return body
 
 

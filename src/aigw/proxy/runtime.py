@@ -13,7 +13,6 @@ in-flight requests finish by then).
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -25,7 +24,7 @@ from aigw.budgets.periods import PeriodClock
 from aigw.config import Settings
 from aigw.db.engine import libpq_url
 from aigw.metrics import Metrics
-from aigw.proxy.counting import O200K_BASE, Encoders, load_encoding
+from aigw.proxy.counting import O200K_BASE, Encoders
 from aigw.proxy.counting.offload import CountingPool
 from aigw.proxy.counting.workers import warm_up
 from aigw.proxy.keycache import KeyCache
@@ -33,10 +32,6 @@ from aigw.proxy.pipeline import Pipeline
 from aigw.proxy.upstream import create_upstream_session
 from aigw.usage.recorder import UsageRecorder
 from aigw.usage.spool import SPOOL_DIR, Spool
-
-# Parsed once per process and shared: encodings are immutable, and an app built
-# twice in one process (as tests do) should not parse them twice.
-_load_encoding_once = functools.lru_cache(maxsize=None)(load_encoding)
 
 
 #: Seconds after the runtime is built before the counting pool is warmed: the
@@ -81,7 +76,7 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
         # Only the encodings in use are loaded (off the loop, ~0.3 s each): the key
         # cache loads the ones its keys count with before it serves them, at start
         # and on every change it is notified of.
-        encoders = Encoders({}, loader=_load_encoding_once)
+        encoders = Encoders({})  # built once per process, shared
         stack.callback(encoders.close)
         state.encoders = encoders
 

@@ -180,3 +180,32 @@ async def test_a_failed_load_can_be_retried() -> None:
         assert (await lazy.aget("o200k_base")).name == "o200k_base"
     finally:
         lazy.close()
+
+
+async def test_a_process_builds_each_encoding_once_and_on_the_loops_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 15: tiktoken's constructor holds the GIL throughout, so a thread would not
+    # spare the loop; on the loop's thread the encoding's tables sit in the main
+    # malloc arena, whose freed pages the startup's malloc_trim returns (~4 MB of
+    # idle RSS). Reading and parsing the file still runs in a thread.
+    import threading
+
+    built_on: list[int] = []
+    real_init = tiktoken.Encoding.__init__
+
+    def spy(self: tiktoken.Encoding, *args: object, **kwargs: object) -> None:
+        built_on.append(threading.get_ident())
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tiktoken.Encoding, "__init__", spy)
+    monkeypatch.setattr(encodings, "_SHARED", {}, raising=False)  # none built yet
+    one, other = Encoders({}), Encoders({})
+    try:
+        ticks = await ticks_during(lambda: one.aget("cl100k_base"))
+        assert await other.aget("cl100k_base") is await one.aget("cl100k_base")
+        assert built_on == [threading.get_ident()]
+        assert ticks >= 1  # the file's parse left the loop running
+    finally:
+        one.close()
+        other.close()

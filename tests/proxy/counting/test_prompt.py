@@ -342,3 +342,26 @@ async def test_large_prompt_does_not_block_the_loop(encoders: Encoders) -> None:
     assert await ticks_during(inline) <= 1
     # ...offloaded, other coroutines keep running while it counts.
     assert await ticks_during(offloaded) >= 50
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "word " * 3000,  # past the buffer threshold
+        "Résumé 東京 🙂 naïve\n" * 800,  # multi-byte UTF-8
+        "a<|endoftext|>b<|endofprompt|>c <|fim_prefix|> " * 200,  # special-token text
+        "lone \ud800 surrogate " * 300,  # no UTF-8 form: tiktoken's own repair
+        ("line of prose\n" * 6000) + "tail",  # split into segments
+        "x" * 1023,
+        "x" * 1024,
+    ],
+)
+def test_long_texts_count_as_encode_ordinary_does(text: str, o200k, cl100k) -> None:
+    # Long texts are counted through tiktoken's token buffer (issue 15): the same
+    # counts as tiktoken's public encode_ordinary.
+    for encoding in (o200k, cl100k):
+        body = {"messages": [{"role": "user", "content": text}]}
+        expected = (
+            3 + 3 + len(encoding.encode_ordinary("user")) + len(encoding.encode_ordinary(text))
+        )
+        assert count_chat_input(body, encoding) == expected

@@ -106,6 +106,11 @@ def load_encoding(name: str, directory: Path | None = None) -> tiktoken.Encoding
     writable. The format and the resulting ranks are the same (a test
     compares them with tiktoken's own loader).
     """
+    spec, ranks = _read_ranks(name, directory)
+    return _build(name, spec, ranks)
+
+
+def _read_ranks(name: str, directory: Path | None = None) -> tuple[_EncodingSpec, dict[bytes, int]]:
     spec = _SPECS.get(name)
     if spec is None:
         raise ValueError(f"unknown encoding {name!r}; bundled: {', '.join(_SPECS)}")
@@ -113,16 +118,42 @@ def load_encoding(name: str, directory: Path | None = None) -> tiktoken.Encoding
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != spec.sha256:
         raise ValueError(f"{path}: hash mismatch, expected SHA-256 {spec.sha256}")
+    return spec, _parse_tiktoken_bpe(data)
+
+
+def _build(name: str, spec: _EncodingSpec, ranks: dict[bytes, int]) -> tiktoken.Encoding:
     encoding = tiktoken.Encoding(
         name,
         pat_str=spec.pat_str,
-        mergeable_ranks=_parse_tiktoken_bpe(data),
+        mergeable_ranks=ranks,
         special_tokens=dict(spec.special_tokens),
     )
     # The Rust core holds its own copy of the ranks; the Python dict is kept only
     # for pickling an Encoding by value, which aigw never does. Dropping it saves
     # ~40 MB per process (both encodings).
     encoding._mergeable_ranks = {}
+    return encoding
+
+
+# The encodings :class:`Encoders` built in this process, shared: they are
+# immutable, and an app built twice in one process (as tests do) parses them once.
+_SHARED: dict[str, tiktoken.Encoding] = {}
+
+
+async def _load_shared(name: str) -> tiktoken.Encoding:
+    encoding = _SHARED.get(name)
+    if encoding is not None:
+        return encoding
+    # Reading and parsing the file is Python that yields the GIL: in a thread, the
+    # loop keeps serving. tiktoken's constructor holds the GIL throughout (a thread
+    # would stall the loop all the same), so it runs on the loop's own thread: its
+    # tables (~42 MB for o200k_base) then sit in the main malloc arena, where the
+    # startup's malloc_trim returns the parse's garbage to the system (~4 MB less
+    # idle RSS than a thread's arena; issue 15).
+    spec, ranks = await asyncio.to_thread(_read_ranks, name)
+    encoding = _SHARED.get(name)
+    if encoding is None:
+        encoding = _SHARED[name] = _build(name, spec, ranks)
     return encoding
 
 
@@ -136,7 +167,8 @@ class Encoders:
 
     An encoding may also be loaded on first use (:meth:`aget`): a process then
     holds only the encodings its models count with (o200k_base takes ~45 MB,
-    cl100k_base ~22 MB).
+    cl100k_base ~22 MB). Without a *loader*, those are built once per process
+    and shared by every :class:`Encoders` of it.
     """
 
     __slots__ = ("_encodings", "_executor", "_loader", "_loading")
@@ -152,7 +184,7 @@ class Encoders:
         self._executor = ThreadPoolExecutor(
             max_workers=offload_workers, thread_name_prefix="aigw-tokenize"
         )
-        self._loader = loader or load_encoding
+        self._loader = loader
         self._loading: dict[str, asyncio.Future[tiktoken.Encoding]] = {}
 
     async def aget(self, name: str) -> tiktoken.Encoding:
@@ -165,7 +197,10 @@ class Encoders:
             raise KeyError(name)
         loading = self._loading.get(name)
         if loading is None:
-            loading = asyncio.ensure_future(asyncio.to_thread(self._loader, name))
+            if self._loader is None:
+                loading = asyncio.ensure_future(_load_shared(name))
+            else:
+                loading = asyncio.ensure_future(asyncio.to_thread(self._loader, name))
             self._loading[name] = loading
         try:
             encoding = await asyncio.shield(loading)
