@@ -29,6 +29,7 @@ from aigw.health import router as health_router
 from aigw.metrics import router as metrics_router
 from aigw.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from aigw.providers.router import router as providers_router
+from aigw.proxy.router import ProxyFastPath
 from aigw.proxy.router import router as proxy_router
 from aigw.proxy.runtime import proxy_runtime
 from aigw.secrets_check import verify_keyring_opens_stored_secrets
@@ -126,6 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
 
     # Outermost last: the request id wraps everything, including 413s and CORS.
+    # Innermost: the fixed /v1 paths go straight to the pipeline (aigw.proxy.router).
+    app.add_middleware(ProxyFastPath)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

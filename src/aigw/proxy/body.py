@@ -146,6 +146,12 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Built once: json.loads with a hook builds a decoder (and its scanner) per call,
+# which cost more than the decoding itself for a short body. decode() of the text
+# json.loads would decode (its own detection of the encoding) is the same parse.
+_UNIQUE_PAIRS = json.JSONDecoder(object_pairs_hook=_unique_pairs)
+
+
 def _check_names(obj: dict[str, Any], known: frozenset[str], where: str) -> str | None:
     seen: set[str] = set()
     for name in obj:
@@ -239,7 +245,7 @@ def ambiguous_names(
     if unique:
         return _case_variant(body, spec, "")
     try:
-        json.loads(raw, object_pairs_hook=_unique_pairs)
+        _UNIQUE_PAIRS.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except _Duplicate as exc:
         return exc.name
     except (ValueError, RecursionError):

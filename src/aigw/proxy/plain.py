@@ -54,11 +54,13 @@ class PlainEvents:
     """The plain content events of one choice of one stream (see the module docstring)."""
 
     __slots__ = (
+        "_joint",
         "_kept",
         "_kept_bytes",
         "_padding_end",
         "_prefix",
         "_suffix",
+        "_tried",
         "chunk",
         "max_event",
         "state",
@@ -77,6 +79,10 @@ class PlainEvents:
         self._suffix = suffix
         # With padding: the suffix ends at its opening quote; this follows its text.
         self._padding_end = padding_end
+        # Between two plain events in a row: the end of one and the start of the next.
+        self._joint = suffix + prefix if padding_end is None else None
+        # The read whose run was tried (its id: the bytes are not kept alive).
+        self._tried = 0
         self._kept: list[bytes] = []
         self._kept_bytes = 0
         #: The chunk learned from: every plain event is this chunk with other text.
@@ -128,6 +134,12 @@ class PlainEvents:
         room = self._room()
         if room == 0 or self.state.cut or self.state.ended:
             return pos
+        if self._joint is not None and self._tried != id(buffer):
+            # Once per read: a run stopped short (near the limit) is not split again
+            # at every event that follows it in the same read.
+            self._tried = id(buffer)
+            pos = self._take_run(buffer, pos, room)
+            room = self._room()
         plain = _PLAIN_TEXT.fullmatch
         while buffer.startswith(prefix, pos):
             start = pos + prefix_len
@@ -165,6 +177,40 @@ class PlainEvents:
                 room -= size
             pos = end
         return pos
+
+    def _take_run(self, buffer: bytes, pos: int, room: int | None) -> int:
+        """:meth:`take` for the events of a run at once: each but the run's last is
+        followed by the joint (its suffix and the next one's prefix), so splitting
+        on it yields their texts in one pass; kept only if all of them pass the
+        checks :meth:`take` makes one by one (else the loop there decides)."""
+        prefix, joint = self._prefix, self._joint
+        assert joint is not None
+        if not buffer.startswith(prefix, pos):
+            return pos
+        start = pos + len(prefix)
+        texts = buffer[start:].split(joint)
+        texts.pop()  # the last event of the run (and what follows): the loop's
+        if not texts:
+            return pos
+        text = b"".join(texts)
+        size = len(text)
+        # No quote in any text: every split fell on an event boundary.
+        if (
+            _PLAIN_TEXT.fullmatch(text) is None
+            or (room is not None and size > room)
+            or size > _MAX_KEPT
+            or max(map(len, texts)) + len(joint) > self.max_event
+            or not (text.isascii() or all(map(_utf8, texts)))
+        ):
+            return pos
+        if self._kept_bytes + size > _MAX_KEPT:
+            self.flush()
+            room = self._room()
+            if room is not None and size > room:
+                return pos
+        self._kept.append(text)
+        self._kept_bytes += size
+        return pos + size + len(texts) * len(joint)
 
     def _room(self) -> int | None:
         room = self.state.counter.room

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.requests import Request
 from starlette.routing import Match
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aigw.proxy.messages.docs import (
     AnthropicError,
@@ -378,3 +378,60 @@ async def count_message_tokens(body: CountTokensRequest) -> MessageTokensCount:
 )
 async def not_found(path: str) -> None:
     raise NotImplementedError  # documents Pipeline.not_found
+
+
+# The pipeline method serving each fixed (method, path) of the router above.
+_FIXED_ROUTES: dict[tuple[str, str], str] = {
+    (method, route.path): route.endpoint.__name__
+    for route in router.routes
+    if isinstance(route, _PipelineRoute) and not route.param_convertors
+    for method in route.methods or ()
+    if method != "HEAD"
+}
+
+
+class ProxyFastPath:
+    """ASGI middleware, innermost of the app's own: a request for one of the fixed
+    ``/v1`` paths above goes straight to its pipeline method (issue 15).
+
+    What it skips does nothing for these requests: route matching over every
+    route, FastAPI's request handler around :class:`_PipelineCall`, its exit stack,
+    and the exception middleware's wrapping of ``send``. An exception the pipeline
+    lets out is answered by the app's handler for its class, as the exception
+    middleware would (a bug still goes on to the server-error handler's 500).
+    Anything else (other paths and methods, a path parameter, a ``root_path``)
+    takes the usual route.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = None
+        if scope["type"] == "http" and not scope.get("root_path"):
+            name = _FIXED_ROUTES.get((scope["method"], scope["path"]))
+        if name is None:
+            await self.app(scope, receive, send)
+            return
+        app = scope["app"]
+        try:
+            await getattr(app.state.proxy, name)(scope, receive, send)
+        except Exception as exc:
+            handler = _handler_for(app.exception_handlers, exc)
+            if handler is None:
+                raise
+            response = await handler(Request(scope, receive, send), exc)
+            if response is not None:
+                await response(scope, receive, send)
+
+
+def _handler_for(handlers: dict[Any, Any], exc: Exception) -> Any:
+    """The handler the exception middleware would pick for *exc* (most specific
+    class first); ``None`` for those left to the server-error handler."""
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        handler = handlers.get(cls)
+        if handler is not None:
+            return handler
+    return None

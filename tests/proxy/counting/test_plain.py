@@ -80,3 +80,60 @@ def test_openai_padding_may_differ_in_every_event(o200k: tiktoken.Encoding) -> N
     assert plain.take(buffer + escaped, 0) == len(buffer)
     plain.flush()
     assert plain.state.counter.count == len(o200k.encode_ordinary(" a b"))
+
+
+# A run of plain events in one read is taken at once (PlainEvents._take_run); each
+# case below puts what must stop it deep inside a long run, where only that path
+# looks, and expects the same stop as event by event.
+RUN = [f" w{i}" for i in range(40)]
+
+
+def _run_with(other: bytes, at: int) -> tuple[bytes, int]:
+    before = b"".join(event({"content": text}) for text in RUN[:at])
+    after = b"".join(event({"content": text}) for text in RUN[at:])
+    return before + other + after, len(before)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        event({"content": 'say "hi"'}),
+        event({"content": "a\\b"}),
+        event({"content": "x"}).replace(b'"x"', b'"\x01"'),
+        event({"content": "x"}).replace(b'"x"', b'"\xff"'),
+        event({"content": "x", "refusal": "y"}),
+        event({"content": "y" * 300}),  # longer than the largest event allowed below
+    ],
+)
+def test_a_run_stops_where_one_event_would(o200k: tiktoken.Encoding, other: bytes) -> None:
+    model = event({"content": "Hello"})
+    plain = PlainEvents.learn(
+        orjson.loads(model[6:]), model, Output(o200k, 1000).choice(0), len(model) + 100
+    )
+    assert plain is not None
+    buffer, stop = _run_with(other, 31)
+    assert plain.take(buffer, 0) == stop
+    plain.flush()
+    assert plain.state.counter.count == len(o200k.encode_ordinary("".join(RUN[:31])))
+
+
+def test_a_run_stops_at_a_character_split_between_two_events(o200k: tiktoken.Encoding) -> None:
+    """Each text must be UTF-8 on its own, not only the texts joined."""
+    plain = learnt(o200k, 1000)
+    euro = "€".encode()  # three bytes, split over two events
+    halves = event({"content": "x"}).replace(b'"x"', b'"' + euro[:1] + b'"') + event(
+        {"content": "x"}
+    ).replace(b'"x"', b'"' + euro[1:] + b'"')
+    buffer, stop = _run_with(halves, 25)
+    assert plain.take(buffer, 0) == stop
+
+
+def test_a_run_stops_where_the_room_ends(o200k: tiktoken.Encoding) -> None:
+    # Room for the bytes of the first 20 texts and part of the 21st.
+    room = sum(len(text) for text in RUN[:20]) + 2
+    plain = learnt(o200k, room)
+    buffer = b"".join(event({"content": text}) for text in RUN)
+    stop = len(b"".join(event({"content": text}) for text in RUN[:20]))
+    assert plain.take(buffer, 0) == stop
+    plain.flush()
+    assert plain.state.counter.count == len(o200k.encode_ordinary("".join(RUN[:20])))
