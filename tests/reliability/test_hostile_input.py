@@ -13,10 +13,8 @@ import base64
 import json
 import select
 import socket
-import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from tests.reliability.conftest import (
     Matrix,
     assert_problem,
     gateway_environment,
+    median_cpu_seconds,
     median_seconds,
     parse_responses,
     raw_exchange,
@@ -541,21 +540,6 @@ SLOW_BODIES = {
 }
 
 
-async def median_cpu_seconds(call: Callable[[], Awaitable[Any]], runs: int = 7) -> float:
-    """Median CPU time of this process over *call*, after one warm-up run. The app
-    runs in this process (``client``) and answers these bodies without the
-    database, so all the work a body costs is counted here, and none of what other
-    processes on a busy machine take: wall time measured this made a 2.6 ms body
-    look like 18.5 ms under load."""
-    await call()
-    samples = []
-    for _ in range(runs):
-        started = time.process_time()
-        await call()
-        samples.append(time.process_time() - started)
-    return statistics.median(samples)
-
-
 @pytest.mark.timing
 @pytest.mark.parametrize("case", list(SLOW_BODIES))
 async def test_bodies_made_to_be_slow_cost_what_benign_bodies_cost(
@@ -569,6 +553,7 @@ async def test_bodies_made_to_be_slow_cost_what_benign_bodies_cost(
         )
         assert_problem(response, 422)
 
+    # The app is in this process and refuses these bodies without the database.
     slow = await median_cpu_seconds(lambda: post(hostile))
     fast = await median_cpu_seconds(lambda: post(benign))
     print(f"{case}: {slow * 1000:.2f} ms vs benign {fast * 1000:.2f} ms of CPU")
