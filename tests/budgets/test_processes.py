@@ -55,13 +55,27 @@ async def _hammer(
             await client.close()
 
 
+async def _start_together(
+    start_gateway_process: Callable[..., Gateway], count: int, **env: str
+) -> list[Gateway]:
+    """*count* gateways started at once: their starts (imports, the lifespan) overlap
+    on the machine's cores instead of queueing one after another."""
+    return list(
+        await asyncio.gather(
+            *(asyncio.to_thread(start_gateway_process, **env) for _ in range(count))
+        )
+    )
+
+
 @pytest.mark.slow
 async def test_three_processes_never_pass_the_budget(
     start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, store: StoreView
 ) -> None:
     fake.reset()
     fake.set_scenario(tokens=30, delay_per_chunk=0.01)
-    gateways = [start_gateway_process(AIGW_BUDGET_OUTPUT_SLICE="16", **store.env) for _ in range(3)]
+    gateways = await _start_together(
+        start_gateway_process, 3, AIGW_BUDGET_OUTPUT_SLICE="16", **store.env
+    )
     with gateways[0].admin() as admin:
         await create_provider(admin, fake.url)
         key = await create_key(admin, budget_tokens=4000, budget_period="day")
@@ -85,7 +99,7 @@ async def test_a_killed_process_gives_its_reservation_back(
 ) -> None:
     fake.reset()
     env = {"AIGW_BUDGET_LEASE_SECONDS": "2", **store.env}
-    doomed, survivor = start_gateway_process(**env), start_gateway_process(**env)
+    doomed, survivor = await _start_together(start_gateway_process, 2, **env)
     with doomed.admin() as admin:
         await create_provider(admin, fake.url)
         budget = billed_prompt() + 100
