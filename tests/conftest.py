@@ -9,9 +9,12 @@ on it for the run and dropped afterwards.
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -191,11 +194,14 @@ def gateway_env(db: str, tmp_path: Path) -> dict[str, str]:
 def start_gateway_process(
     gateway_env: dict[str, str], tmp_path: Path
 ) -> Iterator[Callable[..., Gateway]]:
-    """Factory for real ``aigw serve`` processes; every one is stopped after the test."""
+    """Factory for real ``aigw serve`` processes; every one is stopped after the test.
+    Safe to call from threads (``asyncio.to_thread``), to start several at once; they
+    are stopped all at once too (SIGTERM to each, then each one's grace)."""
     started: list[Gateway] = []
+    numbers = itertools.count()
 
     def start(workers: int = 1, **env: str) -> Gateway:
-        index = len(started)
+        index = next(numbers)
         gateway = start_gateway(
             {**gateway_env, **env}, tmp_path / f"gateway-{index}.log", workers=workers
         )
@@ -204,7 +210,14 @@ def start_gateway_process(
 
     yield start
     for gateway in started:
-        gateway.stop()
+        if gateway.proc.poll() is None:
+            gateway.proc.send_signal(signal.SIGTERM)
+    for gateway in started:
+        try:
+            gateway.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            gateway.proc.kill()
+            gateway.proc.wait(5)
 
 
 @pytest.fixture(scope="session")

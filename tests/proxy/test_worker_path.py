@@ -8,21 +8,26 @@ own. The tests below are tests of ``test_responses.py`` and ``test_messages.py``
 ``openai``), run again unchanged with that threshold at 0, so that every body
 takes the worker path: same counts, same refusals (model, shape, duplicate
 names, ``input_not_countable``, limits), same bodies upstream. Each gateway's
-pool is started before the test (a cold worker imports the gateway's modules
-and loads an encoding: seconds on a busy machine, longer than the SDK
-clients' timeouts some tests set), and each test must have sent bodies to it.
+pool has warm workers before the test (a cold worker imports the gateway's
+modules and loads an encoding: seconds on a busy machine, longer than the SDK
+clients' timeouts some tests set; the module's gateways share them), and each
+test must have sent bodies to them.
 The other provider kinds' translations: ``test_worker_path_kinds.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import multiprocessing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import orjson
 import pytest
 
+from aigw.proxy.counting.offload import _lower_priority
 from aigw.proxy.counting.workers import (
     inspect_chat_body,
     inspect_messages_body,
@@ -65,22 +70,52 @@ _WARM_UP: tuple[tuple[Callable[..., Any], tuple[Any, ...]], ...] = (
 )
 
 
+@pytest.fixture(scope="module")
+def _workers() -> Iterator[list[ProcessPoolExecutor]]:
+    """The counting workers, one pool of them for the module's gateways: a cold
+    worker costs seconds of CPU (its imports, the encoding) and its shutdown more,
+    and a fresh pool per test was most of these tests' time. Started and warmed
+    as ``CountingPool`` starts its own (spawned, at a lower priority); a test that
+    broke it (a dead worker: the gateway drops its pool) leaves the next test a
+    new one."""
+    held: list[ProcessPoolExecutor] = []
+    yield held
+    for executor in held:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _warm_executor(held: list[ProcessPoolExecutor], processes: int) -> ProcessPoolExecutor:
+    for executor in held:
+        if executor._max_workers == processes and not executor._broken:
+            return executor
+    executor = ProcessPoolExecutor(
+        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+    )
+    for work, args in _WARM_UP:
+        executor.submit(work, *args).result()
+    held.append(executor)
+    return executor
+
+
 @pytest.fixture
 async def gateway(
-    gateway: Callable[..., Awaitable[Any]],
+    gateway: Callable[..., Awaitable[Any]], _workers: list[ProcessPoolExecutor]
 ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    """The proxy tests' gateway factory, with every body counted in a worker."""
+    """The proxy tests' gateway factory, with every body counted in a worker (the
+    module's warm ones, see :func:`_workers`)."""
     started: list[Any] = []
 
     async def start(**overrides: Any) -> Any:
         gateway_app = await gateway(**{"count_process_bytes": 0, **overrides})
         pool = gateway_app.state.proxy.admission.pool
-        assert pool.processes > 0 and pool.takes(b"{}")
-        for work, args in _WARM_UP:
-            await pool.run(work, *args)
-        started.append((pool, pool.submitted))
+        assert pool.processes > 0 and pool.takes(b"{}") and not pool.started
+        executor = await asyncio.to_thread(_warm_executor, _workers, pool.processes)
+        pool._executor = executor
+        started.append((pool, executor, pool.submitted))
         return gateway_app
 
     yield start
-    for pool, warm in started:
+    for pool, executor, warm in started:
         assert pool.submitted > warm, "no request body went to a worker"
+        if pool._executor is executor:
+            pool._executor = None  # the gateway's shutdown leaves the module's workers be

@@ -23,4 +23,7 @@ from tests.proxy.test_provider_kinds import (  # noqa: F401 (fixtures and tests 
     test_gemini_tools_and_errors,
     test_gemini_whole_and_stream,
 )
-from tests.proxy.test_worker_path import gateway  # noqa: F401 (every body in a worker)
+from tests.proxy.test_worker_path import (  # noqa: F401 (every body in a worker)
+    _workers,
+    gateway,
+)

@@ -88,6 +88,20 @@ async def median_seconds(call: Callable[[], Awaitable[Any]], runs: int = 7) -> f
     return statistics.median(samples)
 
 
+async def median_cpu_seconds(call: Callable[[], Awaitable[Any]], runs: int = 7) -> float:
+    """Median CPU time of this process over *call*, after one warm-up run: for work
+    done in this process (an app in process, its threads), this counts all of it
+    and none of what other processes on a busy machine take, which wall time also
+    counts (a 2.6 ms body measured 18.5 ms under load)."""
+    await call()
+    samples = []
+    for _ in range(runs):
+        started = time.process_time()
+        await call()
+        samples.append(time.process_time() - started)
+    return statistics.median(samples)
+
+
 # --- raw HTTP/1.1 ---------------------------------------------------------------------------
 
 
