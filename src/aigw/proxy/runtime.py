@@ -33,7 +33,6 @@ from aigw.proxy.upstream import create_upstream_session
 from aigw.usage.recorder import UsageRecorder
 from aigw.usage.spool import SPOOL_DIR, Spool
 
-
 #: Seconds after the runtime is built before the counting pool is warmed: the
 #: server is serving by then, and its start does not compete with the warm-up.
 _WARM_AFTER = 1.0
