@@ -72,7 +72,7 @@ async def proxy_runtime(app: Any, settings: Settings) -> AsyncIterator[Pipeline]
         stack.push_async_callback(recorder.aclose, settings.shutdown_grace)
         state.recorder = recorder
 
-        # Only the encodings in use are loaded (off the loop, ~0.3 s each): the key
+        # Only the encodings in use are loaded (parsed off the loop; see Encoders): the key
         # cache loads the ones its keys count with before it serves them, at start
         # and on every change it is notified of.
         encoders = Encoders({})  # built once per process, shared

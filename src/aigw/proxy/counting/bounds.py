@@ -38,7 +38,12 @@ _FILE_LETTER_ESCAPE: Final = re.compile(rb"\\u006[569cC]")
 
 def input_upper_bound(raw: bytes, model: str) -> int:
     """An upper bound of the input tokens of the Chat Completions request *raw*."""
-    if b'"file"' in raw or _FILE_LETTER_ESCAPE.search(raw):
+    if b'"file"' in raw:
         return NO_BOUND
-    images = len(raw) // _SMALLEST_IMAGE_PART if b"\\u" in raw else raw.count(b"image_url")
+    # Each scan of a large body costs ~0.1 ms per 100 KB on the event loop: the
+    # escape regex runs only when the body holds an escape at all.
+    escapes = b"\\u" in raw
+    if escapes and _FILE_LETTER_ESCAPE.search(raw):
+        return NO_BOUND
+    images = len(raw) // _SMALLEST_IMAGE_PART if escapes else raw.count(b"image_url")
     return _TOKENS_PER_BYTE * len(raw) + _CONSTANT + images * max_image_tokens(model)
