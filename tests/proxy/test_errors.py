@@ -392,3 +392,20 @@ async def test_oversized_bodies_are_413(
     # The streamed one reached the proxy (the declared one was refused at the door).
     (row,) = await usage_rows(db)
     assert (row["outcome"], row["status_code"]) == ("rejected", 413)
+
+
+async def test_an_error_the_pipeline_lets_out_gets_its_handlers_answer(
+    app: Any, proxy: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fixed /v1 paths skip the routing layers (aigw.proxy.router.ProxyFastPath);
+    an AigwError escaping a pipeline method is still answered by the app's handler
+    for it, as the exception middleware did, not as a 500."""
+    from aigw.proxy.exchange import ModelNotFound
+
+    async def refuse(*_: Any) -> None:
+        raise ModelNotFound("no such model here")
+
+    monkeypatch.setattr(app.state.proxy, "list_models", refuse)
+    response = await proxy.get("/v1/models")
+    assert response.status_code == 404
+    assert envelope(response)["code"] == "model_not_found"
