@@ -341,7 +341,8 @@ async def test_messages_native_unknown_fields_and_blocks_count_against_the_limit
         {**base, "system": [{"type": "text", "text": "x"}, {"type": "note", "text": LONG}]},
         {**base, "tools": [{"type": "web_search_20250305", "name": "s", "note": LONG}]},
     ]
-    async with httpx.AsyncClient(base_url=anthropic_app.url) as http:
+    # A document block sends the body to a counting worker: a cold one starts first.
+    async with httpx.AsyncClient(base_url=anthropic_app.url, timeout=30) as http:
         for body in variants:
             response = await http.post("/v1/messages", content=orjson.dumps(body), headers=headers)
             assert_anthropic_shape(response, 400, "input_token_limit_exceeded")

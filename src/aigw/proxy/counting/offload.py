@@ -4,8 +4,12 @@ orjson holds the GIL for a whole parse (~40 ms per MB of tiny JSON objects),
 and walking a parsed body is Python code: in a thread of the gateway's process
 either starves the event loop, so ``/healthz`` waits behind an adversarial
 body. A body larger than ``count_process_bytes`` sent to
-``/v1/chat/completions``, ``/v1/responses`` or ``/v1/messages`` (and
-``/v1/messages/count_tokens``) is therefore parsed, checked
+``/v1/chat/completions``, ``/v1/responses``, ``/v1/messages`` (and
+``/v1/messages/count_tokens``) or ``/v1/embeddings``, whatever the key's
+counting (for a provider that counts input itself, the body its counter is
+asked with is made there too), and a body of any size that may hold a file
+(:func:`may_hold_file`: a PDF's streams inflate to up to 16 MiB, a cost not
+linear in the body), is therefore parsed, checked
 (:func:`aigw.proxy.body.parse_unambiguous`), converted, walked and tokenized in
 a worker process (what a worker does per endpoint: :mod:`.workers`); the gateway
 gets back only the count and the few top-level fields it decides with
@@ -13,8 +17,8 @@ gets back only the count and the few top-level fields it decides with
 client's bytes, those bytes re-encoded with the gateway's edits, or their
 translation to the provider's wire format, each made by a worker). Nothing
 whose cost grows with the body then runs in the gateway's process besides
-receiving it and two ``bytes`` scans in C. This module is the pool, shared by
-the three endpoints: one set of workers, one queue bound, one busy error.
+receiving it and a few ``bytes`` scans in C. This module is the pool, shared by
+the endpoints: one set of workers, one queue bound, one busy error.
 
 The pool is started on the first large body (an idle gateway holds no extra
 process), or, with ``count_warm``, once the gateway is ready, with one worker
