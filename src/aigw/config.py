@@ -80,10 +80,12 @@ class Settings(BaseSettings):
     count_process_bytes: int = Field(default=256 * 1024, ge=0)
     count_queue: int = Field(default=8, ge=1, le=10_000)
     count_process_idle: float = Field(default=60.0, gt=0)
-    # Start one counting worker once the gateway is ready and have it import and
-    # load the encodings in use, so the first large body does not wait for a
-    # cold worker (costs that worker's idle memory; false: started on first use).
-    count_warm: bool = True
+    # Start one counting worker once the gateway is ready (and again after each
+    # idle exit) and have it import and load the encodings in use, so the first
+    # large body does not wait for a cold worker. Off by default: the warm worker
+    # holds ~150 MB for as long as the gateway runs, which nearly doubles an idle
+    # gateway's footprint; gateways that take large bodies often turn it on.
+    count_warm: bool = False
     # Providers with input_counting "upstream": seconds to wait for the provider's
     # token counter before falling back to the tiktoken estimate + margin, and how
     # many counted requests to remember (see aigw.proxy.upstream_count).
