@@ -40,7 +40,7 @@ from tests.proxy.test_upstream_count import (  # noqa: F401 (tests run again her
     test_anthropic_counter_through_both_doors,
     test_the_providers_count_decides,
 )
-from tests.proxy.test_worker_path import gateway  # noqa: F401 (every body to a worker)
+from tests.proxy.test_worker_path import _workers, gateway  # noqa: F401 (every body to a worker, one warm pool a module)
 from tests.reliability.test_file_inputs import HIDDEN, make_pdf
 
 _DATA = "data:application/pdf;base64," + base64.b64encode(make_pdf(["x"])).decode()
