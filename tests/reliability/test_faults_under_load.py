@@ -193,7 +193,7 @@ async def settle(
 
 async def test_faults_under_load(fault_gateway: Gateway, fake: FakeUpstream, db: str) -> None:
     # 7.5 times the concurrency: each scenario of the mix runs 44+ times, and the
-    # gateway's sockets peak past 350 (3,000 requests proved no more, in twice the time).
+    # gateway's sockets peak past 300 (3,000 requests proved no more, in twice the time).
     total, concurrency = 1500, 200
     fake.reset()
     tokens = make_keys(fault_gateway, fake.url, 10)
