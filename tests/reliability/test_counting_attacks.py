@@ -148,7 +148,7 @@ def _slow_bodies_other_endpoints() -> dict[tuple[str, str], bytes]:
     jpeg_data = jpeg_url.split(",", 1)[1]
     schema = _tool_schema(6, 2)  # 127 described nodes, ~5 KB of JSON
     responses: dict[str, dict[str, Any]] = {
-        "tiny_input_items": {"model": MODEL, "input": [_user(str(i % 10)) for i in range(450_000)]},
+        "tiny_input_items": {"model": MODEL, "input": [_user(str(i % 10)) for i in range(240_000)]},
         "tiny_parts": {
             "model": MODEL,
             "input": [_user([{"type": "input_text", "text": str(i % 10)} for i in range(240_000)])],
@@ -168,7 +168,7 @@ def _slow_bodies_other_endpoints() -> dict[tuple[str, str], bytes]:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg"}}
     image["source"]["data"] = jpeg_data  # type: ignore[index]
     messages: dict[str, dict[str, Any]] = {
-        "tiny_messages": {"messages": [_user(str(i % 10)) for i in range(450_000)]},
+        "tiny_messages": {"messages": [_user(str(i % 10)) for i in range(240_000)]},
         "tiny_parts": {
             "messages": [_user([{"type": "text", "text": str(i % 10)} for i in range(240_000)])]
         },

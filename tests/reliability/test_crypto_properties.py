@@ -231,16 +231,20 @@ async def test_rotation_killed_half_way_resumes_and_gateways_keep_serving(
     await _all_open(db, KeyRing.parse(NEW_KEY), codes)
     assert fresh_fake.stats()["chat_requests"] >= 1
     # After rotation the old key can be dropped: the new key alone opens everything...
-    gone = subprocess.run(
+    # (The two processes only read the rows, so they run side by side.)
+    gone_run = asyncio.to_thread(
+        subprocess.run,
         [str(AIGW_BIN), "rotate-keys"],
         env=_cli_env(db, tmp_path, NEW_KEY),
         capture_output=True,
         text=True,
         timeout=60,
     )
+    gone, result = await asyncio.gather(
+        gone_run, asyncio.to_thread(_serve_once, db, tmp_path, ENCRYPTION_KEYS)
+    )
     assert gone.returncode == 0 and "0 left" in gone.stderr, gone.stderr
     # ...and the old key alone no longer does: start-up refuses it.
-    result = _serve_once(db, tmp_path, ENCRYPTION_KEYS)
     assert result.returncode != 0
     assert "AIGW_ENCRYPTION_KEYS cannot open stored key codes" in result.stdout + result.stderr
 
