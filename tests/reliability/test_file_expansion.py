@@ -1,7 +1,9 @@
 """A PDF whose reader extracts more characters than its streams hold bytes
 (issue 10, the bound's gaps): a ``ToUnicode`` CMap mapping one code to a long
-string, and a ``[/FlateDecode /FlateDecode]`` filter chain whose first level
-is still compressed. The independent check is the one of
+string, a font encoding whose ``/Differences`` give one code a long glyph name
+(a reader shows the name, or what the glyph list makes of it), and a
+``[/FlateDecode /FlateDecode]`` filter chain whose first level is still
+compressed. The independent check is the one of
 ``test_file_reuse.py``: pypdf's ``extract_text()``, tokenized with tiktoken's
 o200k, must never exceed the gateway's count."""
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import zlib
 from typing import Any
+
+import pytest
 
 from tests.pdfwriter import Stream, pages_pdf
 from tests.proxy.conftest import (  # noqa: F401
@@ -45,6 +49,30 @@ def mapped_by_to_unicode() -> bytes:
     return pages_pdf([b"5 0 R"], extra)
 
 
+# A glyph name no glyph list knows: pypdf shows it as "/" and the name. The
+# second spells /Differences with escapes, puts the array in its own object and
+# packs both in an object stream.
+LONG_NAME = b"thequickbrownfoxjumpsoverthelazydogandrunsawaynow"
+
+
+def glyph_named(name: bytes, *, indirect: bool) -> bytes:
+    if indirect:
+        encoding: dict[int, bytes | Stream] = {
+            7: b"<< /Type /Encoding /Diff#65rences 8 0 R >>",
+            8: b"[65 /" + name + b"]",
+        }
+        font = b"/Encoding 7 0 R"
+    else:
+        encoding = {}
+        font = b"/Encoding << /Type /Encoding /Differences [65 /" + name + b"] >>"
+    extra: dict[int, bytes | Stream] = {
+        3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica " + font + b" >>",
+        5: Stream(b"BT /F1 12 Tf 72 720 Td (" + b"A" * 20_000 + b") Tj ET"),
+        **encoding,
+    }
+    return pages_pdf([b"5 0 R"], extra, packed=(7, 8) if indirect else ())
+
+
 def flate_twice() -> bytes:
     text = ("The quick brown fox jumps over the lazy dog again. " * 10_000).encode()
     twice = zlib.compress(zlib.compress(b"BT /F1 12 Tf 72 720 Td (" + text + b") Tj ET", 9), 9)
@@ -64,6 +92,23 @@ async def test_a_to_unicode_cmap_cannot_extract_more_than_is_counted(app: Any) -
     text_tokens, pages = reader_tokens(data)
     # The reader expands each code: many more tokens than the file has bytes.
     assert text_tokens > 4 * len(data), (text_tokens, len(data))
+    counted = await _counted(app, data)
+    assert counted >= text_tokens + pages * PAGE_IMAGE_TOKENS, (counted, text_tokens)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        glyph_named(LONG_NAME, indirect=False),
+        glyph_named(LONG_NAME, indirect=True),
+        glyph_named(b"f_f_i_f_f_l_f_f_i", indirect=False),
+    ],
+    ids=["unknown_name", "unknown_name_packed_and_escaped", "ligature_name"],
+)
+async def test_a_glyph_name_cannot_extract_more_than_is_counted(app: Any, data: bytes) -> None:
+    text_tokens, pages = reader_tokens(data)
+    # The reader shows each "A" as the glyph's name (or its characters).
+    assert text_tokens > len(data), (text_tokens, len(data))
     counted = await _counted(app, data)
     assert counted >= text_tokens + pages * PAGE_IMAGE_TOKENS, (counted, text_tokens)
 

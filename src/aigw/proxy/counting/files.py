@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from aigw.proxy.counting.images import max_image_tokens
-from aigw.proxy.counting.pdf import NotBounded, expansion, repeated_bytes
+from aigw.proxy.counting.pdf import NotBounded, expansion, glyph_expansion, repeated_bytes
 
 __all__ = [
     "ANTHROPIC_MAX_IMAGE_TOKENS",
@@ -191,8 +191,10 @@ def _bound(raw: bytes, model: str, stop_above: int | None) -> FileBound:
     except (ValueError, IndexError, RecursionError):  # a shape the walk did not foresee
         return FileBound(None, "its structure cannot be read")
     pages = max(1, pages, draws.pages)
-    # A ToUnicode CMap can turn one drawn byte into several characters.
-    text = (len(raw) + total_out + draws.repeated) * expansion((raw, *inflated.values()))
+    # A ToUnicode CMap, or a glyph name in an encoding's /Differences, can turn
+    # one drawn byte into several characters.
+    widest = max(expansion((raw, *inflated.values())), glyph_expansion(draws.objects))
+    text = (len(raw) + total_out + draws.repeated) * widest
     return FileBound(min(text, _CAP) + pages * page_image)
 
 

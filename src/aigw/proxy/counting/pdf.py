@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Final
 
-__all__ = ["MAX_DEPTH", "NotBounded", "PdfDraws", "expansion", "repeated_bytes"]
+__all__ = ["MAX_DEPTH", "NotBounded", "PdfDraws", "expansion", "glyph_expansion", "repeated_bytes"]
 
 MAX_DEPTH: Final = 64
 _WS = rb"[\x00\t\n\x0c\r ]"
@@ -507,3 +507,74 @@ def _utf8_bytes(digits: bytes, ranged: bool) -> int:
     except (UnicodeDecodeError, ValueError):
         return units * 3
     return size + 3 if ranged else size
+
+
+# A name followed by an array or a reference: where ``/Differences`` may sit
+# (its name possibly spelled with ``#`` escapes, which a reader decodes).
+_NAMED_VALUE = re.compile(
+    rb"/("
+    + _REGULAR
+    + rb"+)"
+    + _WS
+    + rb"*(?:(\[)|(\d+)"
+    + _WS
+    + rb"+\d+"
+    + _WS
+    + rb"+R(?!"
+    + _REGULAR
+    + rb"))"
+)
+_ONE_UNI = re.compile(rb"uni[0-9A-F]{4}")
+_ONE_U = re.compile(rb"u[0-9A-F]{4,6}")
+
+
+def glyph_expansion(objects: dict[int, list[_Object]]) -> int:
+    """The most UTF-8 bytes one drawn byte can turn into through a font's
+    ``/Encoding /Differences`` array (1 when the file has none): a code there
+    names a glyph, and a reader without a ``ToUnicode`` map shows the glyph
+    name's characters. *objects* are every object of the file, packed ones
+    included (:attr:`PdfDraws.objects`); the array is read where the key
+    holds it, or from the object a reference names. Linear in the objects'
+    dictionaries (stream data is not read)."""
+    longest = 1
+    for versions in objects.values():
+        for obj in versions:
+            body = obj.body
+            if b"/" not in body:
+                continue
+            at = 0
+            while (match := _NAMED_VALUE.search(body, at)) is not None:
+                at = match.end()
+                if _name(match.group(1)) != b"Differences":
+                    continue
+                if match.group(2) is not None:  # the array itself, up to its end
+                    end = body.find(b"]", at)
+                    arrays = [body[at : len(body) if end < 0 else end]]
+                    at = len(body) if end < 0 else end + 1
+                else:
+                    arrays = [v.body for v in objects.get(int(match.group(3)), [])]
+                for array in arrays:
+                    for name in _NAME.findall(array):
+                        longest = max(longest, _glyph_bytes(_name(name)))
+    return longest
+
+
+@functools.lru_cache(maxsize=4096)
+def _glyph_bytes(name: bytes) -> int:
+    """The most UTF-8 bytes a reader shows for the glyph *name*: its characters
+    when the Adobe Glyph List names it, or one ``uniXXXX`` / ``uXXXX`` code
+    point; else whichever is longer of what the AGL's rules make of it
+    (``f_f_i`` is ``ffi``) and the name itself, as a reader that knows no such
+    glyph shows it (pypdf: ``/`` and the name)."""
+    from fontTools import agl
+
+    text = name.decode("latin-1")
+    known = agl.LEGACY_AGL2UV.get(text)
+    if known is not None:
+        return max(1, len("".join(map(chr, known)).encode("utf-8", "surrogatepass")))
+    if _ONE_UNI.fullmatch(name):
+        return 3
+    if _ONE_U.fullmatch(name):
+        return 4
+    as_agl = len(agl.toUnicode(text).encode("utf-8", "surrogatepass"))
+    return max(as_agl, len(text.encode("utf-8")) + 1)
