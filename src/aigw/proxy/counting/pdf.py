@@ -510,19 +510,25 @@ def _utf8_bytes(digits: bytes, ranged: bool) -> int:
 
 
 # A name followed by an array or a reference: where ``/Differences`` may sit
-# (its name possibly spelled with ``#`` escapes, which a reader decodes).
+# (its name possibly spelled with ``#`` escapes, which a reader decodes). The
+# name and the numbers are taken whole (possessive quantifiers): ``/a1111 5 X``
+# would otherwise be split at every digit and retried, quadratic in its length.
 _NAMED_VALUE = re.compile(
-    rb"/("
-    + _REGULAR
-    + rb"+)"
-    + _WS
-    + rb"*(?:(\[)|(\d+)"
-    + _WS
-    + rb"+\d+"
-    + _WS
-    + rb"+R(?!"
-    + _REGULAR
-    + rb"))"
+    b"".join(
+        (
+            rb"/(",
+            _REGULAR,
+            rb"++)",
+            _WS,
+            rb"*+(?:(\[)|(\d++)",
+            _WS,
+            rb"++\d++",
+            _WS,
+            rb"++R(?!",
+            _REGULAR,
+            rb"))",
+        )
+    )
 )
 _ONE_UNI = re.compile(rb"uni[0-9A-F]{4}")
 _ONE_U = re.compile(rb"u[0-9A-F]{4,6}")
@@ -534,9 +540,10 @@ def glyph_expansion(objects: dict[int, list[_Object]]) -> int:
     names a glyph, and a reader without a ``ToUnicode`` map shows the glyph
     name's characters. *objects* are every object of the file, packed ones
     included (:attr:`PdfDraws.objects`); the array is read where the key
-    holds it, or from the object a reference names. Linear in the objects'
-    dictionaries (stream data is not read)."""
+    holds it, or from the object a reference names (once, however many keys
+    name it). Linear in the objects' dictionaries (stream data is not read)."""
     longest = 1
+    read: set[int] = set()  # arrays by reference: each object read once
     for versions in objects.values():
         for obj in versions:
             body = obj.body
@@ -551,8 +558,11 @@ def glyph_expansion(objects: dict[int, list[_Object]]) -> int:
                     end = body.find(b"]", at)
                     arrays = [body[at : len(body) if end < 0 else end]]
                     at = len(body) if end < 0 else end + 1
+                elif (number := int(match.group(3))) not in read:
+                    read.add(number)
+                    arrays = [v.body for v in objects.get(number, [])]
                 else:
-                    arrays = [v.body for v in objects.get(int(match.group(3)), [])]
+                    continue
                 for array in arrays:
                     for name in _NAME.findall(array):
                         longest = max(longest, _glyph_bytes(_name(name)))
