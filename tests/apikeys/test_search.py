@@ -267,9 +267,18 @@ async def test_walks_read_only_the_index(client: httpx.AsyncClient, db: str) -> 
 async def test_fetches_use_the_term_index(db: str, term: str) -> None:
     """The fetch's condition is the indexed expression, or every fetch reads the table."""
     where = search._fetch_conditions(search.KeyConditions(q=term), term)
-    stmt = select(ApiKey.id).where(*where)
-    index = "ix_api_keys_alias_short_grams" if len(term) <= 2 else "ix_api_keys_lower_alias_trgm"
+    stmt = select(search._fetch_source(term).id).where(*where)
+    index = "ix_api_key_search_short_grams" if len(term) <= 2 else "ix_api_key_search_trgm"
     assert index in await _explain(db, stmt, "seqscan")
+
+
+async def test_fetches_without_a_term_use_the_keys_filter_indexes(db: str) -> None:
+    """A rare provider or model alone is fetched through ``api_keys``' own indexes
+    (``api_key_search`` has none on them: it would be read whole)."""
+    conditions = search.KeyConditions(provider_ids=[uuid.uuid4()], model_ids=[uuid.uuid4()])
+    stmt = select(search._fetch_source(None).id).where(*search._fetch_conditions(conditions, None))
+    plan = await _explain(db, stmt, "seqscan")
+    assert "ix_api_keys_provider_id" in plan or "ix_api_keys_model_id" in plan, plan
 
 
 async def _explain(db: str, stmt: Any, *disabled: str) -> str:
@@ -296,3 +305,87 @@ def test_plan_fetches_few_matches_and_walks_many() -> None:
     budget = search.plan(5_000, keys, limit)  # between: walk so far, then fetch
     assert budget is not None and 0 < budget < keys
     assert budget >= 2 * limit * keys // 5_000
+
+
+# Searches whose matches come from api_key_search: the fetch reads its term
+# indexes and sort keys, a q of three characters or more is counted there.
+TABLE_QUERIES: list[dict[str, str]] = [
+    {"q": "ml"},
+    {"q": "a", "status": "enabled"},
+    {"q": "ments-"},
+    {"q": "-0", "usage_limit": "use_anyway"},
+    {"q": "renamed"},
+    {"q": "ЖУК", "model": "gpt-4"},
+    {"q": "_x"},
+    {"status": "disabled", "provider": "second"},
+]
+
+
+async def _check_against(
+    client: httpx.AsyncClient, known: dict[str, dict[str, Any]], step: str
+) -> None:
+    """Every TABLE_QUERIES search, each sort, by cursor: the ids (so the order) and
+    the total equal a filter over *known*, the keys as the writes' own responses
+    left them."""
+    keys = list(known.values())
+    for params in TABLE_QUERIES:
+        for sort in SORTS:
+            want = _expected(keys, params, sort)
+            assert await _search(client, params, sort, limit=4) == want, (step, params, sort)
+
+
+async def test_the_search_table_follows_every_write(
+    client: httpx.AsyncClient, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``api_key_search`` (migration 0009) is what fetches and long-``q`` totals read:
+    after creates, updates, token rotations, deletes and plain SQL, every search
+    answers what a filter over the keys gives, the keys known from each write's
+    response (or a GET of the key), not from a search."""
+    monkeypatch.setattr(search, "plan", lambda matches, keys, limit: 0)  # always fetch
+    await _seed(client, 36)
+    known = {k["id"]: k for k in await _all_keys(client)}
+    assert len(known) == 36
+    await _check_against(client, known, "created")
+    rng = random.Random(9)
+    ids = sorted(known)
+    for key_id in rng.sample(ids, 10):
+        key = known[key_id]
+        change = rng.choice(
+            [
+                {"alias": key["alias"].upper() + "-Renamed"},
+                {"status": "enabled" if key["status"] == "disabled" else "disabled"},
+                {"usage_limit": "reject" if key["usage_limit"] == "use_anyway" else "use_anyway"},
+                {"input_limit": 7},  # no searched column changes but updated_at
+            ]
+        )
+        response = await client.patch(f"/apikeys/{key_id}", json=change)
+        assert response.status_code == 200, response.text
+        known[key_id] = response.json()
+    await _check_against(client, known, "updated")
+    for key_id in rng.sample(ids, 8):
+        response = await client.post(f"/apikeys/{key_id}/token")
+        assert response.status_code == 200, response.text
+        known[key_id] = {k: v for k, v in response.json().items() if k != "token"}
+    await _check_against(client, known, "rotated")
+    for key_id in rng.sample(ids, 6):
+        assert (await client.delete(f"/apikeys/{key_id}")).status_code == 204
+        del known[key_id]
+    await _check_against(client, known, "deleted")
+    # Plain SQL: many rows in one statement, and a swap of two aliases through a third.
+    await _sql(
+        db,
+        "UPDATE api_keys SET status = 'disabled', updated_at = now() WHERE alias_lower LIKE 'ml%'",
+        "UPDATE api_keys SET alias = 'swap-tmp' WHERE alias_lower = 'web-004'",
+        "UPDATE api_keys SET alias = 'web-004' WHERE alias_lower = 'web-012'",
+        "UPDATE api_keys SET alias = 'web-012' WHERE alias = 'swap-tmp'",
+    )
+    for key_id in known:
+        known[key_id] = (await client.get(f"/apikeys/{key_id}")).json()
+    await _check_against(client, known, "plain SQL")
+    # The table equals a recomputation from api_keys; TRUNCATE empties it.
+    table = "SELECT * FROM api_key_search ORDER BY id"
+    kept = await _sql(db, table)
+    rebuilt = await _sql(db, "SELECT aigw_rebuild_key_search()", table)
+    assert len(kept) == len(known) and [tuple(r) for r in kept] == [tuple(r) for r in rebuilt]
+    truncated = await _sql(db, "TRUNCATE api_keys CASCADE", "SELECT count(*) FROM api_key_search")
+    assert truncated[0][0] == 0
