@@ -48,6 +48,9 @@ QUERIES: list[dict[str, str]] = [
     {"q": "mlops-0", "model": "gpt-4"},
     {"q": "ЖУК-0"},
     {"q": "-071"},  # one key, by trigrams
+    {"q": "%-0"},  # LIKE wildcards in a long term: literal, so nothing
+    {"q": "0\\_x"},  # a backslash, literal too
+    {"q": "0_x"},  # literal underscore: the "_x" keys ending in 0, no others
     {"status": "disabled"},
     {"usage_limit": "use_anyway"},
     {"status": "disabled", "provider": "second"},

@@ -173,11 +173,16 @@ async def tally(session: AsyncSession, c: KeyConditions) -> Tally:
         matches = counted(literal(""), *_filters(counts, c))
     else:
         term = func.lower(literal(c.q, Text))
+        # The pattern as a subquery: evaluated once (an InitPlan), not again for
+        # every candidate the trigram index gives (~0.3 us each). No ESCAPE
+        # clause: it would wrap the pattern in like_escape() per candidate, and
+        # the backslash _like_lowered escapes with is LIKE's default escape.
+        pattern = select(_like_lowered(term)).scalar_subquery()
         scanned = (
             select(func.count())
             .select_from(api_key_search)
             .where(
-                SEARCH.alias_lower.like(_like_lowered(term), escape="\\"),
+                SEARCH.alias_lower.like(pattern),
                 *_filters(SEARCH, c),
             )
             .scalar_subquery()
