@@ -118,6 +118,12 @@ def queries(n: int) -> list[tuple[str, dict]]:
         ("q=a (1 char, 85% match)", {"q": "a"}),
         ("q=x, sort=-alias (1 char, 1 in 25)", {"q": "x", "sort": "-alias"}),
         ("status=enabled&usage_limit=reject", {"status": "enabled", "usage_limit": "reject"}),
+        # Terms pg_trgm takes no trigram of two letters or digits from: no
+        # trigram index can narrow them down (migration 0009, docs/search.md).
+        ("q=a-p (one-letter words, 1 in 125)", {"q": "a-p"}),
+        ("q=%%% (wildcards, none)", {"q": "%%%"}),
+        ("q=\\ x8 (backslashes, none)", {"q": "\\" * 8}),
+        ("q=%a_b\\c x10 (none)", {"q": "%a_b\\c" * 10}),
     ]
 
 
