@@ -121,6 +121,7 @@ def queries(n: int) -> list[tuple[str, dict]]:
         # Terms pg_trgm takes no trigram of two letters or digits from: no
         # trigram index can narrow them down (migration 0009, docs/search.md).
         ("q=a-p (one-letter words, 1 in 125)", {"q": "a-p"}),
+        ("q=t-0, sort=alias (1 in 4, 43% hold t-)", {"q": "t-0", "sort": "alias"}),
         ("q=%%% (wildcards, none)", {"q": "%%%"}),
         ("q=\\ x8 (backslashes, none)", {"q": "\\" * 8}),
         ("q=%a_b\\c x10 (none)", {"q": "%a_b\\c" * 10}),
