@@ -56,6 +56,8 @@ QUERIES: list[dict[str, str]] = [
     # No two letters or digits in a row: no trigram narrows these down.
     {"q": "s-0"},  # the keys holding "s-", or all of them (a scan)
     {"q": "P-0", "status": "enabled"},
+    {"q": "s-0", "provider": "second", "model": "gpt-4o-mini"},
+    {"q": "s-0_x"},  # its rarest gram "0_" is held by a key it does not match
     {"q": "c-d"},
     {"q": "R-Ж"},  # non-ASCII, upper case
     {"q": "%%%"},  # wildcards only, literal: nothing
