@@ -85,7 +85,8 @@ async def seed(target: Aigw, n: int) -> dict:
         # No change notifications for these rows: the gateway's key cache would try to
         # open 100k placeholder ciphertexts. Search reads the table, not the cache. Only
         # that trigger is off, and only in this transaction: the others (the search
-        # counters of migration 0007) see the rows as they would any insert.
+        # counters of migration 0007, the search table of 0009) see the rows as
+        # they would any insert.
         async with conn.transaction():
             await conn.execute("ALTER TABLE api_keys DISABLE TRIGGER api_keys_notify")
             await conn.copy_records_to_table("api_keys", records=records, columns=COLUMNS)
@@ -93,6 +94,8 @@ async def seed(target: Aigw, n: int) -> dict:
         # What autovacuum does to a table soon after a bulk insert (PostgreSQL 13+ vacuums
         # on inserts too): statistics, and the visibility map index-only counts rely on.
         await conn.execute("VACUUM ANALYZE api_keys")
+        if await conn.fetchval("SELECT to_regclass('api_key_search') IS NOT NULL"):
+            await conn.execute("VACUUM ANALYZE api_key_search")
         total = await conn.fetchval("SELECT count(*) FROM api_keys")
     finally:
         await conn.close()
@@ -103,6 +106,7 @@ def queries(n: int) -> list[tuple[str, dict]]:
     last = n - 1
     return [
         ("q=payments (1 in 20 match)", {"q": "payments"}),
+        ("q=payments, sort=alias (clustered)", {"q": "payments", "sort": "alias"}),
         ("q=payments-chat-prod (1 in 2,000)", {"q": "payments-chat-prod"}),
         (f"q=-{last:06d} (one match)", {"q": f"-{last:06d}"}),
         ("q=no-such-key (none)", {"q": "no-such-key"}),
@@ -114,6 +118,13 @@ def queries(n: int) -> list[tuple[str, dict]]:
         ("q=a (1 char, 85% match)", {"q": "a"}),
         ("q=x, sort=-alias (1 char, 1 in 25)", {"q": "x", "sort": "-alias"}),
         ("status=enabled&usage_limit=reject", {"status": "enabled", "usage_limit": "reject"}),
+        # Terms pg_trgm takes no trigram of two letters or digits from: no
+        # trigram index can narrow them down (migration 0009, docs/search.md).
+        ("q=a-p (one-letter words, 1 in 125)", {"q": "a-p"}),
+        ("q=t-0, sort=alias (1 in 4, 43% hold t-)", {"q": "t-0", "sort": "alias"}),
+        ("q=%%% (wildcards, none)", {"q": "%%%"}),
+        ("q=\\ x8 (backslashes, none)", {"q": "\\" * 8}),
+        ("q=%a_b\\c x10 (none)", {"q": "%a_b\\c" * 10}),
     ]
 
 
@@ -164,3 +175,55 @@ async def measure(target: Aigw, per_query: int, keys: int) -> dict:
         "p95_ms": percentile(everything, 95),
         "requests": len(everything),
     }
+
+
+def main() -> None:
+    """Standalone: ``python -m benchmarks.search [--keys N] [--per-query N]``.
+
+    One aigw on a fresh database of the PostgreSQL at ``BENCH_PG_URL`` (the
+    machine's by default), the keys seeded, each query timed; the database is
+    dropped at the end. The provider's upstream is never called.
+    """
+    import argparse
+    import asyncio
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks.procs import Procs, cpus
+    from benchmarks.targets import Env
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--per-query", type=int, default=50)
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aigw-search-bench-") as tmp:
+        procs = Procs(Path(tmp), set(cpus()))
+        env = Env(None, None, "http://127.0.0.1:9/v1", procs, Path(tmp))
+        target = Aigw()
+        try:
+            target.launch(env)
+            target.ready(env)
+            seeded = asyncio.run(seed(target, args.keys))
+            print(f"seeded {seeded['keys']:,} keys in {seeded['seconds']} s")
+            out = asyncio.run(measure(target, args.per_query, args.keys))
+            load = os.getloadavg()
+        finally:
+            procs.stop_all()
+            target.cleanup()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{'query':40} {'total':>7} {'p50':>7} {'p95':>7}  CPU ms: aigw + PostgreSQL")
+    for q in out["queries"]:
+        print(
+            f"{q['query']:40} {q['total']!s:>7} {q['p50_ms']:7.2f} {q['p95_ms']:7.2f}  "
+            f"{q['aigw_cpu_ms'] or 0:5.2f} + {q['db_cpu_ms'] or 0:5.2f}"
+        )
+    print(f"worst p95 {out['worst_p95_ms']:.2f} ms; all p95 {out['p95_ms']:.2f} ms")
+    if args.json:
+        out["seed"], out["load"] = seeded, load
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

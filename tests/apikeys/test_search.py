@@ -2,15 +2,17 @@
 
 Every way the search can find a page — a walk along the sort index (whole or
 bounded), a fetch of every match through the filters' indexes (the gram GIN
-index for one- and two-character ``q``, trigrams for longer ones), a bounded
-walk that falls short and fetches — must give exactly the rows, the order, the
-pages and the ``total`` that filtering all keys by hand gives, before and
-after ANALYZE (which changes the plans), and after keys change (the counters
-behind ``total`` follow every write).
+index for one- and two-character ``q``, trigrams for longer ones, the rarest
+gram or a scan for longer ones pg_trgm takes no trigram of two letters from),
+a bounded walk that falls short and fetches — must give exactly the rows, the
+order, the pages and the ``total`` that filtering all keys by hand gives,
+before and after ANALYZE (which changes the plans), and after keys change (the
+counters behind ``total`` follow every write).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Callable
@@ -20,7 +22,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Text, column, func, literal, select, table
 
 from aigw.apikeys import search
 from aigw.apikeys.models import ApiKey
@@ -48,6 +50,18 @@ QUERIES: list[dict[str, str]] = [
     {"q": "mlops-0", "model": "gpt-4"},
     {"q": "ЖУК-0"},
     {"q": "-071"},  # one key, by trigrams
+    {"q": "%-0"},  # LIKE wildcards in a long term: literal, so nothing
+    {"q": "0\\_x"},  # a backslash, literal too
+    {"q": "0_x"},  # literal underscore: the "_x" keys ending in 0, no others
+    # No two letters or digits in a row: no trigram narrows these down.
+    {"q": "s-0"},  # the keys holding "s-", or all of them (a scan)
+    {"q": "P-0", "status": "enabled"},
+    {"q": "s-0", "provider": "second", "model": "gpt-4o-mini"},
+    {"q": "s-0_x"},  # its rarest gram "0_" is held by a key it does not match
+    {"q": "c-d"},
+    {"q": "R-Ж"},  # non-ASCII, upper case
+    {"q": "%%%"},  # wildcards only, literal: nothing
+    {"q": "\\\\\\"},  # backslashes only: nothing
     {"status": "disabled"},
     {"usage_limit": "use_anyway"},
     {"status": "disabled", "provider": "second"},
@@ -57,11 +71,11 @@ QUERIES: list[dict[str, str]] = [
     {},
 ]
 # How page() finds the page: as planned, or forced down each path (all must agree).
-PLANS: dict[str, Callable[[int, int, int], int | None]] = {
+PLANS: dict[str, Callable[..., int | None]] = {
     "planned": search.plan,
-    "walk": lambda matches, keys, limit: None,
-    "fetch": lambda matches, keys, limit: 0,
-    "short-walk-then-fetch": lambda matches, keys, limit: 3,
+    "walk": lambda matches, keys, limit, fetch=None: None,
+    "fetch": lambda matches, keys, limit, fetch=None: 0,
+    "short-walk-then-fetch": lambda matches, keys, limit, fetch=None: 3,
 }
 
 
@@ -263,13 +277,151 @@ async def test_walks_read_only_the_index(client: httpx.AsyncClient, db: str) -> 
         assert f"Index Only Scan using {index}" in plan, plan
 
 
-@pytest.mark.parametrize("term", ["m", "ml", "äb", "abc"])
-async def test_fetches_use_the_term_index(db: str, term: str) -> None:
+@pytest.mark.parametrize(
+    ("term", "gram", "index"),
+    [
+        ("m", None, "ix_api_key_search_short_grams"),
+        ("ml", None, "ix_api_key_search_short_grams"),
+        ("äb", None, "ix_api_key_search_short_grams"),
+        ("abc", None, "ix_api_key_search_trgm"),
+        ("a-p", "a-", "ix_api_key_search_short_grams"),  # no trigram: its rarest gram
+        ("%%%", "%%", "ix_api_key_search_short_grams"),
+    ],
+)
+async def test_fetches_use_the_term_index(db: str, term: str, gram: str | None, index: str) -> None:
     """The fetch's condition is the indexed expression, or every fetch reads the table."""
-    where = search._fetch_conditions(search.KeyConditions(q=term), term)
-    stmt = select(ApiKey.id).where(*where)
-    index = "ix_api_keys_alias_short_grams" if len(term) <= 2 else "ix_api_keys_lower_alias_trgm"
-    assert index in await _explain(db, stmt, "seqscan")
+    found = search.Tally(term=term, matches=1, keys=100, gram=gram, candidates=1)
+    assert not found.scans
+    stmt = select(search._fetch_source(found).id).where(
+        *search._fetch_conditions(_conditions_of(found), found)
+    )
+    plan = await _explain(db, stmt, "seqscan")
+    assert index in plan, plan
+    if index != "ix_api_key_search_trgm":
+        assert "ix_api_key_search_trgm" not in plan, plan
+
+
+def _conditions_of(found: search.Tally) -> search.KeyConditions:
+    return search.KeyConditions(q=found.term)
+
+
+async def test_a_term_without_a_trigram_never_goes_through_the_trigram_index(db: str) -> None:
+    """A term pg_trgm takes no trigram of two letters or digits from is counted and
+    fetched through its rarest gram (or by a scan when that gram is common), never
+    through the trigram index, which would give it every key (all of them, each
+    rechecked, for a term with no trigram at all: ~130 ms at 100k keys); a term
+    with such a trigram is still counted through the trigram index."""
+    weak = ["%%%", "\\" * 8, "%a_b\\c" * 10, "a-p", "-1-", "ЖУК", "%_" * 32]
+    strong = ["payments", "50%", "-ab-", "%a_bc", "zz%"]
+    for q in weak + strong:
+        assert search.trigram_served(q) == (q in strong), q
+        plan = await _explain(db, search.tally_statement(search.KeyConditions(q=q)), "seqscan")
+        if q in strong:
+            assert "ix_api_key_search_trgm" in plan, (q, plan)
+        else:
+            assert "ix_api_key_search_trgm" not in plan, (q, plan)
+            assert "ix_api_key_search_short_grams" in plan, (q, plan)
+    # When the gram is common, the count and the fetch test every row instead.
+    common = search.Tally(term="a-p", matches=1, keys=100, gram="a-", candidates=90)
+    assert common.scans and common.fetch_cost() == 100 * search.SCAN_TO_WALK
+    stmt = select(search._fetch_source(common).id).where(
+        *search._fetch_conditions(_conditions_of(common), common)
+    )
+    plan = await _explain(db, stmt)
+    assert "Seq Scan on api_key_search" in plan and "Index" not in plan, plan
+
+
+@pytest.mark.parametrize("route", ["gram", "scan"])
+async def test_terms_without_a_trigram_match_by_gram_and_by_scan_alike(
+    client: httpx.AsyncClient, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways of finding a term with no trigram of two letters, forced, give
+    what filtering all keys gives: every page, order and total, fetched or walked."""
+    monkeypatch.setattr(search, "_scan_is_cheaper", lambda candidates, keys: route == "scan")
+    await _seed(client, 72)
+    keys = await _all_keys(client)
+    weak = [p for p in QUERIES if "q" in p and len(p["q"]) > 2]
+    weak = [p for p in weak if not search.trigram_served(p["q"])]
+    assert len(weak) >= 8
+    for how in ("planned", "fetch"):
+        monkeypatch.setattr(search, "plan", PLANS[how])
+        for params in weak:
+            for sort in SORTS:
+                want = _expected(keys, params, sort)
+                assert await _search(client, params, sort) == want, (route, how, params, sort)
+    assert {len(_expected(keys, p, "alias")) > 0 for p in weak} == {True, False}
+
+
+async def test_trigram_served_terms_yield_a_trigram(db: str) -> None:
+    """Where :func:`search.trigram_served` says the trigram index narrows a term
+    down, pg_trgm does take a trigram from the pattern the count builds (the
+    term lower-cased by PostgreSQL, escaped): else the index would give every
+    key. Seen on a table of one row without trigrams: through the index, a
+    pattern with a trigram finds no candidate, one without (a full index scan)
+    finds the row."""
+    rng = random.Random(15)
+    alphabet = ["a", "B", "7", "%", "_", "\\", "-", " ", "é", "Ж", "\u212a", "İ", "ß", "ǅ"]
+    terms = ["".join(rng.choices(alphabet, k=rng.randint(3, 9))) for _ in range(400)]
+    terms += ["%%%", "a-p", "0_x", "\\" * 8, "%a_b\\c", "ab%", "%ab", "-ab-", "zz-top"]
+    one_row = table("one_row", column("s", Text))
+    served = {True: 0, False: 0}
+    conn = await asyncpg.connect(db)
+    try:
+        async with conn.transaction():
+            await conn.execute("CREATE TEMP TABLE one_row (s text) ON COMMIT DROP")
+            await conn.execute("INSERT INTO one_row VALUES ('§')")
+            await conn.execute("CREATE INDEX ON one_row USING gin (s gin_trgm_ops)")
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            for term in terms:
+                pattern = search._like_lowered(func.lower(literal(term, Text)))
+                stmt = (
+                    select(func.count())
+                    .select_from(one_row)
+                    .where(one_row.c.s.like(select(pattern).scalar_subquery()))
+                )
+                sql, args = _compiled(stmt)
+                plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
+                candidates = _index_rows(json.loads(plan))
+                served[search.trigram_served(term)] += 1
+                if search.trigram_served(term):
+                    assert candidates == 0, term
+                elif not any(ch.isalnum() for ch in term):
+                    assert candidates == 1, term  # no trigram at all: a full index scan
+    finally:
+        await conn.close()
+    assert served[True] > 50 and served[False] > 50, served
+
+
+def _compiled(stmt: Any) -> tuple[str, list[Any]]:
+    """*stmt*'s SQL for asyncpg and its arguments (bound, not rendered: a literal
+    rendered by SQLAlchemy doubles its backslashes)."""
+    from sqlalchemy.dialects.postgresql import asyncpg as dialect
+
+    compiled = stmt.compile(dialect=dialect.dialect())
+    return str(compiled), [compiled.params[name] for name in compiled.positiontup or ()]
+
+
+def _index_rows(plan: Any) -> int:
+    """The rows the plan's (only) Bitmap Index Scan gave."""
+    nodes = [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if node["Node Type"] == "Bitmap Index Scan":
+            return int(node["Actual Rows"])
+        nodes += node.get("Plans", [])
+    raise AssertionError(f"no index scan in {plan}")
+
+
+async def test_fetches_without_a_term_use_the_keys_filter_indexes(db: str) -> None:
+    """A rare provider or model alone is fetched through ``api_keys``' own indexes
+    (``api_key_search`` has none on them: it would be read whole)."""
+    conditions = search.KeyConditions(provider_ids=[uuid.uuid4()], model_ids=[uuid.uuid4()])
+    nothing = search.Tally(term=None, matches=1, keys=100)
+    stmt = select(search._fetch_source(nothing).id).where(
+        *search._fetch_conditions(conditions, nothing)
+    )
+    plan = await _explain(db, stmt, "seqscan")
+    assert "ix_api_keys_provider_id" in plan or "ix_api_keys_model_id" in plan, plan
 
 
 async def _explain(db: str, stmt: Any, *disabled: str) -> str:
@@ -296,3 +448,87 @@ def test_plan_fetches_few_matches_and_walks_many() -> None:
     budget = search.plan(5_000, keys, limit)  # between: walk so far, then fetch
     assert budget is not None and 0 < budget < keys
     assert budget >= 2 * limit * keys // 5_000
+
+
+# Searches whose matches come from api_key_search: the fetch reads its term
+# indexes and sort keys, a q of three characters or more is counted there.
+TABLE_QUERIES: list[dict[str, str]] = [
+    {"q": "ml"},
+    {"q": "a", "status": "enabled"},
+    {"q": "ments-"},
+    {"q": "-0", "usage_limit": "use_anyway"},
+    {"q": "renamed"},
+    {"q": "ЖУК", "model": "gpt-4"},
+    {"q": "_x"},
+    {"status": "disabled", "provider": "second"},
+]
+
+
+async def _check_against(
+    client: httpx.AsyncClient, known: dict[str, dict[str, Any]], step: str
+) -> None:
+    """Every TABLE_QUERIES search, each sort, by cursor: the ids (so the order) and
+    the total equal a filter over *known*, the keys as the writes' own responses
+    left them."""
+    keys = list(known.values())
+    for params in TABLE_QUERIES:
+        for sort in SORTS:
+            want = _expected(keys, params, sort)
+            assert await _search(client, params, sort, limit=4) == want, (step, params, sort)
+
+
+async def test_the_search_table_follows_every_write(
+    client: httpx.AsyncClient, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``api_key_search`` (migration 0009) is what fetches and long-``q`` totals read:
+    after creates, updates, token rotations, deletes and plain SQL, every search
+    answers what a filter over the keys gives, the keys known from each write's
+    response (or a GET of the key), not from a search."""
+    monkeypatch.setattr(search, "plan", PLANS["fetch"])  # always fetch
+    await _seed(client, 36)
+    known = {k["id"]: k for k in await _all_keys(client)}
+    assert len(known) == 36
+    await _check_against(client, known, "created")
+    rng = random.Random(9)
+    ids = sorted(known)
+    for key_id in rng.sample(ids, 10):
+        key = known[key_id]
+        change = rng.choice(
+            [
+                {"alias": key["alias"].upper() + "-Renamed"},
+                {"status": "enabled" if key["status"] == "disabled" else "disabled"},
+                {"usage_limit": "reject" if key["usage_limit"] == "use_anyway" else "use_anyway"},
+                {"input_limit": 7},  # no searched column changes but updated_at
+            ]
+        )
+        response = await client.patch(f"/apikeys/{key_id}", json=change)
+        assert response.status_code == 200, response.text
+        known[key_id] = response.json()
+    await _check_against(client, known, "updated")
+    for key_id in rng.sample(ids, 8):
+        response = await client.post(f"/apikeys/{key_id}/token")
+        assert response.status_code == 200, response.text
+        known[key_id] = {k: v for k, v in response.json().items() if k != "token"}
+    await _check_against(client, known, "rotated")
+    for key_id in rng.sample(ids, 6):
+        assert (await client.delete(f"/apikeys/{key_id}")).status_code == 204
+        del known[key_id]
+    await _check_against(client, known, "deleted")
+    # Plain SQL: many rows in one statement, and a swap of two aliases through a third.
+    await _sql(
+        db,
+        "UPDATE api_keys SET status = 'disabled', updated_at = now() WHERE alias_lower LIKE 'ml%'",
+        "UPDATE api_keys SET alias = 'swap-tmp' WHERE alias_lower = 'web-004'",
+        "UPDATE api_keys SET alias = 'web-004' WHERE alias_lower = 'web-012'",
+        "UPDATE api_keys SET alias = 'web-012' WHERE alias = 'swap-tmp'",
+    )
+    for key_id in known:
+        known[key_id] = (await client.get(f"/apikeys/{key_id}")).json()
+    await _check_against(client, known, "plain SQL")
+    # The table equals a recomputation from api_keys; TRUNCATE empties it.
+    table = "SELECT * FROM api_key_search ORDER BY id"
+    kept = await _sql(db, table)
+    rebuilt = await _sql(db, "SELECT aigw_rebuild_key_search()", table)
+    assert len(kept) == len(known) and [tuple(r) for r in kept] == [tuple(r) for r in rebuilt]
+    truncated = await _sql(db, "TRUNCATE api_keys CASCADE", "SELECT count(*) FROM api_key_search")
+    assert truncated[0][0] == 0

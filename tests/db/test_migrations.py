@@ -1,6 +1,6 @@
 """Every migration goes down as well as up: on a database of its own, all the way
-to nothing and back to head, and 0008's downgrade gives the budget functions
-0005's bodies back."""
+to nothing and back to head; 0009's downgrade gives ``api_keys`` its term
+indexes back, and 0008's gives the budget functions 0005's bodies back."""
 
 from __future__ import annotations
 
@@ -39,6 +39,15 @@ async def _function_sources(url: str) -> dict[str, str]:
         await conn.close()
 
 
+async def _indexes(url: str, table: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = $1", table)
+        return {row["indexname"] for row in rows}
+    finally:
+        await conn.close()
+
+
 async def _tables(url: str) -> set[str]:
     conn = await asyncpg.connect(url)
     try:
@@ -63,6 +72,13 @@ def test_every_migration_goes_down_and_up_again(database_url: str) -> None:
         upgrade(url)
         at_head = asyncio.run(_function_sources(url))
         assert "Sorted here" in at_head["aigw_budget_settle"]  # 0008's lock order
+
+        term_indexes = {"ix_api_keys_lower_alias_trgm", "ix_api_keys_alias_short_grams"}
+        assert "api_key_search" in asyncio.run(_tables(url))
+        assert not term_indexes & asyncio.run(_indexes(url, "api_keys"))
+        command.downgrade(config, "0008")
+        assert "api_key_search" not in asyncio.run(_tables(url))
+        assert term_indexes <= asyncio.run(_indexes(url, "api_keys"))
 
         command.downgrade(config, "0007")
         before = asyncio.run(_function_sources(url))
