@@ -37,3 +37,19 @@ def test_the_gateway_loads_no_redis_client_without_a_redis_store() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_gateway_loads_no_migration_pdf_or_font_libraries() -> None:
+    # Issue 15, a guard: alembic runs in `aigw migrate`'s own process (~12 MB),
+    # fontTools loads with the first PDF whose fonts rename glyphs, and pypdf is
+    # only the tests' independent reader; none belongs in an idle worker.
+    import subprocess
+    import sys
+
+    heavy = ("alembic", "mako", "fontTools", "pypdf")
+    probe = (
+        "import sys, aigw.main; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

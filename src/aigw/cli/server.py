@@ -24,16 +24,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from aigw.config import (
-    ADMIN_TOKEN_FILE,
-    ENCRYPTION_KEYS_FILE,
-    Settings,
-    new_encryption_key_entry,
-    resolve_generated_secrets,
-)
-
 if TYPE_CHECKING:
     import uvicorn
+
+    from aigw.config import Settings
+
+# The settings (pydantic-settings, ~0.15 s of CPU to import) load inside the commands
+# that read them: `aigw --help` and the admin commands, which build this module's
+# commands too, never do.
 
 err = Console(stderr=True, soft_wrap=True)  # one message, one line, even when piped
 
@@ -73,6 +71,8 @@ def database(settings: Settings, meanwhile: Callable[[], object] | None = None) 
 
 def _load_settings() -> Settings:
     from pydantic import ValidationError
+
+    from aigw.config import Settings, resolve_generated_secrets
 
     try:
         return resolve_generated_secrets(Settings())
@@ -191,6 +191,8 @@ def _browsable(host: str) -> str:
 
 def _print_next_steps(host: str, port: int, settings: Settings) -> None:
     """What a new user does next: open the console with the admin token, use the CLI."""
+    from aigw.config import ADMIN_TOKEN_FILE
+
     base = f"http://{_browsable(host)}:{port}"
     if os.environ.get("AIGW_ADMIN_TOKEN"):
         where = "the value of AIGW_ADMIN_TOKEN"
@@ -287,6 +289,8 @@ def admin_token(
     """
     from pydantic import ValidationError
 
+    from aigw.config import ADMIN_TOKEN_FILE, Settings
+
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -322,6 +326,8 @@ def admin_token(
 
 def new_encryption_key() -> None:
     """Print a fresh kid:base64key entry for AIGW_ENCRYPTION_KEYS."""
+    from aigw.config import new_encryption_key_entry
+
     typer.echo(new_encryption_key_entry())
 
 
@@ -345,6 +351,7 @@ def rotate_keys(
         reencrypt_key_codes,
         reseal_idempotent_responses,
     )
+    from aigw.config import ENCRYPTION_KEYS_FILE, new_encryption_key_entry
     from aigw.crypto import KeyRing
     from aigw.db.engine import create_engine, create_sessionmaker
 
