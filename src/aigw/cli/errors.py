@@ -20,9 +20,10 @@ Problem documents (RFC 9457) keep their stable ``code``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
