@@ -343,8 +343,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # pytest-xdist (``--dist loadgroup``, see the Makefile) hands a group to one
         # worker: a module whose tests share a gateway or a fake upstream process
         # started once for the module stays on one worker, instead of each worker
-        # starting it for its share of the module (as they did: 51 gateway starts
-        # in the process tests where 44 serve). The fuzz has shards of its own.
+        # starting it for its share of the module (as the gateways of
+        # hostile_dates, hostile_input and counting_workers were). The fuzz has
+        # shards of its own, to be spread.
         if item.get_closest_marker("fuzz") is None and _shares_a_fixture_with_its_module(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
     # The long runs first: pytest-xdist hands out work in this order, one unit
