@@ -15,6 +15,9 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AIGW_BIN = Path(sys.executable).with_name("aigw")
+# Seconds each start_gateway() of this process took until the gateway answered:
+# what the next start will likely take on this machine, at its present load.
+START_SECONDS: list[float] = []
 
 
 def free_port() -> int:
@@ -167,6 +170,7 @@ def _wait_own_healthz(proc: subprocess.Popen[bytes], url: str, port: int, timeou
 
 def start_gateway(env: dict[str, str], log_path: Path, *, workers: int = 1) -> Gateway:
     full_env = {**os.environ, **env}
+    began = time.monotonic()
     for attempt in range(3):
         port = free_port()
         handle = log_path.open("ab")
@@ -199,6 +203,7 @@ def start_gateway(env: dict[str, str], log_path: Path, *, workers: int = 1) -> G
             raise RuntimeError(
                 f"gateway failed to start:\n{log_path.read_text(errors='replace')[-4000:]}"
             ) from None
+        START_SECONDS.append(time.monotonic() - began)
         return Gateway(
             url=url,
             admin_token=full_env["AIGW_ADMIN_TOKEN"],
