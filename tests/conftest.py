@@ -251,8 +251,15 @@ async def gateway_process(db: str, shared_gateway_process: Gateway) -> Gateway:
     every table, a change notice the key cache does not recognise makes it reload
     every key (none now; the notices of this test's changes come after it on the
     same channel), and ``logs()`` shows only what it writes during this test."""
-    gateway = shared_gateway_process
-    assert gateway.proc.poll() is None, f"the shared gateway exited:\n{gateway.logs()[-4000:]}"
+    return await reset_gateway(db, shared_gateway_process)
+
+
+async def reset_gateway(db: str, gateway: Gateway) -> Gateway:
+    """A gateway process started for several tests, as if started for this one (``db``
+    has emptied the tables): a change notice it does not recognise makes its key
+    cache reload every key (none now), and the view returned shows only the log
+    written from now on."""
+    assert gateway.proc.poll() is None, f"the gateway exited:\n{gateway.logs()[-4000:]}"
     conn = await asyncpg.connect(db)
     try:
         await conn.execute(f"SELECT pg_notify('{notify.CHANNEL}', 'reset')")

@@ -25,12 +25,12 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import reset_gateway
 from tests.fakes import FakeUpstream
 from tests.reliability.conftest import running_gateway, wait_usable
 from tests.reliability.faults import (
@@ -52,11 +52,13 @@ FIRST_BYTE, IDLE, TOTAL = 3.0, 1.0, 5.0
 MODEL = "gpt-4o-mini"
 
 
-@pytest.fixture
-def fault_gateway(db: str, tmp_path: Path) -> Iterator[Gateway]:
+@pytest.fixture(scope="module")
+def _fault_gateway(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     with running_gateway(
-        db,
-        tmp_path,
+        database_url,
+        tmp_path_factory.mktemp("faults"),
         AIGW_UPSTREAM_FIRST_BYTE_TIMEOUT=str(FIRST_BYTE),
         AIGW_UPSTREAM_IDLE_TIMEOUT=str(IDLE),
         AIGW_UPSTREAM_TOTAL_TIMEOUT=str(TOTAL),
@@ -64,6 +66,15 @@ def fault_gateway(db: str, tmp_path: Path) -> Iterator[Gateway]:
         AIGW_LOG_LEVEL="WARNING",
     ) as gateway:
         yield gateway
+
+
+@pytest.fixture
+async def fault_gateway(db: str, _fault_gateway: Gateway) -> Gateway:
+    """The module's gateway with the bounds above, as if started for this test (a
+    start is ~3 s of CPU; six of them were ~18 s of the slow runs' ~190 s): the
+    tables are empty (``db``), its key cache reloaded, its log read from here.
+    Each test waits for its own usage records, so none is left to the next."""
+    return await reset_gateway(db, _fault_gateway)
 
 
 def make_keys(gateway: Gateway, upstream_url: str, count: int) -> list[str]:
