@@ -67,7 +67,8 @@ browser:  ## make sure the browser tests' Chromium is there (/usr/bin/chromium, 
 		exit 1; \
 	fi
 
-# The suite on both cores (the contract fuzz among it, handed out first, see
+# The suite on both cores (the long runs handed out first, the contract fuzz
+# first of all; a module whose tests share a gateway kept on one worker: see
 # tests/conftest.py), then the load and fault runs marked `slow` one at a time:
 # they assert time bounds (a timeout fires within a second of its setting, a
 # drain ends within its grace), and run beside another worker on a busy 2-core
