@@ -19,7 +19,10 @@ RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 CHROMIUM ?= /usr/bin/chromium
 # pytest-xdist processes for the suite; each starts its own embedded PostgreSQL.
+# loadgroup: a module whose process tests share one gateway goes to one worker
+# (tests/conftest.py groups them), every other test to whichever worker is free.
 JOBS ?= 2
+XDIST := -n $(JOBS) --dist loadgroup
 # Cases per operation, generation mode and credential for `make fuzz`.
 FUZZ_EXAMPLES ?= 100
 
@@ -73,7 +76,8 @@ browser:  ## make sure the browser tests' Chromium is there (/usr/bin/chromium, 
 		exit 1; \
 	fi
 
-# The suite on both cores (the contract fuzz among it, handed out first, see
+# The suite on both cores (the long runs handed out first, the contract fuzz
+# first of all; a module whose tests share a gateway kept on one worker: see
 # tests/conftest.py), then the load and fault runs marked `slow` one at a time:
 # they assert time bounds (a timeout fires within a second of its setting, a
 # drain ends within its grace), and run beside another worker on a busy 2-core
@@ -81,7 +85,7 @@ browser:  ## make sure the browser tests' Chromium is there (/usr/bin/chromium, 
 # first (~15 s of CPU together; mypy's cache is empty on a fresh clone).
 test: $(DEV) browser  ## everything CI runs: lint, types, bandit, the whole suite (browser, fuzz and slow runs too)
 	$(MAKE) --no-print-directory -j3 lint typecheck bandit
-	AIGW_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -n $(JOBS) -m "not slow and not replicas" --durations=10
+	AIGW_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q $(XDIST) -m "not slow and not replicas" --durations=10
 	$(BIN)/pytest -q -m "slow and not replicas" --durations=5
 
 # The inner loop leaves out, besides the browser, the fuzz and the slow runs,
@@ -92,16 +96,16 @@ test: $(DEV) browser  ## everything CI runs: lint, types, bandit, the whole suit
 # through httpx, or served by uvicorn in the test's event loop). `make test`,
 # which CI runs, runs every test.
 test-fast: $(DEV)  ## the inner loop: the in-process tests only (no browser, fuzz, slow runs or real gateway processes; make test runs all)
-	$(BIN)/pytest -q -n $(JOBS) -m "not browser and not slow and not fuzz and not process and not replicas"
+	$(BIN)/pytest -q $(XDIST) -m "not browser and not slow and not fuzz and not process and not replicas"
 
 test-slow: $(DEV)  ## only the load and fault runs marked slow, one at a time (part of make test)
 	$(BIN)/pytest -q -m "slow and not replicas" --durations=5
 
 fuzz: $(DEV)  ## the contract fuzz with 100 cases per operation, mode and credential (make test runs 8; FUZZ_EXAMPLES=...)
-	AIGW_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s -n $(JOBS) tests/reliability/test_contract_fuzz.py
+	AIGW_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s $(XDIST) tests/reliability/test_contract_fuzz.py
 
 test-reliability: $(DEV)  ## only the reliability and security proofs (part of make test)
-	$(BIN)/pytest -q -n $(JOBS) tests/reliability
+	$(BIN)/pytest -q $(XDIST) tests/reliability
 
 lint: $(DEV)  ## ruff: lint and format check
 	$(BIN)/ruff check src tests benchmarks

@@ -178,16 +178,22 @@ async def anon(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-@pytest.fixture
-def gateway_env(db: str, tmp_path: Path) -> dict[str, str]:
+def process_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a gateway process on the test database (*extra* added)."""
     return {
-        "AIGW_DATABASE_URL": db,
-        "AIGW_DATA_DIR": str(tmp_path / "gw-data"),
+        "AIGW_DATABASE_URL": database_url,
+        "AIGW_DATA_DIR": str(data_dir),
         "AIGW_ADMIN_TOKEN": ADMIN_TOKEN,
         "AIGW_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
         "AIGW_TOKEN_PEPPER": TOKEN_PEPPER,
         "AIGW_LOG_LEVEL": "INFO",
+        **extra,
     }
+
+
+@pytest.fixture
+def gateway_env(db: str, tmp_path: Path) -> dict[str, str]:
+    return process_env(db, tmp_path / "gw-data")
 
 
 @pytest.fixture
@@ -230,16 +236,8 @@ def shared_gateway_process(
     twenty of them were a tenth of the suite's CPU. Tests take it through
     :func:`gateway_process`, which resets it."""
     root = tmp_path_factory.mktemp("shared-gateway")
-    env = {
-        "AIGW_DATABASE_URL": database_url,
-        "AIGW_DATA_DIR": str(root / "gw-data"),
-        "AIGW_ADMIN_TOKEN": ADMIN_TOKEN,
-        "AIGW_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
-        "AIGW_TOKEN_PEPPER": TOKEN_PEPPER,
-        "AIGW_LOG_LEVEL": "INFO",
-        # A test's usage rows are written before the next test empties the tables.
-        "AIGW_USAGE_FLUSH_INTERVAL": "0.05",
-    }
+    # A test's usage rows are written before the next test empties the tables.
+    env = process_env(database_url, root / "gw-data", AIGW_USAGE_FLUSH_INTERVAL="0.05")
     gateway = start_gateway(env, root / "gateway.log")
     try:
         yield gateway
@@ -253,8 +251,15 @@ async def gateway_process(db: str, shared_gateway_process: Gateway) -> Gateway:
     every table, a change notice the key cache does not recognise makes it reload
     every key (none now; the notices of this test's changes come after it on the
     same channel), and ``logs()`` shows only what it writes during this test."""
-    gateway = shared_gateway_process
-    assert gateway.proc.poll() is None, f"the shared gateway exited:\n{gateway.logs()[-4000:]}"
+    return await reset_gateway(db, shared_gateway_process)
+
+
+async def reset_gateway(db: str, gateway: Gateway) -> Gateway:
+    """A gateway process started for several tests, as if started for this one (``db``
+    has emptied the tables): a change notice it does not recognise makes its key
+    cache reload every key (none now), and the view returned shows only the log
+    written from now on."""
+    assert gateway.proc.poll() is None, f"the gateway exited:\n{gateway.logs()[-4000:]}"
     conn = await asyncpg.connect(db)
     try:
         await conn.execute(f"SELECT pg_notify('{notify.CHANNEL}', 'reset')")
@@ -297,22 +302,65 @@ PROCESS_FIXTURES = frozenset(
     {"start_gateway_process", "gateway_process", "shared_gateway_process", "module_gateway", "cli"}
 )
 PROCESS_NAMES = ("start_gateway", "AIGW_BIN", "subprocess", "stop_process")
+SHARED_SCOPES = frozenset({"module", "class", "package"})
+
+
+def _is_process_test(item: pytest.Item) -> bool:
+    module = vars(getattr(item, "module", None) or object())
+    return not PROCESS_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())) or any(
+        name in module for name in PROCESS_NAMES
+    )
+
+
+def _shares_a_fixture_with_its_module(item: pytest.Item) -> bool:
+    """Whether the test takes a module- (class-, package-) scoped fixture of the suite's
+    own: a gateway or fake upstream started once for the module's tests."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in info.names_closure:
+        definitions = info.name2fixturedefs.get(name)
+        if (
+            definitions
+            and definitions[-1].scope in SHARED_SCOPES
+            and definitions[-1].baseid.startswith("tests")
+        ):
+            return True
+    return False
+
+
+def _handed_out_first(item: pytest.Item) -> int:
+    """0 for the contract fuzz, 1 for the other process and browser tests, 2 for the
+    in-process tests handed out as a module, 3 for the rest (stable: each keeps its
+    order within its rank)."""
+    if item.get_closest_marker("fuzz") is not None:
+        return 0
+    if item.get_closest_marker("process") or item.get_closest_marker("browser"):
+        return 1
+    return 2 if item.get_closest_marker("xdist_group") else 3
 
 
 @pytest.hookimpl(tryfirst=True)  # before tests/reliability's hook puts its final check last
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The contract fuzz first (stable: everything else keeps its order):
-    # pytest-xdist hands out tests in this order, and a minute-long run started
-    # last would leave one worker busy while the other has nothing to do.
-    items.sort(key=lambda item: item.get_closest_marker("fuzz") is None)
-    # ``process``: the test starts a real ``aigw serve`` (or another subprocess),
-    # ~4 s of CPU each; ``make test-fast`` leaves these out (see the Makefile).
     for item in items:
-        module = vars(getattr(item, "module", None) or object())
-        if not PROCESS_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())) or any(
-            name in module for name in PROCESS_NAMES
-        ):
+        # ``process``: the test starts a real ``aigw serve`` (or another subprocess),
+        # ~2-4 s of CPU each; ``make test-fast`` leaves these out (see the Makefile).
+        if _is_process_test(item):
             item.add_marker(pytest.mark.process)
+        # pytest-xdist (``--dist loadgroup``, see the Makefile) hands a group to one
+        # worker: a module whose tests share a gateway or a fake upstream process
+        # started once for the module stays on one worker, instead of each worker
+        # starting it for its share of the module (as the gateways of
+        # hostile_dates, hostile_input and counting_workers were). The fuzz has
+        # shards of its own, to be spread.
+        if item.get_closest_marker("fuzz") is None and _shares_a_fixture_with_its_module(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    # The long runs first: pytest-xdist hands out work in this order, one unit
+    # (a test, or a module's group) to whichever worker is free, so the single
+    # short in-process tests at the end even out the two workers; a minute of
+    # fuzz started last would leave one worker busy while the other has nothing
+    # to do.
+    items.sort(key=_handed_out_first)
     # Tests marked ``timing`` compare durations (a hostile body against a benign
     # one, late chunks against early ones, a probe's latency under load). On a
     # shared 2-core machine another tenant can stretch one sample; a regression

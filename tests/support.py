@@ -15,6 +15,9 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AIGW_BIN = Path(sys.executable).with_name("aigw")
+# Seconds each start_gateway() of this process took until the gateway answered:
+# what the next start will likely take on this machine, at its present load.
+START_SECONDS: list[float] = []
 
 
 def free_port() -> int:
@@ -83,39 +86,129 @@ class Gateway:
         return stop_process(self.proc, grace)
 
 
+def _listening_inodes(port: int) -> set[str]:
+    """The inodes of the sockets listening on TCP *port* (IPv4 and IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # fields[1] is "address:port" in hex, fields[3] the state: 0A is LISTEN.
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _process_tree(pid: int) -> list[int]:
+    """*pid* and its children (uvicorn's workers, each with a socket of its own)."""
+    tree = [pid]
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                tree.append(int(entry.name))
+    return tree
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether *pid* (or one of its children) holds a socket listening on *port*.
+    Without /proc (not Linux) it cannot tell, and says yes."""
+    if not Path("/proc/net/tcp").exists():
+        return True
+    inodes = _listening_inodes(port)
+    for member in _process_tree(pid):
+        try:
+            fds = list(os.scandir(f"/proc/{member}/fd"))
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd.path)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return True
+    return False
+
+
+class PortTaken(RuntimeError):
+    """The free port went to another program before the gateway bound it."""
+
+
+def _wait_own_healthz(proc: subprocess.Popen[bytes], url: str, port: int, timeout: float) -> None:
+    """Wait until *proc* answers ``/healthz`` on *port* itself.
+
+    :func:`free_port` only finds a port that was free a moment ago: on a machine
+    running other suites, another server can take it first. Then something
+    else answers on it (once, a fake upstream's 404 passed for a gateway that
+    was exiting with "already in use"), so an answer counts only while the
+    socket is this process's.
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            if code == 2:  # `aigw serve` refuses a busy address with exit code 2
+                raise PortTaken(f"port {port} was taken before the gateway bound it")
+            raise RuntimeError(f"process exited with {code} before {url} answered")
+        try:
+            answered = httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError as exc:
+            answered, last = False, exc
+        if answered and listens_on(proc.pid, port):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
+
+
 def start_gateway(env: dict[str, str], log_path: Path, *, workers: int = 1) -> Gateway:
-    port = free_port()
     full_env = {**os.environ, **env}
-    handle = log_path.open("ab")
-    proc = subprocess.Popen(
-        [
-            str(AIGW_BIN),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
-        env=full_env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        cwd=REPO_ROOT,
-    )
-    handle.close()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/healthz", timeout=60.0, proc=proc)
-    except Exception:
-        stop_process(proc)
-        raise RuntimeError(
-            f"gateway failed to start:\n{log_path.read_text(errors='replace')[-4000:]}"
-        ) from None
-    return Gateway(
-        url=url,
-        admin_token=full_env["AIGW_ADMIN_TOKEN"],
-        proc=proc,
-        log_path=log_path,
-        env=full_env,
-    )
+    began = time.monotonic()
+    for attempt in range(3):
+        port = free_port()
+        handle = log_path.open("ab")
+        proc = subprocess.Popen(
+            [
+                str(AIGW_BIN),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            env=full_env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+        handle.close()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_own_healthz(proc, url, port, timeout=60.0)
+        except PortTaken:
+            if attempt < 2:
+                continue
+            raise
+        except Exception:
+            stop_process(proc)
+            raise RuntimeError(
+                f"gateway failed to start:\n{log_path.read_text(errors='replace')[-4000:]}"
+            ) from None
+        START_SECONDS.append(time.monotonic() - began)
+        return Gateway(
+            url=url,
+            admin_token=full_env["AIGW_ADMIN_TOKEN"],
+            proc=proc,
+            log_path=log_path,
+            env=full_env,
+        )
+    raise AssertionError("unreachable")

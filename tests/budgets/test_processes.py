@@ -20,7 +20,7 @@ import pytest
 from tests.budgets.conftest import MESSAGES, StoreView, billed_prompt, words_of
 from tests.fakes import FakeUpstream
 from tests.proxy.conftest import MODEL, create_key, create_provider, usage_rows
-from tests.support import Gateway
+from tests.support import START_SECONDS, Gateway
 
 
 async def _hammer(
@@ -67,6 +67,17 @@ async def _start_together(
     )
 
 
+async def _usable(gateways: list[Gateway], token: str, timeout: float = 10.0) -> None:
+    """Wait until every gateway's key cache has the key (NOTIFY: ~0.1 s), rather
+    than sleeping a second that a busy machine may still overrun."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+        for gateway in gateways:
+            while (await http.get(f"{gateway.url}/v1/models")).status_code != 200:
+                assert time.monotonic() < deadline, f"{gateway.url} never had the key"
+                await asyncio.sleep(0.02)
+
+
 @pytest.mark.slow
 async def test_three_processes_never_pass_the_budget(
     start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, store: StoreView
@@ -79,13 +90,18 @@ async def test_three_processes_never_pass_the_budget(
     with gateways[0].admin() as admin:
         await create_provider(admin, fake.url)
         key = await create_key(admin, budget_tokens=4000, budget_period="day")
-    await asyncio.sleep(1.0)  # every process's key cache has it (NOTIFY: ~0.1 s)
+    await _usable(gateways, key["token"])
 
     results = await _hammer([g.url for g in gateways], key["token"], 200)
     admitted = [r for r in results if r >= 0]
     spent = sum(billed_prompt() + words for words in admitted)
-    await asyncio.sleep(1.5)  # settlements are written in batches
-    [counter] = await store.counters(key["id"])
+    # Settlements are written in batches: wait for the last (up to 10 s).
+    deadline = time.monotonic() + 10
+    while True:
+        [counter] = await store.counters(key["id"])
+        if (counter["used"], counter["reserved"]) == (spent, 0) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     print(
         f"\n[{store.kind}] budget 4000: {len(admitted)} of 200 admitted, {spent} tokens received "
         f"({spent / 4000:.1%}), counter used={counter['used']} reserved={counter['reserved']}"
@@ -104,7 +120,7 @@ async def test_a_killed_process_gives_its_reservation_back(
         await create_provider(admin, fake.url)
         budget = billed_prompt() + 100
         key = await create_key(admin, budget_tokens=budget, budget_period="total")
-    await asyncio.sleep(1.0)
+    await _usable([doomed, survivor], key["token"])
 
     # A slow stream on the doomed process holds input + 100 (its max_tokens).
     fake.set_scenario(tokens=100, delay_per_chunk=1.0)
@@ -158,12 +174,14 @@ async def test_a_running_process_rolls_over_into_a_new_period(
     a time zone (AIGW_BUDGET_TIMEZONE) whose midnight falls a few seconds after the
     gateway is ready and the budget spent; the zone file is written here, so the
     boundary is known independently. The gateway reads the zone when it starts, so
-    the margin covers its start: where that took too long (a busy machine), the
-    gateway is started again in a new zone with a margin from the time it took,
-    rather than every run waiting the worst case."""
+    the margin covers its start, as long as the last starts of this worker took
+    (12 s before any): where it took longer (a busy machine), the gateway is
+    started again in a new zone with a margin from the time it took, rather than
+    every run waiting the worst case."""
     fake.reset()
     budget = billed_prompt() + 10
-    provider_made, margin = False, 12.0
+    provider_made = False
+    margin = 1.5 * max(START_SECONDS[-3:]) + 4 if START_SECONDS else 12.0
     for attempt in range(3):
         began = time.monotonic()
         midnight = (datetime.now(UTC) + timedelta(seconds=margin)).replace(microsecond=0)
@@ -181,7 +199,7 @@ async def test_a_running_process_rolls_over_into_a_new_period(
                 provider_made = True
             key = await create_key(admin, budget_tokens=budget, budget_period="day")
             read = admin.get(f"/apikeys/{key['id']}").json()
-        await asyncio.sleep(1.0)
+        await _usable([gateway], key["token"])
         fake.set_scenario(tokens=10)
         assert await _hammer([gateway.url], key["token"], 1) == [10]
         again = await _hammer([gateway.url], key["token"], 1)
@@ -225,7 +243,8 @@ async def test_cut_rates_and_use_anyway_through_a_served_process(
         cut = await create_key(admin, budget_tokens=prompt + 37, budget_period="day")
         rated = await create_key(admin, rpm_limit=2)
         lenient = await create_key(admin, budget_tokens=5, usage_limit="use_anyway")
-    await asyncio.sleep(1.0)
+    for key in (cut, rated, lenient):
+        await _usable([gateway], key["token"])
 
     def client(key: dict) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(

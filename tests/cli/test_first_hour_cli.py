@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -176,13 +177,23 @@ def test_server_commands_leave_the_admin_commands_unloaded(tmp_path: Path) -> No
     # `aigw serve` goes on to be the gateway's process: the admin commands' HTTP
     # client and tables would stay in its memory for nothing.
     env = _clean_env(AIGW_DATA_DIR=str(tmp_path))
-    out, loaded = _admin_modules_loaded("serve", "--help", env=env)
+    commands = (
+        ("serve", "--help"),
+        ("admin-token", "--help"),
+        ("--help",),
+        ("keys", "list", "--help"),
+    )
+    with ThreadPoolExecutor(len(commands)) as pool:  # four processes side by side
+        serve, admin_token, top, keys_list = pool.map(
+            lambda args: _admin_modules_loaded(*args, env=env), commands
+        )
+    out, loaded = serve
     assert "Migrate the database and serve the gateway" in out
     assert loaded == ""
-    out, loaded = _admin_modules_loaded("admin-token", "--help", env=env)
+    out, loaded = admin_token
     assert "Print the admin token" in out and loaded == ""
     # The whole command line is still there for the rest.
-    out, loaded = _admin_modules_loaded("--help", env=env)
+    out, loaded = top
     assert all(command in out for command in ("serve", "keys", "providers", "apply"))
-    out, loaded = _admin_modules_loaded("keys", "list", "--help", env=env)
+    out, loaded = keys_list
     assert "--json" in out and "aigw.cli.keys" in loaded

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
 from tests.conftest import key_body
@@ -76,9 +75,9 @@ def test_compose_file_runs_postgres_and_two_gateways_on_one_database() -> None:
         assert check.returncode == 0, check.stderr.decode()
 
 
-@pytest.mark.slow
 def test_serve_on_an_empty_data_folder_generates_secrets_and_keeps_data(tmp_path: Path) -> None:
-    """The one-command start: embedded PostgreSQL, generated secrets, data survives a restart."""
+    """The one-command start: embedded PostgreSQL, generated secrets, data survives a restart.
+    It times nothing, so it runs with the rest of the suite, not among the slow runs."""
     data_dir = tmp_path / "data"
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("AIGW_")}
     base = {**clean_env, "AIGW_DATA_DIR": str(data_dir)}

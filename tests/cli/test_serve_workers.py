@@ -1,22 +1,36 @@
 """``aigw serve --workers 2``: each worker listens on a socket of its own, so a
 burst of new connections spreads over both instead of landing on whichever
-worker woke first."""
+worker woke first. One such gateway serves the module's tests (a start of two
+workers is ~5 s of CPU)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support import Gateway
+from tests.conftest import process_env
+from tests.support import AIGW_BIN, Gateway, start_gateway
 
 CONNECTIONS = 64
+
+
+@pytest.fixture(scope="module")
+def two_workers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("two-workers")
+    gateway = start_gateway(
+        process_env(database_url, root / "data"), root / "gateway.log", workers=2
+    )
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 def _children(pid: int) -> list[int]:
@@ -68,10 +82,8 @@ async def _burst(port: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWr
 
 
 @pytest.mark.timeout(240)
-def test_each_worker_accepts_on_its_own_socket(
-    start_gateway_process: Callable[..., Gateway],
-) -> None:
-    gateway = start_gateway_process(workers=2)
+def test_each_worker_accepts_on_its_own_socket(two_workers: Gateway) -> None:
+    gateway = two_workers
     port = int(gateway.url.rsplit(":", 1)[1])
     # /healthz answers once the first worker is up; wait for both (a busy machine
     # takes a while to start a worker). 0A: LISTEN.
@@ -109,20 +121,14 @@ def _cmd(pid: int) -> str:
         return ""
 
 
-def test_a_second_gateway_on_the_port_still_refuses(
-    start_gateway_process: Callable[..., Gateway], gateway_env: dict[str, Any], tmp_path: Path
-) -> None:
+def test_a_second_gateway_on_the_port_still_refuses(two_workers: Gateway, tmp_path: Path) -> None:
     """SO_REUSEPORT would let another process join the port: the start-up check binds
     without it, so a second `aigw serve` on the same port exits instead."""
-    import subprocess
-
-    from tests.support import AIGW_BIN
-
-    gateway = start_gateway_process(workers=2)
+    gateway = two_workers
     port = gateway.url.rsplit(":", 1)[1]
     done = subprocess.run(
         [str(AIGW_BIN), "serve", "--host", "127.0.0.1", "--port", port, "--workers", "2"],
-        env={**os.environ, **gateway_env, "AIGW_DATA_DIR": str(tmp_path / "other")},
+        env={**gateway.env, "AIGW_DATA_DIR": str(tmp_path / "other")},
         capture_output=True,
         text=True,
         timeout=60,

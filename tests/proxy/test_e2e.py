@@ -1,6 +1,10 @@
 """End to end with real processes: ``aigw serve`` under uvicorn, the fake upstream
 (and xpyd-sim) as servers of their own, the official ``openai`` SDK (sync and
-async) as the client."""
+async) as the client.
+
+The tests that need a default gateway take the worker's shared one
+(``gateway_process``: reset for the test, usage written every 0.05 s); those that
+need their own settings, or stop it, start their own."""
 
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ from tests.proxy.conftest import MODEL, usage_rows
 from tests.support import Gateway
 
 MESSAGES = [{"role": "user", "content": "Tell me about foxes."}]
-FAST_USAGE = {"AIGW_USAGE_FLUSH_INTERVAL": "0.05"}
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +85,9 @@ def wait_usable(gateway: Gateway, token: str, timeout: float = 5.0) -> None:
 
 
 async def test_openai_sdk_sync_and_async_stream_and_not(
-    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, db: str, encoding: Any
+    gateway_process: Gateway, fake: FakeUpstream, db: str, encoding: Any
 ) -> None:
-    gateway = start_gateway_process(**FAST_USAGE)
+    gateway = gateway_process
     key = setup_key(gateway, fake.url, output_limit=12)
     wait_usable(gateway, key["token"])
     fake.set_scenario(tokens=40, ignore_max_tokens=True)
@@ -130,9 +133,9 @@ async def test_openai_sdk_sync_and_async_stream_and_not(
 
 
 async def test_client_disconnect_leaves_a_record_and_closes_the_upstream(
-    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream, db: str
+    gateway_process: Gateway, fake: FakeUpstream, db: str
 ) -> None:
-    gateway = start_gateway_process(**FAST_USAGE)
+    gateway = gateway_process
     key = setup_key(gateway, fake.url)
     wait_usable(gateway, key["token"])
     fake.set_scenario(tokens=400, delay_per_chunk=0.03)
@@ -168,9 +171,9 @@ async def test_client_disconnect_leaves_a_record_and_closes_the_upstream(
 
 
 async def test_a_change_through_one_process_reaches_another_within_a_second(
-    start_gateway_process: Callable[..., Gateway], fake: FakeUpstream
+    gateway_process: Gateway, start_gateway_process: Callable[..., Gateway], fake: FakeUpstream
 ) -> None:
-    first = start_gateway_process()
+    first = gateway_process  # the worker's shared gateway, and one of this test's own
     second = start_gateway_process()
     key = setup_key(first, fake.url)
     headers = {"Authorization": f"Bearer {key['token']}"}
@@ -209,10 +212,10 @@ async def test_a_change_through_one_process_reaches_another_within_a_second(
 
 
 async def test_xpyd_sim_as_a_second_upstream(
-    start_gateway_process: Callable[..., Gateway], db: str, encoding: Any
+    gateway_process: Gateway, db: str, encoding: Any
 ) -> None:
     with start_xpyd_sim(model=MODEL, require_key="sk-e2e-upstream-secret") as sim:
-        gateway = start_gateway_process(**FAST_USAGE)
+        gateway = gateway_process
         key = setup_key(gateway, sim.url, output_limit=6)
         wait_usable(gateway, key["token"])
         async with openai.AsyncOpenAI(

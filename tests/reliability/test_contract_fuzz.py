@@ -5,9 +5,12 @@ Cases are generated from a fixed seed (hypothesis ``derandomize``) with a bounde
 number per operation and mode, positive (schema-valid) and negative
 (schema-invalid), half of the path-parameter cases aimed at resources that exist.
 The budget is ``AIGW_FUZZ_EXAMPLES`` cases per operation, mode and credential:
-8 in ``make test`` (every operation in both modes under each credential, about
-a minute over both cores), 100 in ``make fuzz``. One test per credential, so
-pytest-xdist spreads them.
+8 in ``make test`` (every operation in both modes under each credential), 100 in
+``make fuzz``. Each case is generated once and sent with each credential in turn
+(the client token, none, then the admin token, whose writes may delete what the
+next case needs): with the seed fixed, a run per credential generated the same
+cases three times, and generating them is most of the fuzz's CPU. The
+operations are split in two shards, one test each, so pytest-xdist spreads them.
 Every response is checked for: no server error, a documented status code, a
 documented content type and headers, a body matching the documented schema, and
 schema-invalid input refused with a 4xx. The counts are printed and kept in
@@ -160,9 +163,12 @@ def _operations(schema: Any) -> list[Any]:
     return operations
 
 
+CREDENTIALS = ("client", "none", "admin")  # admin last: its writes change the resources
+SHARDS = 2
+
+
 def _fuzz(
     strategy: Any,
-    credential: str,
     label: str,
     base_url: str,
     resources: Resources,
@@ -180,27 +186,29 @@ def _fuzz(
     )
     @given(case=strategy)
     def run(case: Any) -> None:
-        token = {"admin": ADMIN_TOKEN, "client": resources.token, "none": None}[credential]
-        headers = {
+        generated = {
             name: value
             for name, value in (case.headers or {}).items()
             if name.lower() != "authorization"
         }
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        case.headers = headers
-        response = case.call(base_url=base_url, timeout=30)
-        cases[credential] += 1
-        statuses[(credential, label, response.status_code)] += 1
-        try:
-            case.validate_response(response, checks=CHECKS)
-        except (Exception, BaseExceptionGroup) as exc:  # collect every violation, keep going
-            message = "".join(traceback.format_exception_only(exc)).strip()
-            key = f"{credential} {label} -> {response.status_code}"
-            failures.setdefault(key, []).append(
-                f"{message[:600]}\n    curl: {case.as_curl_command()[:400]}"
-            )
-        if credential == "admin" and case.method in ("DELETE", "PATCH", "POST"):
+        for credential in CREDENTIALS:
+            token = {"admin": ADMIN_TOKEN, "client": resources.token, "none": None}[credential]
+            headers = dict(generated)
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            case.headers = headers
+            response = case.call(base_url=base_url, timeout=30)
+            cases[credential] += 1
+            statuses[(credential, label, response.status_code)] += 1
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except (Exception, BaseExceptionGroup) as exc:  # collect every violation, keep going
+                message = "".join(traceback.format_exception_only(exc)).strip()
+                key = f"{credential} {label} -> {response.status_code}"
+                failures.setdefault(key, []).append(
+                    f"{message[:600]}\n    curl: {case.as_curl_command()[:400]}"
+                )
+        if case.method in ("DELETE", "PATCH", "POST"):
             resources.ensure()
 
     # Unsatisfiable: no negative case exists for an operation without parameters.
@@ -209,20 +217,21 @@ def _fuzz(
 
 
 @pytest.mark.fuzz  # a minute of fuzzing: `make test` runs it, `make test-fast` does not
-@pytest.mark.parametrize("credential", ["admin", "client", "none"])
+@pytest.mark.parametrize("shard", range(SHARDS))
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    fuzzed_gateway: Gateway, fake: FakeUpstream, credential: str
+    fuzzed_gateway: Gateway, fake: FakeUpstream, shard: int
 ) -> None:
     raw_schema = httpx.get(f"{fuzzed_gateway.url}/openapi.json", timeout=10).json()
-    # The credential is ours to choose per run (below): schemathesis must not
+    # The credential is ours to choose per call (below): schemathesis must not
     # generate (or negate) Authorization headers from the security schemes.
     for operations in raw_schema["paths"].values():
         for operation in operations.values():
             operation.pop("security", None)
     schema = schemathesis.openapi.from_dict(raw_schema)
     resources = Resources(fuzzed_gateway, fake.url)
-    operations = _operations(schema)
-    assert len(operations) == sum(len(ops) for ops in raw_schema["paths"].values())
+    every_operation = _operations(schema)
+    assert len(every_operation) == sum(len(ops) for ops in raw_schema["paths"].values())
+    operations = every_operation[shard::SHARDS]
 
     cases: Counter[str] = Counter()
     statuses: Counter[tuple[str, str, int]] = Counter()
@@ -249,7 +258,6 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
                 strategies.append(strategies[0].map(_usable_chat))
             _fuzz(
                 st.one_of(strategies),
-                credential,
                 label,
                 fuzzed_gateway.url,
                 resources,
@@ -261,7 +269,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     elapsed = time.monotonic() - started
     print(
         f"\nschemathesis {schemathesis.__version__}: {sum(cases.values())} cases "
-        f"({dict(cases)}) over {len(operations)} operations in {elapsed:.1f} s"
+        f"({dict(cases)}) over {len(operations)} of {len(every_operation)} operations "
+        f"(shard {shard + 1} of {SHARDS}) in {elapsed:.1f} s"
     )
     by_status: dict[str, Counter[int]] = {}
     for (credential, _, status), count in statuses.items():
@@ -273,7 +282,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     for key, messages in sorted(failures.items()):
         print(f"\nFAIL {key} x{len(messages)}\n  {messages[0]}")
     assert not failures, f"{len(failures)} kinds of violation; see the output above"
-    # However small the budget, every operation was called.
-    called = {label for _, label, _ in statuses}
-    assert called == {f"{op.method.upper()} {op.path}" for op in operations}, called
+    # However small the budget, every operation of the shard (every operation over
+    # the shards) was called under each credential.
+    expected = {f"{op.method.upper()} {op.path}" for op in operations}
+    for credential in CREDENTIALS:
+        called = {label for who, label, _ in statuses if who == credential}
+        assert called == expected, (credential, expected - called)
     assert not any(status >= 500 for _, _, status in statuses)

@@ -7,12 +7,13 @@ download does not work in CI here, so the tests use ``/usr/bin/chromium`` (or
 to get it; without Playwright (the ``browser`` extra of pyproject.toml) they are
 not collected. Each test gets a real ``aigw serve`` process on a clean database
 (the worker's shared one, reset: ``gateway_process``) and a fresh browser
-context. Screenshots go to ``test-artifacts/ui/`` (and a failing test leaves one
+context in the worker's one Chromium. Screenshots go to ``test-artifacts/ui/`` (and a failing test leaves one
 there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -57,31 +58,57 @@ def chromium_executable() -> str:
     return str(CHROMIUM)
 
 
-@pytest.fixture
-def browser(
-    chromium_executable: str, start_gateway_process: Any, gateway_process: Gateway
-) -> Iterator[Any]:
-    """Chromium for one test.
-
-    Playwright's sync API marks its own event loop as running in this thread
-    between calls, and the suite's async fixtures (the database) need the
-    thread free. So Playwright lives inside each test: it starts after the
-    async fixtures are set up (hence the dependency on the gateway fixture)
-    and stops before they are torn down.
-    """
-    import asyncio
-
+@pytest.fixture(scope="session")
+def _chromium(chromium_executable: str) -> Iterator[tuple[Any, asyncio.AbstractEventLoop]]:
+    """One Chromium per pytest process (per xdist worker), and the event loop of
+    the Playwright driving it: a launch costs ~1 s of CPU (the driver, the
+    browser), and each test gets a fresh context anyway (see :func:`browser`)."""
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
+    manager = sync_playwright()
+    playwright = manager.start()
+    loop = asyncio._get_running_loop()
+    assert loop is not None
+    try:
         chromium = playwright.chromium.launch(
             executable_path=chromium_executable, args=LAUNCH_ARGS, headless=True
         )
+    except BaseException:
+        manager.__exit__()
+        asyncio._set_running_loop(None)
+        raise
+    asyncio._set_running_loop(None)
+    try:
+        yield chromium, loop
+    finally:
+        asyncio._set_running_loop(loop)
         try:
-            yield chromium
-        finally:
             chromium.close()
-    if asyncio._get_running_loop() is not None:
+        finally:
+            manager.__exit__()
+            asyncio._set_running_loop(None)
+
+
+@pytest.fixture
+def browser(
+    _chromium: tuple[Any, asyncio.AbstractEventLoop],
+    start_gateway_process: Any,
+    gateway_process: Gateway,
+) -> Iterator[Any]:
+    """The worker's Chromium, for one test (which makes its own contexts:
+    :func:`console_factory`).
+
+    Playwright's sync API marks its own event loop as running in this thread
+    between calls, and the suite's async fixtures (the database) need the
+    thread free. So the loop is marked running only inside each test: after the
+    async fixtures are set up (hence the dependency on the gateway fixtures) and
+    until before they are torn down.
+    """
+    chromium, loop = _chromium
+    asyncio._set_running_loop(loop)
+    try:
+        yield chromium
+    finally:
         asyncio._set_running_loop(None)
 
 
