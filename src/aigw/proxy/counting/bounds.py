@@ -8,7 +8,8 @@ each come with more JSON bytes than a third of their tokens; results of
 parallel calls re-escaped as ``\\uXXXX`` stay under three tokens per source
 byte), plus a constant, plus images, which cost more tokens than their bytes:
 at most :func:`~aigw.proxy.counting.images.max_image_tokens` each. A body with
-no ``\\u`` escape holds at most as many image parts as occurrences of
+no ``\\u00`` escape (none of an ASCII character, so no letter of ``image_url``
+spelled as one) holds at most as many image parts as occurrences of
 ``image_url``; otherwise every 20 bytes could be one (``{"type":"image_url"}``
 is 20 bytes).
 
@@ -41,9 +42,11 @@ def input_upper_bound(raw: bytes, model: str) -> int:
     if b'"file"' in raw:
         return NO_BOUND
     # Each scan of a large body costs ~0.1 ms per 100 KB on the event loop: the
-    # escape regex runs only when the body holds an escape at all.
-    escapes = b"\\u" in raw
+    # escape regex runs only when the body holds an escape at all. Only an escape
+    # of an ASCII character (\u00XX) can spell a letter of "file" or "image_url".
+    escapes = b"\\u00" in raw
     if escapes and _FILE_LETTER_ESCAPE.search(raw):
         return NO_BOUND
     images = len(raw) // _SMALLEST_IMAGE_PART if escapes else raw.count(b"image_url")
-    return _TOKENS_PER_BYTE * len(raw) + _CONSTANT + images * max_image_tokens(model)
+    bound = _TOKENS_PER_BYTE * len(raw) + _CONSTANT
+    return bound + images * max_image_tokens(model) if images else bound

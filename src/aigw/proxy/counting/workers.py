@@ -125,9 +125,13 @@ def inspect_chat_body(
     except AigwError as exc:
         return _refusal(exc)
     head: dict[str, Any] = {field: body[field] for field in HEAD_FIELDS if field in body}
-    options = body.get("stream_options")
-    if isinstance(options, Mapping):
-        head["stream_options"] = {"include_usage": bool(options.get("include_usage"))}
+    if "stream_options" in body:  # null too: admission then replaces the member
+        options = body["stream_options"]
+        head["stream_options"] = (
+            {"include_usage": bool(options.get("include_usage"))}
+            if isinstance(options, Mapping)
+            else None
+        )
     counted = _count(body, encoding, max_chars, stop_above)
     if counter is None:
         return Inspected(head, counted)
