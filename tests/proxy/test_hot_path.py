@@ -26,6 +26,8 @@ import pytest
 from aigw.proxy import body as body_module
 from aigw.proxy.admission import with_members
 from aigw.proxy.body import CHAT_NAMES, Names, ambiguous_names, names
+from aigw.proxy.counting.bounds import NO_BOUND, holds_quoted, input_upper_bound
+from aigw.proxy.counting.images import max_image_tokens
 from aigw.proxy.counting.offload import PLAIN_BODY_BYTES, few_values, may_hold_file
 from tests.proxy.conftest import MODEL, create_provider, ready_key, usage_rows
 
@@ -204,3 +206,23 @@ async def test_a_small_body_admitted_on_its_bound_is_counted_at_once(
     )
     assert response.status_code == 200, response.text
     assert response.headers["x-aigw-input-tokens"] == str(6 + 1 + 3 + 1 + 3)
+
+
+def test_a_long_prompt_is_searched_at_its_quotes() -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    text = {"type": "text", "text": PROSE + " image_url, not an image"}
+    raw = orjson.dumps({"messages": [{"role": "user", "content": [text, image, image, image]}]})
+    per_image = max_image_tokens(MODEL)
+    # Three parts of type "image_url", each spelling it twice with its quotes (its
+    # type and its key); the word in the text is no image (counted before: 7).
+    assert input_upper_bound(raw, MODEL) == 3 * len(raw) + 16 + 6 * per_image
+    for words in ((b'"file"',), (b'"file_data"', b'"document"'), (b'"image_url"',)):
+        assert holds_quoted(raw, words) == any(word in raw for word in words)
+    as_file = raw.replace(b'"text":', b'"file":', 1)
+    assert holds_quoted(as_file, (b'"file"',)) and input_upper_bound(as_file, MODEL) == NO_BOUND
+    # An escaped letter (not one of "file"'s: no bound at all) may spell anything:
+    # every 20 bytes could be an image.
+    escaped = raw.replace(b"not an image", b"not an ima\\u0067e")
+    assert (
+        input_upper_bound(escaped, MODEL) == 3 * len(escaped) + 16 + len(escaped) // 20 * per_image
+    )

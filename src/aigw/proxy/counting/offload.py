@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from aigw.errors import AigwError
+from aigw.proxy.counting.bounds import holds_quoted
 
 __all__ = ["CountingBusy", "CountingPool", "Refusal", "few_values", "may_hold_file"]
 
@@ -72,7 +73,10 @@ _ESCAPED_LETTER: Final = re.compile(rb"\\u00[4-7]")
 def may_hold_file(raw: bytes) -> bool:
     """Whether the body *raw* may hold a file whose counting cost is not linear
     in its size (``bytes`` scans in C, no parse; errs towards yes)."""
-    return b'"file_data"' in raw or b'"document"' in raw or _ESCAPED_LETTER.search(raw) is not None
+    return (
+        holds_quoted(raw, (b'"file_data"', b'"document"'))
+        or _ESCAPED_LETTER.search(raw) is not None
+    )
 
 
 #: A body up to this size whose structure is small (:func:`few_values`) is parsed
