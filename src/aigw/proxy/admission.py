@@ -32,6 +32,7 @@ from aigw.proxy.adapters.openai import OpenAIAdapter
 from aigw.proxy.body import (
     CHAT_NAMES,
     content_type_ok,
+    nested_deeper,
     off_loop,
     parse_unambiguous,
     read_body,
@@ -301,10 +302,14 @@ class Admission:
         body: dict[str, Any],
         edits: dict[str, Any],
         present: Set[str] = frozenset(),
+        deep: bool | None = None,
     ) -> bytes:
         if edits and isinstance(adapter, OpenAIAdapter) and present.isdisjoint(edits):
             # Every edit is a member the client did not send: the client's bytes
             # with the members added, whatever the body's size (no re-encoding).
+            # *deep*: found by a worker (None: *body* is the whole body).
+            if nested_deeper(body) if deep is None else deep:
+                raise InvalidRequest("The request body is nested too deeply")
             return with_members(raw, edits)
         if pool is not None and isinstance(adapter, OpenAIAdapter):
             # The client's bytes, or those bytes with the gateway's edits (in a worker).
@@ -449,7 +454,9 @@ class Admission:
             if not client_wants_usage:
                 body["stream_options"] = {**(options or {}), "include_usage": True}
                 edits["stream_options"] = {"include_usage": True}
-        upstream_body = await self._upstream_body(pool, adapter, raw, body, edits, present)
+        upstream_body = await self._upstream_body(
+            pool, adapter, raw, body, edits, present, inspected.deep if inspected else None
+        )
         exceeded = decision.exceeded_header()
         # Budgets and rates (aigw.budgets): checked and reserved last, once nothing
         # else can refuse the request; the pipeline settles the hold.

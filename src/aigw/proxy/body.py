@@ -280,6 +280,27 @@ def _members(body: Any) -> int:
     return count
 
 
+#: The deepest nesting a body forwarded with the gateway's edits may have: what
+#: orjson writes (it reads up to 1024 levels). Appending the edits to the
+#: client's bytes does not re-encode them, but such a body is refused as it was
+#: when it was re-encoded.
+MAX_EDITED_DEPTH = 254
+
+
+def nested_deeper(body: Any, levels: int = MAX_EDITED_DEPTH) -> bool:
+    """Whether *body* nests objects and arrays more than *levels* deep (the body
+    itself is the first level; no recursion)."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > levels:
+            return True
+        for item in value.values() if type(value) is dict else value:
+            if type(item) is dict or type(item) is list:
+                stack.append((item, depth + 1))
+    return False
+
+
 def _no_duplicates(raw: bytes, body: Any) -> bool:
     """Whether the valid JSON *raw*, parsed into *body* (orjson: the last of
     duplicate names wins), has no duplicate member name, without a second parse:

@@ -61,6 +61,8 @@ class Inspected:
     uncountable: str | None = None
     upstream: bytes | Refusal | None = None
     counter_body: bytes | str | None = None
+    #: Nested deeper than a body forwarded with edits may be (chat).
+    deep: bool = False
 
 
 _ENCODINGS: dict[str, tiktoken.Encoding] = {}
@@ -117,6 +119,7 @@ def inspect_chat_body(
     counter is asked with."""
     # Imported here: admission imports this module.
     from aigw.proxy.admission import MAX_OUTPUT_TOKENS, optional_int, parse_chat
+    from aigw.proxy.body import nested_deeper
 
     try:
         body = parse_chat(raw)
@@ -133,12 +136,13 @@ def inspect_chat_body(
             else None
         )
     counted = _count(body, encoding, max_chars, stop_above)
+    deep = nested_deeper(body)
     if counter is None:
-        return Inspected(head, counted)
+        return Inspected(head, counted, deep=deep)
     from aigw.proxy.upstream_count import counter_body
 
     kind, model = counter
-    return Inspected(head, counted, counter_body=counter_body(kind, model, body))
+    return Inspected(head, counted, counter_body=counter_body(kind, model, body), deep=deep)
 
 
 def count_chat_body(raw: bytes, encoding: str, max_chars: int) -> InputCount:
