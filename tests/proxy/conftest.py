@@ -124,6 +124,7 @@ class InLoopUpstream:
     url: str
     script: Script = field(default_factory=Script)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)  # the bodies as received
     headers: list[dict[str, str]] = field(default_factory=list)
     disconnects: int = 0
     open_streams: int = 0
@@ -145,6 +146,7 @@ def _chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> byte
 
 
 async def _handle(state: InLoopUpstream, request: web.Request) -> web.StreamResponse:
+    state.raw.append(await request.read())
     body = await request.json()
     state.requests.append(body)
     state.headers.append(dict(request.headers))

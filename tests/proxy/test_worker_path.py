@@ -111,11 +111,17 @@ async def gateway(
         assert pool.processes > 0 and pool.takes(b"{}") and not pool.started
         executor = await asyncio.to_thread(_warm_executor, _workers, pool.processes)
         pool._executor = executor
-        started.append((pool, executor, pool.submitted))
+        # The record's counts (bodies admitted on their size) go to the second pool
+        # after the answer; warm too, or a test waiting seconds for its usage rows
+        # waits for a cold worker's imports instead.
+        record_pool = gateway_app.state.proxy.admission.record_pool
+        record_pool._executor = executor
+        started.append((pool, executor, pool.submitted, record_pool))
         return gateway_app
 
     yield start
-    for pool, executor, warm in started:
+    for pool, executor, warm, record_pool in started:
         assert pool.submitted > warm, "no request body went to a worker"
-        if pool._executor is executor:
-            pool._executor = None  # the gateway's shutdown leaves the module's workers be
+        for each in (pool, record_pool):
+            if each._executor is executor:
+                each._executor = None  # the gateway's shutdown leaves the module's workers be

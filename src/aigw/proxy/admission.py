@@ -15,11 +15,13 @@ Reading the body and refusing ambiguous member names is :mod:`aigw.proxy.body`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
 from starlette.types import Receive
 
 from aigw.budgets.guard import Hold, Limiter
@@ -30,11 +32,14 @@ from aigw.proxy.adapters.openai import OpenAIAdapter
 from aigw.proxy.body import (
     CHAT_NAMES,
     content_type_ok,
+    nested_deeper,
     off_loop,
     parse_unambiguous,
     read_body,
 )
-from aigw.proxy.counting.offload import CountingPool
+from aigw.proxy.counting.collect import collect
+from aigw.proxy.counting.offload import CountingPool, few_values, may_hold_file
+from aigw.proxy.counting.prompt import count_collected
 from aigw.proxy.counting.workers import (
     Inspected,
     count_chat_body,
@@ -128,6 +133,25 @@ def _validate(body: dict[str, Any]) -> None:
     optional_int(body, "n", 1, 128)
 
 
+# Top-level members admission may set (the key's model, an output bound, the
+# usage option of a stream).
+_EDITABLE = frozenset({"model", "max_tokens", "max_completion_tokens", "stream_options"})
+_WHITESPACE = b" \t\r\n"
+
+
+def with_members(raw: bytes, members: Mapping[str, Any]) -> bytes:
+    """The checked JSON object *raw* (a chat body: never empty) with *members*
+    added after its last one, none of which it holds: the client's bytes plus
+    the new members, one copy, whatever the body's size."""
+    end = len(raw.rstrip(_WHITESPACE)) - 1
+    if end < 1 or raw[end] != 0x7D:  # "}"
+        raise ValueError("not a JSON object")
+    added = b",".join(
+        orjson.dumps(name) + b":" + orjson.dumps(value) for name, value in members.items()
+    )
+    return b"".join((memoryview(raw)[:end], b",", added, b"}"))
+
+
 def parse_chat(raw: bytes) -> dict[str, Any]:
     return parse_unambiguous(raw, CHAT_NAMES, _validate)
 
@@ -167,6 +191,22 @@ class Admitted:
     hold: Hold | None = None
     #: The exact input count still running (admitted on the size bound alone).
     pending_count: asyncio.Future[counting.InputCount] | None = None
+    #: The record's count of a large body admitted on its size bound, started
+    #: only once the exchange is over (:meth:`count_for_record`).
+    record_count: Callable[[], Awaitable[counting.InputCount]] | None = None
+
+    def count_for_record(self, entry: UsageEntry) -> asyncio.Future[counting.InputCount] | None:
+        """Start the count :attr:`record_count` stands for, after the answer:
+        handing a large body to a worker takes the loop's GIL for milliseconds
+        (its bytes are pickled and written by the pool's threads), which
+        delayed that answer's first byte (issue 15). The record waits for it;
+        the answer's headers never carry it."""
+        if self.record_count is None:
+            return None
+        pending = asyncio.ensure_future(self.record_count())
+        self.record_count = None
+        pending.add_done_callback(lambda done: _record_count(done, entry))
+        return pending
 
     async def settle_count(self, entry: UsageEntry) -> None:
         """Wait for a count still running and put it in *entry* and the
@@ -210,6 +250,20 @@ class Admission:
     # request's parsing never queues behind an earlier request's record count.
     record_pool: CountingPool | None = None
 
+    def _placement(self, raw: bytes) -> tuple[CountingPool | None, bool]:
+        """Where the body *raw* is parsed, checked and counted: in the workers
+        returned, or in this process (``None``); and whether it is a large body of
+        few values (:func:`~aigw.proxy.counting.offload.few_values`), parsed on
+        the loop at once (C work, ~1 ms per 500 KB: less than a worker's round
+        trip or a thread's hop) and counted in the tokenizer threads."""
+        pool = self.pool
+        if pool is None or not pool.takes(raw):
+            return None, False
+        large = len(raw) > max(pool.min_bytes, counting.INLINE_BODY_BYTES)
+        if large and not may_hold_file(raw) and few_values(raw):
+            return None, True
+        return pool, False
+
     async def _off_loop(self, raw: bytes, work: Callable[..., _T], *args: Any) -> _T:
         # Work that grows with the body (parsing, checking, re-serialising) runs
         # in the tokenizer threads for bodies past the inline size (issue 10).
@@ -247,7 +301,16 @@ class Admission:
         raw: bytes,
         body: dict[str, Any],
         edits: dict[str, Any],
+        present: Set[str] = frozenset(),
+        deep: bool | None = None,
     ) -> bytes:
+        if edits and isinstance(adapter, OpenAIAdapter) and present.isdisjoint(edits):
+            # Every edit is a member the client did not send: the client's bytes
+            # with the members added, whatever the body's size (no re-encoding).
+            # *deep*: found by a worker (None: *body* is the whole body).
+            if nested_deeper(body) if deep is None else deep:
+                raise InvalidRequest("The request body is nested too deeply")
+            return with_members(raw, edits)
         if pool is not None and isinstance(adapter, OpenAIAdapter):
             # The client's bytes, or those bytes with the gateway's edits (in a worker).
             return raw if not edits else await pool.run(encode_edited, raw, edits)
@@ -292,7 +355,7 @@ class Admission:
         # A large body (or one that may hold a file) is parsed, checked and counted
         # in a worker process; this process keeps only its small top-level fields
         # (``body``), the count, and the body the provider's counter is asked with.
-        pool = self.pool if self.pool is not None and self.pool.takes(raw) else None
+        pool, plain = self._placement(raw)
         inspected: Inspected | None = None
         if pool is not None:
             inspected = await pool.run(
@@ -304,9 +367,14 @@ class Admission:
                 (adapter.kind, key.model) if upstream_counts else None,
             )
             body = inspected.head
+        elif plain:
+            body = parse_chat(raw)
         else:
             body = await self._off_loop(raw, parse_chat, raw)
         edits: dict[str, Any] = {}
+        # What the gateway may edit that the client sent (even as null): such an
+        # edit replaces a member, any other adds one (_upstream_body).
+        present = _EDITABLE.intersection(body)
         model = body.get("model")
         if model is None:
             body["model"] = edits["model"] = key.model
@@ -321,14 +389,22 @@ class Admission:
         requested_max = max(given) if given else None
 
         encoding = await self.encoders.aget(key.encoding)
+        # The exact count of a body admitted on its size bound: at once for a body
+        # counted on the loop anyway (a task, a shield and a callback would cost
+        # more than the count), later for a larger one (``pending`` below).
+        known: counting.InputCount | None = None
         if deferred:
             counted = counting.InputCount(0)
+            if pool is None and len(raw) <= counting.INLINE_BODY_BYTES:
+                known = count_collected(collect(body), encoding, self.max_tokenize_chars)
+                entry.input_tokens = known.tokens
         else:
             if inspected is not None and inspected.count is not None:
                 counted = inspected.count
             else:
                 counted = await self._count(body, encoding, len(raw), refusal_limit(key.limits))
-            if self.upstream_counter is not None:
+            if upstream_counts:
+                assert self.upstream_counter is not None
                 prepared = inspected.counter_body if inspected is not None else None
                 counted = await self.upstream_counter.judge(
                     key, adapter, body, counted, entry, prepared=prepared
@@ -337,7 +413,7 @@ class Admission:
         decision = decide(key.limits, counted.tokens, requested_max, input_exact=counted.exact)
         if deferred and decision.rejection is not None:
             # Refused for its output bound: the record still gets the exact input.
-            counted = await self._count_raw(pool, raw, body, encoding, key)
+            counted = known or await self._count_raw(pool, raw, body, encoding, key)
             entry.input_tokens = counted.tokens
             deferred = False
         input_tokens = counted.tokens
@@ -378,7 +454,9 @@ class Admission:
             if not client_wants_usage:
                 body["stream_options"] = {**(options or {}), "include_usage": True}
                 edits["stream_options"] = {"include_usage": True}
-        upstream_body = await self._upstream_body(pool, adapter, raw, body, edits)
+        upstream_body = await self._upstream_body(
+            pool, adapter, raw, body, edits, present, inspected.deep if inspected else None
+        )
         exceeded = decision.exceeded_header()
         # Budgets and rates (aigw.budgets): checked and reserved last, once nothing
         # else can refuse the request; the pipeline settles the hold.
@@ -396,12 +474,23 @@ class Admission:
         if exceeded:
             response_headers.append((b"x-aigw-limit-exceeded", exceeded.encode()))
         pending: asyncio.Future[counting.InputCount] | None = None
-        if deferred:
-            recorder = self.record_pool if pool is not None and self.record_pool else pool
-            pending = asyncio.ensure_future(self._count_raw(recorder, raw, body, encoding, key))
-            pending.add_done_callback(lambda done: _record_count(done, entry))
+        record_count: Callable[[], Awaitable[counting.InputCount]] | None = None
+        if deferred and known is None:
+            # A large body's count for the record runs in a worker at a lower
+            # priority, also when this process parsed it (plain): in the tokenizer
+            # threads it took the CPU from the loop relaying the answers of the
+            # next bodies (a 100k-token prompt's time to first byte: 12 -> 44 ms).
+            large = pool is not None or plain
+            recorder = self.record_pool if large and self.record_pool else pool
+            count = functools.partial(self._count_raw, recorder, raw, body, encoding, key)
+            if recorder is not None:
+                record_count = count  # started after the answer (count_for_record)
+            else:
+                pending = asyncio.ensure_future(count())
+                pending.add_done_callback(lambda done: _record_count(done, entry))
         return Admitted(
             pending_count=pending,
+            record_count=record_count,
             body=body,
             upstream_body=upstream_body,
             stream=stream,

@@ -166,7 +166,12 @@ class Pipeline:
                 return
             record.hold, record.pending = admitted.hold, admitted.pending_count
             assert adapter is not None  # admission refuses a kind without one
-            await self.forward(key, adapter, admitted, entry, receive, downstream)
+            try:
+                await self.forward(key, adapter, admitted, entry, receive, downstream)
+            finally:
+                counting_now = admitted.count_for_record(entry)
+                if counting_now is not None:
+                    record.pending = counting_now
 
     async def forward(
         self,
@@ -197,7 +202,7 @@ class Pipeline:
             admitted.upstream_body,
             admitted.stream,
             admitted.response_headers,
-            settle_if_counted,
+            settle_if_counted if admitted.pending_count is not None else None,
         )
 
         def relay(clock: UpstreamClock) -> Relay:

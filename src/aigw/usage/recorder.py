@@ -38,7 +38,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aigw.usage.models import UsageRecord
-from aigw.usage.spool import Segment, Spool, decode_row, encode_row
+from aigw.usage.spool import Segment, Spool, decode_row, encode_row, encode_rows
 
 log = logging.getLogger("aigw.usage.recorder")
 
@@ -127,6 +127,8 @@ def _float(value: Any) -> float | None:
 
 def _text(value: Any, length: int) -> str:
     """*value* as PostgreSQL text of at most *length* characters: no NUL, valid UTF-8."""
+    if type(value) is str and len(value) <= length and value.isascii() and "\x00" not in value:
+        return value  # the usual case, eight times per record
     text = value if type(value) is str else str(value)
     if not text.isascii():
         text = text.encode("utf-8", "replace").decode("utf-8")
@@ -166,13 +168,19 @@ COLUMNS = (
 
 
 def _insert_sql() -> str:
-    """Column arrays in, one row per element out; ids made by the gateway make a
-    retried batch a no-op. Built from the constants above only."""
+    """A JSON array of rows in (each row an array in :data:`COLUMNS` order, as the
+    spool writes it), one row per element out; ids made by the gateway make a
+    retried batch a no-op. Built from the constants above only.
+
+    JSON rather than one typed array per column: the driver encoded ~26 array
+    elements per record in Python-visible steps (~10 us of the gateway's CPU
+    per record, issue 15); orjson writes the batch in ~1 us a record."""
     names = ", ".join(name for name, _ in COLUMNS)
-    arrays = ", ".join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(COLUMNS, start=1))
+    values = ", ".join(f"(r->>{n})::{kind}" for n, (_, kind) in enumerate(COLUMNS))
     table = UsageRecord.__tablename__
     return (
-        f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) ON CONFLICT (id) DO NOTHING"  # noqa: S608  # nosec B608
+        f"INSERT INTO {table} ({names}) SELECT {values} FROM json_array_elements($1::json) AS r"  # noqa: S608  # nosec B608
+        " ON CONFLICT (id) DO NOTHING"
     )
 
 
@@ -299,16 +307,13 @@ class UsageRecorder:
             await self._write_batch()
 
     async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        columns: list[list[Any]] = [[] for _ in COLUMNS]
-        for row in rows:
-            for column, value in zip(columns, row, strict=True):
-                column.append(value)
+        batch = encode_rows(rows)
         async with self._engine.connect() as connection:
             # One statement per batch, straight on the driver: the ORM's
             # executemany costs more CPU than the requests being recorded.
             raw = await connection.get_raw_connection()
             driver: Any = raw.driver_connection
-            await driver.execute(_INSERT, *columns)
+            await driver.execute(_INSERT, batch)
 
     async def _write_rows(self, rows: list[tuple[Any, ...]]) -> None:
         """Write *rows*; a batch refused for its data falls back to rows, and a row

@@ -74,6 +74,12 @@ def encode_row(row: tuple[Any, ...]) -> bytes:
     return orjson.dumps(row, default=str) + b"\n"
 
 
+def encode_rows(rows: list[tuple[Any, ...]]) -> str:
+    """*rows* as one JSON array of arrays, as :func:`encode_row` writes each (the
+    usage recorder's batch insert reads it)."""
+    return orjson.dumps(rows, default=str).decode()
+
+
 def decode_row(line: bytes, width: int) -> tuple[Any, ...]:
     """A row as the spool wrote it; ``ValueError`` for anything else (a torn line)."""
     values = orjson.loads(line)

@@ -56,6 +56,7 @@ is provably over it.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -196,23 +197,39 @@ _BUFFER_CHARS: Final = 1024
 _NO_SPECIAL: Final[set[str]] = set()
 
 
+# Short texts that recur in every request (roles, names) are counted once per
+# encoding: a dict lookup instead of a tokenizer call. Bounded: once it holds
+# this many texts, new ones are counted each time.
+_MEMO_CHARS: Final = 16
+_MEMO_SIZE: Final = 4096
+
+
+@functools.lru_cache(maxsize=8)
 def _counter(encoding: tiktoken.Encoding) -> Callable[[str], int]:
-    """``len(encoding.encode_ordinary(text))``, as a function of *text*.
+    """``len(encoding.encode_ordinary(text))``, as a function of *text* (one per
+    encoding, built once).
 
     Long texts go through the core's ``encode_to_tiktoken_buffer`` (what
     tiktoken's ``encode_to_numpy`` calls) with no special token allowed, which
     encodes exactly as ``encode_ordinary`` (special-token text is ordinary text;
     a test compares them); a text tiktoken cannot take as UTF-8 (a lone
     surrogate) gets ``encode_ordinary``'s own repair. A tiktoken without that
-    call counts the list.
+    call counts the list. Texts of at most 16 characters are remembered.
     """
     encode = encoding.encode_ordinary
     to_buffer = getattr(getattr(encoding, "_core_bpe", None), "encode_to_tiktoken_buffer", None)
-    if to_buffer is None:
-        return lambda text: len(encode(text))
+    memo: dict[str, int] = {}
 
     def count(text: str) -> int:
-        if len(text) < _BUFFER_CHARS:
+        size = len(text)
+        if size <= _MEMO_CHARS:
+            tokens = memo.get(text)
+            if tokens is None:
+                tokens = len(encode(text))
+                if len(memo) < _MEMO_SIZE:
+                    memo[text] = tokens
+            return tokens
+        if size < _BUFFER_CHARS or to_buffer is None:
             return len(encode(text))
         try:
             return memoryview(to_buffer(text, _NO_SPECIAL)).nbytes // 4

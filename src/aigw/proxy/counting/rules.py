@@ -12,6 +12,7 @@ current rules.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -80,6 +81,9 @@ _TABLE: Final[tuple[tuple[re.Pattern[str], CountingRules], ...]] = (
 )
 
 
+# Cached: five regex searches per request otherwise; model names are few (and
+# the cache is bounded for the ones a client makes up).
+@functools.lru_cache(maxsize=256)
 def rules_for_model(model: str) -> CountingRules:
     """The counting rules for *model* (the current ones when no row matches)."""
     name = model.rsplit("/", 1)[-1].lower()

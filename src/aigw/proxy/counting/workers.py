@@ -61,6 +61,8 @@ class Inspected:
     uncountable: str | None = None
     upstream: bytes | Refusal | None = None
     counter_body: bytes | str | None = None
+    #: Nested deeper than a body forwarded with edits may be (chat).
+    deep: bool = False
 
 
 _ENCODINGS: dict[str, tiktoken.Encoding] = {}
@@ -117,6 +119,7 @@ def inspect_chat_body(
     counter is asked with."""
     # Imported here: admission imports this module.
     from aigw.proxy.admission import MAX_OUTPUT_TOKENS, optional_int, parse_chat
+    from aigw.proxy.body import nested_deeper
 
     try:
         body = parse_chat(raw)
@@ -125,16 +128,21 @@ def inspect_chat_body(
     except AigwError as exc:
         return _refusal(exc)
     head: dict[str, Any] = {field: body[field] for field in HEAD_FIELDS if field in body}
-    options = body.get("stream_options")
-    if isinstance(options, Mapping):
-        head["stream_options"] = {"include_usage": bool(options.get("include_usage"))}
+    if "stream_options" in body:  # null too: admission then replaces the member
+        options = body["stream_options"]
+        head["stream_options"] = (
+            {"include_usage": bool(options.get("include_usage"))}
+            if isinstance(options, Mapping)
+            else None
+        )
     counted = _count(body, encoding, max_chars, stop_above)
+    deep = nested_deeper(body)
     if counter is None:
-        return Inspected(head, counted)
+        return Inspected(head, counted, deep=deep)
     from aigw.proxy.upstream_count import counter_body
 
     kind, model = counter
-    return Inspected(head, counted, counter_body=counter_body(kind, model, body))
+    return Inspected(head, counted, counter_body=counter_body(kind, model, body), deep=deep)
 
 
 def count_chat_body(raw: bytes, encoding: str, max_chars: int) -> InputCount:
