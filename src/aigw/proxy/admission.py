@@ -32,6 +32,7 @@ from aigw.proxy.adapters.openai import OpenAIAdapter
 from aigw.proxy.body import (
     CHAT_NAMES,
     content_type_ok,
+    could_nest_deeper,
     nested_deeper,
     off_loop,
     parse_unambiguous,
@@ -308,7 +309,7 @@ class Admission:
             # Every edit is a member the client did not send: the client's bytes
             # with the members added, whatever the body's size (no re-encoding).
             # *deep*: found by a worker (None: *body* is the whole body).
-            if nested_deeper(body) if deep is None else deep:
+            if deep or (deep is None and could_nest_deeper(raw) and nested_deeper(body)):
                 raise InvalidRequest("The request body is nested too deeply")
             return with_members(raw, edits)
         if pool is not None and isinstance(adapter, OpenAIAdapter):

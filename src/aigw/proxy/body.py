@@ -287,6 +287,12 @@ def _members(body: Any) -> int:
 MAX_EDITED_DEPTH = 254
 
 
+def could_nest_deeper(raw: bytes, levels: int = MAX_EDITED_DEPTH) -> bool:
+    """Whether the JSON *raw* has more brackets and braces than *levels*: if
+    not, it cannot nest deeper (two scans in C, against a walk in Python)."""
+    return raw.count(b"[") + raw.count(b"{") > levels
+
+
 def nested_deeper(body: Any, levels: int = MAX_EDITED_DEPTH) -> bool:
     """Whether *body* nests objects and arrays more than *levels* deep (the body
     itself is the first level; no recursion)."""

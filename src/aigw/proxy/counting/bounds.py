@@ -68,10 +68,11 @@ def holds_quoted(raw: bytes, words: tuple[bytes, ...]) -> bool:
     """Whether one of *words* (each starting with a quote) occurs in *raw*:
     ``any(word in raw for word in words)``, found at *raw*'s quotes when a large
     body has few of them."""
-    found = _quoted_count(raw, words, stop=True)
-    if found is not None:
-        return found > 0
-    return any(word in raw for word in words)
+    if len(raw) > _QUOTE_WALK_BYTES:
+        found = _quoted_count(raw, words, stop=True)
+        if found is not None:
+            return found > 0
+    return any(map(raw.__contains__, words))
 
 
 def input_upper_bound(raw: bytes, model: str) -> int:
@@ -89,7 +90,9 @@ def input_upper_bound(raw: bytes, model: str) -> int:
     else:
         # Without escapes an image part spells "image_url" with its quotes (its
         # type, or its key): counted at the quotes of a long prompt.
-        quoted = _quoted_count(raw, (b'"image_url"',), stop=False)
+        quoted = None
+        if len(raw) > _QUOTE_WALK_BYTES:
+            quoted = _quoted_count(raw, (b'"image_url"',), stop=False)
         images = raw.count(b"image_url") if quoted is None else quoted
     bound = _TOKENS_PER_BYTE * len(raw) + _CONSTANT
     return bound + images * max_image_tokens(model) if images else bound

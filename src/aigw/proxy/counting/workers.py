@@ -119,7 +119,7 @@ def inspect_chat_body(
     counter is asked with."""
     # Imported here: admission imports this module.
     from aigw.proxy.admission import MAX_OUTPUT_TOKENS, optional_int, parse_chat
-    from aigw.proxy.body import nested_deeper
+    from aigw.proxy.body import could_nest_deeper, nested_deeper
 
     try:
         body = parse_chat(raw)
@@ -136,7 +136,7 @@ def inspect_chat_body(
             else None
         )
     counted = _count(body, encoding, max_chars, stop_above)
-    deep = nested_deeper(body)
+    deep = could_nest_deeper(raw) and nested_deeper(body)
     if counter is None:
         return Inspected(head, counted, deep=deep)
     from aigw.proxy.upstream_count import counter_body
