@@ -4,25 +4,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import openai
 
 from tests.fakes.billing import load_encoding
 from tests.fakes.responses import start_fake_responses, words
 from tests.proxy.conftest import MODEL, usage_rows
-from tests.proxy.test_e2e import FAST_USAGE, setup_key, wait_usable
+from tests.proxy.test_e2e import setup_key, wait_usable
 from tests.support import Gateway
 
 L = 12
 
 
-async def test_sdk_calls_through_aigw_serve(
-    start_gateway_process: Callable[..., Gateway], db: str
-) -> None:
+async def test_sdk_calls_through_aigw_serve(gateway_process: Gateway, db: str) -> None:
     fake, runner = await start_fake_responses()
     try:
-        gateway = start_gateway_process(**FAST_USAGE)
+        gateway = gateway_process  # the worker's shared gateway: usage written every 0.05 s
         key = setup_key(gateway, fake.url, output_limit=L)
         wait_usable(gateway, key["token"])
         encoding = load_encoding("o200k_base")
