@@ -56,6 +56,11 @@ def release_free_memory() -> None:
     trim(0)
 
 
+# Set once this process has frozen its startup heap. Not ``gc.get_freeze_count()``:
+# CPython counts the frozen objects one by one, and in a test process that builds
+# an app per test each call walked the whole heap (~40 ms of CPU per app).
+_startup_heap_frozen = False
+
 # Net container allocations between two collections of the youngest generation.
 GC_YOUNG_THRESHOLD = 20_000
 
@@ -86,7 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # frozen, the cyclic collector stops rescanning it; a full collection of it
             # cost ~0.1 s of CPU every few thousand requests (issue 15). Once per
             # process: a later app in the same process (tests) leaves the heap alone.
-            if not gc.get_freeze_count():
+            global _startup_heap_frozen
+            if not _startup_heap_frozen:
+                _startup_heap_frozen = True
                 gc.collect()
                 gc.freeze()
                 # A request allocates many containers (dicts, coroutines, futures), nearly
