@@ -301,7 +301,7 @@ def key_body(**overrides: Any) -> dict[str, Any]:
 PROCESS_FIXTURES = frozenset(
     {"start_gateway_process", "gateway_process", "shared_gateway_process", "module_gateway", "cli"}
 )
-PROCESS_NAMES = ("start_gateway", "AIGW_BIN", "subprocess", "stop_process")
+PROCESS_NAMES = ("start_gateway", "running_gateway", "AIGW_BIN", "subprocess", "stop_process")
 SHARED_SCOPES = frozenset({"module", "class", "package"})
 
 

@@ -15,7 +15,14 @@ import pytest
 from tests.fakes.anthropic import INPUT_TOKENS, FakeAnthropic
 from tests.fakes.billing import load_encoding
 from tests.fakes.wire import serve_in_loop, words
-from tests.proxy.conftest import MODEL, InLoopUpstream, create_provider, ready_key, usage_rows
+from tests.proxy.conftest import (
+    MODEL,
+    InLoopUpstream,
+    client_tls,
+    create_provider,
+    ready_key,
+    usage_rows,
+)
 
 CLAUDE = "claude-sonnet-4-5"
 L = 5
@@ -65,7 +72,16 @@ async def target(
 
 
 def client(app: Any, token: str, **kwargs: Any) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=app.url, api_key=token, max_retries=0, **kwargs)
+    return anthropic.AsyncAnthropic(
+        base_url=app.url, api_key=token, max_retries=0, http_client=http_client(), **kwargs
+    )
+
+
+def http_client() -> Any:
+    """The SDK's own default HTTP client, on this process's one TLS context."""
+    from anthropic._base_client import AsyncHttpxClientWrapper
+
+    return AsyncHttpxClientWrapper(verify=client_tls())
 
 
 def prompt_tokens(model: str) -> int:
@@ -284,7 +300,9 @@ async def test_auth_and_errors(target: tuple[Any, Target], db: str) -> None:
     t.script(output_tokens=2)
     key = await ready_key(app, provider="p", model=t.model)
     # Authorization: Bearer (the SDK's auth_token) works as well as x-api-key.
-    bearer = anthropic.AsyncAnthropic(base_url=app.url, auth_token=key["token"], max_retries=0)
+    bearer = anthropic.AsyncAnthropic(
+        base_url=app.url, auth_token=key["token"], max_retries=0, http_client=http_client()
+    )
     message = await bearer.messages.create(model=t.model, max_tokens=5, messages=PROMPT)
     assert message.stop_reason == "end_turn"
     with pytest.raises(anthropic.AuthenticationError) as denied:
@@ -296,7 +314,7 @@ async def test_auth_and_errors(target: tuple[Any, Target], db: str) -> None:
     with pytest.raises(anthropic.BadRequestError) as wrong_model:
         await sdk.messages.create(model="other", max_tokens=5, messages=PROMPT)
     assert wrong_model.value.body["error"]["code"] == "model_not_allowed"  # type: ignore[index]
-    async with httpx.AsyncClient(base_url=app.url) as http:
+    async with httpx.AsyncClient(base_url=app.url, verify=client_tls()) as http:
         headers = {"x-api-key": key["token"]}
         missing = await http.post(
             "/v1/messages", json={"model": t.model, "messages": PROMPT}, headers=headers

@@ -19,7 +19,14 @@ import pytest
 import uvicorn
 
 from aigw.proxy.counting import load_encoding
-from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk, usage_rows
+from tests.proxy.conftest import (
+    MODEL,
+    create_provider,
+    openai_http_client,
+    ready_key,
+    sdk,
+    usage_rows,
+)
 from tests.proxy.counting.published import COOKBOOK_MESSAGES, COOKBOOK_MESSAGES_PROMPT_TOKENS
 
 MESSAGES = COOKBOOK_MESSAGES
@@ -49,7 +56,12 @@ async def served(app: Any) -> AsyncIterator[Callable[[str], openai.AsyncOpenAI]]
 
     def client(token: str) -> openai.AsyncOpenAI:
         clients.append(
-            openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0)
+            openai.AsyncOpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1",
+                api_key=token,
+                max_retries=0,
+                http_client=openai_http_client(),
+            )
         )
         return clients[-1]
 

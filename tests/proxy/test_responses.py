@@ -21,7 +21,7 @@ import tiktoken
 
 from tests.fakes.billing import load_encoding
 from tests.fakes.responses import FakeResponses, start_fake_responses, words
-from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk, usage_rows
+from tests.proxy.conftest import MODEL, client_tls, create_provider, ready_key, sdk, usage_rows
 
 L = 20
 
@@ -101,7 +101,7 @@ async def test_create_whole_stream_and_stream_helper(
 
 async def test_model_is_filled_in_and_other_models_refused(app: Any, fake: FakeResponses) -> None:
     key = await ready_key(app)
-    async with httpx.AsyncClient(base_url=app.url) as http:
+    async with httpx.AsyncClient(base_url=app.url, verify=client_tls()) as http:
         auth = {"Authorization": f"Bearer {key['token']}"}
         answer = await http.post("/v1/responses", json={"input": "hi"}, headers=auth)
         assert answer.status_code == 200 and fake.last["model"] == MODEL
@@ -348,7 +348,7 @@ async def test_stored_context_under_reject_with_an_input_limit_is_refused(
 ) -> None:
     body = {"model": MODEL, "input": "hi", **extra}
     strict = await ready_key(app, input_limit=L)
-    async with httpx.AsyncClient(base_url=app.url) as http:
+    async with httpx.AsyncClient(base_url=app.url, verify=client_tls()) as http:
         answer = await http.post(
             "/v1/responses", json=body, headers={"Authorization": f"Bearer {strict['token']}"}
         )
@@ -418,7 +418,7 @@ async def test_counts_instructions_tools_and_history_like_chat(
         + 3 + tokens(o200k, "tool") + tokens(o200k, "sunny") + tokens(o200k, "weather") + 1 - 2
         + 3
     )  # fmt: skip
-    async with httpx.AsyncClient(base_url=app.url) as http:
+    async with httpx.AsyncClient(base_url=app.url, verify=client_tls()) as http:
         answer = await http.post(
             "/v1/responses", content=orjson.dumps(body),
             headers={"Authorization": f"Bearer {key['token']}", "content-type": "application/json"},
@@ -459,7 +459,7 @@ async def test_input_too_deeply_nested_to_count_fails_closed(app: Any, fake: Fak
     action = b"[" * 1000 + b'"' + b"x" * 5000 + b'"' + b"]" * 1000
     body = b'{"input":[{"type":"web_search_call","action":' + action + b"}]}"
     key = await ready_key(app, input_limit=L)
-    async with httpx.AsyncClient(base_url=app.url) as http:
+    async with httpx.AsyncClient(base_url=app.url, verify=client_tls()) as http:
         answer = await http.post(
             "/v1/responses",
             content=body,

@@ -13,7 +13,7 @@ import tiktoken
 
 from tests.fakes.billing import load_encoding
 from tests.fakes.responses import FakeResponses, start_fake_responses
-from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk, usage_rows
+from tests.proxy.conftest import MODEL, client_tls, create_provider, ready_key, sdk, usage_rows
 
 L = 20
 
@@ -105,7 +105,7 @@ async def test_embeddings_input_limit_use_anyway(
 
 async def test_embeddings_bad_input_is_a_clear_400(app: Any, fake: FakeResponses) -> None:
     key = await ready_key(app)
-    async with httpx.AsyncClient(base_url=app.url) as http:
+    async with httpx.AsyncClient(base_url=app.url, verify=client_tls()) as http:
         auth = {"Authorization": f"Bearer {key['token']}"}
         for bad in ([], [1, "a"], [["a"]], {"a": 1}, None, [True], [[1, 2], 3]):
             answer = await http.post("/v1/embeddings", json={"input": bad}, headers=auth)
@@ -132,7 +132,7 @@ async def test_models_retrieve(app: Any) -> None:
 
 async def test_other_v1_paths_answer_404_listing_what_is_served(app: Any) -> None:
     key = await ready_key(app)
-    async with httpx.AsyncClient(base_url=app.url) as http:
+    async with httpx.AsyncClient(base_url=app.url, verify=client_tls()) as http:
         auth = {"Authorization": f"Bearer {key['token']}"}
         for method, path in (
             ("POST", "/v1/completions"),
@@ -193,6 +193,6 @@ async def test_models_retrieve_takes_names_with_slashes(app: Any, fake: FakeResp
     assert (await client.models.retrieve(slashed)).id == slashed
     with pytest.raises(openai.NotFoundError):
         await client.models.retrieve("meta-llama/other")
-    async with httpx.AsyncClient(base_url=app.url) as http:
+    async with httpx.AsyncClient(base_url=app.url, verify=client_tls()) as http:
         answer = await http.delete(f"/v1/models/{slashed}")
         assert answer.status_code == 405 and answer.headers["allow"] == "GET"

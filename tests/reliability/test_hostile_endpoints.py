@@ -26,6 +26,7 @@ from tests.fakes.responses import FakeResponses
 from tests.proxy.conftest import (  # noqa: F401
     MODEL,
     InLoopUpstream,
+    client_tls,
     create_provider,
     gateway,
     ready_key,
@@ -213,7 +214,7 @@ async def test_chat_role_of_any_json_type_is_a_400(gateway: Any, upstream: InLoo
     await create_provider(app.admin, upstream.url)
     key = await ready_key(app)
     headers = {**JSON, "Authorization": f"Bearer {key['token']}"}
-    async with httpx.AsyncClient(base_url=app.url) as http:
+    async with httpx.AsyncClient(base_url=app.url, verify=client_tls()) as http:
         response = await http.post("/v1/chat/completions", content=CHAT_500, headers=headers)
         assert_openai_shape(response, 400, "invalid_request")
         for role in (b"[]", b"{}", b'["user"]', b"1", b"true", b"null"):
