@@ -4,6 +4,8 @@ process per module."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import re
@@ -20,7 +22,7 @@ import httpx
 import pytest
 
 from aigw.crypto import KeyRing, key_code_aad, mask_secret
-from tests.conftest import ADMIN_TOKEN, ENCRYPTION_KEYS, TOKEN_PEPPER
+from tests.conftest import ADMIN_TOKEN, ENCRYPTION_KEYS, TOKEN_PEPPER, empty_database
 from tests.fakes import FakeUpstream, start_fake_upstream
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.responses import FakeResponses, start_fake_responses
@@ -166,7 +168,13 @@ def running_gateway(
     database_url: str, root: Path, *, log_name: str = "gateway.log", **extra: str
 ) -> Iterator[Gateway]:
     """``aigw serve`` on :func:`gateway_environment` (*extra* added), its data in
-    ``root/data`` and its log at ``root/log_name``; stopped on exit."""
+    ``root/data`` and its log at ``root/log_name``; stopped on exit.
+
+    The database is emptied first: a test before it on this xdist worker may have
+    left keys sealed under another key ring, and ``aigw serve`` refuses to start on
+    them (exit 2, which :func:`start_gateway` cannot tell from a taken port)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may run in a loop
+        pool.submit(asyncio.run, empty_database(database_url)).result()
     env = gateway_environment(database_url, root / "data", **extra)
     gateway = start_gateway(env, root / log_name)
     try:
