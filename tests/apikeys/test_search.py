@@ -230,7 +230,7 @@ async def test_totals_follow_every_change_to_the_keys(client: httpx.AsyncClient,
     rebuilt = await _sql(db, "SELECT aigw_rebuild_key_counts()", counted)
     assert [tuple(r) for r in kept] == [tuple(r) for r in rebuilt]
     assert all(r["n"] > 0 for r in kept)
-    # TRUNCATE (as the tests' own clean-up does) empties them.
+    # TRUNCATE (as the tests' clean-up does to a table of thousands of rows) empties them.
     assert (await _sql(db, "TRUNCATE api_keys CASCADE", "SELECT count(*) FROM api_key_counts"))[0][
         0
     ] == 0
