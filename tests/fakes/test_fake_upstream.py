@@ -317,9 +317,12 @@ def test_client_disconnect_is_seen_at_once(upstream: FakeUpstream) -> None:
         events = [next(lines) for _ in range(6)]  # role + 2 tokens, each followed by a blank
         assert sum(line.startswith("data:") for line in events) == 3
         assert upstream.stats()["streams_open"] == 1
-    # Closing the response closed the connection: the stalled handler ends.
-    stats = upstream.wait_until(timeout=1.0, in_flight=0, streams_open=0, client_disconnects=1)
-    assert stats["connections_open"] == 0
+    # Closing the response closed the connection: the stalled handler ends, and
+    # the server sees the connection gone (within the second, on a busy machine
+    # the server notes the close a moment after the handler's end).
+    upstream.wait_until(
+        timeout=1.0, in_flight=0, streams_open=0, client_disconnects=1, connections_open=0
+    )
 
 
 def test_stall_with_keepalive_comments(upstream: FakeUpstream) -> None:
