@@ -70,17 +70,19 @@ async def _maybe_await(value: Any) -> Any:
 
 
 async def usage_rows(db: str, *, expected: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The usage records, waiting until at least *expected* are written."""
+    """The usage records, waiting until at least *expected* are written (one
+    connection, looked at every 10 ms: the gateways of these tests write every
+    20 ms, and a connection per look was a server process per look)."""
     deadline = time.monotonic() + timeout
-    while True:
-        conn = await asyncpg.connect(db)
-        try:
+    conn = await asyncpg.connect(db)
+    try:
+        while True:
             rows = await conn.fetch("SELECT * FROM usage_records ORDER BY created_at")
-        finally:
-            await conn.close()
-        if len(rows) >= expected or time.monotonic() > deadline:
-            return [dict(row) for row in rows]
-        await asyncio.sleep(0.05)
+            if len(rows) >= expected or time.monotonic() > deadline:
+                return [dict(row) for row in rows]
+            await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> float:
