@@ -10,21 +10,20 @@ process; streamed ones through a real uvicorn server, since
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
 
-from aigw.proxy.counting import load_encoding
+from tests.fakes.billing import load_encoding
 from tests.proxy.conftest import (
     MODEL,
     create_provider,
     openai_http_client,
     ready_key,
     sdk,
+    serve,
     usage_rows,
 )
 from tests.proxy.counting.published import COOKBOOK_MESSAGES, COOKBOOK_MESSAGES_PROMPT_TOKENS
@@ -44,32 +43,23 @@ async def app(gateway: Any, upstream: Any) -> Any:
 @pytest.fixture
 async def served(app: Any) -> AsyncIterator[Callable[[str], openai.AsyncOpenAI]]:
     """The same app behind a real uvicorn server; yields an SDK client factory."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
     clients: list[openai.AsyncOpenAI] = []
+    async with serve(app) as url:
 
-    def client(token: str) -> openai.AsyncOpenAI:
-        clients.append(
-            openai.AsyncOpenAI(
-                base_url=f"http://127.0.0.1:{port}/v1",
-                api_key=token,
-                max_retries=0,
-                http_client=openai_http_client(),
+        def client(token: str) -> openai.AsyncOpenAI:
+            clients.append(
+                openai.AsyncOpenAI(
+                    base_url=f"{url}/v1",
+                    api_key=token,
+                    max_retries=0,
+                    http_client=openai_http_client(),
+                )
             )
-        )
-        return clients[-1]
+            return clients[-1]
 
-    yield client
-    for opened in clients:
-        await opened.close()
-    server.should_exit = True
-    await task
+        yield client
+        for opened in clients:
+            await opened.close()
 
 
 def relayed_tokens(app: Any, text: str) -> int:
