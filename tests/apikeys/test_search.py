@@ -24,7 +24,7 @@ import httpx
 import pytest
 from sqlalchemy import Text, column, func, literal, select, table
 
-from aigw.apikeys import search
+from aigw.apikeys import search, service
 from aigw.apikeys.models import ApiKey
 from tests.conftest import key_body
 
@@ -130,13 +130,20 @@ def _expected(keys: list[dict[str, Any]], params: dict[str, str], sort: str) -> 
 
 
 async def _search(
-    client: httpx.AsyncClient, params: dict[str, str], sort: str, limit: int = 5
+    client: httpx.AsyncClient,
+    params: dict[str, str],
+    sort: str,
+    limit: int = 5,
+    rest: int | None = None,
 ) -> list[str]:
-    """Every page, by cursor; each page's total must equal the whole result's length."""
+    """Every page, by cursor (the first of *limit* keys, the others of *rest* if
+    given, else of *limit*); each page's total must equal the whole result's length."""
     ids: list[str] = []
     totals: set[int] = set()
     cursor: str | None = None
     for _ in range(200):
+        if cursor is not None and rest is not None:
+            limit = rest
         query = {
             **params,
             "sort": sort,
@@ -155,6 +162,33 @@ async def _search(
     return ids
 
 
+async def _search_in_process(
+    app: Any, params: dict[str, str], sort: str, limit: int, rest: int | None = None
+) -> list[str]:
+    """:func:`_search` through the service ``GET /apikeys`` calls (the filters, the
+    cursor, the count and the page), without the HTTP around it: the many searches
+    of one test cost a third of the CPU (the HTTP path's own checks page through
+    it in every run)."""
+    ids: list[str] = []
+    totals: set[int] = set()
+    cursor: str | None = None
+    filters = search.KeyFilters(**params)  # type: ignore[arg-type]
+    for _ in range(200):
+        if cursor is not None and rest is not None:
+            limit = rest
+        async with app.state.sessionmaker() as session:
+            page = await service.search_api_keys(
+                session, filters, sort=sort, limit=limit, cursor=cursor
+            )
+        ids += [str(item.id) for item in page.items]
+        totals.add(page.total)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert totals == {len(ids)}, (params, sort, totals, len(ids))
+    return ids
+
+
 async def _sql(db: str, *statements: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(db)
     try:
@@ -166,24 +200,48 @@ async def _sql(db: str, *statements: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
-@pytest.mark.parametrize("how", list(PLANS))
+def _page_sizes(i: int) -> tuple[int, int | None]:
+    """How the *i*-th search of a run is paged: every page of 5 keys (over HTTP),
+    a first page of 5 then the rest at once (a cursor mid-result), or all at once
+    (four times as often: every row, the order and the total, in one call).
+    Searches rotate through these by query, sort and run (i = run + query +
+    sort), so every sort is walked in small pages under every plan, and over five
+    runs every query and sort meets a cursor, at a fifth of the requests."""
+    return ((5, None), (5, 100), (100, None), (100, None), (100, None), (100, None))[i % 6]
+
+
+async def _search_as(
+    client: httpx.AsyncClient, params: dict[str, str], sort: str, i: int
+) -> tuple[list[str], tuple[int, int | None]]:
+    """:func:`_search` paged as :func:`_page_sizes` says for *i*: the small-page
+    walks over HTTP, the others through the service in process (the same search,
+    a third of the CPU)."""
+    limit, rest = _page_sizes(i)
+    if rest is None and limit == 5:
+        return await _search(client, params, sort, limit), (limit, rest)
+    app = client._transport.app  # type: ignore[attr-defined]
+    return await _search_in_process(app, params, sort, limit, rest), (limit, rest)
+
+
 async def test_every_search_shape_matches_a_brute_force_filter(
-    client: httpx.AsyncClient, db: str, how: str, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(search, "plan", PLANS[how])
+    """Every query and sort, each way page() can find a page (as planned, or
+    forced down each path), on one set of keys."""
     await _seed(client, 72)
     keys = await _all_keys(client)
     assert len(keys) == 72
     # Forced paths once, after ANALYZE; the planned one also before it (the
     # planner then knows the table's size: other plans, same answers).
-    for analyzed in (False, True) if how == "planned" else (True,):
-        if analyzed:
+    runs = [("planned", False), *((how, True) for how in PLANS)]
+    for run, (how, analyzed) in enumerate(runs):
+        monkeypatch.setattr(search, "plan", PLANS[how])
+        if analyzed and not runs[run - 1][1]:
             await _sql(db, "ANALYZE api_keys")
-        for params in QUERIES:
-            for sort in SORTS:
-                want = _expected(keys, params, sort)
-                got = await _search(client, params, sort)
-                assert got == want, (analyzed, params, sort)
+        for q, params in enumerate(QUERIES):
+            for s, sort in enumerate(SORTS):
+                got, pages = await _search_as(client, params, sort, run + q + s)
+                assert got == _expected(keys, params, sort), (how, analyzed, params, sort, pages)
     # Not vacuous: empty results, one-key results and most-key results all occur.
     sizes = {len(_expected(keys, p, "alias")) for p in QUERIES}
     assert 0 in sizes and 1 in sizes and max(sizes) > len(keys) // 2
@@ -331,24 +389,26 @@ async def test_a_term_without_a_trigram_never_goes_through_the_trigram_index(db:
     assert "Seq Scan on api_key_search" in plan and "Index" not in plan, plan
 
 
-@pytest.mark.parametrize("route", ["gram", "scan"])
 async def test_terms_without_a_trigram_match_by_gram_and_by_scan_alike(
-    client: httpx.AsyncClient, route: str, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both ways of finding a term with no trigram of two letters, forced, give
     what filtering all keys gives: every page, order and total, fetched or walked."""
-    monkeypatch.setattr(search, "_scan_is_cheaper", lambda candidates, keys: route == "scan")
     await _seed(client, 72)
     keys = await _all_keys(client)
     weak = [p for p in QUERIES if "q" in p and len(p["q"]) > 2]
     weak = [p for p in weak if not search.trigram_served(p["q"])]
     assert len(weak) >= 8
-    for how in ("planned", "fetch"):
-        monkeypatch.setattr(search, "plan", PLANS[how])
-        for params in weak:
-            for sort in SORTS:
-                want = _expected(keys, params, sort)
-                assert await _search(client, params, sort) == want, (route, how, params, sort)
+    run = 0
+    for route in ("gram", "scan"):
+        monkeypatch.setattr(search, "_scan_is_cheaper", lambda c, k, scan=route == "scan": scan)
+        for how in ("planned", "fetch"):
+            monkeypatch.setattr(search, "plan", PLANS[how])
+            for q, params in enumerate(weak):
+                for s, sort in enumerate(SORTS):
+                    got, pages = await _search_as(client, params, sort, run + q + s)
+                    assert got == _expected(keys, params, sort), (route, how, params, sort, pages)
+            run += 1
     assert {len(_expected(keys, p, "alias")) > 0 for p in weak} == {True, False}
 
 
@@ -465,16 +525,16 @@ TABLE_QUERIES: list[dict[str, str]] = [
 
 
 async def _check_against(
-    client: httpx.AsyncClient, known: dict[str, dict[str, Any]], step: str
+    client: httpx.AsyncClient, known: dict[str, dict[str, Any]], step: str, run: int
 ) -> None:
-    """Every TABLE_QUERIES search, each sort, by cursor: the ids (so the order) and
-    the total equal a filter over *known*, the keys as the writes' own responses
-    left them."""
+    """Every TABLE_QUERIES search, each sort, by cursor (paged as :func:`_page_sizes`
+    says for the *run*-th check): the ids (so the order) and the total equal a
+    filter over *known*, the keys as the writes' own responses left them."""
     keys = list(known.values())
-    for params in TABLE_QUERIES:
-        for sort in SORTS:
-            want = _expected(keys, params, sort)
-            assert await _search(client, params, sort, limit=4) == want, (step, params, sort)
+    for q, params in enumerate(TABLE_QUERIES):
+        for s, sort in enumerate(SORTS):
+            got, pages = await _search_as(client, params, sort, run + q + s)
+            assert got == _expected(keys, params, sort), (step, params, sort, pages)
 
 
 async def test_the_search_table_follows_every_write(
@@ -488,7 +548,7 @@ async def test_the_search_table_follows_every_write(
     await _seed(client, 36)
     known = {k["id"]: k for k in await _all_keys(client)}
     assert len(known) == 36
-    await _check_against(client, known, "created")
+    await _check_against(client, known, "created", 0)
     rng = random.Random(9)
     ids = sorted(known)
     for key_id in rng.sample(ids, 10):
@@ -504,16 +564,16 @@ async def test_the_search_table_follows_every_write(
         response = await client.patch(f"/apikeys/{key_id}", json=change)
         assert response.status_code == 200, response.text
         known[key_id] = response.json()
-    await _check_against(client, known, "updated")
+    await _check_against(client, known, "updated", 1)
     for key_id in rng.sample(ids, 8):
         response = await client.post(f"/apikeys/{key_id}/token")
         assert response.status_code == 200, response.text
         known[key_id] = {k: v for k, v in response.json().items() if k != "token"}
-    await _check_against(client, known, "rotated")
+    await _check_against(client, known, "rotated", 2)
     for key_id in rng.sample(ids, 6):
         assert (await client.delete(f"/apikeys/{key_id}")).status_code == 204
         del known[key_id]
-    await _check_against(client, known, "deleted")
+    await _check_against(client, known, "deleted", 3)
     # Plain SQL: many rows in one statement, and a swap of two aliases through a third.
     await _sql(
         db,
@@ -524,7 +584,7 @@ async def test_the_search_table_follows_every_write(
     )
     for key_id in known:
         known[key_id] = (await client.get(f"/apikeys/{key_id}")).json()
-    await _check_against(client, known, "plain SQL")
+    await _check_against(client, known, "plain SQL", 4)
     # The table equals a recomputation from api_keys; TRUNCATE empties it.
     table = "SELECT * FROM api_key_search ORDER BY id"
     kept = await _sql(db, table)

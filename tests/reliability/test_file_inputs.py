@@ -21,7 +21,7 @@ import httpx
 import orjson
 import pytest
 
-from aigw.proxy.counting.files import INFLATE_STATS
+from aigw.proxy.counting.files import INFLATE_STATS, MAX_INFLATED_BYTES
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.billing import load_encoding
 from tests.fakes.responses import FakeResponses, start_fake_responses
@@ -134,37 +134,47 @@ async def test_compressed_pdf_text_past_the_input_limit_is_refused(
     assert not fake.requests
 
 
+def zeros_bomb(mebibytes: int) -> bytes:
+    """*mebibytes* MiB of zeros as one zlib stream, built without compressing them
+    all: each MiB is a raw deflate segment ended by a full flush (no history
+    crosses it), so every segment is the same bytes, repeated; then the final
+    block and the Adler-32 of n zeros (a = 1, b = n mod 65521)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    segment = compressor.compress(bytes(1 << 20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    size = mebibytes << 20
+    adler = (size % 65521) << 16 | 1
+    return b"\x78\xda" + segment * mebibytes + compressor.flush() + adler.to_bytes(4, "big")
+
+
+def test_zeros_bomb_is_the_zlib_stream_of_its_zeros() -> None:
+    # Small enough to inflate whole here: the same bytes, header to checksum.
+    inflater = zlib.decompressobj()
+    assert inflater.decompress(zeros_bomb(3)) == bytes(3 << 20)
+    assert inflater.eof and not inflater.unused_data
+
+
 async def test_zip_bomb_stream_is_refused_without_inflating_it(
     app: Any, fake: InLoopUpstream
 ) -> None:
     # 1 GiB of zeros, compressed to ~1 MB.
-    compressor = zlib.compressobj(9)
-    block = bytes(1 << 20)
-    bomb = b"".join(compressor.compress(block) for _ in range(1024)) + compressor.flush()
+    bomb = zeros_bomb(1024)
     assert len(bomb) < 1_100_000
     pdf = make_pdf(["x"], stream=bomb)
-    key = await ready_key(app, model=MODEL, input_limit=1_000_000)
-    body = chat(file_part(pdf))
-    # The first large body may start the counting worker processes: not timed.
-    await post(app, key["token"], body)
-    started = time.perf_counter()
-    response = await post(app, key["token"], body)
-    refused_in = time.perf_counter() - started
+    # Above the file's own bytes (so the bound must inflate some of the bomb to
+    # pass it), far under the 16 MiB cap, past which the file would be
+    # input_not_countable.
+    limit = 4_000_000
+    assert len(pdf) + 1600 < limit < MAX_INFLATED_BYTES
+    key = await ready_key(app, model=MODEL, input_limit=limit)
+    before = INFLATE_STATS.out
+    response = await post(app, key["token"], chat(file_part(pdf)))
+    inflated = INFLATE_STATS.out - before
     assert response.status_code == 400, response.text[:300]
-    # Inflating stops once the bound passes the key's limit (under the 16 MiB
-    # cap, past which the file would be input_not_countable).
     assert response.json()["error"]["code"] == "input_token_limit_exceeded"
     assert not fake.requests
-    # Baseline, same process: inflating the whole stream once. The gateway
-    # (decoding, walking, inflating up to its bound) takes well under that.
-    started = time.perf_counter()
-    inflater, inflated, tail = zlib.decompressobj(), 0, bomb
-    while tail:
-        inflated += len(inflater.decompress(tail, 1 << 22))
-        tail = inflater.unconsumed_tail
-    full_inflate = time.perf_counter() - started
-    assert inflated == 1 << 30
-    assert refused_in < full_inflate / 2, (refused_in, full_inflate)
+    # Inflating stopped once the bound passed the key's limit: a few MB of the
+    # 1 GiB, counted by the inflater itself (deterministic, unlike a timing).
+    assert 0 < inflated <= limit, inflated
 
 
 async def test_honest_pdf_passes_and_counts_at_least_its_text_and_pages(
@@ -331,8 +341,7 @@ async def test_inflating_stops_once_the_bound_passes_the_limit(
 ) -> None:
     # A page of ~200 KB of text (far past LIMIT), then a stream of 15 MiB of
     # zeros (under the 16 MiB inflate cap, so a full read finishes it).
-    compressor = zlib.compressobj(9)
-    zeros = b"".join(compressor.compress(bytes(1 << 20)) for _ in range(15)) + compressor.flush()
+    zeros = zeros_bomb(15)
     pdf = make_pdf([HIDDEN]).replace(
         b"trailer",
         b"99 0 obj\n<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(zeros)
@@ -345,31 +354,33 @@ async def test_inflating_stops_once_the_bound_passes_the_limit(
     limit = 100_000
     assert len(pdf) + 1600 < limit < len(HIDDEN)
     limited = await ready_key(app, model=MODEL, input_limit=limit)
-    # Baseline in the same process: a use_anyway key reads the whole file.
+    # For comparison, in the same process: a use_anyway key reads the whole file.
     anyway = await ready_key(app, model=MODEL, input_limit=limit, usage_limit="use_anyway")
-    await post(app, anyway["token"], body)  # warm-up, not measured
 
-    async def measure(token: str) -> tuple[httpx.Response, float, int]:
-        before_cpu, before_out = time.process_time(), INFLATE_STATS.out
+    async def measure(token: str) -> tuple[httpx.Response, float, int, int]:
+        before = time.process_time(), INFLATE_STATS.out, INFLATE_STATS.fed
         response = await post(app, token, body)
-        return response, time.process_time() - before_cpu, INFLATE_STATS.out - before_out
+        return (
+            response,
+            time.process_time() - before[0],
+            INFLATE_STATS.out - before[1],
+            INFLATE_STATS.fed - before[2],
+        )
 
-    full, full_cpu, full_out = min([await measure(anyway["token"]) for _ in range(3)], key=_cpu)
-    refused, refused_cpu, refused_out = min(
-        [await measure(limited["token"]) for _ in range(3)], key=_cpu
-    )
+    full, full_cpu, full_out, full_fed = await measure(anyway["token"])
+    refused, refused_cpu, refused_out, refused_fed = await measure(limited["token"])
+    # The CPU is printed, not asserted: a unit test proves the bound by the bytes
+    # the inflater reports (timings belong in benchmarks/).
     print(
         f"cpu full {full_cpu:.3f}s stopped {refused_cpu:.3f}s; inflated {full_out} vs "
-        f"{refused_out} bytes; load {os.getloadavg()}"
+        f"{refused_out} bytes, fed {full_fed} vs {refused_fed}; load {os.getloadavg()}"
     )
     assert full.status_code == 200 and full.headers["x-aigw-limit-exceeded"] == "input"
-    assert full_out >= 15 << 20
+    assert full_out >= 15 << 20 and full_fed >= len(zeros)
     assert refused.status_code == 400, refused.text[:300]
     assert refused.json()["error"]["code"] == "input_token_limit_exceeded"
+    # Stopped inside the page's text: under the limit in output, and the zeros'
+    # stream never fed to zlib at all.
     assert 0 < refused_out <= limit
-    assert refused_cpu < full_cpu / 2, (refused_cpu, full_cpu)
-    assert len(fake.requests) == 4  # the use_anyway requests only
-
-
-def _cpu(measured: tuple[Any, float, int]) -> float:
-    return measured[1]
+    assert 0 < refused_fed < len(zeros)
+    assert len(fake.requests) == 1  # the use_anyway request only

@@ -17,6 +17,7 @@ import tiktoken.registry
 import aigw.encodings
 from aigw.proxy.counting import Encoders, count_chat_input, encodings, load_encoding
 from tests.proxy.counting.published import COOKBOOK_TOOL_MESSAGES, COOKBOOK_TOOLS
+from tests.proxy.counting.shared import encoders_fixture  # noqa: F401  (the fixture encoders)
 from tests.proxy.counting.support import ticks_during
 
 ENCODINGS_DIR = Path(aigw.encodings.__file__).parent

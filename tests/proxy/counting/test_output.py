@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aigw.proxy.counting import Encoders, OutputCounter, output
+from tests.proxy.counting.shared import encoders_fixture  # noqa: F401  (the fixture encoders)
 from tests.proxy.counting.support import n_tokens
 
 # Characters that stress pre-token boundaries: contractions, digit runs, case

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from aigw.proxy.counting import Encoders, OutputCounter
 from tests.fakes.billing import load_encoding
+from tests.proxy.counting.shared import encoders_fixture  # noqa: F401  (the fixture encoders)
 
 PIECES = st.sampled_from(
     [" ", "  ", "\n", "\t", "'", "s", "ll", "A", "a", "b", "x", "1", "2", "0", ".", "-", "--",
@@ -67,11 +68,11 @@ def test_the_relayed_text_is_the_longest_prefix_within_the_limit(
     assert len(load_encoding(name).encode_ordinary(relayed)) == counter.count <= limit
 
 
-def test_the_issue_example() -> None:
+def test_the_issue_example(encoders: Encoders) -> None:
     # gpt-4o (o200k_base), L = 3, deltas "a" then "  -------------": "a  " (2 tokens)
     # was relayed; "a  ------------" is 3 tokens (a, " ", " ------------").
     encoding = load_encoding("o200k_base")
-    counter = OutputCounter(Encoders.load().get("o200k_base"), 3)
+    counter = OutputCounter(encoders.get("o200k_base"), 3)
     assert counter.feed("a") == ("a", False)
     relayed = "a" + counter.feed("  -------------")[0]
     assert counter.close()
@@ -80,14 +81,16 @@ def test_the_issue_example() -> None:
 
 
 @pytest.mark.parametrize("later_limit", [False, True])
-def test_text_that_re_splits_the_counted_end_never_passes_the_limit(later_limit: bool) -> None:
+def test_text_that_re_splits_the_counted_end_never_passes_the_limit(
+    encoders: Encoders, later_limit: bool
+) -> None:
     # Found by the property test above: "  '  " ends in "  ", one token (256) in
     # o200k_base, but "  '  1  1" splits that run into " ", " " before the digit,
     # so four more bytes ("1  1") add five tokens. A byte bound laid on top of an
     # exact count (count + bytes appended) relayed 8 tokens past a limit of 7.
     # later_limit: the limit arrives after the text, as a budget reservation does.
     encoding = load_encoding("o200k_base")
-    counter = OutputCounter(Encoders.load().get("o200k_base"), None if later_limit else 7)
+    counter = OutputCounter(encoders.get("o200k_base"), None if later_limit else 7)
     relayed = ""
     for i, delta in enumerate([" ", " '  ", "1  1", " "]):
         if later_limit and i == 1:

@@ -25,6 +25,7 @@ from tests.proxy.counting.published import (
     COOKBOOK_TOOL_MESSAGES,
     COOKBOOK_TOOLS,
 )
+from tests.proxy.counting.shared import encoders_fixture  # noqa: F401  (the fixture encoders)
 from tests.proxy.counting.support import n_tokens, ticks_during, user
 
 # An inline_chars beyond any prompt here: count in the calling coroutine.
