@@ -202,6 +202,23 @@ async def settle(
         await asyncio.sleep(0.25)
 
 
+async def quiet(gateway: Gateway, fake: FakeUpstream) -> dict[str, float]:
+    """The gauges once nothing is in flight and two readings 0.25 s apart agree (up
+    to 5 s): the warm-up's client connections closed, its records flushed. A fixed
+    5 s sleep took the same reading (the upstream pool, 50 connections, was still
+    open after it) later."""
+    deadline = time.monotonic() + 5
+    last = gauges(gateway, fake)
+    while True:
+        await asyncio.sleep(0.25)
+        now = gauges(gateway, fake)
+        idle = now["upstream_in_flight"] == 0 and now["upstream_streams"] == 0
+        steady = all(now[name] == last[name] for name in now if name != "rss_mib")
+        if (idle and steady) or time.monotonic() > deadline:
+            return now
+        last = now
+
+
 async def test_faults_under_load(fault_gateway: Gateway, fake: FakeUpstream, db: str) -> None:
     # 2.5 times the concurrency: 200 in flight for the first 300 of the run, each
     # scenario of the mix 13+ times (late first bytes 13, 400s 20, the others
@@ -221,8 +238,7 @@ async def test_faults_under_load(fault_gateway: Gateway, fake: FakeUpstream, db:
                 for i in range(50)
             )
         )
-    await asyncio.sleep(5)
-    baseline = await settle(fault_gateway, fake, gauges(fault_gateway, fake))
+    baseline = await quiet(fault_gateway, fake)
     warm_records = await wait_usage_count(db, 50)
     assert warm_records == 50
 
