@@ -1,7 +1,7 @@
 """Faults under load, client disconnects and the three upstream time bounds, against
 a real ``aigw serve`` and the scriptable fake upstream, over loopback.
 
-* Load: 1,000 requests, 200 at once, mixing clean streams and
+* Load: 500 requests, 200 at once, mixing clean streams and
   completions with upstream 500s before headers, 429s with Retry-After, 400s,
   connections reset mid-stream, stalls, malformed events and a late first byte.
   Every client sees a success or a mapped OpenAI error (429/400 passed through,
@@ -202,12 +202,31 @@ async def settle(
         await asyncio.sleep(0.25)
 
 
+async def quiet(gateway: Gateway, fake: FakeUpstream) -> dict[str, float]:
+    """The gauges once nothing is in flight and two readings 0.25 s apart agree (up
+    to 5 s): the warm-up's client connections closed, its records flushed. A fixed
+    5 s sleep took the same reading (the upstream pool, 50 connections, was still
+    open after it) later."""
+    deadline = time.monotonic() + 5
+    last = gauges(gateway, fake)
+    while True:
+        await asyncio.sleep(0.25)
+        now = gauges(gateway, fake)
+        idle = now["upstream_in_flight"] == 0 and now["upstream_streams"] == 0
+        steady = all(now[name] == last[name] for name in now if name != "rss_mib")
+        if (idle and steady) or time.monotonic() > deadline:
+            return now
+        last = now
+
+
 async def test_faults_under_load(fault_gateway: Gateway, fake: FakeUpstream, db: str) -> None:
-    # Five times the concurrency: 200 in flight for most of the run, each scenario
-    # of the mix 24+ times (late first bytes 24, 400s 42, the others 53-360). 1,500
-    # requests (each scenario 44+ times) and 3,000 proved no more, in 1.5 and 3
-    # times the time; a leak of one scenario shows in its first few runs.
-    total, concurrency = 1000, 200
+    # 2.5 times the concurrency: 200 in flight for the first 300 of the run, each
+    # scenario of the mix 13+ times (late first bytes 13, 400s 20, the others
+    # 26-181). 1,000 requests (each scenario 24+ times; ~20 s of the gateway's CPU
+    # on 2 cores, 500 take half), 1,500 and 3,000 proved no more: a leak of one
+    # scenario shows in its first few runs (13 leaked descriptors are far past the
+    # +2 the check allows), a wrong outcome or record in its first.
+    total, concurrency = 500, 200
     fake.reset()
     tokens = make_keys(fault_gateway, fake.url, 10)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -219,14 +238,13 @@ async def test_faults_under_load(fault_gateway: Gateway, fake: FakeUpstream, db:
                 for i in range(50)
             )
         )
-    await asyncio.sleep(5)
-    baseline = await settle(fault_gateway, fake, gauges(fault_gateway, fake))
+    baseline = await quiet(fault_gateway, fake)
     warm_records = await wait_usage_count(db, 50)
     assert warm_records == 50
 
     rng = random.Random(20241128)
     plan = [scenario_for(rng) for _ in range(total)]
-    assert min(Counter(name for name, *_ in plan).values()) >= 24
+    assert min(Counter(name for name, *_ in plan).values()) >= 13
     results: list[tuple[str, set[str], Seen]] = []
     semaphore = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
