@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -129,13 +129,11 @@ def _expected(keys: list[dict[str, Any]], params: dict[str, str], sort: str) -> 
     return [key["id"] for key in rows]
 
 
-async def _search(
-    client: httpx.AsyncClient,
-    params: dict[str, str],
-    sort: str,
-    limit: int = 5,
-    rest: int | None = None,
-) -> list[str]:
+# One page of a search: its ids, its total, the cursor to the next page (or None).
+PageFetch = Callable[[int, str | None], Awaitable[tuple[list[str], int, str | None]]]
+
+
+async def _walk(fetch: PageFetch, limit: int, rest: int | None, label: object) -> list[str]:
     """Every page, by cursor (the first of *limit* keys, the others of *rest* if
     given, else of *limit*); each page's total must equal the whole result's length."""
     ids: list[str] = []
@@ -144,6 +142,25 @@ async def _search(
     for _ in range(200):
         if cursor is not None and rest is not None:
             limit = rest
+        items, total, cursor = await fetch(limit, cursor)
+        ids += items
+        totals.add(total)
+        if cursor is None:
+            break
+    assert totals == {len(ids)}, (label, totals, len(ids))
+    return ids
+
+
+async def _search(
+    client: httpx.AsyncClient,
+    params: dict[str, str],
+    sort: str,
+    limit: int = 5,
+    rest: int | None = None,
+) -> list[str]:
+    """:func:`_walk` over ``GET /apikeys``."""
+
+    async def fetch(limit: int, cursor: str | None) -> tuple[list[str], int, str | None]:
         query = {
             **params,
             "sort": sort,
@@ -153,40 +170,28 @@ async def _search(
         response = await client.get("/apikeys", params=query)
         assert response.status_code == 200, (query, response.text)
         page = response.json()
-        ids += [item["id"] for item in page["items"]]
-        totals.add(page["total"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
-    assert totals == {len(ids)}, (params, sort, totals, len(ids))
-    return ids
+        return [item["id"] for item in page["items"]], page["total"], page["next_cursor"]
+
+    return await _walk(fetch, limit, rest, (params, sort))
 
 
 async def _search_in_process(
     app: Any, params: dict[str, str], sort: str, limit: int, rest: int | None = None
 ) -> list[str]:
-    """:func:`_search` through the service ``GET /apikeys`` calls (the filters, the
+    """:func:`_walk` through the service ``GET /apikeys`` calls (the filters, the
     cursor, the count and the page), without the HTTP around it: the many searches
     of one test cost a third of the CPU (the HTTP path's own checks page through
     it in every run)."""
-    ids: list[str] = []
-    totals: set[int] = set()
-    cursor: str | None = None
-    filters = search.KeyFilters(**params)  # type: ignore[arg-type]
-    for _ in range(200):
-        if cursor is not None and rest is not None:
-            limit = rest
+    filters = search.KeyFilters(**params)
+
+    async def fetch(limit: int, cursor: str | None) -> tuple[list[str], int, str | None]:
         async with app.state.sessionmaker() as session:
             page = await service.search_api_keys(
                 session, filters, sort=sort, limit=limit, cursor=cursor
             )
-        ids += [str(item.id) for item in page.items]
-        totals.add(page.total)
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    assert totals == {len(ids)}, (params, sort, totals, len(ids))
-    return ids
+        return [str(item.id) for item in page.items], page.total, page.next_cursor
+
+    return await _walk(fetch, limit, rest, (params, sort))
 
 
 async def _sql(db: str, *statements: str) -> list[asyncpg.Record]:
@@ -211,7 +216,7 @@ def _page_sizes(i: int) -> tuple[int, int | None]:
 
 
 async def _search_as(
-    client: httpx.AsyncClient, params: dict[str, str], sort: str, i: int
+    client: httpx.AsyncClient, app: Any, params: dict[str, str], sort: str, i: int
 ) -> tuple[list[str], tuple[int, int | None]]:
     """:func:`_search` paged as :func:`_page_sizes` says for *i*: the small-page
     walks over HTTP, the others through the service in process (the same search,
@@ -219,12 +224,11 @@ async def _search_as(
     limit, rest = _page_sizes(i)
     if rest is None and limit == 5:
         return await _search(client, params, sort, limit), (limit, rest)
-    app = client._transport.app  # type: ignore[attr-defined]
     return await _search_in_process(app, params, sort, limit, rest), (limit, rest)
 
 
 async def test_every_search_shape_matches_a_brute_force_filter(
-    client: httpx.AsyncClient, db: str, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, app: Any, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every query and sort, each way page() can find a page (as planned, or
     forced down each path), on one set of keys."""
@@ -240,7 +244,7 @@ async def test_every_search_shape_matches_a_brute_force_filter(
             await _sql(db, "ANALYZE api_keys")
         for q, params in enumerate(QUERIES):
             for s, sort in enumerate(SORTS):
-                got, pages = await _search_as(client, params, sort, run + q + s)
+                got, pages = await _search_as(client, app, params, sort, run + q + s)
                 assert got == _expected(keys, params, sort), (how, analyzed, params, sort, pages)
     # Not vacuous: empty results, one-key results and most-key results all occur.
     sizes = {len(_expected(keys, p, "alias")) for p in QUERIES}
@@ -390,7 +394,7 @@ async def test_a_term_without_a_trigram_never_goes_through_the_trigram_index(db:
 
 
 async def test_terms_without_a_trigram_match_by_gram_and_by_scan_alike(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both ways of finding a term with no trigram of two letters, forced, give
     what filtering all keys gives: every page, order and total, fetched or walked."""
@@ -411,7 +415,7 @@ async def test_terms_without_a_trigram_match_by_gram_and_by_scan_alike(
                 monkeypatch.setattr(search, "plan", PLANS[how])
                 for q, params in enumerate(weak):
                     for s, sort in enumerate(SORTS):
-                        got, pages = await _search_as(client, params, sort, run + q + s)
+                        got, pages = await _search_as(client, app, params, sort, run + q + s)
                         assert got == _expected(keys, params, sort), (
                             route,
                             how,
@@ -539,7 +543,7 @@ TABLE_QUERIES: list[dict[str, str]] = [
 
 
 async def _check_against(
-    client: httpx.AsyncClient, known: dict[str, dict[str, Any]], step: str, run: int
+    client: httpx.AsyncClient, app: Any, known: dict[str, dict[str, Any]], step: str, run: int
 ) -> None:
     """Every TABLE_QUERIES search, each sort, by cursor (paged as :func:`_page_sizes`
     says for the *run*-th check): the ids (so the order) and the total equal a
@@ -547,12 +551,12 @@ async def _check_against(
     keys = list(known.values())
     for q, params in enumerate(TABLE_QUERIES):
         for s, sort in enumerate(SORTS):
-            got, pages = await _search_as(client, params, sort, run + q + s)
+            got, pages = await _search_as(client, app, params, sort, run + q + s)
             assert got == _expected(keys, params, sort), (step, params, sort, pages)
 
 
 async def test_the_search_table_follows_every_write(
-    client: httpx.AsyncClient, db: str, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, app: Any, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``api_key_search`` (migration 0009) is what fetches and long-``q`` totals read:
     after creates, updates, token rotations, deletes and plain SQL, every search
@@ -562,7 +566,7 @@ async def test_the_search_table_follows_every_write(
     await _seed(client, 36)
     known = {k["id"]: k for k in await _all_keys(client)}
     assert len(known) == 36
-    await _check_against(client, known, "created", 0)
+    await _check_against(client, app, known, "created", 0)
     rng = random.Random(9)
     ids = sorted(known)
     for key_id in rng.sample(ids, 10):
@@ -578,16 +582,16 @@ async def test_the_search_table_follows_every_write(
         response = await client.patch(f"/apikeys/{key_id}", json=change)
         assert response.status_code == 200, response.text
         known[key_id] = response.json()
-    await _check_against(client, known, "updated", 1)
+    await _check_against(client, app, known, "updated", 1)
     for key_id in rng.sample(ids, 8):
         response = await client.post(f"/apikeys/{key_id}/token")
         assert response.status_code == 200, response.text
         known[key_id] = {k: v for k, v in response.json().items() if k != "token"}
-    await _check_against(client, known, "rotated", 2)
+    await _check_against(client, app, known, "rotated", 2)
     for key_id in rng.sample(ids, 6):
         assert (await client.delete(f"/apikeys/{key_id}")).status_code == 204
         del known[key_id]
-    await _check_against(client, known, "deleted", 3)
+    await _check_against(client, app, known, "deleted", 3)
     # Plain SQL: many rows in one statement, and a swap of two aliases through a third.
     await _sql(
         db,
@@ -598,7 +602,7 @@ async def test_the_search_table_follows_every_write(
     )
     for key_id in known:
         known[key_id] = (await client.get(f"/apikeys/{key_id}")).json()
-    await _check_against(client, known, "plain SQL", 4)
+    await _check_against(client, app, known, "plain SQL", 4)
     # The table equals a recomputation from api_keys; TRUNCATE empties it.
     table = "SELECT * FROM api_key_search ORDER BY id"
     kept = await _sql(db, table)
