@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     # Seconds a connection may go without a byte while the gateway waits on it (a
     # request body, or the next request after an answer); see aigw.httpserver.
     request_body_timeout: float = Field(default=30.0, gt=0)
+    # Seconds an answered connection may stay open, idle, for the client's next
+    # request. Longer than the clients' own idle expiry (httpx and the OpenAI SDKs:
+    # 5 s; nginx's upstream keepalive_timeout and AWS ALB: 60 s), so that a client
+    # never reuses a connection the gateway is closing at the same moment (the
+    # request is lost: a reset, not an answer). nginx's own default; see
+    # aigw.httpserver.
+    keepalive_timeout: float = Field(default=75.0, gt=0)
     # Open client connections per process; 0: half the file-descriptor limit.
     max_connections: int = Field(default=0, ge=0)
 

@@ -15,11 +15,19 @@ Two more bounds hold once the head is in (issue 10):
 
 - **idle while the gateway waits on the client** — a request body with no byte
   for ``AIGW_REQUEST_BODY_TIMEOUT`` seconds, or a connection whose answer is
-  complete and that sends neither the rest of its body nor a new request for as
-  long: closed. uvicorn cancels its keep-alive timer on *any* byte received, so a
-  client that read its 401, sent one more body byte and went silent was held
-  forever; this timer re-arms on every byte, and after the answer it runs from
-  the answer's end, whatever arrives.
+  complete and that sends the rest of a body nobody reads instead of a new
+  request for as long (counted from the answer's end): closed. uvicorn cancels
+  its keep-alive timer on *any* byte received, so a client that read its 401,
+  sent one more body byte and went silent was held forever; this timer re-arms
+  on every body byte, and after the answer it runs from the answer's end,
+  whatever arrives.
+- **idle between requests** — an answered connection that sends nothing is kept
+  for ``AIGW_KEEPALIVE_TIMEOUT`` seconds (uvicorn's ``timeout_keep_alive``, set
+  by :func:`server_options`), then closed. It must outlast the clients' own idle
+  expiry: with uvicorn's default of 5 s, equal to httpx's and so the OpenAI
+  SDKs', a client would now and then send its next request on a connection at
+  the moment the gateway closed it, and lose that request to a reset (one
+  ``ReadError`` in ~1,000 requests of the fault run under load).
 - **open connections per process** — past ``AIGW_MAX_CONNECTIONS`` (by default
   half the process's file-descriptor limit), a new connection is answered 503
   and closed at once, so idle clients cannot exhaust descriptors that
@@ -112,6 +120,12 @@ def max_connections() -> int:
     return Settings().max_connections or _default_max_connections()
 
 
+def server_options(keepalive_timeout: float) -> dict[str, Any]:
+    """uvicorn's options for the protocol ``aigw serve`` runs: this module's
+    protocol and its keep-alive bound (``AIGW_KEEPALIVE_TIMEOUT``)."""
+    return {"http": BoundedHttpToolsProtocol, "timeout_keep_alive": keepalive_timeout}
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """httptools, refusing request heads over :data:`MAX_HEAD_BYTES` (431) or slower
     than :func:`head_timeout` (408)."""
@@ -158,29 +172,40 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._answered_at = self.loop.time()
         super().on_response_complete()
 
-    def _waiting_since(self) -> float | None:
-        """Since when the gateway has been waiting on the client (``None``: it is not,
-        the app is working or answering)."""
+    def _waiting(self) -> tuple[float, float] | None:
+        """Since when the gateway has been waiting on the client, and for how long it
+        may (``None``: it is not, the app is working or answering)."""
         cycle = self.cycle
+        answered = self._answered_at
         if cycle is None or cycle.response_complete:
-            # Answered (or nothing asked yet): a new request or the rest of the
-            # body is due; bytes that nobody reads do not keep the connection.
-            return self._answered_at if self._answered_at is not None else self._last_data
+            if answered is None:
+                # Nothing asked yet, or a new request's head under way (the head
+                # timer bounds that too).
+                return self._last_data, body_timeout()
+            if self._last_data <= answered:
+                # Answered, and silent since: an idle keep-alive connection.
+                return answered, self.timeout_keep_alive
+            # Answered, and what arrived since is the rest of a body nobody reads:
+            # it does not keep the connection.
+            return answered, body_timeout()
         if not self._body_done and not self.flow.read_paused:
-            return self._last_data
+            return self._last_data, body_timeout()
         return None
 
     def _idle_check(self) -> None:
         self._idle_timer = None
         if self.transport.is_closing():
             return
-        limit = body_timeout()
-        since = self._waiting_since()
+        waiting = self._waiting()
         now = self.loop.time()
-        if since is not None and now - since >= limit:
-            self._refuse(None)
-            return
-        when = (since + limit - now) if since is not None else limit
+        if waiting is None:
+            when = body_timeout()
+        else:
+            since, limit = waiting
+            if now - since >= limit:
+                self._refuse(None)
+                return
+            when = since + limit - now
         self._idle_timer = self.loop.call_later(max(when, 0.05), self._idle_check)
 
     def on_headers_complete(self) -> None:

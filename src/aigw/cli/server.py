@@ -90,7 +90,7 @@ def serve(
     import uvicorn
 
     from aigw.db.revision import schema_is_current
-    from aigw.httpserver import BoundedHttpToolsProtocol
+    from aigw.httpserver import server_options
     from aigw.logging import configure_logging
 
     _refuse_busy_address(host, port)
@@ -118,23 +118,23 @@ def serve(
             port=port,
             workers=workers,
             loop="uvloop",
-            http=BoundedHttpToolsProtocol,
             log_config=None,
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace),
+            **server_options(settings.keepalive_timeout),
         )
         if workers == 1 and settings.shutdown_drain > 0:
             # Not ready first, then close (aigw.drain); several workers share one
             # socket under uvicorn's supervisor, where the balancer or preStop drains.
             from aigw.drain import DrainingServer
 
-            config = uvicorn.Config("aigw.main:create_app", **options)  # type: ignore[arg-type]
+            config = uvicorn.Config("aigw.main:create_app", **options)
             DrainingServer(config, settings.shutdown_drain).run()
         elif workers > 1:
-            _serve_workers(uvicorn.Config("aigw.main:create_app", **options), host, port)  # type: ignore[arg-type]
+            _serve_workers(uvicorn.Config("aigw.main:create_app", **options), host, port)
         else:
-            uvicorn.run("aigw.main:create_app", **options)  # type: ignore[arg-type]
+            uvicorn.run("aigw.main:create_app", **options)
 
 
 def _serve_workers(config: uvicorn.Config, host: str, port: int) -> None:
