@@ -20,19 +20,21 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
-from aigw.app import create_app
-from aigw.config import Settings
 from aigw.db import notify
-from aigw.db.engine import libpq_url
-from aigw.db.migrate import upgrade
 from tests.support import Gateway, start_gateway
+
+if TYPE_CHECKING:
+    from aigw.config import Settings
+
+# The app, its settings, SQLAlchemy and alembic are imported by the fixtures that
+# use them: pytest-xdist's controller process loads this file too, runs no test,
+# and spent ~3 s of CPU importing them.
 
 # Where PYTHONDONTWRITEBYTECODE is set (this machine does), every
 # pytest process re-parsed and re-rewrote the assertions of every test module it
@@ -86,6 +88,10 @@ _EMPTY_SQL = (
 
 
 def _with_database(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    from aigw.db.engine import libpq_url
+
     return make_url(libpq_url(url)).set(database=name).render_as_string(hide_password=False)
 
 
@@ -93,6 +99,9 @@ def _with_database(url: str, name: str) -> str:
 def database_url() -> Iterator[str]:
     """A migrated database on a real PostgreSQL, for the whole test run."""
     import asyncio
+
+    from aigw.db.engine import libpq_url
+    from aigw.db.migrate import upgrade
 
     external = os.environ.get("AIGW_TEST_DATABASE_URL")
     server = None
@@ -166,6 +175,8 @@ async def db(database_url: str, _emptier: list[asyncpg.Connection]) -> AsyncIter
 
 @pytest.fixture
 def make_settings(db: str, tmp_path: Path) -> Callable[..., Settings]:
+    from aigw.config import Settings
+
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "database_url": db,
@@ -193,6 +204,8 @@ def admin_headers() -> dict[str, str]:
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[Any]:
+    from aigw.app import create_app
+
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
@@ -379,8 +392,25 @@ def _handed_out_first(item: pytest.Item) -> int:
     return 2 if item.get_closest_marker("xdist_group") else 3
 
 
+def _keep_groups_together(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """What pytest-xdist does for ``--dist loadgroup``, on pytest 9: xdist (3.8)
+    appends ``@group`` to ``item._nodeid``, which pytest 9 no longer reads (the node
+    id is ``item._id``), so every group was spread over both workers like single
+    tests, and a module's fake upstream, gateway or counting workers were started
+    on each (~60 s of the fast run's 235 s of CPU). Where xdist's own suffix takes
+    (pytest 8: the item has ``_nodeid``) this does nothing."""
+    if not getattr(config.option, "loadgroup", False):  # set in xdist workers
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
+        if names and not hasattr(item, "_nodeid") and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")  # type: ignore[attr-defined]
+
+
 @pytest.hookimpl(tryfirst=True)  # before tests/reliability's hook puts its final check last
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         # ``process``: the test starts a real ``aigw serve`` (or another subprocess),
         # ~2-4 s of CPU each; ``make test-fast`` leaves these out (see the Makefile).
@@ -394,6 +424,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # shards of its own, to be spread.
         if item.get_closest_marker("fuzz") is None and _shares_a_fixture_with_its_module(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    _keep_groups_together(config, items)
     # The long runs first: pytest-xdist hands out work in this order, one unit
     # (a test, or a module's group) to whichever worker is free, so the single
     # short in-process tests at the end even out the two workers; a minute of
