@@ -31,6 +31,7 @@ from tests.support import Gateway, start_gateway
 
 if TYPE_CHECKING:
     from aigw.config import Settings
+    from tests.fakes import FakeUpstream
 
 # The app, its settings, SQLAlchemy and alembic are imported by the fixtures that
 # use them: pytest-xdist's controller process loads this file too, runs no test,
@@ -318,6 +319,50 @@ async def reset_gateway(db: str, gateway: Gateway) -> Gateway:
     finally:
         await conn.close()
     return gateway.from_here()
+
+
+class SharedFakeUpstream:
+    """One default :mod:`tests.fakes.upstream` process per xdist worker, handed to
+    each module that needs one as if started for it (see :meth:`fresh`)."""
+
+    def __init__(self) -> None:
+        self._server: FakeUpstream | None = None
+
+    def fresh(self) -> FakeUpstream:
+        """The fake as a new process is: nothing under way, counters at zero, no
+        requests remembered, the start-up scenario. One still busy with a request
+        of an earlier module (a stalled stream) is replaced by a new process."""
+        from tests.fakes import start_fake_upstream
+
+        server = self._server
+        if server is not None:
+            try:
+                server.wait_until(in_flight=0, streams_open=0)
+            except AssertionError:
+                server.stop()
+                server = None
+        if server is None:
+            server = self._server = start_fake_upstream()
+        server.reset()
+        return server
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_fake_upstream() -> Iterator[SharedFakeUpstream]:
+    """The default fake upstream, shared by the modules of this worker: each module
+    started its own, ~1.8 s of CPU per start (aiohttp, tiktoken, two encodings),
+    on every worker the module ran on. A module takes it with
+    ``shared_fake_upstream.fresh()`` in its own module-scoped ``fake`` fixture
+    (which keeps its tests on one xdist worker)."""
+    shared = SharedFakeUpstream()
+    try:
+        yield shared
+    finally:
+        shared.stop()
 
 
 @pytest.fixture
