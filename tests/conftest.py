@@ -467,7 +467,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # starting it for its share of the module (as the gateways of
         # hostile_dates, hostile_input and counting_workers were). The fuzz has
         # shards of its own, to be spread.
-        if item.get_closest_marker("fuzz") is None and _shares_a_fixture_with_its_module(item):
+        # A group the module chose itself (several modules sharing a fixture) stands.
+        if (
+            item.get_closest_marker("fuzz") is None
+            and item.get_closest_marker("xdist_group") is None
+            and _shares_a_fixture_with_its_module(item)
+        ):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
     _keep_groups_together(config, items)
     # The long runs first: pytest-xdist hands out work in this order, one unit
