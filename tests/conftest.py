@@ -331,14 +331,15 @@ class SharedFakeUpstream:
     def fresh(self) -> FakeUpstream:
         """The fake as a new process is: nothing under way, counters at zero, no
         requests remembered, the start-up scenario. One still busy with a request
-        of an earlier module (a stalled stream) is replaced by a new process."""
+        of an earlier module (a stalled stream), or gone, is replaced by a new
+        process."""
         from tests.fakes import start_fake_upstream
 
         server = self._server
         if server is not None:
             try:
                 server.wait_until(in_flight=0, streams_open=0)
-            except AssertionError:
+            except (AssertionError, httpx.HTTPError):
                 server.stop()
                 server = None
         if server is None:
@@ -400,6 +401,67 @@ PROCESS_FIXTURES = frozenset(
 )
 PROCESS_NAMES = ("start_gateway", "running_gateway", "AIGW_BIN", "subprocess", "stop_process")
 SHARED_SCOPES = frozenset({"module", "class", "package"})
+
+
+# ``make test-fast``'s -m expression (the Makefile), and modules none of whose tests
+# it selects: every one starts real processes, drives a browser or fuzzes. That run
+# does not import them (pytest imports a module before -m deselects its tests):
+# ~2.5 s of CPU per xdist worker, playwright, schemathesis, typer's test runner and
+# helm's bindings among it. Any other run that collects one checks the claim.
+FAST_MARKEXPR = "not browser and not slow and not fuzz and not process and not replicas"
+NOT_IN_THE_FAST_RUN = frozenset(
+    {
+        "tests/budgets/test_processes.py",
+        "tests/cli/test_cli_imports.py",
+        "tests/cli/test_first_hour_cli.py",
+        "tests/cli/test_keys_budget_cli.py",
+        "tests/cli/test_keys_cli.py",
+        "tests/cli/test_providers_cli.py",
+        "tests/cli/test_serve.py",
+        "tests/cli/test_serve_workers.py",
+        "tests/cli/test_usage_cli.py",
+        "tests/deploy/test_replicas.py",
+        "tests/fakes/test_fake_upstream.py",
+        "tests/proxy/test_e2e.py",
+        "tests/proxy/test_responses_e2e.py",
+        "tests/reliability/test_contract_fuzz.py",
+        "tests/reliability/test_database_and_shutdown.py",
+        "tests/reliability/test_faults_under_load.py",
+        "tests/ui/test_console_budget.py",
+        "tests/ui/test_console_drift.py",
+        "tests/ui/test_console_first_hour.py",
+    }
+)
+
+
+def _relative(config: pytest.Config, path: Path) -> str:
+    try:
+        return path.relative_to(config.rootpath).as_posix()
+    except ValueError:
+        return ""
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if (config.option.markexpr or "").strip() == FAST_MARKEXPR and _relative(
+        config, collection_path
+    ) in NOT_IN_THE_FAST_RUN:
+        return True
+    return None
+
+
+def _check_not_in_the_fast_run(items: list[pytest.Item]) -> None:
+    from _pytest.mark import MarkMatcher  # what -m matches with
+    from _pytest.mark.expression import Expression
+
+    fast = Expression.compile(FAST_MARKEXPR)
+    for item in items:
+        if item.nodeid.split("::", 1)[0] in NOT_IN_THE_FAST_RUN and fast.evaluate(
+            MarkMatcher.from_markers(item.iter_markers())
+        ):
+            raise pytest.UsageError(
+                f"{item.nodeid} runs in make test-fast: take its module out of "
+                "NOT_IN_THE_FAST_RUN (tests/conftest.py), which that run does not import"
+            )
 
 
 def _is_process_test(item: pytest.Item) -> bool:
@@ -474,6 +536,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             and _shares_a_fixture_with_its_module(item)
         ):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    _check_not_in_the_fast_run(items)
     _keep_groups_together(config, items)
     # The long runs first: pytest-xdist hands out work in this order, one unit
     # (a test, or a module's group) to whichever worker is free, so the single
