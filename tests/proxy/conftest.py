@@ -22,8 +22,14 @@ from aiohttp import web
 
 MODEL = "gpt-4o-mini"
 
-# test_worker_path*.py: one xdist group, for one warm pool of counting workers.
-WORKER_PATH_GROUP = "tests/proxy/test_worker_path*.py"
+# One xdist group for the tests that run the anthropic SDK (test_messages,
+# test_upstream_count, test_provider_kinds, tests/reliability/test_hostile_endpoints,
+# and test_worker_path*.py, which run tests of the first three again and share one
+# warm pool of counting workers, see ``_workers``). Importing the SDK costs ~2.4 s
+# of CPU: these modules import it in the tests that use it, so that only the xdist
+# worker that runs this group pays it, and one pool serves the worker-path tests.
+ANTHROPIC_SDK_GROUP = "anthropic-sdk"
+WORKER_PATH_GROUP = ANTHROPIC_SDK_GROUP
 
 
 @pytest.fixture(scope="session")
