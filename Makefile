@@ -97,7 +97,8 @@ test: $(DEV) browser  ## everything CI runs: lint, types, bandit, the whole suit
 # gateway, `aigw serve` itself, the end-to-end and hostile-input runs against a
 # real process. About 750 of the suite's ~1070 tests, all in process (the app
 # through httpx, or served by uvicorn in the test's event loop). `make test`,
-# which CI runs, runs every test.
+# which CI runs, runs every test. The -m expression is tests/conftest.py's
+# FAST_MARKEXPR: under it, the modules none of whose tests it runs are not imported.
 test-fast: $(DEV)  ## the inner loop: the in-process tests only (no browser, fuzz, slow runs or real gateway processes; make test runs all)
 	$(BIN)/pytest -q $(XDIST) -m "not browser and not slow and not fuzz and not process and not replicas"
 

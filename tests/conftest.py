@@ -20,19 +20,22 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
-from aigw.app import create_app
-from aigw.config import Settings
 from aigw.db import notify
-from aigw.db.engine import libpq_url
-from aigw.db.migrate import upgrade
 from tests.support import Gateway, start_gateway
+
+if TYPE_CHECKING:
+    from aigw.config import Settings
+    from tests.fakes import FakeUpstream
+
+# The app, its settings, SQLAlchemy and alembic are imported by the fixtures that
+# use them: pytest-xdist's controller process loads this file too, runs no test,
+# and spent ~3 s of CPU importing them.
 
 # Where PYTHONDONTWRITEBYTECODE is set (this machine does), every
 # pytest process re-parsed and re-rewrote the assertions of every test module it
@@ -86,6 +89,10 @@ _EMPTY_SQL = (
 
 
 def _with_database(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    from aigw.db.engine import libpq_url
+
     return make_url(libpq_url(url)).set(database=name).render_as_string(hide_password=False)
 
 
@@ -93,6 +100,9 @@ def _with_database(url: str, name: str) -> str:
 def database_url() -> Iterator[str]:
     """A migrated database on a real PostgreSQL, for the whole test run."""
     import asyncio
+
+    from aigw.db.engine import libpq_url
+    from aigw.db.migrate import upgrade
 
     external = os.environ.get("AIGW_TEST_DATABASE_URL")
     server = None
@@ -166,6 +176,8 @@ async def db(database_url: str, _emptier: list[asyncpg.Connection]) -> AsyncIter
 
 @pytest.fixture
 def make_settings(db: str, tmp_path: Path) -> Callable[..., Settings]:
+    from aigw.config import Settings
+
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "database_url": db,
@@ -193,6 +205,8 @@ def admin_headers() -> dict[str, str]:
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[Any]:
+    from aigw.app import create_app
+
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
@@ -307,6 +321,51 @@ async def reset_gateway(db: str, gateway: Gateway) -> Gateway:
     return gateway.from_here()
 
 
+class SharedFakeUpstream:
+    """One default :mod:`tests.fakes.upstream` process per xdist worker, handed to
+    each module that needs one as if started for it (see :meth:`fresh`)."""
+
+    def __init__(self) -> None:
+        self._server: FakeUpstream | None = None
+
+    def fresh(self) -> FakeUpstream:
+        """The fake as a new process is: nothing under way, counters at zero, no
+        requests remembered, the start-up scenario. One still busy with a request
+        of an earlier module (a stalled stream), or gone, is replaced by a new
+        process."""
+        from tests.fakes import start_fake_upstream
+
+        server = self._server
+        if server is not None:
+            try:
+                server.wait_until(in_flight=0, streams_open=0)
+            except (AssertionError, httpx.HTTPError):
+                server.stop()
+                server = None
+        if server is None:
+            server = self._server = start_fake_upstream()
+        server.reset()
+        return server
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_fake_upstream() -> Iterator[SharedFakeUpstream]:
+    """The default fake upstream, shared by the modules of this worker: each module
+    started its own, ~1.8 s of CPU per start (aiohttp, tiktoken, two encodings),
+    on every worker the module ran on. A module takes it with
+    ``shared_fake_upstream.fresh()`` in its own module-scoped ``fake`` fixture
+    (which keeps its tests on one xdist worker)."""
+    shared = SharedFakeUpstream()
+    try:
+        yield shared
+    finally:
+        shared.stop()
+
+
 @pytest.fixture
 async def provider(client: httpx.AsyncClient) -> dict[str, Any]:
     """A registered provider with two models."""
@@ -344,6 +403,67 @@ PROCESS_NAMES = ("start_gateway", "running_gateway", "AIGW_BIN", "subprocess", "
 SHARED_SCOPES = frozenset({"module", "class", "package"})
 
 
+# ``make test-fast``'s -m expression (the Makefile), and modules none of whose tests
+# it selects: every one starts real processes, drives a browser or fuzzes. That run
+# does not import them (pytest imports a module before -m deselects its tests):
+# ~2.5 s of CPU per xdist worker, playwright, schemathesis, typer's test runner and
+# helm's bindings among it. Any other run that collects one checks the claim.
+FAST_MARKEXPR = "not browser and not slow and not fuzz and not process and not replicas"
+NOT_IN_THE_FAST_RUN = frozenset(
+    {
+        "tests/budgets/test_processes.py",
+        "tests/cli/test_cli_imports.py",
+        "tests/cli/test_first_hour_cli.py",
+        "tests/cli/test_keys_budget_cli.py",
+        "tests/cli/test_keys_cli.py",
+        "tests/cli/test_providers_cli.py",
+        "tests/cli/test_serve.py",
+        "tests/cli/test_serve_workers.py",
+        "tests/cli/test_usage_cli.py",
+        "tests/deploy/test_replicas.py",
+        "tests/fakes/test_fake_upstream.py",
+        "tests/proxy/test_e2e.py",
+        "tests/proxy/test_responses_e2e.py",
+        "tests/reliability/test_contract_fuzz.py",
+        "tests/reliability/test_database_and_shutdown.py",
+        "tests/reliability/test_faults_under_load.py",
+        "tests/ui/test_console_budget.py",
+        "tests/ui/test_console_drift.py",
+        "tests/ui/test_console_first_hour.py",
+    }
+)
+
+
+def _relative(config: pytest.Config, path: Path) -> str:
+    try:
+        return path.relative_to(config.rootpath).as_posix()
+    except ValueError:
+        return ""
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if (config.option.markexpr or "").strip() == FAST_MARKEXPR and _relative(
+        config, collection_path
+    ) in NOT_IN_THE_FAST_RUN:
+        return True
+    return None
+
+
+def _check_not_in_the_fast_run(items: list[pytest.Item]) -> None:
+    from _pytest.mark import MarkMatcher  # what -m matches with
+    from _pytest.mark.expression import Expression
+
+    fast = Expression.compile(FAST_MARKEXPR)
+    for item in items:
+        if item.nodeid.split("::", 1)[0] in NOT_IN_THE_FAST_RUN and fast.evaluate(
+            MarkMatcher.from_markers(item.iter_markers())
+        ):
+            raise pytest.UsageError(
+                f"{item.nodeid} runs in make test-fast: take its module out of "
+                "NOT_IN_THE_FAST_RUN (tests/conftest.py), which that run does not import"
+            )
+
+
 def _is_process_test(item: pytest.Item) -> bool:
     module = vars(getattr(item, "module", None) or object())
     return not PROCESS_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())) or any(
@@ -379,8 +499,25 @@ def _handed_out_first(item: pytest.Item) -> int:
     return 2 if item.get_closest_marker("xdist_group") else 3
 
 
+def _keep_groups_together(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """What pytest-xdist does for ``--dist loadgroup``, on pytest 9: xdist (3.8)
+    appends ``@group`` to ``item._nodeid``, which pytest 9 no longer reads (the node
+    id is ``item._id``), so every group was spread over both workers like single
+    tests, and a module's fake upstream, gateway or counting workers were started
+    on each (~60 s of the fast run's 235 s of CPU). Where xdist's own suffix takes
+    (pytest 8: the item has ``_nodeid``) this does nothing."""
+    if not getattr(config.option, "loadgroup", False):  # set in xdist workers
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
+        if names and not hasattr(item, "_nodeid") and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")  # type: ignore[attr-defined]
+
+
 @pytest.hookimpl(tryfirst=True)  # before tests/reliability's hook puts its final check last
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         # ``process``: the test starts a real ``aigw serve`` (or another subprocess),
         # ~2-4 s of CPU each; ``make test-fast`` leaves these out (see the Makefile).
@@ -392,8 +529,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # starting it for its share of the module (as the gateways of
         # hostile_dates, hostile_input and counting_workers were). The fuzz has
         # shards of its own, to be spread.
-        if item.get_closest_marker("fuzz") is None and _shares_a_fixture_with_its_module(item):
+        # A group the module chose itself (several modules sharing a fixture) stands.
+        if (
+            item.get_closest_marker("fuzz") is None
+            and item.get_closest_marker("xdist_group") is None
+            and _shares_a_fixture_with_its_module(item)
+        ):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    _check_not_in_the_fast_run(items)
+    _keep_groups_together(config, items)
     # The long runs first: pytest-xdist hands out work in this order, one unit
     # (a test, or a module's group) to whichever worker is free, so the single
     # short in-process tests at the end even out the two workers; a minute of

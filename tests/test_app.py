@@ -1,4 +1,7 @@
+import functools
+
 import httpx
+import pytest
 
 from tests.conftest import key_body
 
@@ -26,30 +29,33 @@ async def test_a_ready_gateway_scans_young_objects_rarely(client: httpx.AsyncCli
     assert gc.get_freeze_count() > 0
 
 
-def test_the_gateway_loads_no_redis_client_without_a_redis_store() -> None:
-    # Issue 15: redis's client (~6 MB of an idle worker) is imported with the
-    # first Redis store client, never by a gateway whose budgets are in PostgreSQL.
+@functools.cache
+def _packages_a_gateway_loads() -> frozenset[str]:
+    """The top-level packages an ``aigw.main`` imported in a fresh interpreter has
+    loaded: one probe process (~2 s of CPU: its imports) for both checks below,
+    which run on one xdist worker. (Imported here: a test module that names
+    ``subprocess`` is taken for one that starts gateways, see tests/conftest.py.)"""
     import subprocess
     import sys
 
-    probe = (
-        "import sys, aigw.main; print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'))"
-    )
+    probe = "import sys, aigw.main; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    loaded = frozenset(out.stdout.split())
+    assert {"aigw", "fastapi", "asyncpg"} <= loaded, out.stdout  # the probe saw a gateway
+    return loaded
 
 
+@pytest.mark.xdist_group("a-gateway's-imports")
+def test_the_gateway_loads_no_redis_client_without_a_redis_store() -> None:
+    # Issue 15: redis's client (~6 MB of an idle worker) is imported with the
+    # first Redis store client, never by a gateway whose budgets are in PostgreSQL.
+    assert sorted(_packages_a_gateway_loads() & {"redis"}) == []
+
+
+@pytest.mark.xdist_group("a-gateway's-imports")
 def test_the_gateway_loads_no_migration_pdf_or_font_libraries() -> None:
     # Issue 15, a guard: alembic runs in `aigw migrate`'s own process (~12 MB),
     # fontTools loads with the first PDF whose fonts rename glyphs, and pypdf is
     # only the tests' independent reader; none belongs in an idle worker.
-    import subprocess
-    import sys
-
-    heavy = ("alembic", "mako", "fontTools", "pypdf")
-    probe = (
-        "import sys, aigw.main; "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    heavy = {"alembic", "mako", "fontTools", "pypdf"}
+    assert sorted(_packages_a_gateway_loads() & heavy) == []

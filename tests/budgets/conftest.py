@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -22,7 +22,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.fakes import FakeUpstream, start_fake_upstream
+from tests.conftest import SharedFakeUpstream
+from tests.fakes import FakeUpstream
 from tests.fakes.billing import load_encoding, prompt_tokens
 from tests.proxy.conftest import MODEL, gateway  # noqa: F401 - a fixture
 
@@ -41,9 +42,8 @@ def words_of(text: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    with start_fake_upstream() as server:
-        yield server
+def fake(shared_fake_upstream: SharedFakeUpstream) -> FakeUpstream:
+    return shared_fake_upstream.fresh()
 
 
 @cache

@@ -8,7 +8,8 @@ import functools
 import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,30 @@ import uvicorn
 from aiohttp import web
 
 MODEL = "gpt-4o-mini"
+
+# One xdist group for the tests that run the anthropic SDK (test_messages,
+# test_upstream_count, test_provider_kinds, tests/reliability/test_hostile_endpoints,
+# and test_worker_path*.py, which run tests of the first three again and share one
+# warm pool of counting workers, see ``_workers``). Importing the SDK costs ~2.4 s
+# of CPU: these modules import it in the tests that use it, so that only the xdist
+# worker that runs this group pays it, and one pool serves the worker-path tests.
+ANTHROPIC_SDK_GROUP = "anthropic-sdk"
+WORKER_PATH_GROUP = ANTHROPIC_SDK_GROUP
+
+
+@pytest.fixture(scope="session")
+def _workers() -> Iterator[list[ProcessPoolExecutor]]:
+    """The counting workers of the worker-path tests (test_worker_path*.py, one
+    xdist group), one pool of them for all their gateways: a cold worker costs
+    seconds of CPU (its imports, the encoding) and its shutdown more, and a fresh
+    pool per test was most of these tests' time (a pool per module, ~2.5 s of CPU
+    each). Started and warmed by test_worker_path.py as ``CountingPool`` starts its
+    own (spawned, at a lower priority); a test that broke it (a dead worker: the
+    gateway drops its pool) leaves the next test a new one."""
+    held: list[ProcessPoolExecutor] = []
+    yield held
+    for executor in held:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 async def create_provider(

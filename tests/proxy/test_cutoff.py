@@ -4,12 +4,12 @@ is exactly L tokens, whatever the text and however the upstream chunks it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.fakes import FakeUpstream, start_fake_upstream
+from tests.conftest import SharedFakeUpstream
+from tests.fakes import FakeUpstream
 from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk
 
 TEXTS = {
@@ -23,9 +23,8 @@ LIMITS = (1, 2, 3, 7, 16, 31, 64)
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    with start_fake_upstream() as server:
-        yield server
+def fake(shared_fake_upstream: SharedFakeUpstream) -> FakeUpstream:
+    return shared_fake_upstream.fresh()
 
 
 @pytest.fixture

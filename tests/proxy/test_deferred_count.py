@@ -5,23 +5,22 @@ the count still reaches the usage record, exactly, after the answer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from aigw.proxy.admission import Admission
-from tests.fakes import FakeUpstream, start_fake_upstream
+from tests.conftest import SharedFakeUpstream
+from tests.fakes import FakeUpstream
 from tests.proxy.conftest import MODEL, create_provider, ready_key, usage_rows
 
 PROMPT = "Count me exactly, but not before you answer. " * 2000
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    with start_fake_upstream() as server:
-        yield server
+def fake(shared_fake_upstream: SharedFakeUpstream) -> FakeUpstream:
+    return shared_fake_upstream.fresh()
 
 
 async def test_the_answer_does_not_wait_for_the_count_the_record_does(

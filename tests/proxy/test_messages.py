@@ -6,9 +6,8 @@ provider (natively: a fake of the Messages API) and to an ``openai`` provider
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import httpx
 import pytest
 
@@ -16,6 +15,7 @@ from tests.fakes.anthropic import INPUT_TOKENS, FakeAnthropic
 from tests.fakes.billing import load_encoding
 from tests.fakes.wire import serve_in_loop, words
 from tests.proxy.conftest import (
+    ANTHROPIC_SDK_GROUP,
     MODEL,
     InLoopUpstream,
     client_tls,
@@ -23,6 +23,11 @@ from tests.proxy.conftest import (
     ready_key,
     usage_rows,
 )
+
+if TYPE_CHECKING:
+    import anthropic
+
+pytestmark = pytest.mark.xdist_group(ANTHROPIC_SDK_GROUP)
 
 CLAUDE = "claude-sonnet-4-5"
 L = 5
@@ -72,6 +77,8 @@ async def target(
 
 
 def client(app: Any, token: str, **kwargs: Any) -> anthropic.AsyncAnthropic:
+    import anthropic  # here: see ANTHROPIC_SDK_GROUP
+
     return anthropic.AsyncAnthropic(
         base_url=app.url, api_key=token, max_retries=0, http_client=http_client(), **kwargs
     )
@@ -152,6 +159,8 @@ async def raw_events(app: Any, token: str, body: dict[str, Any]) -> list[tuple[s
 async def test_policy_table_output(target: tuple[Any, Target], db: str, stream: bool) -> None:
     """max_tokens is the requested output: L-1 and L pass, L+1 is refused under
     reject (nothing sent upstream) and forwarded, flagged, under use_anyway."""
+    import anthropic  # here: see ANTHROPIC_SDK_GROUP
+
     app, t = target
     t.script(output_tokens=3)
     key = await ready_key(app, provider="p", model=t.model, output_limit=L)
@@ -226,6 +235,8 @@ async def test_cut_at_exactly_l(target: tuple[Any, Target], db: str) -> None:
 
 
 async def test_input_limit(target: tuple[Any, Target], db: str) -> None:
+    import anthropic  # here: see ANTHROPIC_SDK_GROUP
+
     app, t = target
     t.script(output_tokens=2)
     n = prompt_tokens(t.model)
@@ -296,6 +307,8 @@ async def test_tools(target: tuple[Any, Target]) -> None:
 
 
 async def test_auth_and_errors(target: tuple[Any, Target], db: str) -> None:
+    import anthropic  # here: see ANTHROPIC_SDK_GROUP
+
     app, t = target
     t.script(output_tokens=2)
     key = await ready_key(app, provider="p", model=t.model)

@@ -8,12 +8,12 @@ and the fake's words are one token each, so "the first L words" is L tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.fakes import FakeUpstream, start_fake_upstream
+from tests.conftest import SharedFakeUpstream
+from tests.fakes import FakeUpstream
 from tests.fakes.billing import load_encoding
 from tests.fakes.upstream import words
 from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk, usage_rows
@@ -36,9 +36,8 @@ def first_words(n: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    with start_fake_upstream() as server:
-        yield server
+def fake(shared_fake_upstream: SharedFakeUpstream) -> FakeUpstream:
+    return shared_fake_upstream.fresh()
 
 
 @pytest.fixture

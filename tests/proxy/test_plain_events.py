@@ -4,13 +4,13 @@ stay exact. The counts expected are tiktoken's over the text the client got."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from aigw.proxy.accounting import Output
-from tests.fakes import FakeUpstream, start_fake_upstream
+from tests.conftest import SharedFakeUpstream
+from tests.fakes import FakeUpstream
 from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk, usage_rows
 
 # ~600 tokens of prose, one token per event: the stream is mostly plain events.
@@ -18,9 +18,8 @@ TEXT = "The gateway relays every event as it arrives, unless it must change it. 
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    with start_fake_upstream() as server:
-        yield server
+def fake(shared_fake_upstream: SharedFakeUpstream) -> FakeUpstream:
+    return shared_fake_upstream.fresh()
 
 
 @pytest.fixture

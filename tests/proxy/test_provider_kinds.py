@@ -7,14 +7,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anthropic
 import openai
 import pytest
 
 from tests.fakes.azure import FakeAzure
 from tests.fakes.gemini import FakeGemini, prompt_count
 from tests.fakes.wire import serve_in_loop, words
-from tests.proxy.conftest import ready_key, sdk, usage_rows
+from tests.proxy.conftest import ANTHROPIC_SDK_GROUP, ready_key, sdk, usage_rows
+
+pytestmark = pytest.mark.xdist_group(ANTHROPIC_SDK_GROUP)
 
 GEMINI = "gemini-2.5-flash"
 AZURE_MODEL = "gpt-4o-mini"
@@ -217,6 +218,8 @@ async def test_gemini_tools_and_errors(gemini: tuple[Any, FakeGemini]) -> None:
 
 
 async def test_gemini_through_the_messages_api(gemini: tuple[Any, FakeGemini]) -> None:
+    import anthropic  # here: see ANTHROPIC_SDK_GROUP
+
     app, fake = gemini
     fake.script.output_tokens = 3 * L
     fake.script.honour_max_tokens = False

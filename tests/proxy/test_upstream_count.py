@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anthropic
 import openai
 import pytest
 
@@ -15,7 +14,9 @@ from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.billing import load_encoding
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.wire import serve_in_loop
-from tests.proxy.conftest import ready_key, sdk, usage_rows
+from tests.proxy.conftest import ANTHROPIC_SDK_GROUP, ready_key, sdk, usage_rows
+
+pytestmark = pytest.mark.xdist_group(ANTHROPIC_SDK_GROUP)
 
 GEMINI = "gemini-2.5-flash"
 CLAUDE = "claude-sonnet-4-5"
@@ -123,6 +124,8 @@ async def test_fallback_is_the_estimate_plus_margin(
 
 
 async def test_anthropic_counter_through_both_doors(gateway: Any, db: str) -> None:
+    import anthropic  # here: see ANTHROPIC_SDK_GROUP
+
     fake = FakeAnthropic()
     fake.script.output_tokens = 2
     async with serve_in_loop(fake.app()) as url:

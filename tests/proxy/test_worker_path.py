@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import multiprocessing
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -33,6 +33,7 @@ from aigw.proxy.counting.workers import (
     inspect_messages_body,
     inspect_responses_body,
 )
+from tests.proxy.conftest import WORKER_PATH_GROUP
 from tests.proxy.test_messages import (  # noqa: F401 (fixtures and tests run again here)
     fake_anthropic,
     target,
@@ -56,6 +57,10 @@ from tests.proxy.test_responses import (  # noqa: F401 (fixtures and tests run a
     test_use_anyway_requested_output_over_limit,
 )
 
+# The three worker-path modules share one warm pool (``_workers``): one xdist worker
+# runs them all.
+pytestmark = pytest.mark.xdist_group(WORKER_PATH_GROUP)
+
 _HI = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
 # One call of each endpoint's worker function: imports its modules and the encoding.
 _WARM_UP: tuple[tuple[Callable[..., Any], tuple[Any, ...]], ...] = (
@@ -68,20 +73,6 @@ _WARM_UP: tuple[tuple[Callable[..., Any], tuple[Any, ...]], ...] = (
         (_HI, "m", "o200k_base", 100),
     ),
 )
-
-
-@pytest.fixture(scope="module")
-def _workers() -> Iterator[list[ProcessPoolExecutor]]:
-    """The counting workers, one pool of them for the module's gateways: a cold
-    worker costs seconds of CPU (its imports, the encoding) and its shutdown more,
-    and a fresh pool per test was most of these tests' time. Started and warmed
-    as ``CountingPool`` starts its own (spawned, at a lower priority); a test that
-    broke it (a dead worker: the gateway drops its pool) leaves the next test a
-    new one."""
-    held: list[ProcessPoolExecutor] = []
-    yield held
-    for executor in held:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _warm_executor(held: list[ProcessPoolExecutor], processes: int) -> ProcessPoolExecutor:
@@ -102,7 +93,7 @@ async def gateway(
     gateway: Callable[..., Awaitable[Any]], _workers: list[ProcessPoolExecutor]
 ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """The proxy tests' gateway factory, with every body counted in a worker (the
-    module's warm ones, see :func:`_workers`)."""
+    warm ones of tests/proxy/conftest.py's ``_workers``)."""
     started: list[Any] = []
 
     async def start(**overrides: Any) -> Any:

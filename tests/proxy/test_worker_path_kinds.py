@@ -6,6 +6,9 @@ every body counted in a worker."""
 
 from __future__ import annotations
 
+import pytest
+
+from tests.proxy.conftest import WORKER_PATH_GROUP
 from tests.proxy.test_anthropic import (  # noqa: F401 (fixtures and tests run again here)
     app,
     messages_api,
@@ -23,7 +26,6 @@ from tests.proxy.test_provider_kinds import (  # noqa: F401 (fixtures and tests 
     test_gemini_tools_and_errors,
     test_gemini_whole_and_stream,
 )
-from tests.proxy.test_worker_path import (  # noqa: F401 (every body in a worker)
-    _workers,
-    gateway,
-)
+from tests.proxy.test_worker_path import gateway  # noqa: F401 (every body in a worker)
+
+pytestmark = pytest.mark.xdist_group(WORKER_PATH_GROUP)

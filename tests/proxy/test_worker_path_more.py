@@ -27,6 +27,7 @@ import pytest
 from aigw.proxy.counting.files import INFLATE_STATS
 from aigw.proxy.counting.offload import CountingPool
 from aigw.proxy.counting.workers import inspect_chat_body
+from tests.proxy.conftest import WORKER_PATH_GROUP
 from tests.proxy.test_surface import (  # noqa: F401 (fixtures and tests run again here)
     app,
     fake,
@@ -40,8 +41,10 @@ from tests.proxy.test_upstream_count import (  # noqa: F401 (tests run again her
     test_anthropic_counter_through_both_doors,
     test_the_providers_count_decides,
 )
-from tests.proxy.test_worker_path import _workers, gateway  # noqa: F401 (every body to a worker, one warm pool a module)
+from tests.proxy.test_worker_path import gateway  # noqa: F401 (every body to a worker, one warm pool)
 from tests.reliability.test_file_inputs import HIDDEN, make_pdf
+
+pytestmark = pytest.mark.xdist_group(WORKER_PATH_GROUP)
 
 _DATA = "data:application/pdf;base64," + base64.b64encode(make_pdf(["x"])).decode()
 _FILE = {"type": "file", "file": {"filename": "a.pdf", "file_data": _DATA}}

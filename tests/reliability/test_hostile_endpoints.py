@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anthropic
 import httpx
 import openai
 import orjson
@@ -24,6 +23,7 @@ import pytest
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.responses import FakeResponses
 from tests.proxy.conftest import (  # noqa: F401
+    ANTHROPIC_SDK_GROUP,
     MODEL,
     InLoopUpstream,
     client_tls,
@@ -34,6 +34,8 @@ from tests.proxy.conftest import (  # noqa: F401
     upstream,
 )
 from tests.reliability.conftest import CLAUDE
+
+pytestmark = pytest.mark.xdist_group(ANTHROPIC_SDK_GROUP)
 
 JSON = {"content-type": "application/json"}
 # About 4,000 tokens of prompt text (one-token words).
@@ -176,6 +178,8 @@ async def test_messages_sdk_sees_a_bad_request(
     anthropic_app: Any, fake_anthropic: tuple[FakeAnthropic, str]
 ) -> None:
     """The official SDK raises BadRequestError for a case variant sent as an extra field."""
+    import anthropic  # here: see ANTHROPIC_SDK_GROUP
+
     state, _ = fake_anthropic
     key = await ready_key(anthropic_app, model=CLAUDE, output_limit=20)
     client = anthropic.AsyncAnthropic(
