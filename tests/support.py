@@ -222,6 +222,12 @@ def _start_gateway(
         try:
             _wait_own_healthz(proc, url, port, timeout=60.0)
         except PortTaken:
+            # Exit 2 is also aigw serve's refusal of its configuration (a key ring
+            # that cannot open the stored key codes, say): say so at once rather
+            # than start it twice more (~2.5 s of CPU each) and blame the port.
+            said = log_path.read_text(errors="replace")[-4000:]
+            if "cannot serve:" not in said:
+                raise RuntimeError(f"gateway refused to start (exit 2):\n{said}") from None
             if attempt < 2:
                 continue
             raise
