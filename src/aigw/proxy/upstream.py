@@ -276,9 +276,10 @@ def create_upstream_session(settings: Settings) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=settings.upstream_max_connections,
         limit_per_host=0,
-        # Below the 5 s keep-alive of uvicorn-based servers (vLLM, …): a pooled
-        # connection is dropped by us before the server can close it under a request.
-        keepalive_timeout=4.0,
+        # AIGW_UPSTREAM_KEEPALIVE_EXPIRY, 4 s: below the 5 s keep-alive of
+        # uvicorn-based servers (vLLM, …), a pooled connection is dropped by us
+        # before the server can close it under a request.
+        keepalive_timeout=settings.upstream_keepalive_expiry,
         ttl_dns_cache=60,
         resolver=_PolicyResolver(settings.allow_private_upstreams),
     )
