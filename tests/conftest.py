@@ -8,7 +8,9 @@ on it for the run and dropped afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import itertools
 import os
 import secrets
@@ -99,7 +101,6 @@ def _with_database(url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A migrated database on a real PostgreSQL, for the whole test run."""
-    import asyncio
 
     from aigw.db.engine import libpq_url
     from aigw.db.migrate import upgrade
@@ -289,6 +290,10 @@ def shared_gateway_process(
     twenty of them were a tenth of the suite's CPU. Tests take it through
     :func:`gateway_process`, which resets it."""
     root = tmp_path_factory.mktemp("shared-gateway")
+    # A test before it on this worker may have left keys sealed under another key
+    # ring, on which ``aigw serve`` refuses to start (exit 2).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may run in a loop
+        pool.submit(asyncio.run, empty_database(database_url)).result()
     # A test's usage rows are written before the next test empties the tables.
     env = process_env(database_url, root / "gw-data", AIGW_USAGE_FLUSH_INTERVAL="0.05")
     gateway = start_gateway(env, root / "gateway.log")
@@ -511,9 +516,16 @@ def _keep_groups_together(config: pytest.Config, items: list[pytest.Item]) -> No
     from _pytest.nodeid import NodeId
 
     for item in items:
-        names = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
-        if names and not hasattr(item, "_nodeid") and "@" not in item.nodeid:
-            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")  # type: ignore[attr-defined]
+        names = sorted(
+            {
+                str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                for mark in item.iter_markers("xdist_group")
+            }
+        )
+        nodeid = item.nodeid
+        # xdist's own test for a group suffix: an "@" after any parameter id's "]".
+        if names and not hasattr(item, "_nodeid") and nodeid.rfind("@") <= nodeid.rfind("]"):
+            item._id = NodeId.parse(f"{nodeid}@{'_'.join(names)}")  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(tryfirst=True)  # before tests/reliability's hook puts its final check last

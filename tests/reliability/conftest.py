@@ -432,43 +432,12 @@ def pytest_configure(config: pytest.Config) -> None:
     logging.getLogger("aigw").setLevel(logging.DEBUG)
 
 
-@pytest.hookimpl(trylast=True)  # after tests/conftest.py has marked the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The session-wide secret check runs after every other test; and, in an xdist
-    worker with ``--dist loadgroup``, each test marked ``xdist_group`` carries its
-    group in its node id, as pytest-xdist means it to."""
+    """The session-wide secret check runs after every other test."""
     last = [item for item in items if item.name == FINAL_CHECK]
     for item in last:
         items.remove(item)
         items.append(item)
-    if getattr(config.option, "loadgroup", False):
-        _name_the_groups(items)
-
-
-def _name_the_groups(items: list[pytest.Item]) -> None:
-    """pytest-xdist (3.8) tells the controller a test's group by appending
-    ``@group`` to its node id, setting ``item._nodeid``; pytest 9 builds the node id
-    from ``item._id`` instead, so the suffix was lost and ``--dist loadgroup`` spread
-    a module's tests over both workers like ``--dist load``: a gateway meant to be
-    started once per module (tests/conftest.py groups those modules) was started on
-    each worker, and again whenever the module's tests came back to a worker after
-    another module's (issue 15). The suite-wide fix belongs in tests/conftest.py;
-    a hook of any conftest sees every item, so it works from here too. Idempotent."""
-    try:
-        from _pytest.nodeid import NodeId
-    except ImportError:  # pytest < 9: xdist's own suffix works
-        return
-    for item in items:
-        names = sorted(
-            {
-                str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
-                for mark in item.iter_markers("xdist_group")
-            }
-        )
-        nodeid = item.nodeid
-        if not names or nodeid.rfind("@") > nodeid.rfind("]"):  # xdist's test for a group
-            continue
-        item._id = NodeId.parse(f"{nodeid}@{'_'.join(names)}")  # type: ignore[attr-defined]
 
 
 class Matrix:
