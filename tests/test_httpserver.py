@@ -119,9 +119,12 @@ async def test_an_idle_connection_is_kept_past_the_body_bound_until_the_keepaliv
     assert keepalive - 0.05 <= closed_after < keepalive + 2, closed_after
 
 
+@pytest.mark.parametrize("after_the_answer", [b"", b" "], ids=["silence", "one-more-byte"])
 async def test_the_rest_of_a_body_after_an_answer_does_not_earn_the_keepalive_bound(
-    body_timeout: float,
+    body_timeout: float, after_the_answer: bytes
 ) -> None:
+    """Answered (401) before its body was all in, the connection can only carry the
+    rest of that body: it is bounded as a body is, from the answer's end."""
     async with _serving(keepalive_timeout=30.0) as (host, port):
         reader, writer = await asyncio.open_connection(host, port)
         try:
@@ -131,7 +134,7 @@ async def test_the_rest_of_a_body_after_an_answer_does_not_earn_the_keepalive_bo
             assert head.startswith(b"HTTP/1.1 401"), head
             await reader.readexactly(2)
             answered = time.monotonic()
-            writer.write(b" ")  # one more byte of a body nobody reads, then silence
+            writer.write(after_the_answer)  # none, or one more byte of the body; then silence
             await writer.drain()
             closed_after = await _closed_after(reader, answered)
         finally:

@@ -14,14 +14,15 @@ timeout applies).
 Two more bounds hold once the head is in (issue 10):
 
 - **idle while the gateway waits on the client** — a request body with no byte
-  for ``AIGW_REQUEST_BODY_TIMEOUT`` seconds, or a connection whose answer is
-  complete and that sends the rest of a body nobody reads instead of a new
-  request for as long (counted from the answer's end): closed. uvicorn cancels
+  for ``AIGW_REQUEST_BODY_TIMEOUT`` seconds, or a connection answered before its
+  request's body was all in (a 401, say), which can only carry the rest of a
+  body nobody reads, for as long from the answer's end: closed. uvicorn cancels
   its keep-alive timer on *any* byte received, so a client that read its 401,
   sent one more body byte and went silent was held forever; this timer re-arms
   on every body byte, and after the answer it runs from the answer's end,
   whatever arrives.
-- **idle between requests** — an answered connection that sends nothing is kept
+- **idle between requests** — a connection whose request was read to its end and
+  answered, and that sends nothing since, is kept
   for ``AIGW_KEEPALIVE_TIMEOUT`` seconds (uvicorn's ``timeout_keep_alive``, set
   by :func:`server_options`), then closed. It must outlast the clients' own idle
   expiry: with uvicorn's default of 5 s, equal to httpx's and so the OpenAI
@@ -182,11 +183,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 # Nothing asked yet, or a new request's head under way (the head
                 # timer bounds that too).
                 return self._last_data, body_timeout()
-            if self._last_data <= answered:
-                # Answered, and silent since: an idle keep-alive connection.
+            if self._body_done:
+                # Answered, the request read to its end, nothing since (a byte
+                # would have begun the next request): an idle keep-alive connection.
                 return answered, self.timeout_keep_alive
-            # Answered, and what arrived since is the rest of a body nobody reads:
-            # it does not keep the connection.
+            # Answered before its body was all in: what may still come is the rest
+            # of a body nobody reads, which does not keep the connection.
             return answered, body_timeout()
         if not self._body_done and not self.flow.read_paused:
             return self._last_data, body_timeout()
