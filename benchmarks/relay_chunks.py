@@ -170,7 +170,7 @@ class AigwRelay:
         from aigw.proxy.downstream import Downstream
         from aigw.proxy.relay import Relay
         from aigw.proxy.upstream import UpstreamClock
-        from aigw.usage.recorder import UsageEntry
+        from aigw.usage.entry import UsageEntry
 
         entry = UsageEntry(
             request_id="bench",

@@ -37,7 +37,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from aigw.crypto import constant_time_equals
 from aigw.errors import Unauthorized
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 OTHER = "other"
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

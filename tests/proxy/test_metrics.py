@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from aigw.metrics import Metrics
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 from tests.proxy.conftest import MODEL, create_provider, ready_key, sdk
 
 MESSAGES = [{"role": "user", "content": "hi"}]

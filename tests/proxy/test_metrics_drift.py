@@ -8,7 +8,7 @@ import uuid
 from prometheus_client import generate_latest
 
 from aigw.metrics import Metrics
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 
 def entry(**fields: object) -> UsageEntry:

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aigw.config import Settings
 from aigw.db.engine import create_engine
-from aigw.usage.recorder import UsageEntry, UsageRecorder
+from aigw.usage.entry import UsageEntry
+from aigw.usage.recorder import UsageRecorder
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from aigw.budgets.errors import BudgetExceeded, BudgetStoreUnavailable, RateLimi
 from aigw.budgets.periods import PeriodClock, rate_window
 from aigw.budgets.rules import KeyBudget
 from aigw.budgets.store import Settlement, StoreUnavailable
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 log = logging.getLogger("aigw.budgets")
 

@@ -60,7 +60,7 @@ from aigw.proxy.errors import (
 )
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, Decision, decide, refusal_limit
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 _T = TypeVar("_T")
 

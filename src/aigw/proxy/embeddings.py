@@ -35,7 +35,7 @@ from aigw.proxy.exchange import (
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, Limits, decide
 from aigw.proxy.upstream import UpstreamClock, read_whole
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 if TYPE_CHECKING:
     from aigw.proxy.pipeline import Pipeline

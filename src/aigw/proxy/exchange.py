@@ -34,7 +34,7 @@ from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import Decision
 from aigw.proxy.records import new_entry
 from aigw.proxy.upstream import UpstreamClock
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 if TYPE_CHECKING:
     from aigw.proxy.pipeline import Pipeline

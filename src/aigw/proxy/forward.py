@@ -53,7 +53,8 @@ from aigw.proxy.upstream import (
     read_status_error,
     redact_key_code,
 )
-from aigw.usage.recorder import UsageEntry, UsageRecorder
+from aigw.usage.entry import UsageEntry
+from aigw.usage.recorder import UsageRecorder
 
 log = logging.getLogger("aigw.proxy")
 

@@ -46,7 +46,8 @@ from aigw.proxy.relay import Relay
 from aigw.proxy.responses.endpoint import ResponsesEndpoint
 from aigw.proxy.upstream import UpstreamClock
 from aigw.proxy.upstream_count import UpstreamCounter
-from aigw.usage.recorder import UsageEntry, UsageRecorder
+from aigw.usage.entry import UsageEntry
+from aigw.usage.recorder import UsageRecorder
 
 _RESPONSES = ResponsesEndpoint()
 _EMBEDDINGS = EmbeddingsEndpoint()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.types import Scope
 
 from aigw.proxy.keycache import ResolvedKey
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 
 def new_entry(scope: Scope, key: ResolvedKey, endpoint: str) -> UsageEntry:

@@ -32,7 +32,7 @@ from aigw.proxy.plain import PlainEvents
 from aigw.proxy.policy import Limits, flags_output
 from aigw.proxy.sse import DONE_EVENT, encode_json
 from aigw.proxy.upstream import UpstreamClock, UpstreamSSEDecoder, read_whole
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 # Unchanged chunks tried as the model of plain events (aigw.proxy.plain) before giving up.
 _LEARN_TRIES = 4

@@ -44,7 +44,7 @@ from aigw.proxy.adapters.gemini_request import to_gemini_request
 from aigw.proxy.adapters.openai import _endpoint
 from aigw.proxy.counting.prompt import InputCount
 from aigw.proxy.keycache import ResolvedKey
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 log = logging.getLogger("aigw.proxy.count")
 

@@ -4,7 +4,7 @@ finished.
 
 Every row the recorder accepts is appended to this process's current segment,
 ``<data>/usage-spool/segment-<pid>-<ns>.jsonl`` (one JSON array per line, in
-the column order of :data:`aigw.usage.recorder.COLUMNS`), with one ``write``
+the column order of :data:`aigw.usage.entry.COLUMNS`), with one ``write``
 straight to the kernel: once ``record()`` returns, the row survives the
 process. A segment is deleted once every row in it is in the database. Each
 segment is held under an exclusive ``flock`` while its process lives; at start,

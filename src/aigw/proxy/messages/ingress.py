@@ -57,7 +57,7 @@ from aigw.proxy.messages.checks import (
 )
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide, refusal_limit
 from aigw.proxy.records import new_entry
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 if TYPE_CHECKING:
     from aigw.proxy.pipeline import Pipeline

@@ -23,7 +23,7 @@ from aigw.proxy.exchange import Prepared, apply_model_rule, encode_off_loop, res
 from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.policy import INPUT_LIMIT_EXCEEDED, decide, refusal_limit
 from aigw.proxy.responses.input import ChatView, chat_view
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 if TYPE_CHECKING:
     from aigw.proxy.pipeline import Pipeline

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 INCOMPLETE = {"reason": "max_output_tokens"}
 

@@ -10,7 +10,7 @@ from aigw.proxy.keycache import ResolvedKey
 from aigw.proxy.responses.admission import ResponsesAdmission
 from aigw.proxy.responses.relay import ResponsesRelay
 from aigw.proxy.upstream import UpstreamClock
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 
 class ResponsesEndpoint(ResponsesAdmission):

@@ -41,7 +41,7 @@ from aigw.proxy.responses.closing import (
     part_field,
 )
 from aigw.proxy.upstream import UpstreamClock, UpstreamSSEDecoder, read_whole
-from aigw.usage.recorder import UsageEntry
+from aigw.usage.entry import UsageEntry
 
 _SSE_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
