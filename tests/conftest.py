@@ -156,6 +156,12 @@ async def empty_database(database_url: str) -> None:
         await conn.close()
 
 
+def empty_database_now(database_url: str) -> None:
+    """:func:`empty_database` from synchronous code, a running event loop or not."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, empty_database(database_url)).result()
+
+
 @pytest.fixture(scope="session")
 async def _emptier(database_url: str) -> AsyncIterator[list[asyncpg.Connection]]:
     """One connection per test run for the ``db`` fixture: a new connection is a new
@@ -292,8 +298,7 @@ def shared_gateway_process(
     root = tmp_path_factory.mktemp("shared-gateway")
     # A test before it on this worker may have left keys sealed under another key
     # ring, on which ``aigw serve`` refuses to start (exit 2).
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may run in a loop
-        pool.submit(asyncio.run, empty_database(database_url)).result()
+    empty_database_now(database_url)
     # A test's usage rows are written before the next test empties the tables.
     env = process_env(database_url, root / "gw-data", AIGW_USAGE_FLUSH_INTERVAL="0.05")
     gateway = start_gateway(env, root / "gateway.log")

@@ -10,7 +10,6 @@ client sent its next request on a connection the gateway was closing."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -18,11 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from openai._constants import DEFAULT_CONNECTION_LIMITS
 
 from aigw import httpserver
 from aigw.config import Settings
+from tests.proxy.conftest import serve
 
 # Idle timeouts of what commonly sits in front of a gateway: AWS ALB's default
 # idle timeout and nginx's default upstream `keepalive_timeout` are both 60 s.
@@ -58,25 +57,10 @@ def body_timeout(monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
 
 @asynccontextmanager
 async def _serving(keepalive_timeout: float) -> AsyncIterator[tuple[str, int]]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        _app,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        **httpserver.server_options(keepalive_timeout),
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[listener]))
-    while not server.started:
-        await asyncio.sleep(0.005)
-    try:
-        yield listener.getsockname()
-    finally:
-        server.should_exit = True
-        await task
-        listener.close()
+    """The app served as ``aigw serve`` serves (its protocol and keep-alive bound)."""
+    async with serve(_app, **httpserver.server_options(keepalive_timeout)) as url:
+        where = httpx.URL(url)
+        yield where.host, where.port or 80
 
 
 async def _ask(

@@ -110,8 +110,9 @@ class Settings(BaseSettings):
     # Seconds a connection may take to send a request's line and headers (see
     # aigw.httpserver): idle and half-sent heads are closed, not held forever.
     request_head_timeout: float = Field(default=30.0, gt=0)
-    # Seconds a connection may go without a byte while the gateway waits on it (a
-    # request body, or the next request after an answer); see aigw.httpserver.
+    # Seconds a connection may go without a byte while the gateway waits on the rest
+    # of a request body (after an answer, counted from the answer's end); see
+    # aigw.httpserver.
     request_body_timeout: float = Field(default=30.0, gt=0)
     # Seconds an answered connection may stay open, idle, for the client's next
     # request. Longer than the clients' own idle expiry (httpx and the OpenAI SDKs:

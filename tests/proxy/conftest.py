@@ -343,10 +343,11 @@ class _PromptServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
+async def serve(app: Any, **options: Any) -> AsyncIterator[str]:
     """Serve *app* (its lifespan already entered) with a real uvicorn server in this
-    event loop; yields its URL. Streams reach the client as the app sends them,
-    which ``httpx.ASGITransport`` (it buffers the whole body) cannot show."""
+    event loop, *options* added to its config; yields its URL. Streams reach the
+    client as the app sends them, which ``httpx.ASGITransport`` (it buffers the
+    whole body) cannot show."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -354,6 +355,7 @@ async def serve(app: Any) -> AsyncIterator[str]:
         lifespan="off",
         log_config=None,
         timeout_graceful_shutdown=2,
+        **options,
     )
     server = _PromptServer(config)
     # Ctrl-C must still stop pytest, not this server.

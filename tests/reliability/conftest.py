@@ -4,8 +4,6 @@ process per module."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import re
@@ -22,7 +20,7 @@ import httpx
 import pytest
 
 from aigw.crypto import KeyRing, key_code_aad, mask_secret
-from tests.conftest import ADMIN_TOKEN, ENCRYPTION_KEYS, TOKEN_PEPPER, empty_database
+from tests.conftest import ADMIN_TOKEN, ENCRYPTION_KEYS, TOKEN_PEPPER, empty_database_now
 from tests.fakes import FakeUpstream, start_fake_upstream
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.responses import FakeResponses, start_fake_responses
@@ -173,8 +171,7 @@ def running_gateway(
     The database is emptied first: a test before it on this xdist worker may have
     left keys sealed under another key ring, and ``aigw serve`` refuses to start on
     them (exit 2, which :func:`start_gateway` cannot tell from a taken port)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may run in a loop
-        pool.submit(asyncio.run, empty_database(database_url)).result()
+    empty_database_now(database_url)
     env = gateway_environment(database_url, root / "data", **extra)
     gateway = start_gateway(env, root / log_name)
     try:
