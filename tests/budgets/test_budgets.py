@@ -235,7 +235,7 @@ async def store_hangs(app: Any, store: StoreView) -> AsyncIterator[None]:
 
 
 async def test_store_outage_fails_closed_for_reject_and_open_for_use_anyway(
-    app: Any, fake: FakeUpstream, store: StoreView
+    app: Any, fake: FakeUpstream, store: StoreView, caplog: pytest.LogCaptureFixture
 ) -> None:
     strict = await ready_key(app, budget_tokens=1000)
     lenient = await ready_key(app, budget_tokens=1000, usage_limit="use_anyway")
@@ -249,6 +249,11 @@ async def test_store_outage_fails_closed_for_reject_and_open_for_use_anyway(
         assert caught.value.status_code == 503 and caught.value.code == "budget_store_unavailable"
         assert caught.value.response.headers["retry-after"] == "1"
         assert waited < 5.0, "the store timeout (0.5 s) bounds the wait"
+        # The operator's warning says why the store failed: here, it did not answer.
+        warnings = [r.getMessage() for r in caplog.records if r.name == "aigw.budgets"]
+        assert any(m.startswith("budget store unavailable (TimeoutError)") for m in warnings), (
+            warnings
+        )
         for key in (lenient, plain):
             completion = await sdk(app, key["token"]).chat.completions.create(
                 model=MODEL, messages=MESSAGES

@@ -161,8 +161,8 @@ class Hold:
             granted, _ = await self._limiter.store.reserve(
                 self.key_id, self.period_start, self.budget.tokens, self.lease, want, 1
             )
-        except StoreUnavailable:
-            self._limiter.store_failed()
+        except StoreUnavailable as exc:
+            self._limiter.store_failed(exc)
             granted = 0  # fail closed: the output ends at what is reserved
         if granted:
             self.output_reserved = reserved + granted
@@ -207,11 +207,16 @@ class Limiter:
         self.output_slice = output_slice
         self._last_warning = 0.0
 
-    def store_failed(self) -> None:
+    def store_failed(self, cause: StoreUnavailable) -> None:
+        """Warn (at most every 10 s) that the store failed a decision, and why
+        (the error's type: a timeout, a refused or dropped connection, a script
+        error), as the settlement and lease-renewal warnings do."""
         now = time.monotonic()
         if now - self._last_warning > 10.0:
             self._last_warning = now
-            log.warning("budget store unavailable: reject keys fail closed, use_anyway open")
+            log.warning(
+                "budget store unavailable (%s): reject keys fail closed, use_anyway open", cause
+            )
 
     async def admit(
         self,
@@ -275,8 +280,8 @@ class Limiter:
                     free = await self.store.free(key_id, period, budget.tokens)
                     hold.free_at_admission = free
                     hold.budget_over = input_tokens > free
-        except StoreUnavailable:
-            self.store_failed()
+        except StoreUnavailable as exc:
+            self.store_failed(exc)
             if enforce:
                 raise BudgetStoreUnavailable(headers={"Retry-After": "1"}) from None
             # use_anyway: forwarded unchecked; still charged once the store is back.
