@@ -53,3 +53,22 @@ def test_fastapi_still_recognises_a_pydantic_v1_model() -> None:
     assert not shared.is_pydantic_v1_model_class(int)
     with pytest.raises(PydanticV1NotSupportedError):
         encoders.jsonable_encoder(Legacy())
+
+
+async def test_a_loaded_encoding_holds_no_python_copy_of_its_ranks() -> None:
+    # tiktoken's Rust core copies the ranks; the Python dict of ~100k-200k bytes
+    # objects it also kept (~20 MB for cl100k_base, as tiktoken.get_encoding keeps it)
+    # is dropped once the encoding is built, whichever way a gateway loads it.
+    from aigw.proxy.counting.encodings import Encoders, load_encoding
+
+    lazy = Encoders({})
+    try:
+        served = await lazy.aget("cl100k_base")  # as a running gateway loads it
+    finally:
+        lazy.close()
+    for encoding in (served, load_encoding("cl100k_base")):
+        assert encoding._mergeable_ranks == {}
+        # ... and it still encodes and decodes every rank from its own tables.
+        assert encoding.n_vocab == 100_277
+        assert encoding.decode(encoding.encode("Hello, world")) == "Hello, world"
+        assert encoding.decode_single_token_bytes(100_255) != b""
