@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from tests.support import Gateway
+
+# aigw's command line; click stays, uvicorn imports it.
+COMMAND_LINE_PACKAGES = {"typer", "rich", "shellingham"}
 
 
 def test_a_served_app_never_imports_pydantic_v1() -> None:
@@ -72,3 +79,36 @@ async def test_a_loaded_encoding_holds_no_python_copy_of_its_ranks() -> None:
         assert encoding.n_vocab == 100_277
         assert encoding.decode(encoding.encode("Hello, world")) == "Hello, world"
         assert encoding.decode_single_token_bytes(100_255) != b""
+
+
+def test_serve_on_a_configured_database_serves_from_an_image_without_the_command_line(
+    gateway_process: Gateway,
+) -> None:
+    # `aigw serve --workers 1` with AIGW_DATABASE_URL execs `python -m aigw.serving`
+    # after its checks: the same pid serves, without typer and rich (~3 MB).
+    import subprocess
+    import sys
+
+    cmdline = (
+        Path(f"/proc/{gateway_process.proc.pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    )
+    assert cmdline[-6:-4] == [b"-m", b"aigw.serving"], cmdline
+    with gateway_process.admin() as admin:
+        assert admin.get("/readyz").status_code == 200
+    # What that image imports, in a fresh interpreter: the app, uvicorn and its protocol.
+    probe = (
+        "import sys, aigw.serving, aigw.main, aigw.drain, uvicorn.config\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert {"aigw", "uvicorn", "fastapi"} <= loaded, out.stdout  # the probe saw a gateway
+    assert sorted(loaded & COMMAND_LINE_PACKAGES) == []
+    # ... which `aigw serve` itself holds (what the exec leaves behind).
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, aigw.cli.server; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert all(f"'{name}'" in out.stdout for name in COMMAND_LINE_PACKAGES)

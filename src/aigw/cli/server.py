@@ -87,17 +87,18 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
 ) -> None:
     """Migrate the database and serve the gateway (admin API, console, proxy)."""
-    import uvicorn
-
     from aigw.db.revision import schema_is_current
-    from aigw.httpserver import server_options
     from aigw.logging import configure_logging
+    from aigw.serving import exit_after_shutdown, run, uvicorn_options
 
     _refuse_busy_address(host, port)
     settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    # One worker serves in this process: import the app while the database starts.
-    preload = _import_app if workers == 1 else None
+    # One worker on a configured database serves from a fresh process image
+    # (aigw.serving): this one would keep the command line's modules all along.
+    fresh_image = workers == 1 and bool(settings.database_url)
+    # One worker serving in this process: import the app while the database starts.
+    preload = _import_app if workers == 1 and not fresh_image else None
     with database(settings, meanwhile=preload) as url:
         if not asyncio.run(schema_is_current(url)):
             _migrate_in_child(url)
@@ -107,34 +108,41 @@ def serve(
         os.environ["AIGW_DATABASE_URL"] = url
         os.environ["AIGW_DATA_DIR"] = str(settings.data_dir)
         _print_next_steps(host, port, settings)
-        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the
-        # signal to the handler installed before it; make that handler a clean
-        # exit so the embedded PostgreSQL above is stopped on the way out.
+        if fresh_image:
+            _exec_serving(host, port)
+        if workers == 1:
+            run(settings, host, port)
+            return
+        # uvicorn's supervisor shuts its workers down at SIGINT/SIGTERM and then
+        # re-raises the signal to the handler installed before it: a clean exit.
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _exit_after_shutdown)
-        options = dict(
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=int(settings.shutdown_grace),
-            **server_options(settings.keepalive_timeout),
-        )
-        if workers == 1 and settings.shutdown_drain > 0:
-            # Not ready first, then close (aigw.drain); several workers share one
-            # socket under uvicorn's supervisor, where the balancer or preStop drains.
-            from aigw.drain import DrainingServer
+            signal.signal(signum, exit_after_shutdown)
+        # Several workers share one socket under uvicorn's supervisor, where the
+        # balancer or preStop drains (aigw.drain: one worker only).
+        import uvicorn
 
-            config = uvicorn.Config("aigw.main:create_app", **options)
-            DrainingServer(config, settings.shutdown_drain).run()
-        elif workers > 1:
-            _serve_workers(uvicorn.Config("aigw.main:create_app", **options), host, port)
-        else:
-            uvicorn.run("aigw.main:create_app", **options)
+        config = uvicorn.Config(
+            "aigw.main:create_app", **uvicorn_options(settings, host, port, workers)
+        )
+        _serve_workers(config, host, port)
+
+
+def _exec_serving(host: str, port: int) -> None:
+    """Replace this process with ``python -m aigw.serving`` (same pid, flags and
+    environment, which now names the database and the data folder)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [
+        sys.executable,
+        *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
+        "-m",
+        "aigw.serving",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    os.execv(sys.executable, argv)  # noqa: S606  # nosec B606 - our own module, no shell
 
 
 def _serve_workers(config: uvicorn.Config, host: str, port: int) -> None:
@@ -260,10 +268,6 @@ def _refuse_unusable_key_ring(settings: Settings, url: str) -> None:
     except KeyRingMismatch as exc:
         err.print(f"[red]refusing to start:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
-
-
-def _exit_after_shutdown(signum: int, _frame: object) -> None:
-    raise SystemExit(0)
 
 
 def migrate() -> None:
