@@ -11,7 +11,6 @@ import asyncio
 import errno
 import os
 import shutil
-import signal
 import socket
 import subprocess  # nosec B404 - runs only our own migrate command
 import sys
@@ -25,8 +24,6 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    import uvicorn
-
     from aigw.config import Settings
 
 # The settings (pydantic-settings, ~0.15 s of CPU to import) load inside the commands
@@ -89,14 +86,15 @@ def serve(
     """Migrate the database and serve the gateway (admin API, console, proxy)."""
     from aigw.db.revision import schema_is_current
     from aigw.logging import configure_logging
-    from aigw.serving import exit_after_shutdown, run, uvicorn_options
+    from aigw.serving import run
 
     _refuse_busy_address(host, port)
     settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    # One worker on a configured database serves from a fresh process image
-    # (aigw.serving): this one would keep the command line's modules all along.
-    fresh_image = workers == 1 and bool(settings.database_url)
+    # On a configured database the gateway serves from a fresh process image
+    # (aigw.serving): this one would keep the command line's modules all along,
+    # and each --workers child would import them again (as its main module).
+    fresh_image = bool(settings.database_url)
     # One worker serving in this process: import the app while the database starts.
     preload = _import_app if workers == 1 and not fresh_image else None
     with database(settings, meanwhile=preload) as url:
@@ -109,25 +107,11 @@ def serve(
         os.environ["AIGW_DATA_DIR"] = str(settings.data_dir)
         _print_next_steps(host, port, settings)
         if fresh_image:
-            _exec_serving(host, port)
-        if workers == 1:
-            run(settings, host, port)
-            return
-        # uvicorn's supervisor shuts its workers down at SIGINT/SIGTERM and then
-        # re-raises the signal to the handler installed before it: a clean exit.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, exit_after_shutdown)
-        # Several workers share one socket under uvicorn's supervisor, where the
-        # balancer or preStop drains (aigw.drain: one worker only).
-        import uvicorn
-
-        config = uvicorn.Config(
-            "aigw.main:create_app", **uvicorn_options(settings, host, port, workers)
-        )
-        _serve_workers(config, host, port)
+            _exec_serving(host, port, workers)
+        run(settings, host, port, workers)
 
 
-def _exec_serving(host: str, port: int) -> None:
+def _exec_serving(host: str, port: int, workers: int) -> None:
     """Replace this process with ``python -m aigw.serving`` (same pid, flags and
     environment, which now names the database and the data folder)."""
     sys.stdout.flush()
@@ -141,24 +125,10 @@ def _exec_serving(host: str, port: int) -> None:
         host,
         "--port",
         str(port),
+        "--workers",
+        str(workers),
     ]
     os.execv(sys.executable, argv)  # noqa: S606  # nosec B606 - our own module, no shell
-
-
-def _serve_workers(config: uvicorn.Config, host: str, port: int) -> None:
-    """uvicorn's supervisor, each worker on a socket of its own (aigw.listeners)."""
-    import logging
-
-    from uvicorn.supervisors import Multiprocess
-
-    from aigw.listeners import PerWorkerSocket
-
-    where = f"[{host}]" if ":" in host else host
-    logging.getLogger("uvicorn.error").info(
-        "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", where, port
-    )
-    # A stand-in for a socket: each worker unpickles it as the socket it binds.
-    Multiprocess(config, sockets=[PerWorkerSocket(host, port)]).run()  # type: ignore[list-item]
 
 
 def _import_app() -> None:
