@@ -11,7 +11,6 @@ import asyncio
 import errno
 import os
 import shutil
-import signal
 import socket
 import subprocess  # nosec B404 - runs only our own migrate command
 import sys
@@ -25,8 +24,6 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    import uvicorn
-
     from aigw.config import Settings
 
 # The settings (pydantic-settings, ~0.15 s of CPU to import) load inside the commands
@@ -87,17 +84,19 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
 ) -> None:
     """Migrate the database and serve the gateway (admin API, console, proxy)."""
-    import uvicorn
-
     from aigw.db.revision import schema_is_current
-    from aigw.httpserver import server_options
     from aigw.logging import configure_logging
+    from aigw.serving import run
 
     _refuse_busy_address(host, port)
     settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    # One worker serves in this process: import the app while the database starts.
-    preload = _import_app if workers == 1 else None
+    # On a configured database the gateway serves from a fresh process image
+    # (aigw.serving): this one would keep the command line's modules all along,
+    # and each --workers child would import them again (as its main module).
+    fresh_image = bool(settings.database_url)
+    # One worker serving in this process: import the app while the database starts.
+    preload = _import_app if workers == 1 and not fresh_image else None
     with database(settings, meanwhile=preload) as url:
         if not asyncio.run(schema_is_current(url)):
             _migrate_in_child(url)
@@ -107,50 +106,29 @@ def serve(
         os.environ["AIGW_DATABASE_URL"] = url
         os.environ["AIGW_DATA_DIR"] = str(settings.data_dir)
         _print_next_steps(host, port, settings)
-        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the
-        # signal to the handler installed before it; make that handler a clean
-        # exit so the embedded PostgreSQL above is stopped on the way out.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _exit_after_shutdown)
-        options = dict(
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=int(settings.shutdown_grace),
-            **server_options(settings.keepalive_timeout),
-        )
-        if workers == 1 and settings.shutdown_drain > 0:
-            # Not ready first, then close (aigw.drain); several workers share one
-            # socket under uvicorn's supervisor, where the balancer or preStop drains.
-            from aigw.drain import DrainingServer
-
-            config = uvicorn.Config("aigw.main:create_app", **options)
-            DrainingServer(config, settings.shutdown_drain).run()
-        elif workers > 1:
-            _serve_workers(uvicorn.Config("aigw.main:create_app", **options), host, port)
-        else:
-            uvicorn.run("aigw.main:create_app", **options)
+        if fresh_image:
+            _exec_serving(host, port, workers)
+        run(settings, host, port, workers)
 
 
-def _serve_workers(config: uvicorn.Config, host: str, port: int) -> None:
-    """uvicorn's supervisor, each worker on a socket of its own (aigw.listeners)."""
-    import logging
-
-    from uvicorn.supervisors import Multiprocess
-
-    from aigw.listeners import PerWorkerSocket
-
-    where = f"[{host}]" if ":" in host else host
-    logging.getLogger("uvicorn.error").info(
-        "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", where, port
-    )
-    # A stand-in for a socket: each worker unpickles it as the socket it binds.
-    Multiprocess(config, sockets=[PerWorkerSocket(host, port)]).run()  # type: ignore[list-item]
+def _exec_serving(host: str, port: int, workers: int) -> None:
+    """Replace this process with ``python -m aigw.serving`` (same pid, flags and
+    environment, which now names the database and the data folder)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [
+        sys.executable,
+        *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
+        "-m",
+        "aigw.serving",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    os.execv(sys.executable, argv)  # noqa: S606  # nosec B606 - our own module, no shell
 
 
 def _import_app() -> None:
@@ -260,10 +238,6 @@ def _refuse_unusable_key_ring(settings: Settings, url: str) -> None:
     except KeyRingMismatch as exc:
         err.print(f"[red]refusing to start:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
-
-
-def _exit_after_shutdown(signum: int, _frame: object) -> None:
-    raise SystemExit(0)
 
 
 def migrate() -> None:
