@@ -4,62 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.support import Gateway
 
 # aigw's command line; click stays, uvicorn imports it.
 COMMAND_LINE_PACKAGES = {"typer", "rich", "shellingham"}
-
-
-def test_a_served_app_never_imports_pydantic_v1() -> None:
-    # FastAPI probes every route parameter and some encoded objects for pydantic.v1
-    # models; answered from sys.modules, the probes no longer import it (~1.7 MB).
-    # A fresh interpreter: this one may have imported pydantic.v1 for another test.
-    # (Imported here: a test module that names ``subprocess`` is taken for one that
-    # starts gateways, see tests/conftest.py.)
-    import subprocess
-    import sys
-
-    probe = (
-        "import sys, aigw.main\n"
-        "from fastapi.encoders import jsonable_encoder\n"
-        "class Plain:\n"
-        "    def __init__(self):\n"
-        "        self.a = 1\n"
-        # An object of no known type: FastAPI asks whether it is a v1 model.
-        "print(jsonable_encoder([Plain()]), 'pydantic.v1' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["[{'a':", "1}]", "False"], out.stdout + out.stderr
-
-
-def test_fastapi_still_recognises_a_pydantic_v1_model() -> None:
-    # The probes answer as FastAPI's own once pydantic.v1 is imported: a v1 model as a
-    # parameter or a response is refused as before.
-    import warnings
-
-    from fastapi import encoders
-    from fastapi._compat import shared
-    from fastapi.exceptions import PydanticV1NotSupportedError
-
-    from aigw.runtime_memory import skip_pydantic_v1_until_imported
-
-    skip_pydantic_v1_until_imported()
-    skip_pydantic_v1_until_imported()  # once is enough; twice wraps nothing twice
-    assert shared.is_pydantic_v1_model_class.__wrapped__.__name__ == "is_pydantic_v1_model_class"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pydantic import v1
-
-    class Legacy(v1.BaseModel):
-        x: int = 1
-
-    assert shared.is_pydantic_v1_model_class(Legacy)
-    assert shared.annotation_is_pydantic_v1(list[Legacy] | None)
-    assert not shared.is_pydantic_v1_model_class(int)
-    with pytest.raises(PydanticV1NotSupportedError):
-        encoders.jsonable_encoder(Legacy())
 
 
 async def test_a_loaded_encoding_holds_no_python_copy_of_its_ranks() -> None:

@@ -1,12 +1,10 @@
-"""What keeps a serving process's memory down: handing the C heap's free pages back
-to the system, after start and after an encoding loads (glibc keeps freed pages
-mapped: they would count in the idle RSS), and modules it need not import."""
+"""Handing the C heap's free pages back to the system, after start and after an
+encoding loads (glibc keeps freed pages mapped: they would count in the idle RSS)."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import sys
 from collections.abc import Callable
 
 
@@ -34,40 +32,3 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def skip_pydantic_v1_until_imported() -> None:
-    """Stop FastAPI importing ``pydantic.v1`` only to learn that nothing is a v1 model.
-
-    FastAPI asks of each route parameter it builds (at import of the routers) and
-    of some objects it encodes whether they are ``pydantic.v1`` models, importing
-    ``pydantic.v1`` to answer: 26 modules, ~1.7 MB of an idle worker that serving
-    never uses (issue 15). No class or instance can be a v1 model before
-    ``pydantic.v1`` is imported, so its probes answer ``False`` until then and
-    FastAPI's own answer after: the same answers, and FastAPI still refuses a v1
-    model. A no-op when this FastAPI has no such probes.
-    """
-    try:
-        from fastapi import _compat, encoders
-        from fastapi._compat import shared
-    except ImportError:  # pragma: no cover - a FastAPI without the module
-        return
-    for module, name in (
-        (shared, "is_pydantic_v1_model_class"),
-        (_compat, "is_pydantic_v1_model_instance"),
-        (shared, "is_pydantic_v1_model_instance"),
-        (encoders, "is_pydantic_v1_model_instance"),
-    ):
-        probe = getattr(module, name, None)
-        if probe is None or getattr(probe, "_aigw_v1_imported_first", False):
-            continue
-        setattr(module, name, _once_v1_is_imported(probe))
-
-
-def _once_v1_is_imported(probe: Callable[[object], bool]) -> Callable[[object], bool]:
-    @functools.wraps(probe)
-    def wrapper(obj: object) -> bool:
-        return "pydantic.v1" in sys.modules and probe(obj)
-
-    wrapper._aigw_v1_imported_first = True  # type: ignore[attr-defined]
-    return wrapper
