@@ -1,19 +1,19 @@
 """``GET /apikeys``: the exact total, then one page, each at a bounded cost.
 
-The total comes from ``api_key_counts`` (migration 0007) when ``q`` has at
-most two characters (or there is none), and from ``api_key_search`` (migration
-0009) otherwise: through its trigram index when ``q`` yields a trigram of two
-letters or digits (:func:`trigram_served`), else through its gram index with
-the rarest two-character gram of ``q``; either way each candidate is tested on
-a narrow row, not on the key's wide one.
+The total comes from ``api_key_counts`` (migrations 0007 and 0010) when ``q``
+has at most three characters (or there is none), and from ``api_key_search``
+(migration 0009) otherwise: through its trigram index when ``q`` yields a
+trigram of two letters or digits (:func:`trigram_served`), else through its
+gram index with the rarest two-character gram of ``q``; either way each
+candidate is tested on a narrow row, not on the key's wide one.
 Knowing it exactly, the page is found one of two ways:
 
 - a *walk* along the sort order's index, testing every condition on the index
   entry (an index-only scan) until a page is full: cheap per entry, but it
   passes every non-match before the page's last match;
 - a *fetch* of every match from ``api_key_search`` (migration 0009), the
-  narrow copy of what a search tests, through its gram or trigram GIN index
-  for ``q``, sorted: it costs per candidate the index gives, about
+  narrow copy of what a search tests, through its gram, three-gram (migration
+  0010) or trigram GIN index for ``q``, sorted: it costs per candidate the index gives, about
   ``FETCH_TO_WALK`` times an entry a walk passes.
 
 :func:`plan` weighs one against the other. Both find the same rows; only how
@@ -76,7 +76,7 @@ class Tally:
     """What the count found: ``term`` is ``q`` lower-cased by PostgreSQL (the folding
     ``alias_lower`` got), ``matches`` the exact total, ``keys`` every key.
 
-    For a term of three characters or more that the trigram index cannot narrow
+    For a term of four characters or more that the trigram index cannot narrow
     down (see :func:`trigram_served`), ``gram`` is its two-character gram the
     fewest keys hold and ``candidates`` how many keys hold it (else ``gram`` is
     ``None`` and ``candidates`` equals ``matches``). The matches of such a term
@@ -104,10 +104,15 @@ class Tally:
 
 SEARCH = api_key_search.c
 SORT_FIELDS = ("alias", "created_at", "updated_at")
-# The longest term api_key_counts and the gram GIN index (migration 0006) serve
-# alone; pg_trgm serves longer ones, if it takes a trigram worth the name from
-# them (trigram_served), else the gram index narrows them down.
+# The longest term the gram GIN index (migration 0006) serves alone; pg_trgm
+# serves longer ones, if it takes a trigram worth the name from them
+# (trigram_served), else the gram index narrows them down.
 SHORT_GRAM_MAX = 2
+# The longest term api_key_counts counts (one to three characters, migrations
+# 0007 and 0010): a three-character term is a substring exactly when it is one
+# of the alias's three-character grams, which a GIN index of api_key_search
+# gives (migration 0010), whatever the characters.
+COUNTED_GRAM_MAX = 3
 # pg_trgm takes a LIKE pattern's trigrams from its runs of word characters (a
 # literal %, _ or \ ends a run like any other non-word character), padding a
 # run with two spaces before and one after unless it touches the pattern's
@@ -259,7 +264,7 @@ def _shape(c: KeyConditions) -> tuple[_Shape, dict[str, Any]]:
     filters there are), and the values it runs with."""
     kind = None
     if c.q is not None:
-        kind = "short" if len(c.q) <= SHORT_GRAM_MAX else "long"
+        kind = "short" if len(c.q) <= COUNTED_GRAM_MAX else "long"
         kind += "" if trigram_served(c.q) else ", no trigram"
     values = {
         "q": c.q,
@@ -314,7 +319,7 @@ def _tally_statement(
         # Lower-casing never shortens a term (libc folds character for character;
         # ICU may lengthen one), so only a short q needs the database to choose.
         if term_kind.startswith("short"):
-            short = func.length(term) <= SHORT_GRAM_MAX
+            short = func.length(term) <= COUNTED_GRAM_MAX
             matches = case((short, counted(term, *_filters(counts, c))), else_=scanned)
             gram = case((short, None), else_=gram)
             candidates = case((short, None), else_=candidates)
@@ -366,6 +371,14 @@ def _holding(gram: Any) -> ColumnElement[bool]:
     return grams.contains(array([cast(gram, Text)]))
 
 
+def _holding_three(term: str) -> ColumnElement[bool]:
+    """``api_key_search``'s alias has the three-character *term* (the indexed
+    expression of migration 0010, called the same way): exactly the keys
+    ``'%term%'`` matches."""
+    grams = func.aigw_alias_three_grams(SEARCH.alias_lower, type_=ARRAY(Text))
+    return grams.contains(array([cast(term, Text)]))
+
+
 def _scan_count(term: ColumnElement[str], gram: Any, c: _Bound) -> Any:
     """The matches of *term* and *c*, each tested on its narrow row: among the
     keys holding its *gram* (the gram index gives them), or among all keys (a
@@ -401,6 +414,8 @@ def _fetch_conditions(c: KeyConditions, found: Tally) -> list[ColumnElement[bool
     if len(term) <= SHORT_GRAM_MAX:
         # A term this short is a substring exactly when it is one of the grams.
         where.append(_holding(term))
+    elif len(term) == COUNTED_GRAM_MAX:
+        where.append(_holding_three(term))
     elif found.gram is not None:
         # No trigram to narrow it down: every key tested, or those holding its
         # rarest gram.
