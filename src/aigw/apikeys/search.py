@@ -72,6 +72,16 @@ class KeyConditions:
 
 
 @dataclass(frozen=True, slots=True)
+class PageRequest:
+    """Which page a search wants: the sort (``-`` for descending), the cursor's
+    sort keys, how many keys."""
+
+    sort: str
+    after: tuple[object, ...] | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tally:
     """What the count found: ``term`` is ``q`` lower-cased by PostgreSQL (the folding
     ``alias_lower`` got), ``matches`` the exact total, ``keys`` every key.
@@ -81,13 +91,19 @@ class Tally:
     fewest keys hold and ``candidates`` how many keys hold it (else ``gram`` is
     ``None`` and ``candidates`` equals ``matches``). The matches of such a term
     are found among those keys through the gram index, or by a scan of
-    ``api_key_search`` when that costs less (:attr:`scans`)."""
+    ``api_key_search`` when that costs less (:attr:`scans`).
+
+    ``first`` is the page itself (its ids, in order) when the count found it
+    on the way (:class:`PageRequest`, :func:`tally`), for the request in
+    ``first_for``; else ``None``."""
 
     term: str | None
     matches: int
     keys: int
     gram: str | None = None
     candidates: int = 0
+    first: tuple[uuid.UUID, ...] | None = None
+    first_for: PageRequest | None = None
 
     @property
     def scans(self) -> bool:
@@ -134,6 +150,9 @@ FETCH_TO_WALK = 5
 # Testing one row of api_key_search in a sequential scan costs about this many
 # (measured at 100k keys: ~0.15 us a row, strpos included).
 SCAN_TO_WALK = 1
+# The count of a trigram-served term keeps the page too when the keys holding
+# its rarest three-character gram are at most this share of all keys (1/10).
+COUNT_KEEPS_PAGE_SHARE = 10
 # The page's columns: the key's own, and its provider's and model's names.
 PAGE_COLUMNS = (
     ApiKey.id,
@@ -238,15 +257,114 @@ def _like_lowered(term: ColumnElement[str]) -> ColumnElement[str]:
     return literal("%") + escaped + literal("%")
 
 
-async def tally(session: AsyncSession, c: KeyConditions) -> Tally:
+async def tally(session: AsyncSession, c: KeyConditions, want: PageRequest | None = None) -> Tally:
     """The exact total of *c*, every key, and ``q`` as PostgreSQL lower-cases it:
-    one statement (:func:`tally_statement`)."""
+    one statement (:func:`tally_statement`).
+
+    For a term the trigram index counts, given the page *want*, the same
+    statement finds that page among the matches it counts (:func:`_counted_page`)
+    when they are few (``COUNT_KEEPS_PAGE_SHARE``): the count reads every match
+    from ``api_key_search`` anyway, and keeping the first few in sort order
+    costs little beside it, where a walk or a fetch after the count costs a
+    second pass (5,000 matches of ``q=payments`` at 100k keys: ~3 ms to count,
+    ~4 ms to fetch again, and up to twice that for a walk that falls short
+    first when the matches cluster in the sort order, as for ``sort=alias``)."""
     shape, params = _shape(c)
+    if want is not None and shape[0] == "long":
+        return await _counted_page(session, shape, params, want)
     row = (await session.execute(_tally_statement(*shape), params)).one()
     term, matches, keys, gram, candidates = row
     if gram is None:
         return Tally(term=term, matches=int(matches), keys=int(keys), candidates=int(matches))
     return Tally(term, int(matches), int(keys), gram=gram, candidates=int(candidates))
+
+
+async def _counted_page(
+    session: AsyncSession,
+    shape: _Shape,
+    params: dict[str, Any],
+    want: PageRequest,
+) -> Tally:
+    """:func:`tally` for a trigram-served term, with the page *want*."""
+    field = want.sort.lstrip("-")
+    after = want.after is not None
+    stmt = _counted_page_statement(shape, field, want.sort.startswith("-"), after)
+    values = {**params, "page_limit": want.limit, "keep_share": COUNT_KEEPS_PAGE_SHARE}
+    if want.after is not None:
+        for i, value in enumerate(want.after[: len(sort_keys(SEARCH, field))]):
+            values[f"after{i}"] = value
+    term, matches, keys, first = (await session.execute(stmt, values)).one()
+    if first is None:  # too many matches to keep: walk or fetch (plan)
+        return Tally(term=term, matches=int(matches), keys=int(keys), candidates=int(matches))
+    return Tally(
+        term=term,
+        matches=int(matches),
+        keys=int(keys),
+        candidates=int(matches),
+        first=tuple(first),
+        first_for=want,
+    )
+
+
+@functools.cache
+def _counted_page_statement(shape: _Shape, field: str, descending: bool, after: bool) -> Any:
+    """``(term, matches, keys, first page's ids)`` for one shape of search whose
+    term the trigram index serves: the matches (their ids and sort keys) found
+    once, then counted and the first ``page_limit`` after the cursor kept."""
+    _, status, usage_limit, providers, models = shape
+    c = _Bound(
+        status=bindparam("status") if status else None,
+        usage_limit=bindparam("usage_limit") if usage_limit else None,
+        provider_ids=bindparam("provider_ids", expanding=True) if providers else None,
+        model_ids=bindparam("model_ids", expanding=True) if models else None,
+    )
+    counts = api_key_counts.c
+    everything = (
+        select(func.coalesce(func.sum(counts.n), 0)).where(counts.gram == "").scalar_subquery()
+    )
+    term = func.lower(bindparam("q", type_=Text))
+    pattern = select(_like_lowered(term)).scalar_subquery()  # once, not per candidate
+    keys = sort_keys(SEARCH, field)
+    matched = (
+        select(SEARCH.id, *(k.label(f"k{i}") for i, k in enumerate(keys)))
+        .where(SEARCH.alias_lower.like(pattern), *_filters(SEARCH, c))
+        .cte("matched")
+        .prefix_with("MATERIALIZED")  # read once, for the count and the page
+    )
+    position = [matched.c[f"k{i}"] for i in range(len(keys))]
+    where: list[ColumnElement[bool]] = []
+    if after:
+        cursor = tuple_(*(bindparam(f"after{i}", type_=k.type) for i, k in enumerate(keys)))
+        where.append(tuple_(*position) < cursor if descending else tuple_(*position) > cursor)
+    order = [k.desc() if descending else k.asc() for k in position]
+    first = (
+        select(matched.c.id)
+        .where(*where)
+        .order_by(*order)
+        .limit(bindparam("page_limit"))
+        .subquery("first")
+    )
+    ids = func.array_agg(first.c.id)  # in any order: page() reads the rows in order
+    # Only when the matches are few: keeping them all for the page costs ~0.2 us
+    # a match more than counting them (~50% more for 25k matches of 100k keys),
+    # where a walk to a page of matches that common passes a few hundred entries.
+    # Their rarest three-character gram bounds them from above.
+    bound = select(_rarest_gram(term, COUNTED_GRAM_MAX).c.n).scalar_subquery()
+    few = bound * bindparam("keep_share", type_=BigInteger) <= everything
+    matches = case(
+        (few, select(func.count()).select_from(matched).scalar_subquery()),
+        else_=_trigram_count(term, c),
+    )
+    return select(
+        term,
+        cast(matches, BigInteger),
+        cast(everything, BigInteger),
+        # No match after the cursor: an empty page, not NULL (which says "not kept").
+        case(
+            (few, func.coalesce(select(ids).scalar_subquery(), literal([], ARRAY(SEARCH.id.type)))),
+            else_=None,
+        ),
+    )
 
 
 def tally_statement(c: KeyConditions) -> Any:
@@ -343,25 +461,27 @@ def _trigram_count(term: ColumnElement[str], c: _Bound) -> Any:
     )
 
 
-def _rarest_gram(term: ColumnElement[str]) -> Any:
-    """The two-character gram of *term* the fewest keys hold (``api_key_counts``
-    knows how many: its rows for the gram, summed), and that number: a term
-    holds every one of its grams, so only these keys can match."""
+def _rarest_gram(term: ColumnElement[str], width: int = SHORT_GRAM_MAX) -> Any:
+    """The gram of *width* characters of *term* the fewest keys hold
+    (``api_key_counts`` knows how many: its rows for the gram, summed), and that
+    number: a term holds every one of its grams, so only these keys can match."""
     counts = api_key_counts.c
     # substr() inline, not aigw_alias_short_grams(): a SQL function with an
     # aggregate is planned again at each execution (~0.14 ms). The term as a
     # subquery: a plan knowing it would count its grams, cost less than the
     # generic one, and be planned again at each execution (~0.4 ms).
     term = select(term).scalar_subquery()
-    at = func.generate_series(1, func.length(term) - 1).table_valued("i").render_derived("at")
-    grams = select(func.substr(term, at.c.i, 2).label("gram")).distinct().subquery("grams")
+    last = func.length(term) - (width - 1)
+    at = func.generate_series(1, last).table_valued("i").render_derived("at")
+    grams = select(func.substr(term, at.c.i, width).label("gram")).distinct().subquery("grams")
     holding = (
         select(func.coalesce(func.sum(counts.n), 0))
         .where(counts.gram == grams.c.gram)
         .scalar_subquery()
         .label("n")
     )
-    return select(grams.c.gram, holding).order_by(holding, grams.c.gram).limit(1).cte("rarest")
+    rarest = select(grams.c.gram, holding).order_by(holding, grams.c.gram).limit(1)
+    return rarest.cte("rarest" if width == SHORT_GRAM_MAX else f"rarest{width}")
 
 
 def _holding(gram: Any) -> ColumnElement[bool]:
@@ -452,7 +572,6 @@ async def page(
         return [position < bound if descending else position > bound]
 
     keys = sort_keys(ApiKey, field)
-    how = plan(found.matches, max(found.keys, found.matches), limit, found.fetch_cost())
 
     async def rows(ids: Any) -> list[Any]:
         stmt = (
@@ -464,6 +583,9 @@ async def page(
         )
         return list((await session.execute(stmt)).all())
 
+    if found.first is not None and found.first_for == PageRequest(sort, after, limit):
+        return await rows(list(found.first)) if found.first else []
+    how = plan(found.matches, max(found.keys, found.matches), limit, found.fetch_cost())
     if how is None:
         where = _walk_conditions(ApiKey, c, found.term)
         walk = select(ApiKey.id).where(*after_where(keys), *where)
