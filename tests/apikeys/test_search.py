@@ -583,6 +583,12 @@ def test_plan_fetches_few_matches_and_walks_many() -> None:
     budget = search.plan(5_000, keys, limit)  # between: walk so far, then fetch
     assert budget is not None and 0 < budget < keys
     assert budget >= 2 * limit * keys // 5_000
+    # A term its gram index gives exactly costs less a match to fetch than one
+    # rechecked: the walk before such a fetch gives up sooner.
+    exact = search.Tally(term="ml", matches=5_000, keys=keys)
+    rechecked = search.Tally(term="payments", matches=5_000, keys=keys, candidates=5_000)
+    assert exact.fetch_cost() < rechecked.fetch_cost()
+    assert search.plan(5_000, keys, limit, exact.fetch_cost()) < budget
 
 
 # Searches whose matches come from api_key_search: the fetch reads its term
