@@ -40,6 +40,7 @@ from sqlalchemy import (
     literal,
     select,
     tuple_,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -596,28 +597,6 @@ async def page(
         where = _walk_conditions(ApiKey, c, found.term)
         walk = select(ApiKey.id).where(*after_where(keys), *where)
         return await rows(walk.order_by(*ordered(keys)).limit(limit))
-    if how > 0:
-        # The first `how` entries after the cursor (an index-only scan: every
-        # column selected is in the sort index), then the conditions on them.
-        window = (
-            select(*_window_columns(keys))
-            .where(*after_where(keys))
-            .order_by(*ordered(keys))
-            .limit(how)
-            .subquery("window")
-        )
-        window_keys = sort_keys(window.c, field)
-        walk = (
-            select(window.c.id)
-            .where(*_walk_conditions(window.c, c, found.term))
-            .order_by(*ordered(window_keys))
-            .limit(limit)
-        )
-        walked = await rows(walk)
-        # Any match among those entries precedes every match after them: a full
-        # page found there is the page.
-        if len(walked) == limit:
-            return walked
     # With a term, the matches come from api_key_search (its term indexes, its
     # narrow rows), with the sort keys it holds, equal to the key's own (the same
     # transaction wrote them).
@@ -628,21 +607,50 @@ async def page(
         # api_key_search has no index in any sort order: the matches can only be
         # found through its term index, then sorted (no fence needed; one costs
         # ~1.3 ms for 5,000 matches).
-        first = select(SEARCH.id).where(*where).order_by(*ordered(search_keys)).limit(limit)
-        return await rows(first)
-    labels = [k.label(f"k{i}") for i, k in enumerate(search_keys)]
-    matched = (
-        select(source.id, *labels)
-        .where(*where)
-        .cte("matched")
-        .prefix_with("MATERIALIZED")  # a fence: find the matches first, then sort
+        fetched = select(SEARCH.id).where(*where).order_by(*ordered(search_keys)).limit(limit)
+    else:
+        labels = [k.label(f"k{i}") for i, k in enumerate(search_keys)]
+        matched = (
+            select(source.id, *labels)
+            .where(*where)
+            .cte("matched")
+            .prefix_with("MATERIALIZED")  # a fence: find the matches first, then sort
+        )
+        fetched = (
+            select(matched.c.id)
+            .order_by(*ordered(tuple(matched.c[f"k{i}"] for i in range(len(keys)))))
+            .limit(limit)
+        )
+    if how == 0:
+        return await rows(fetched)
+    # The first `how` entries after the cursor (an index-only scan: every column
+    # selected is in the sort index), then the conditions on them.
+    window = (
+        select(*_window_columns(keys))
+        .where(*after_where(keys))
+        .order_by(*ordered(keys))
+        .limit(how)
+        .subquery("window")
     )
-    first = (
-        select(matched.c.id)
-        .order_by(*ordered(tuple(matched.c[f"k{i}"] for i in range(len(keys)))))
+    window_keys = sort_keys(window.c, field)
+    walked = (
+        select(window.c.id)
+        .where(*_walk_conditions(window.c, c, found.term))
+        .order_by(*ordered(window_keys))
         .limit(limit)
+        .cte("walked")
+        .prefix_with("MATERIALIZED")
     )
-    return await rows(first)
+    # Any match among those entries precedes every match after them: a full page
+    # found there is the page; else the fetch's (one statement: PostgreSQL runs
+    # only the branch the walk's count selects).
+    full = select(func.count()).select_from(walked).scalar_subquery() == limit
+    fetched_ids = fetched.subquery("fetched")
+    either = union_all(
+        select(walked.c.id).where(full),
+        select(fetched_ids.c.id).where(~full),
+    )
+    return await rows(either)
 
 
 def _window_columns(keys: tuple[Any, ...]) -> list[Any]:
