@@ -498,7 +498,7 @@ def _holding(gram: Any) -> ColumnElement[bool]:
     return grams.contains(array([cast(gram, Text)]))
 
 
-def _holding_three(term: str) -> ColumnElement[bool]:
+def _holding_three(term: Any) -> ColumnElement[bool]:
     """``api_key_search``'s alias has the three-character *term* (the indexed
     expression of migration 0010, called the same way): exactly the keys
     ``'%term%'`` matches."""
@@ -517,7 +517,9 @@ def _scan_count(term: ColumnElement[str], gram: Any, c: _Bound) -> Any:
     return select(func.count()).select_from(api_key_search).where(*where).scalar_subquery()
 
 
-def _walk_conditions(entity: Any, c: KeyConditions, term: str | None) -> list[ColumnElement[bool]]:
+def _walk_conditions(
+    entity: Any, c: KeyConditions | _Bound, term: Any
+) -> list[ColumnElement[bool]]:
     """Every condition, on columns the sort indexes hold (tested on the entry)."""
     where = _filters(entity, c)
     if term is not None:
@@ -532,25 +534,48 @@ def _fetch_source(found: Tally) -> Any:
     return ApiKey if found.term is None else SEARCH
 
 
-def _fetch_conditions(c: KeyConditions, found: Tally) -> list[ColumnElement[bool]]:
-    """Every condition on :func:`_fetch_source`, in the shapes its indexes serve."""
+def _fetch_kind(found: Tally) -> str:
+    """How a fetch finds the matches of *found* (:func:`_fetch_where`)."""
     term = found.term
     if term is None:
+        return "keys"
+    if len(term) <= SHORT_GRAM_MAX:
+        return "short"
+    if len(term) == COUNTED_GRAM_MAX:
+        return "three"
+    if found.gram is not None:
+        return "scan" if found.scans else "gram"
+    return "trigram"
+
+
+def _fetch_conditions(c: KeyConditions, found: Tally) -> list[ColumnElement[bool]]:
+    """Every condition on :func:`_fetch_source`, in the shapes its indexes serve."""
+    kind = _fetch_kind(found)
+    pattern = like_pattern(found.term) if kind == "trigram" and found.term else None
+    return _fetch_where(c, kind, found.term, found.gram, pattern)
+
+
+def _fetch_where(
+    c: KeyConditions | _Bound, kind: str, term: Any, gram: Any, pattern: Any
+) -> list[ColumnElement[bool]]:
+    """:func:`_fetch_conditions` of a fetch *kind*, with its values (or bind
+    parameters for them)."""
+    if kind == "keys":
         return _filters(ApiKey, c)
     where = _filters(SEARCH, c)
-    if len(term) <= SHORT_GRAM_MAX:
+    if kind == "short":
         # A term this short is a substring exactly when it is one of the grams.
         where.append(_holding(term))
-    elif len(term) == COUNTED_GRAM_MAX:
+    elif kind == "three":
         where.append(_holding_three(term))
-    elif found.gram is not None:
+    elif kind in ("scan", "gram"):
         # No trigram to narrow it down: every key tested, or those holding its
         # rarest gram.
         where.append(func.strpos(SEARCH.alias_lower, term) > 0)
-        if not found.scans:
-            where.append(_holding(found.gram))
+        if kind == "gram":
+            where.append(_holding(gram))
     else:
-        where.append(SEARCH.alias_lower.like(like_pattern(term), escape="\\"))
+        where.append(SEARCH.alias_lower.like(pattern, escape="\\"))
     return where
 
 
@@ -563,51 +588,107 @@ async def page(
     after: tuple[object, ...] | None,
     limit: int,
 ) -> list[Any]:
-    """Up to *limit* keys (rows of :data:`PAGE_COLUMNS`) in *sort* order after the cursor."""
+    """Up to *limit* keys (rows of :data:`PAGE_COLUMNS`) in *sort* order after the cursor.
+
+    The statement is built once per shape of page (:func:`_page_statement`) and
+    run with this one's values: building it took ~1 ms of Python a request."""
     if found.matches == 0:
         return []
+    values: dict[str, Any] = {"page_limit": limit}
+    if after is not None:
+        values.update(
+            (f"after{i}", v)
+            for i, v in enumerate(after[: len(sort_keys(ApiKey, sort.lstrip("-")))])
+        )
+    if found.first is not None and found.first_for == PageRequest(sort, after, limit):
+        if not found.first:
+            return []
+        stmt = _page_statement(sort, False, "kept", None, False, (False,) * 4)
+        return list((await session.execute(stmt, {"ids": list(found.first)})).all())
+    how = plan(found.matches, max(found.keys, found.matches), limit, found.fetch_cost())
+    path = "walk" if how is None else "fetch" if how == 0 else "window"
+    kind = None if how is None else _fetch_kind(found)
+    _, params = _shape(c)
+    values.update((k, v) for k, v in params.items() if k != "q")
+    filters = tuple(k in params for k in ("status", "usage_limit", "provider_ids", "model_ids"))
+    if found.term is not None:
+        values["term"] = found.term
+    if kind == "gram":
+        values["gram"] = found.gram
+    if kind == "trigram" and found.term is not None:
+        values["pattern"] = like_pattern(found.term)
+    if how:
+        values["how"] = how
+    stmt = _page_statement(sort, after is not None, path, kind, found.term is not None, filters)
+    return list((await session.execute(stmt, values)).all())
+
+
+@functools.cache
+def _page_statement(
+    sort: str,
+    after: bool,
+    path: str,
+    kind: str | None,
+    has_term: bool,
+    filters: tuple[bool, ...],
+) -> Any:
+    """The page's statement for one shape: *path* ``"kept"`` (the ids given),
+    ``"walk"`` (along the sort order until the page is full), ``"fetch"`` (every
+    match, then sorted) or ``"window"`` (a walk of the first ``how`` entries,
+    else the fetch); *kind* how the fetch finds the matches (:func:`_fetch_kind`)."""
     descending = sort.startswith("-")
     field = sort.lstrip("-")
+    keys = sort_keys(ApiKey, field)
+    cursor = [bindparam(f"after{i}", type_=k.type) for i, k in enumerate(keys)]
+    page_limit: Any = bindparam("page_limit")
+    status, usage_limit, providers, models = filters
+    c = _Bound(
+        status=bindparam("status") if status else None,
+        usage_limit=bindparam("usage_limit") if usage_limit else None,
+        provider_ids=bindparam("provider_ids", expanding=True) if providers else None,
+        model_ids=bindparam("model_ids", expanding=True) if models else None,
+    )
+    term = bindparam("term", type_=Text) if has_term else None
 
     def ordered(columns: tuple[Any, ...]) -> list[Any]:
         return [col.desc() if descending else col.asc() for col in columns]
 
     def after_where(columns: tuple[Any, ...]) -> list[ColumnElement[bool]]:
-        if after is None:
+        if not after:
             return []
-        position, bound = tuple_(*columns), tuple_(*after[: len(columns)])
+        position, bound = tuple_(*columns), tuple_(*cursor[: len(columns)])
         return [position < bound if descending else position > bound]
 
-    keys = sort_keys(ApiKey, field)
-
-    async def rows(ids: Any) -> list[Any]:
-        stmt = (
+    def rows(ids: Any) -> Any:
+        return (
             select(*PAGE_COLUMNS)
             .join(Provider, Provider.id == ApiKey.provider_id)
             .join(ProviderModel, ProviderModel.id == ApiKey.model_id)
             .where(ApiKey.id.in_(ids))
             .order_by(*ordered(keys))
         )
-        return list((await session.execute(stmt)).all())
 
-    if found.first is not None and found.first_for == PageRequest(sort, after, limit):
-        return await rows(list(found.first)) if found.first else []
-    how = plan(found.matches, max(found.keys, found.matches), limit, found.fetch_cost())
-    if how is None:
-        where = _walk_conditions(ApiKey, c, found.term)
+    if path == "kept":
+        return rows(bindparam("ids", expanding=True))
+    if path == "walk":
+        where = _walk_conditions(ApiKey, c, term)
         walk = select(ApiKey.id).where(*after_where(keys), *where)
-        return await rows(walk.order_by(*ordered(keys)).limit(limit))
+        return rows(walk.order_by(*ordered(keys)).limit(page_limit))
     # With a term, the matches come from api_key_search (its term indexes, its
     # narrow rows), with the sort keys it holds, equal to the key's own (the same
     # transaction wrote them).
-    source = _fetch_source(found)
+    assert kind is not None
+    source = ApiKey if kind == "keys" else SEARCH
     search_keys = sort_keys(source, field)
-    where = [*_fetch_conditions(c, found), *after_where(search_keys)]
+    gram = bindparam("gram", type_=Text) if kind == "gram" else None
+    pattern = bindparam("pattern", type_=Text) if kind == "trigram" else None
+    where = [*_fetch_where(c, kind, term, gram, pattern), *after_where(search_keys)]
+    fetched: Any
     if source is SEARCH:
         # api_key_search has no index in any sort order: the matches can only be
         # found through its term index, then sorted (no fence needed; one costs
         # ~1.3 ms for 5,000 matches).
-        fetched = select(SEARCH.id).where(*where).order_by(*ordered(search_keys)).limit(limit)
+        fetched = select(SEARCH.id).where(*where).order_by(*ordered(search_keys)).limit(page_limit)
     else:
         labels = [k.label(f"k{i}") for i, k in enumerate(search_keys)]
         matched = (
@@ -619,38 +700,38 @@ async def page(
         fetched = (
             select(matched.c.id)
             .order_by(*ordered(tuple(matched.c[f"k{i}"] for i in range(len(keys)))))
-            .limit(limit)
+            .limit(page_limit)
         )
-    if how == 0:
-        return await rows(fetched)
+    if path == "fetch":
+        return rows(fetched)
     # The first `how` entries after the cursor (an index-only scan: every column
     # selected is in the sort index), then the conditions on them.
     window = (
         select(*_window_columns(keys))
         .where(*after_where(keys))
         .order_by(*ordered(keys))
-        .limit(how)
+        .limit(bindparam("how"))
         .subquery("window")
     )
     window_keys = sort_keys(window.c, field)
     walked = (
         select(window.c.id)
-        .where(*_walk_conditions(window.c, c, found.term))
+        .where(*_walk_conditions(window.c, c, term))
         .order_by(*ordered(window_keys))
-        .limit(limit)
+        .limit(page_limit)
         .cte("walked")
         .prefix_with("MATERIALIZED")
     )
     # Any match among those entries precedes every match after them: a full page
     # found there is the page; else the fetch's (one statement: PostgreSQL runs
     # only the branch the walk's count selects).
-    full = select(func.count()).select_from(walked).scalar_subquery() == limit
+    full = select(func.count()).select_from(walked).scalar_subquery() == page_limit
     fetched_ids = fetched.subquery("fetched")
     either = union_all(
         select(walked.c.id).where(full),
         select(fetched_ids.c.id).where(~full),
     )
-    return await rows(either)
+    return rows(either)
 
 
 def _window_columns(keys: tuple[Any, ...]) -> list[Any]:
