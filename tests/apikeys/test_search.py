@@ -62,6 +62,11 @@ QUERIES: list[dict[str, str]] = [
     {"q": "R-Ж"},  # non-ASCII, upper case
     {"q": "%%%"},  # wildcards only, literal: nothing
     {"q": "\\\\\\"},  # backslashes only: nothing
+    # Longer than three characters and no trigram: the rarest gram, or a scan.
+    {"q": "-Жук"},
+    {"q": "R-ЖУ", "status": "disabled"},
+    {"q": "%%%%"},
+    {"q": "s-0-"},
     {"status": "disabled"},
     {"usage_limit": "use_anyway"},
     {"status": "disabled", "provider": "second"},
@@ -237,15 +242,20 @@ async def test_every_search_shape_matches_a_brute_force_filter(
     client: httpx.AsyncClient, app: Any, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every query and sort, each way page() can find a page (as planned, or
-    forced down each path), on one set of keys."""
+    forced down each path, or kept by the count of a trigram-served term
+    whatever its number of matches), on one set of keys."""
     await _seed(client, 72)
     keys = await _all_keys(client)
     assert len(keys) == 72
     # Forced paths once, after ANALYZE; the planned one also before it (the
     # planner then knows the table's size: other plans, same answers).
-    runs = [("planned", False), *((how, True) for how in PLANS)]
+    runs = [("planned", False), *((how, True) for how in PLANS), ("kept", True)]
+    share = search.COUNT_KEEPS_PAGE_SHARE
     for run, (how, analyzed) in enumerate(runs):
-        monkeypatch.setattr(search, "plan", PLANS[how])
+        monkeypatch.setattr(search, "plan", PLANS.get(how, search.plan))
+        # 0: the count keeps the page of every trigram-served term (1 in 10 keys
+        # or fewer by default: only the rarest terms of these few keys).
+        monkeypatch.setattr(search, "COUNT_KEEPS_PAGE_SHARE", 0 if how == "kept" else share)
         if analyzed and not runs[run - 1][1]:
             await _sql(db, "ANALYZE api_keys")
         for q, params in enumerate(QUERIES):
@@ -356,9 +366,12 @@ async def test_walks_read_only_the_index(client: httpx.AsyncClient, db: str) -> 
         ("m", None, "ix_api_key_search_short_grams"),
         ("ml", None, "ix_api_key_search_short_grams"),
         ("äb", None, "ix_api_key_search_short_grams"),
-        ("abc", None, "ix_api_key_search_trgm"),
-        ("a-p", "a-", "ix_api_key_search_short_grams"),  # no trigram: its rarest gram
-        ("%%%", "%%", "ix_api_key_search_short_grams"),
+        ("abc", None, "ix_api_key_search_three_grams"),  # three characters: exactly
+        ("a-p", None, "ix_api_key_search_three_grams"),
+        ("%%%", None, "ix_api_key_search_three_grams"),
+        ("abcd", None, "ix_api_key_search_trgm"),
+        ("a-p-", "a-", "ix_api_key_search_short_grams"),  # no trigram: its rarest gram
+        ("%%%%", "%%", "ix_api_key_search_short_grams"),
     ],
 )
 async def test_fetches_use_the_term_index(db: str, term: str, gram: str | None, index: str) -> None:
@@ -383,25 +396,58 @@ async def test_a_term_without_a_trigram_never_goes_through_the_trigram_index(db:
     fetched through its rarest gram (or by a scan when that gram is common), never
     through the trigram index, which would give it every key (all of them, each
     rechecked, for a term with no trigram at all: ~130 ms at 100k keys); a term
-    with such a trigram is still counted through the trigram index."""
-    weak = ["%%%", "\\" * 8, "%a_b\\c" * 10, "a-p", "-1-", "ЖУК", "%_" * 32]
-    strong = ["payments", "50%", "-ab-", "%a_bc", "zz%"]
+    with such a trigram is still counted through the trigram index. Either kind,
+    a term of three characters or fewer is counted by ``api_key_counts`` alone."""
+    weak = ["%%%", "\\" * 8, "%a_b\\c" * 10, "a-p", "-1-", "ЖУК", "%_" * 32, "a-p-", "-ЖУК"]
+    strong = ["payments", "50%", "-ab-", "%a_bc", "zz%", "50%%", "zz%%"]
     for q in weak + strong:
         assert search.trigram_served(q) == (q in strong), q
         plan = await _explain(db, search.tally_statement(search.KeyConditions(q=q)), "seqscan")
-        if q in strong:
+        if len(q) <= search.COUNTED_GRAM_MAX:  # the counters alone, either way
+            assert "api_key_search" not in plan, (q, plan)
+        elif q in strong:
             assert "ix_api_key_search_trgm" in plan, (q, plan)
         else:
             assert "ix_api_key_search_trgm" not in plan, (q, plan)
             assert "ix_api_key_search_short_grams" in plan, (q, plan)
     # When the gram is common, the count and the fetch test every row instead.
-    common = search.Tally(term="a-p", matches=1, keys=100, gram="a-", candidates=90)
+    common = search.Tally(term="a-p-", matches=1, keys=100, gram="a-", candidates=90)
     assert common.scans and common.fetch_cost() == 100 * search.SCAN_TO_WALK
     stmt = select(search._fetch_source(common).id).where(
         *search._fetch_conditions(_conditions_of(common), common)
     )
     plan = await _explain(db, stmt)
     assert "Seq Scan on api_key_search" in plan and "Index" not in plan, plan
+
+
+async def test_three_character_terms_are_counted_by_the_counters_alone(
+    client: httpx.AsyncClient, db: str
+) -> None:
+    """A ``q`` of one to three characters, with or without a trigram (migration
+    0010's three-character grams), is counted from ``api_key_counts`` alone: the
+    count never reads ``api_key_search`` (a scan of it cost ~15 ms at 100k keys
+    for ``t-0``). A four-character term still does, so the check can fail."""
+    await _seed(client, 12)
+    await _sql(db, "ANALYZE")
+
+    def reads_of_the_search_table(plan: Any) -> int:
+        nodes, loops = [plan[0]["Plan"]], 0
+        while nodes:
+            node = nodes.pop()
+            if node.get("Relation Name") == "api_key_search":
+                loops += int(node["Actual Loops"])
+            nodes += node.get("Plans", [])
+        return loops
+
+    conn = await asyncpg.connect(db)
+    try:
+        for q, counted in (("a", True), ("-0", True), ("s-0", True), ("ml-", True),
+                           ("%%%", True), ("s-00", False), ("s-0-", False)):  # fmt: skip
+            sql, args = _compiled(search.tally_statement(search.KeyConditions(q=q)))
+            plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
+            assert (reads_of_the_search_table(json.loads(plan)) == 0) == counted, q
+    finally:
+        await conn.close()
 
 
 async def test_terms_without_a_trigram_match_by_gram_and_by_scan_alike(
@@ -411,9 +457,9 @@ async def test_terms_without_a_trigram_match_by_gram_and_by_scan_alike(
     what filtering all keys gives: every page, order and total, fetched or walked."""
     await _seed(client, 72)
     keys = await _all_keys(client)
-    weak = [p for p in QUERIES if "q" in p and len(p["q"]) > 2]
+    weak = [p for p in QUERIES if "q" in p and len(p["q"]) > search.COUNTED_GRAM_MAX]
     weak = [p for p in weak if not search.trigram_served(p["q"])]
-    assert len(weak) >= 8
+    assert len(weak) >= 6
     run = 0
     try:
         for route in ("gram", "scan"):
@@ -537,6 +583,12 @@ def test_plan_fetches_few_matches_and_walks_many() -> None:
     budget = search.plan(5_000, keys, limit)  # between: walk so far, then fetch
     assert budget is not None and 0 < budget < keys
     assert budget >= 2 * limit * keys // 5_000
+    # A term its gram index gives exactly costs less a match to fetch than one
+    # rechecked: the walk before such a fetch gives up sooner.
+    exact = search.Tally(term="ml", matches=5_000, keys=keys)
+    rechecked = search.Tally(term="payments", matches=5_000, keys=keys, candidates=5_000)
+    assert exact.fetch_cost() < rechecked.fetch_cost()
+    assert search.plan(5_000, keys, limit, exact.fetch_cost()) < budget
 
 
 # Searches whose matches come from api_key_search: the fetch reads its term

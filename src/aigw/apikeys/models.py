@@ -103,10 +103,10 @@ class ApiKey(TimestampedMixin, Base):
         return f"ApiKey(id={self.id!s}, alias={self.alias!r}, status={self.status!r})"
 
 
-# How many keys have each one- or two-character substring of ``alias_lower``
-# (``gram``; ``''`` for every key) per combination of the filter columns: the
-# exact totals of `GET /apikeys`. Kept by triggers on ``api_keys`` (migration
-# 0007); never written by the application.
+# How many keys have each one-, two- or three-character substring of
+# ``alias_lower`` (``gram``; ``''`` for every key) per combination of the filter
+# columns: the exact totals of `GET /apikeys`. Kept by triggers on ``api_keys``
+# (migrations 0007, 0010); never written by the application.
 api_key_counts = Table(
     "api_key_counts",
     Base.metadata,
@@ -148,7 +148,13 @@ api_key_search = Table(
         postgresql_using="gin",
         postgresql_with={"fastupdate": "off"},
     ),
-    postgresql_with={"fillfactor": "90"},
+    Index(  # migration 0010
+        "ix_api_key_search_three_grams",
+        text("aigw_alias_three_grams(alias_lower)"),
+        postgresql_using="gin",
+        postgresql_with={"fastupdate": "off"},
+    ),
+    postgresql_with={"fillfactor": "90", "parallel_workers": "0"},
 )
 
 

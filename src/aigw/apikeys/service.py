@@ -230,7 +230,8 @@ async def search_api_keys(
         except (TypeError, ValueError):
             raise InvalidCursor("malformed cursor") from None
     # The count first: the page uses it to choose how to find the matches.
-    found = await search.tally(session, conditions)
+    want = search.PageRequest(sort, after, limit + 1)
+    found = await search.tally(session, conditions, want)
     rows = await search.page(session, conditions, found, sort=sort, after=after, limit=limit + 1)
     next_cursor = None
     if len(rows) > limit:
