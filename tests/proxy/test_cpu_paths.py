@@ -5,6 +5,9 @@
   early and re-arms itself, so every bound still holds: a stall after the first
   event ends at the idle bound, whether it is shorter or longer than the
   first-byte bound, and never before.
+* :class:`RequestContextMiddleware` adds ``x-aigw-request-id`` to an answer's
+  start exactly once (never a second one beside the app's own) and passes the
+  body messages through untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 
 from aigw.config import Settings
+from aigw.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
 from aigw.proxy.errors import UpstreamFirstByteTimeout, UpstreamIdleTimeout
 from aigw.proxy.upstream import UpstreamClock
 
@@ -105,3 +109,28 @@ async def test_the_first_event_re_arms_only_for_an_earlier_idle_bound(
         clock.event()
         clock.event()
     assert counting.armed == armed
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["added", "kept"])
+async def test_the_request_id_header_is_added_once(own: bool) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if own:
+        headers.append((REQUEST_ID_HEADER, b"req_app"))
+    body = {"type": "http.response.body", "body": b"{}", "more_body": False}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(body)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/x", "headers": []}
+    await RequestContextMiddleware(app)(scope, None, send)  # type: ignore[arg-type]
+    start = sent[0]["headers"]
+    ids = [value for name, value in start if name == REQUEST_ID_HEADER]
+    assert ids == ([b"req_app"] if own else [scope["state"]["request_id"].encode()])
+    assert start[0] == (b"content-type", b"application/json")
+    assert sent[1] is body
