@@ -130,6 +130,8 @@ class PlainEvents:
         """Keep the text of the plain events in *buffer* from *pos* on, as long as no
         cut is possible; returns where they end (relay the bytes up to there)."""
         prefix, suffix, padding_end = self._prefix, self._suffix, self._padding_end
+        if not buffer.startswith(prefix, pos):
+            return pos  # not a plain event (a finish, usage, [DONE]): nothing to weigh
         prefix_len, suffix_len = len(prefix), len(suffix)
         room = self._room()
         if room == 0 or self.state.cut or self.state.ended:
