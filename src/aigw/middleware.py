@@ -58,8 +58,11 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                if not any(name == REQUEST_ID_HEADER for name, _ in headers):
+                headers = list(message.get("headers", ()))
+                for name, _ in headers:
+                    if name == REQUEST_ID_HEADER:
+                        break
+                else:
                     headers.append((REQUEST_ID_HEADER, encoded))
                 message["headers"] = headers
             await send(message)

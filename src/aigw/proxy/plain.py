@@ -130,6 +130,8 @@ class PlainEvents:
         """Keep the text of the plain events in *buffer* from *pos* on, as long as no
         cut is possible; returns where they end (relay the bytes up to there)."""
         prefix, suffix, padding_end = self._prefix, self._suffix, self._padding_end
+        if not buffer.startswith(prefix, pos):
+            return pos  # not a plain event (a finish, usage, [DONE]): nothing to weigh
         prefix_len, suffix_len = len(prefix), len(suffix)
         room = self._room()
         if room == 0 or self.state.cut or self.state.ended:
@@ -180,16 +182,28 @@ class PlainEvents:
 
     def _take_run(self, buffer: bytes, pos: int, room: int | None) -> int:
         """:meth:`take` for the events of a run at once: each but the run's last is
-        followed by the joint (its suffix and the next one's prefix), so splitting
-        on it yields their texts in one pass; kept only if all of them pass the
-        checks :meth:`take` makes one by one (else the loop there decides)."""
+        followed by the joint (its suffix and the next one's prefix), so the texts
+        end where the joint starts, at their first quote; kept only if all of them
+        pass the checks :meth:`take` makes one by one (else the loop there decides).
+
+        The run is found quote by quote (``find`` of one byte, ``startswith`` of
+        the joint), not by ``split(joint)``: CPython searches a needle of 100 bytes
+        or more in a long buffer with a method whose set-up is paid at every
+        piece, so the split cost several times the run's own checks."""
         prefix, joint = self._prefix, self._joint
         assert joint is not None
         if not buffer.startswith(prefix, pos):
             return pos
         start = pos + len(prefix)
-        texts = buffer[start:].split(joint)
-        texts.pop()  # the last event of the run (and what follows): the loop's
+        find, joined = buffer.find, buffer.startswith
+        step = len(joint)
+        texts: list[bytes] = []
+        while True:
+            stop = find(b'"', start)
+            if stop < 0 or not joined(joint, stop):
+                break  # the run's last event (and what follows): the loop's
+            texts.append(buffer[start:stop])
+            start = stop + step
         if not texts:
             return pos
         text = b"".join(texts)

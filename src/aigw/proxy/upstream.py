@@ -357,10 +357,13 @@ class UpstreamClock:
         if self._first_event_at is None:
             self._first_event_at = now
             # The timer was armed for the first-byte bound; from now on the idle
-            # bound applies, and it can be earlier (idle < first byte): re-arm once,
-            # or a stall right after the first event would outlive its idle bound.
-            if self._handle is not None:
-                self._handle.cancel()
+            # bound applies, and it can be earlier (idle < first byte): then re-arm
+            # once, or a stall right after the first event would outlive its idle
+            # bound. A later one (the defaults: equal bounds) leaves the timer be:
+            # it re-arms itself when it fires early, as after any event.
+            handle = self._handle
+            if handle is not None and min(now + self._idle, self.deadline) < handle.when():
+                handle.cancel()
                 self._handle = None
                 if self._inside:
                     self._arm()
