@@ -1,6 +1,7 @@
 """``GET /apikeys`` writes its page straight from the rows (``service.KeyPage``), not
 through ``ApiKeyPage``: the bytes must be the ones ``ApiKeyPage`` writes, and each
-item the key ``GET /apikeys/{id}`` (``ApiKeyRead``) answers."""
+item the key ``GET /apikeys/{id}`` (``ApiKeyRead``) answers. Its statements run
+outside a transaction (no BEGIN and COMMIT round trips)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import text
 
 from aigw.apikeys import service
 from aigw.apikeys.schemas import ApiKeyPage, ApiKeyRead
+from aigw.apikeys.search import KeyFilters
 from aigw.budgets.periods import period_bounds
 from aigw.config import Settings
 from tests.conftest import key_body
@@ -118,3 +121,34 @@ def test_an_item_has_every_field_of_apikeyread_in_its_order() -> None:
     assert list(item) == list(ApiKeyRead.model_fields)
     for name, value in item.items():
         assert value == row.get(name, {"budget_used": 0, "budget_resets_at": None}.get(name))
+
+
+async def _state(db: str, backend: int) -> str:
+    """What pg_stat_activity says *backend* is doing (seen from another connection)."""
+    conn = await asyncpg.connect(db)
+    try:
+        state = await conn.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", backend)
+    finally:
+        await conn.close()
+    return str(state)
+
+
+@pytest.mark.usefixtures("provider")
+async def test_a_search_runs_outside_a_transaction_and_leaves_none_behind(
+    client: httpx.AsyncClient, app: Any, db: str
+) -> None:
+    """The search's statements run without BEGIN and COMMIT around them, and the
+    connection goes back to the pool transactional as before."""
+    assert (await client.post("/apikeys", json=key_body(alias="only-key"))).status_code == 201
+    backend_pid = text("SELECT pg_backend_pid()")
+    async with app.state.sessionmaker() as session:
+        page = await service.search_api_keys(
+            session, KeyFilters(q="only"), sort="alias", limit=5, cursor=None
+        )
+        assert [item["alias"] for item in page.items] == ["only-key"]
+        backend = (await session.execute(backend_pid)).scalar_one()
+        assert await _state(db, backend) == "idle"
+        await session.commit()
+    async with app.state.sessionmaker() as session:
+        backend = (await session.execute(backend_pid)).scalar_one()
+        assert await _state(db, backend) == "idle in transaction"

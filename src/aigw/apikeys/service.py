@@ -298,6 +298,11 @@ class KeyPage:
 async def search_api_keys(
     session: AsyncSession, filters: KeyFilters, *, sort: str, limit: int, cursor: str | None
 ) -> KeyPage:
+    # Read only, statement by statement (under READ COMMITTED each statement has
+    # its own snapshot anyway): no BEGIN and COMMIT round trips around them. The
+    # count and the page run on the connection (Core), not through the ORM
+    # session: its result handling cost ~0.2 ms of CPU a page (issue 15).
+    connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     conditions = await _conditions(session, filters)
     after: tuple[object, uuid.UUID] | None = None
     if cursor:
@@ -310,8 +315,8 @@ async def search_api_keys(
             raise InvalidCursor("malformed cursor") from None
     # The count first: the page uses it to choose how to find the matches.
     want = search.PageRequest(sort, after, limit + 1)
-    found = await search.tally(session, conditions, want)
-    rows = await search.page(session, conditions, found, sort=sort, after=after, limit=limit + 1)
+    found = await search.tally(connection, conditions, want)
+    rows = await search.page(connection, conditions, found, sort=sort, after=after, limit=limit + 1)
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
