@@ -194,7 +194,7 @@ async def _search_in_process(
             page = await service.search_api_keys(
                 session, filters, sort=sort, limit=limit, cursor=cursor
             )
-        return [str(item.id) for item in page.items], page.total, page.next_cursor
+        return [str(item["id"]) for item in page.items], page.total, page.next_cursor
 
     return await _walk(fetch, limit, rest, (params, sort))
 

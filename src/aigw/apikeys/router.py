@@ -105,7 +105,7 @@ async def search_api_keys(
     cursor: Annotated[
         str | None, Query(max_length=500, description="next_cursor of the previous page")
     ] = None,
-) -> ApiKeyPage:
+) -> Response:
     filters = KeyFilters(
         q=q, status=status_, provider=provider, model=model, usage_limit=usage_limit
     )
@@ -114,8 +114,10 @@ async def search_api_keys(
     # hop to the thread pool, and this route is the one that must stay fast.
     settings: Settings = request.app.state.settings
     counters = budget_counters(request)
-    await service.add_budget_usage(session, page.items, settings.budget_timezone, counters)
-    return page
+    await service.add_budget_usage_to_page(session, page, settings.budget_timezone, counters)
+    # The page's JSON as ApiKeyPage writes it (response_model documents it), built
+    # once from the rows: service.KeyPage.
+    return Response(page.json(), media_type="application/json")
 
 
 @router.get("/{key_id}", response_model=ApiKeyRead, responses=problem_responses(404) | _STORE_DOWN)

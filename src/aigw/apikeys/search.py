@@ -43,7 +43,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, array
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from aigw.apikeys.models import SEARCH_FILTERS, ApiKey, api_key_counts, api_key_search
 from aigw.db.filters import like_pattern
@@ -264,7 +264,9 @@ def _like_lowered(term: ColumnElement[str]) -> ColumnElement[str]:
     return literal("%") + escaped + literal("%")
 
 
-async def tally(session: AsyncSession, c: KeyConditions, want: PageRequest | None = None) -> Tally:
+async def tally(
+    session: AsyncSession | AsyncConnection, c: KeyConditions, want: PageRequest | None = None
+) -> Tally:
     """The exact total of *c*, every key, and ``q`` as PostgreSQL lower-cases it:
     one statement (:func:`tally_statement`).
 
@@ -287,7 +289,7 @@ async def tally(session: AsyncSession, c: KeyConditions, want: PageRequest | Non
 
 
 async def _counted_page(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     shape: _Shape,
     params: dict[str, Any],
     want: PageRequest,
@@ -580,7 +582,7 @@ def _fetch_where(
 
 
 async def page(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     c: KeyConditions,
     found: Tally,
     *,
