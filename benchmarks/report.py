@@ -59,7 +59,9 @@ def throughput_table(result: dict) -> dict[tuple[str, str, int], dict]:
 def _cpu_level(table: dict, mode: str, prompt: str) -> float | None:
     """CPU per request at c=10 (busy enough to be steady, light enough that the
     requests still in flight when a run stops hardly count), else the nearest level."""
-    levels = sorted(c for (m, p, c) in table if m == mode and p == prompt)
+    levels = sorted(
+        c for (m, p, c), v in table.items() if m == mode and p == prompt and v["cpu_ms"] is not None
+    )
     if not levels:
         return None
     c = min(levels, key=lambda x: abs(x - 10))
@@ -78,7 +80,12 @@ def headline(result: dict) -> dict:
     table = throughput_table(result)
 
     def peak(mode: str, prompt: str) -> float | None:
-        values = [v["rps"] for (m, p, _c), v in table.items() if m == mode and p == prompt]
+        # A cell whose load core was saturated in every attempt has no figure.
+        values = [
+            v["rps"]
+            for (m, p, _c), v in table.items()
+            if m == mode and p == prompt and v["rps"] is not None
+        ]
         return max(values) if values else None
 
     latency = (result.get("latency") or {}).get("short") or {}
